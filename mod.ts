@@ -1,0 +1,73 @@
+/**
+ * memfdbus: a local object bus for Linux that passes large immutable blobs between processes as
+ * sealed memfds over a Unix socket, without copying their bytes through the broker.
+ *
+ * This module is the public API: a {@link Client} to publish and fetch objects, a {@link Broker}
+ * to run one in-process, {@link Memfd} and {@link ReadOnlyMapping} for sealed memory files, and
+ * the error types. It speaks protocol v1 of the C memfdbus byte for byte.
+ *
+ * @example Publish a file and map it back
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ *
+ * await using client = new Client(); // /tmp/memfdbus.sock
+ * const { id, digest } = await client.put("./model.bin", { name: "model.bin" });
+ * using obj = await client.get({ name: "model.bin" });
+ * console.log(id, digest, obj.view.length);
+ * ```
+ *
+ * @module
+ */
+
+export {
+  BusObject,
+  Client,
+  type ClientOptions,
+  DEFAULT_TIMEOUT_MS,
+  type DropResult,
+  type FdSource,
+  type GetOptions,
+  jobIdFromEnv,
+  type JobOption,
+  type ListEntry,
+  parseList,
+  type PutOptions,
+  type PutResult,
+  type PutSource,
+  type Selector,
+} from "./src/client.ts";
+export { type AuditSink, Broker, type BrokerStartOptions } from "./src/broker.ts";
+export {
+  type BrokerOptions,
+  DEFAULT_SOCKET,
+  defaultBrokerOptions,
+  parseBrokerArgs,
+} from "./src/options.ts";
+export {
+  BrokerError,
+  ErrnoError,
+  ProtocolError,
+  Status,
+  type StatusCode,
+  TimeoutError,
+  UsageError,
+} from "./src/errors.ts";
+export { SocketPathError } from "./src/connection.ts";
+export {
+  brokerFdProblemText,
+  describeFdProblem,
+  type FdProblem,
+  getSeals,
+  inspectSealedFd,
+  isFdProblem,
+  Memfd,
+  MEMFD_NAME_MAX,
+  type MemfdOptions,
+  Seal,
+  type SealedFdInfo,
+} from "./src/memfd.ts";
+export { ReadOnlyMapping } from "./src/mapping.ts";
+export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/copy.ts";
+export { FileDescriptor, type FileStat } from "./src/fd.ts";
+export { DigestBuilder, digestBytes, digestFd } from "./src/digest.ts";
+export { Cmd, DIGEST_LEN, Flag, HEADER_SIZE, MAGIC, VERSION } from "./src/wire.ts";

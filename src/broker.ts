@@ -1,0 +1,847 @@
+/**
+ * The broker: one event loop over nonblocking sockets, one state machine per connection.
+ *
+ * The loop keeps a single epoll_wait outstanding on Deno's blocking pool (woken by an eventfd);
+ * accept4, recvmsg, sendmsg, open and close are synchronous calls on O_NONBLOCK descriptors, so a
+ * slow or silent client can never stall another one (defects D3, D4). Digests of large objects
+ * are verified on Workers (D5). Every received descriptor is either stored or closed (D7), and
+ * running out of descriptors is answered, not fatal (D6).
+ *
+ * @example Running a broker inside a Deno program
+ * ```ts ignore
+ * import { Broker } from "@memfdbus/memfdbus";
+ * await using broker = await Broker.start({ socket: "/tmp/demo.sock" });
+ * await broker.closed; // until close() is called
+ * ```
+ *
+ * @module
+ */
+
+import { AuditLog, type AuditPeer, formatRecord, realtimeNs } from "./audit.ts";
+import { ErrnoError } from "./errors.ts";
+import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "./ffi.ts";
+import { isRegular, tryFstat, tryLstat } from "./fd.ts";
+import { HashPool } from "./hashing.ts";
+import {
+  EAGAIN,
+  ECONNABORTED,
+  EMFILE,
+  ENFILE,
+  ENOBUFS,
+  ENOENT,
+  ENOMEM,
+  EPOLLERR,
+  EPOLLET,
+  EPOLLHUP,
+  EPOLLIN,
+  EPOLLOUT,
+  EPOLLRDHUP,
+  F_DUPFD_CLOEXEC,
+  O_CLOEXEC,
+  O_RDONLY,
+  RLIMIT_NOFILE,
+  S_IFMT,
+  S_IFSOCK,
+  SHUT_WR,
+} from "./linux.ts";
+import { type BrokerOptions, defaultBrokerOptions } from "./options.ts";
+import { Poller, type PollEvent } from "./poller.ts";
+import {
+  badHeaderOutcome,
+  clientQuotaOutcome,
+  type DigestAnswer,
+  fdLimitOutcome,
+  handle,
+  type Handler,
+  type Outcome,
+  type RequestContext,
+  type Step,
+  type StepInput,
+  unknownCommandOutcome,
+} from "./requests.ts";
+import { Store, type StoredObject } from "./store.ts";
+import {
+  acceptUnix,
+  bindUnix,
+  closeAll,
+  connectUnix,
+  listenUnix,
+  peerCredentials,
+  recvMsg,
+  sendMsg,
+  sendSome,
+  shutdownQuietly,
+  sockaddrUn,
+  socketPathTooLong,
+  unixSocket,
+} from "./unix_socket.ts";
+import {
+  Cmd,
+  decodeHeader,
+  Flag,
+  type Header,
+  HEADER_SIZE,
+  isValidHeader,
+  Off,
+  requestBytes,
+} from "./wire.ts";
+
+/** Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere. */
+export type AuditSink = number | ((line: string) => void) | null;
+
+/** Options of {@link Broker.start}: the CLI options plus in-process conveniences. */
+export interface BrokerStartOptions extends Partial<BrokerOptions> {
+  /** Audit destination; stdout by default. */
+  readonly audit?: AuditSink;
+  /** Workers verifying large digests (default 1). */
+  readonly hashWorkers?: number;
+  /** Largest object whose digest is verified on the event loop (default 1 MiB). */
+  readonly inlineHashLimit?: number;
+  /** Raise the soft descriptor limit to the hard limit (default true). */
+  readonly raiseFdLimit?: boolean;
+}
+
+const enum State {
+  Header,
+  Body,
+  Hash,
+  Send,
+  Linger,
+  Closed,
+}
+
+const LISTEN_TOKEN = 0xfffffffe;
+const SWEEP_MS = 100;
+const LINGER_MS = 1000;
+const LINGER_BYTES = 1 << 20;
+const MAX_LINGERING = 64;
+const READ_CHUNK = 64 * 1024;
+const GRACE_MS = 2000;
+
+class Conn {
+  readonly token: number;
+  fd: number;
+  state: State = State.Header;
+  buf: Uint8Array = new Uint8Array(4096);
+  len = 0;
+  eof = false;
+  header: Header | null = null;
+  reqFd = -1;
+  fdLost = false;
+  handler: Handler | null = null;
+  step: Step | null = null;
+  consumed = 0;
+  outcome: Outcome | null = null;
+  segIndex = 0;
+  segOff = 0;
+  replyFd = -1;
+  keepAlive = false;
+  served = 0;
+  deadline: number;
+  lingerLeft = 0;
+  peer: AuditPeer | undefined;
+
+  constructor(token: number, fd: number, deadline: number) {
+    this.token = token;
+    this.fd = fd;
+    this.deadline = deadline;
+  }
+}
+
+/**
+ * A running broker. Start one with {@link Broker.start}; stop it with {@link Broker.close} (the
+ * socket file is unlinked and every stored descriptor closed).
+ */
+export class Broker implements AsyncDisposable {
+  readonly #options: BrokerOptions;
+  readonly #poller: Poller;
+  readonly #listenFd: number;
+  readonly #socketIno: bigint;
+  readonly #store: Store;
+  readonly #audit: AuditLog;
+  readonly #auditCallback: ((line: string) => void) | null;
+  readonly #hash: HashPool;
+  readonly #conns = new Map<number, Conn>();
+  readonly #events: PollEvent[] = [];
+  readonly #scratch = new Uint8Array(READ_CHUNK);
+  readonly #procFd: boolean;
+  #nextToken = 1;
+  #reserveFd = -1;
+  #lingering = 0;
+  #nextSweep = 0;
+  #acceptBlocked = false;
+  #stopping = false;
+  #graceDeadline = 0;
+  #resolveClosed: () => void = () => {};
+  /** Resolves once the broker has stopped and released everything. */
+  readonly closed: Promise<void>;
+
+  private constructor(
+    options: BrokerOptions,
+    listenFd: number,
+    socketIno: bigint,
+    audit: AuditSink,
+    start: BrokerStartOptions,
+  ) {
+    this.#options = options;
+    this.#listenFd = listenFd;
+    this.#socketIno = socketIno;
+    this.#store = new Store(options);
+    this.#auditCallback = typeof audit === "function" ? audit : null;
+    this.#audit = new AuditLog(typeof audit === "number" ? audit : -1);
+    this.#hash = new HashPool(start.hashWorkers ?? 1, start.inlineHashLimit ?? 1 << 20);
+    this.#poller = new Poller(256);
+    this.#poller.add(listenFd, EPOLLIN | EPOLLET, LISTEN_TOKEN);
+    this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
+    this.#procFd = tryLstat("/proc/self/fd") !== ENOENT;
+    this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+  }
+
+  /**
+   * Create the socket, print the `memfdbus broker listening on PATH` line to the audit sink and
+   * start serving. Startup failures throw with the C broker's message (for example
+   * `refusing to unlink non-socket path: /tmp/x`).
+   *
+   * @param start options; anything left out takes the C broker's default
+   */
+  static start(start: BrokerStartOptions = {}): Promise<Broker> {
+    const options: BrokerOptions = { ...defaultBrokerOptions() };
+    for (const [k, v] of Object.entries(start)) {
+      if (v !== undefined && k in options) (options as unknown as Record<string, unknown>)[k] = v;
+    }
+    if (start.raiseFdLimit ?? true) raiseDescriptorLimit();
+    const { fd, ino } = openListener(options);
+    const broker = new Broker(options, fd, ino, start.audit === undefined ? 1 : start.audit, start);
+    broker.#line(`memfdbus broker listening on ${options.socket}`);
+    broker.#flush();
+    void broker.#run();
+    return Promise.resolve(broker);
+  }
+
+  /** The socket path. */
+  get socket(): string {
+    return this.#options.socket;
+  }
+
+  /** Objects currently stored. */
+  get objectCount(): number {
+    return this.#store.count;
+  }
+
+  /** Connections currently open. */
+  get connectionCount(): number {
+    return this.#conns.size;
+  }
+
+  /** Include the peer's pid, uid and gid in every audit record. */
+  set auditPeers(on: boolean) {
+    this.#audit.withPeer = on;
+  }
+
+  /**
+   * Stop accepting, let requests in flight finish (up to two seconds), then close every
+   * connection and stored descriptor and unlink the socket. Resolves when done.
+   */
+  close(): Promise<void> {
+    this.#beginStop();
+    return this.closed;
+  }
+
+  /** Same as {@link Broker.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  // ---- audit -------------------------------------------------------------------------------
+
+  #line(text: string): void {
+    if (this.#auditCallback !== null) this.#auditCallback(text);
+    else this.#audit.line(text);
+  }
+
+  #record(o: Outcome, conn: Conn | null, override?: { error: string }): void {
+    const rec = override === undefined
+      ? o.audit
+      : { ...o.audit, result: "error" as const, error: override.error };
+    if (this.#auditCallback !== null) {
+      const line = formatRecord(realtimeNs(), rec, this.#audit.withPeer ? conn?.peer : undefined);
+      this.#auditCallback(line.slice(0, -1));
+    } else {
+      this.#audit.record(rec, conn?.peer);
+    }
+  }
+
+  #flush(): void {
+    this.#audit.flush();
+  }
+
+  // ---- the loop ----------------------------------------------------------------------------
+
+  async #run(): Promise<void> {
+    try {
+      for (;;) {
+        if (this.#stopping && this.#finishStopIfDone()) return;
+        let events = this.#poller.poll(this.#events);
+        if (events.length === 0) {
+          this.#flush();
+          events = await this.#poller.wait(this.#waitTimeout(), this.#events);
+        }
+        for (const ev of events) this.#dispatch(ev);
+        const now = performance.now();
+        if (now >= this.#nextSweep) this.#sweep(now);
+      }
+    } catch (e) {
+      // A bug, not a client's doing: report it and stop cleanly rather than hang.
+      console.error(`memfdbus broker: internal error: ${(e as Error).stack ?? e}`);
+      this.#stopping = true;
+      this.#finishStop();
+    }
+  }
+
+  #waitTimeout(): number {
+    if (this.#conns.size === 0 && !this.#acceptBlocked && !this.#stopping) return -1;
+    return Math.max(1, Math.ceil(this.#nextSweep - performance.now()));
+  }
+
+  #dispatch(ev: PollEvent): void {
+    if (ev.token === LISTEN_TOKEN) {
+      this.#acceptAll();
+      return;
+    }
+    const conn = this.#conns.get(ev.token);
+    if (conn === undefined) return;
+    if (ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT)) this.#pump(conn);
+  }
+
+  #sweep(now: number): void {
+    this.#nextSweep = now + SWEEP_MS;
+    if (this.#acceptBlocked) this.#acceptAll();
+    for (const conn of this.#conns.values()) {
+      if (conn.state === State.Hash || now < conn.deadline) continue;
+      this.#expire(conn);
+    }
+  }
+
+  /** A connection ran out of time in its current state. */
+  #expire(conn: Conn): void {
+    switch (conn.state) {
+      case State.Body:
+        // The body never arrived: answer with the handler's read-failure text, as the C broker
+        // does for a failed read, then close.
+        conn.eof = true;
+        this.#pump(conn);
+        return;
+      case State.Send:
+        this.#sendFailed(conn);
+        return;
+      default:
+        this.#close(conn);
+    }
+  }
+
+  // ---- accepting ---------------------------------------------------------------------------
+
+  #acceptAll(): void {
+    this.#acceptBlocked = false;
+    if (this.#stopping) return;
+    for (;;) {
+      const fd = acceptUnix(this.#listenFd);
+      if (fd < 0) {
+        const e = -fd;
+        if (e === EAGAIN) return;
+        if (e === ECONNABORTED) continue;
+        if (e === EMFILE || e === ENFILE || e === ENOBUFS || e === ENOMEM) {
+          if (!this.#rejectWithReserve()) {
+            this.#acceptBlocked = true;
+            return;
+          }
+          continue;
+        }
+        // Anything else is unexpected; never fatal (defect D6). Retry on the next sweep.
+        this.#acceptBlocked = true;
+        return;
+      }
+      this.#admit(fd);
+    }
+  }
+
+  /** At the descriptor limit: use the reserve descriptor to tell one client why, then close. */
+  #rejectWithReserve(): boolean {
+    if (this.#reserveFd < 0) return false;
+    closeQuietly(this.#reserveFd);
+    this.#reserveFd = -1;
+    const fd = acceptUnix(this.#listenFd);
+    if (fd >= 0) {
+      const o = fdLimitOutcome();
+      this.#record(o, null);
+      for (const s of o.segments) sendSome(fd, s.bytes);
+      closeQuietly(fd);
+    }
+    this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
+    return fd >= 0 && this.#reserveFd >= 0;
+  }
+
+  #admit(fd: number): void {
+    const now = performance.now();
+    const active = this.#conns.size - this.#lingering;
+    if (active >= this.#options.maxClients && !this.#evictIdle()) {
+      const o = clientQuotaOutcome();
+      this.#record(o, null);
+      if (this.#lingering >= MAX_LINGERING) {
+        for (const s of o.segments) sendSome(fd, s.bytes);
+        closeQuietly(fd);
+        return;
+      }
+      const conn = this.#register(fd, now + LINGER_MS);
+      this.#reply(conn, o);
+      this.#pump(conn);
+      return;
+    }
+    const conn = this.#register(fd, now + this.#options.requestTimeoutMs);
+    if (this.#audit.withPeer) {
+      try {
+        conn.peer = peerCredentials(fd);
+      } catch {
+        // The peer already left; its request will fail on its own.
+      }
+    }
+    this.#pump(conn);
+  }
+
+  #register(fd: number, deadline: number): Conn {
+    let token = this.#nextToken;
+    while (this.#conns.has(token) || token === 0 || token >= LISTEN_TOKEN) {
+      token = token >= LISTEN_TOKEN - 1 ? 1 : token + 1;
+    }
+    this.#nextToken = token + 1;
+    const conn = new Conn(token, fd, deadline);
+    this.#conns.set(token, conn);
+    this.#poller.add(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, token);
+    return conn;
+  }
+
+  /** Close the longest-idle kept-alive connection to make room; true if one was closed. */
+  #evictIdle(): boolean {
+    for (const conn of this.#conns.values()) {
+      if (conn.state === State.Header && conn.len === 0 && conn.served > 0) {
+        this.#close(conn);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // ---- per-connection state machine --------------------------------------------------------
+
+  #context(conn: Conn): RequestContext {
+    return {
+      store: this.#store,
+      options: this.#options,
+      fd: conn.reqFd,
+      fdLost: conn.fdLost,
+      reopen: (obj) => this.#reopen(obj),
+      release: (obj) => closeQuietly(obj.fd),
+      now: realtimeNs,
+    };
+  }
+
+  #reopen(obj: StoredObject): number {
+    const fd = this.#procFd
+      ? libc.symbols.open(cstr(`/proc/self/fd/${obj.fd}`), O_RDONLY | O_CLOEXEC, 0)
+      : libc.symbols.fcntl(obj.fd, F_DUPFD_CLOEXEC, 0);
+    return fd >= 0 ? fd : -errno();
+  }
+
+  /** Drive a connection as far as it can go without blocking. */
+  #pump(conn: Conn): void {
+    for (;;) {
+      switch (conn.state) {
+        case State.Header:
+          if (conn.len >= HEADER_SIZE) {
+            this.#startRequest(conn);
+            continue;
+          }
+          if (conn.eof) {
+            // Closed before a whole header: no reply and no audit record, as in protocol v1.
+            this.#close(conn);
+            return;
+          }
+          if (!this.#fill(conn, HEADER_SIZE)) return;
+          continue;
+        case State.Body: {
+          const need = conn.step?.kind === "read" ? conn.step.length : 0;
+          if (conn.len >= need) {
+            const bytes = conn.buf.slice(0, need);
+            this.#consume(conn, need);
+            conn.consumed += need;
+            this.#resume(conn, bytes);
+            continue;
+          }
+          if (conn.eof) {
+            this.#resume(conn, null);
+            continue;
+          }
+          if (!this.#fill(conn, need)) return;
+          continue;
+        }
+        case State.Hash:
+          return;
+        case State.Send:
+          if (!this.#send(conn)) return;
+          continue;
+        case State.Linger:
+          this.#linger(conn);
+          return;
+        case State.Closed:
+          return;
+      }
+    }
+  }
+
+  /**
+   * Read what is available into the connection buffer, up to what the current step needs plus a
+   * bounded read-ahead. Returns false when nothing more can be read now.
+   */
+  #fill(conn: Conn, need: number): boolean {
+    const want = Math.max(need, HEADER_SIZE) - conn.len;
+    if (conn.buf.length < conn.len + Math.max(want, 1)) {
+      const grown = new Uint8Array(Math.max(conn.buf.length * 2, conn.len + want));
+      grown.set(conn.buf.subarray(0, conn.len));
+      conn.buf = grown;
+    }
+    const space = conn.buf.length - conn.len;
+    const limit = Math.min(space, Math.max(want, READ_CHUNK));
+    const headerPhase = conn.state === State.Header && conn.len < HEADER_SIZE;
+    const r = recvMsg(conn.fd, conn.buf.subarray(conn.len, conn.len + limit));
+    if (typeof r === "number") {
+      if (r === -EAGAIN) return false;
+      conn.eof = true; // ECONNRESET and friends end the request like an end of stream.
+      return true;
+    }
+    if (r.fds.length > 0 || r.truncated) this.#takeFds(conn, r.fds, r.truncated, headerPhase);
+    if (r.bytes === 0) {
+      conn.eof = true;
+      return true;
+    }
+    if (conn.len === 0 && conn.served > 0 && conn.state === State.Header) {
+      // The next request on a kept-alive connection has begun.
+      conn.deadline = performance.now() + this.#options.requestTimeoutMs;
+    }
+    conn.len += r.bytes;
+    return true;
+  }
+
+  /** Keep the first descriptor that came with the header; close every other one (D7). */
+  #takeFds(conn: Conn, fds: number[], truncated: boolean, headerPhase: boolean): void {
+    let rest = fds;
+    if (headerPhase) {
+      if (truncated) conn.fdLost = true;
+      if (conn.reqFd < 0 && fds.length > 0) {
+        conn.reqFd = fds[0] ?? -1;
+        rest = fds.slice(1);
+      }
+    }
+    closeAll(rest);
+  }
+
+  #consume(conn: Conn, n: number): void {
+    if (n === 0) return;
+    conn.buf.copyWithin(0, n, conn.len);
+    conn.len -= n;
+  }
+
+  #startRequest(conn: Conn): void {
+    const h = decodeHeader(conn.buf);
+    this.#consume(conn, HEADER_SIZE);
+    conn.header = h;
+    conn.consumed = 0;
+    if (!isValidHeader(h)) {
+      this.#dropReqFd(conn);
+      this.#finish(conn, badHeaderOutcome());
+      return;
+    }
+    if (h.cmd < Cmd.PUT || h.cmd > Cmd.DROP) {
+      this.#dropReqFd(conn);
+      this.#finish(conn, unknownCommandOutcome(h.cmd));
+      return;
+    }
+    if (h.cmd !== Cmd.PUT) {
+      this.#dropReqFd(conn);
+    } else if (conn.reqFd >= 0) {
+      // Allow the publisher time to finish hashing its object before the digest arrives.
+      const st = tryFstat(conn.reqFd);
+      if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
+    }
+    conn.keepAlive = (h.reserved & Flag.KEEP_ALIVE) !== 0;
+    conn.handler = handle(h, this.#context(conn));
+    this.#resume(conn, null);
+  }
+
+  #dropReqFd(conn: Conn): void {
+    if (conn.reqFd >= 0) closeQuietly(conn.reqFd);
+    conn.reqFd = -1;
+  }
+
+  #resume(conn: Conn, input: StepInput): void {
+    const handler = conn.handler;
+    if (handler === null) return;
+    const r = handler.next(input);
+    if (r.done) {
+      conn.handler = null;
+      conn.step = null;
+      this.#finish(conn, r.value);
+      return;
+    }
+    const step = r.value;
+    conn.step = step;
+    if (step.kind === "read") {
+      conn.state = State.Body;
+      return;
+    }
+    conn.state = State.Hash;
+    this.#hash.digest(step.fd, step.size).then((answer: DigestAnswer) => {
+      if (conn.state !== State.Hash) return;
+      this.#resume(conn, answer);
+      this.#pump(conn);
+    });
+  }
+
+  #finish(conn: Conn, o: Outcome): void {
+    if (!o.keptFd) this.#dropReqFd(conn);
+    conn.reqFd = -1;
+    const h = conn.header;
+    const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
+    conn.keepAlive = conn.keepAlive && inSync && !this.#stopping;
+    if (conn.keepAlive) {
+      const first = o.segments[0];
+      if (first !== undefined) {
+        new DataView(first.bytes.buffer, first.bytes.byteOffset).setUint32(
+          Off.reserved,
+          Flag.KEEP_ALIVE,
+          true,
+        );
+      }
+    }
+    conn.lingerLeft = h === null || inSync
+      ? 0
+      : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
+    if (!o.auditAfterSend) this.#record(o, conn);
+    this.#reply(conn, o);
+  }
+
+  #reply(conn: Conn, o: Outcome): void {
+    conn.outcome = o;
+    conn.segIndex = 0;
+    conn.segOff = 0;
+    conn.replyFd = o.fd;
+    conn.state = State.Send;
+    // A slow reader gets the request timeout to take its reply.
+    conn.deadline = performance.now() + this.#options.requestTimeoutMs;
+  }
+
+  /** Send as much of the reply as possible; true when it is all out. */
+  #send(conn: Conn): boolean {
+    const o = conn.outcome;
+    if (o === null) return true;
+    while (conn.segIndex < o.segments.length) {
+      const seg = o.segments[conn.segIndex];
+      if (seg === undefined) break;
+      const part = conn.segOff === 0 ? seg.bytes : seg.bytes.subarray(conn.segOff);
+      const attach = conn.segIndex === 0 && conn.segOff === 0 && conn.replyFd >= 0;
+      const n = attach ? sendMsg(conn.fd, part, [conn.replyFd]) : sendSome(conn.fd, part);
+      if (n === -EAGAIN) return false;
+      if (n <= 0) {
+        this.#sendFailed(conn);
+        return false;
+      }
+      if (attach) {
+        closeQuietly(conn.replyFd);
+        conn.replyFd = -1;
+      }
+      conn.segOff += n;
+      if (conn.segOff >= seg.bytes.length) {
+        conn.segIndex++;
+        conn.segOff = 0;
+      }
+    }
+    this.#afterSend(conn);
+    return true;
+  }
+
+  #sendFailed(conn: Conn): void {
+    const o = conn.outcome;
+    if (o !== null && o.auditAfterSend) {
+      const seg = o.segments[conn.segIndex];
+      this.#record(o, conn, { error: seg?.failText ?? "failed to send response" });
+    }
+    this.#close(conn);
+  }
+
+  #afterSend(conn: Conn): void {
+    const o = conn.outcome;
+    if (o !== null && o.auditAfterSend) this.#record(o, conn);
+    conn.outcome = null;
+    if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
+    conn.replyFd = -1;
+    conn.served++;
+    if (conn.keepAlive && !this.#stopping) {
+      conn.header = null;
+      conn.fdLost = false;
+      conn.state = State.Header;
+      conn.deadline = performance.now() +
+        (conn.len > 0 ? this.#options.requestTimeoutMs : this.#options.idleTimeoutMs);
+      return;
+    }
+    if (conn.header === null || conn.lingerLeft > 0) {
+      // The client may still be writing a body the broker did not read: drain it so the client
+      // reads this reply instead of failing its send with EPIPE (defects D1, D2).
+      if (conn.header === null && conn.lingerLeft === 0) conn.lingerLeft = LINGER_BYTES;
+      shutdownQuietly(conn.fd, SHUT_WR);
+      conn.state = State.Linger;
+      conn.deadline = performance.now() + LINGER_MS;
+      conn.len = 0;
+      this.#lingering++;
+      return;
+    }
+    this.#close(conn);
+  }
+
+  #linger(conn: Conn): void {
+    for (;;) {
+      if (conn.eof || conn.lingerLeft <= 0) {
+        this.#close(conn);
+        return;
+      }
+      const r = recvMsg(conn.fd, this.#scratch.subarray(0, Math.min(READ_CHUNK, conn.lingerLeft)));
+      if (typeof r === "number") {
+        if (r === -EAGAIN) return;
+        conn.eof = true;
+        continue;
+      }
+      closeAll(r.fds);
+      if (r.bytes === 0) conn.eof = true;
+      conn.lingerLeft -= r.bytes;
+    }
+  }
+
+  #close(conn: Conn): void {
+    if (conn.state === State.Closed) return;
+    if (conn.state === State.Linger) this.#lingering--;
+    conn.state = State.Closed;
+    this.#conns.delete(conn.token);
+    if (conn.reqFd >= 0) closeQuietly(conn.reqFd);
+    if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
+    conn.reqFd = -1;
+    conn.replyFd = -1;
+    conn.handler?.return(undefined as never);
+    conn.handler = null;
+    closeQuietly(conn.fd);
+    conn.fd = -1;
+  }
+
+  // ---- stopping ----------------------------------------------------------------------------
+
+  #beginStop(): void {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#graceDeadline = performance.now() + GRACE_MS;
+    this.#poller.remove(this.#listenFd);
+    closeQuietly(this.#listenFd);
+    this.#unlinkSocket();
+    for (const conn of [...this.#conns.values()]) {
+      if (conn.state === State.Header && conn.len === 0) this.#close(conn);
+    }
+    this.#poller.wake();
+  }
+
+  #unlinkSocket(): void {
+    // Only unlink the path if it is still the socket this broker created.
+    const st = tryLstat(this.#options.socket);
+    if (typeof st !== "number" && st.ino === this.#socketIno) {
+      libc.symbols.unlink(cstr(this.#options.socket));
+    }
+  }
+
+  #finishStopIfDone(): boolean {
+    const busy = [...this.#conns.values()].some((c) =>
+      c.state !== State.Linger && !(c.state === State.Header && c.len === 0)
+    );
+    if (busy && performance.now() < this.#graceDeadline) return false;
+    this.#finishStop();
+    return true;
+  }
+
+  #finishStop(): void {
+    for (const conn of [...this.#conns.values()]) this.#close(conn);
+    for (const obj of this.#store.values()) closeQuietly(obj.fd);
+    this.#hash.close();
+    closeQuietly(this.#reserveFd);
+    this.#reserveFd = -1;
+    this.#flush();
+    this.#poller.close();
+    this.#resolveClosed();
+  }
+}
+
+/** Raise the soft RLIMIT_NOFILE to the hard limit: the broker holds one descriptor per object. */
+export function raiseDescriptorLimit(): { soft: bigint; hard: bigint } {
+  const buf = new BigUint64Array(2);
+  const bytes = new Uint8Array(buf.buffer);
+  if (libc.symbols.getrlimit(RLIMIT_NOFILE, bytes) !== 0) return { soft: 0n, hard: 0n };
+  if ((buf[0] ?? 0n) < (buf[1] ?? 0n)) {
+    buf[0] = buf[1] ?? 0n;
+    libc.symbols.setrlimit(RLIMIT_NOFILE, bytes);
+  }
+  return { soft: buf[0] ?? 0n, hard: buf[1] ?? 0n };
+}
+
+/**
+ * Create, bind and listen on the broker socket, following the C broker's order and messages, but
+ * refusing to take over a socket a live broker still answers on (defect D15).
+ */
+function openListener(options: BrokerOptions): { fd: number; ino: bigint } {
+  const path = options.socket;
+  const fd = unixSocket(true);
+  try {
+    const addr = sockaddrUn(path);
+    if (addr === null) throw new Error(socketPathTooLong(path));
+    const st = tryLstat(path);
+    if (typeof st === "number") {
+      if (st !== ENOENT) throw errnoErrorOf("lstat", st, "lstat socket path");
+    } else {
+      if ((st.mode & S_IFMT) !== S_IFSOCK) {
+        throw new Error(`refusing to unlink non-socket path: ${path}`);
+      }
+      if (socketIsLive(addr)) {
+        throw new Error(`refusing to replace the socket of a running broker: ${path}`);
+      }
+      if (libc.symbols.unlink(cstr(path)) < 0) {
+        throw errnoErrorOf("unlink", errno(), "unlink stale socket");
+      }
+    }
+    bindUnix(fd, addr);
+    try {
+      listenUnix(fd, options.listenBacklog);
+    } catch (e) {
+      libc.symbols.unlink(cstr(path));
+      throw e;
+    }
+    const bound = tryLstat(path);
+    return { fd, ino: typeof bound === "number" ? 0n : bound.ino };
+  } catch (e) {
+    closeQuietly(fd);
+    throw e instanceof ErrnoError || e instanceof Error ? e : new Error(String(e));
+  }
+}
+
+/** True when something accepts connections on the socket at `addr`. */
+function socketIsLive(addr: Uint8Array<ArrayBuffer>): boolean {
+  const probe = unixSocket(true);
+  try {
+    const r = connectUnix(probe, addr);
+    // EAGAIN means a live listener with a full backlog.
+    return r === 0 || r === -EAGAIN;
+  } finally {
+    closeQuietly(probe);
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * Argument rules shared by the client subcommands: flag values, object ids, names and job ids,
+ * with the C CLI's messages.
+ *
+ * @module
+ */
+
+import { UsageError } from "../errors.ts";
+import { jobIdFromEnv } from "../client.ts";
+import { JOB_MAX, NAME_HARD_MAX } from "../wire.ts";
+
+/** The value after a flag, or `missing value for FLAG`. */
+export function flagValue(args: readonly string[], i: number, flag: string): string {
+  const v = args[i + 1];
+  if (v === undefined) throw new UsageError(`missing value for ${flag}`);
+  return v;
+}
+
+const U64_MAX = 18446744073709551615n;
+
+/**
+ * An object id: decimal digits only, non-zero, at most 2^64-1. Unlike the C CLI (defect D18),
+ * leading spaces, signs and `-1` are refused.
+ */
+export function parseId(text: string): bigint {
+  if (!/^[0-9]+$/.test(text)) throw new UsageError(`invalid object id: ${text}`);
+  const id = BigInt(text);
+  if (id === 0n || id > U64_MAX) throw new UsageError(`invalid object id: ${text}`);
+  return id;
+}
+
+function byteLength(s: string): number {
+  return new TextEncoder().encode(s).length;
+}
+
+/** Check a name given on the command line. */
+export function checkName(name: string): void {
+  if (name === "") throw new UsageError("object name must not be empty");
+  if (byteLength(name) > NAME_HARD_MAX) throw new UsageError("object name too long");
+}
+
+/**
+ * The job id for a request: `--job-id` if given (it must be non-empty), else a non-empty
+ * MEMFDBUS_JOB_ID, else none.
+ */
+export function resolveJob(flag: string | undefined): string | null {
+  const job = flag ?? jobIdFromEnv();
+  if (job === null) return null;
+  checkJob("--job-id", job);
+  return job;
+}
+
+/** `FLAG requires a non-empty job id` or `job id too long`. */
+export function checkJob(flag: string, job: string): void {
+  if (job === "") throw new UsageError(`${flag} requires a non-empty job id`);
+  if (byteLength(job) > JOB_MAX) throw new UsageError("job id too long");
+}

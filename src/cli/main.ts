@@ -1,0 +1,48 @@
+/**
+ * The CLI dispatcher: picks the subcommand, prints errors as one line on stderr with exit code
+ * 1, and usage on `--help` (stdout, exit 0) or a missing/unknown subcommand (stderr, exit 1).
+ *
+ * @module
+ */
+
+import { brokerCommand } from "./broker.ts";
+import { dropCommand } from "./drop.ts";
+import { execCommand } from "./exec.ts";
+import { getCommand } from "./get.ts";
+import { listCommand } from "./list.ts";
+import { err, out } from "./output.ts";
+import { putCommand } from "./put.ts";
+import { USAGE } from "./usage.ts";
+
+const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<number>>> = {
+  broker: brokerCommand,
+  put: putCommand,
+  get: getCommand,
+  exec: execCommand,
+  drop: dropCommand,
+  list: listCommand,
+};
+
+/** Run the CLI with `args` (without the program name); resolves with the exit code. */
+export async function main(args: readonly string[]): Promise<number> {
+  const cmd = args[0];
+  if (cmd === undefined) {
+    err(USAGE);
+    return 1;
+  }
+  if (cmd === "--help" || cmd === "-h") {
+    out(USAGE);
+    return 0;
+  }
+  const run = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+  if (run === undefined) {
+    err(USAGE);
+    return 1;
+  }
+  try {
+    return await run(args.slice(1));
+  } catch (e) {
+    err(`${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * The usage texts of the CLI. The first block is byte for byte the C memfdbus usage; options
+ * this implementation adds follow it.
+ *
+ * @module
+ */
+
+/** Full usage, printed by `--help` (stdout) and on a missing or unknown subcommand (stderr). */
+export const USAGE: string = `usage:
+  memfdbus broker [--socket PATH] [--max-name-bytes N] [--max-objects N]
+                  [--max-request-bytes N] [--max-list-bytes N]
+                  [--max-total-bytes N] [--listen-backlog N]
+                  [--max-clients N]
+  memfdbus put FILE [--name NAME | --content-addressed]
+               [--job-id JOB] [--allow-job JOB] [--socket PATH]
+  memfdbus get OBJECT_ID OUT [--job-id JOB] [--socket PATH]
+  memfdbus get --name NAME OUT [--job-id JOB] [--socket PATH]
+  memfdbus exec OBJECT_ID [--job-id JOB] [--socket PATH] -- COMMAND [ARG...]
+  memfdbus exec --name NAME [--job-id JOB] [--socket PATH] -- COMMAND [ARG...]
+  memfdbus drop OBJECT_ID [--job-id JOB] [--socket PATH]
+  memfdbus drop --name NAME [--job-id JOB] [--socket PATH]
+  memfdbus list [--job-id JOB] [--socket PATH]
+broker options beyond the C memfdbus:
+  --request-timeout-ms N  close a connection that has not completed its request (10000)
+  --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
+`;
+
+/** Two-line usage of `put`. */
+export const PUT_USAGE = `usage: memfdbus put FILE [--name NAME | --content-addressed]
+   [--job-id JOB] [--allow-job JOB] [--socket PATH]`;
+
+/** Two-line usage of `get`. */
+export const GET_USAGE = `usage: memfdbus get OBJECT_ID OUT [--job-id JOB] [--socket PATH]
+   or: memfdbus get --name NAME OUT [--job-id JOB] [--socket PATH]`;
+
+/** Two-line usage of `exec`. */
+export const EXEC_USAGE =
+  `usage: memfdbus exec OBJECT_ID [--job-id JOB] [--socket PATH] -- COMMAND [ARG...]
+   or: memfdbus exec --name NAME [--job-id JOB] [--socket PATH] -- COMMAND [ARG...]`;
+
+/** Two-line usage of `drop`. */
+export const DROP_USAGE = `usage: memfdbus drop OBJECT_ID [--job-id JOB] [--socket PATH]
+   or: memfdbus drop --name NAME [--job-id JOB] [--socket PATH]`;

@@ -1,0 +1,849 @@
+/**
+ * The memfdbus client: publish, fetch, list and drop objects on a broker, speaking protocol v1.
+ *
+ * Every call is async and bounded by a timeout, so a slow or hung broker never blocks the
+ * caller's event loop. With `keepAlive` (the default) one connection serves several requests
+ * when the broker supports it (a flag in the header's reserved field that C brokers ignore);
+ * against a C broker each request simply uses a new connection.
+ *
+ * @example Publish bytes and read them back through a shared mapping
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * const { id } = await client.put(new TextEncoder().encode("hello"), { name: "greeting" });
+ * using obj = await client.get({ name: "greeting" });
+ * console.log(obj.id === id, new TextDecoder().decode(obj.view));
+ * ```
+ *
+ * @module
+ */
+
+import { fromUtf8, toBinary, utf8 } from "./bytes.ts";
+import { Connection, isPeerGone } from "./connection.ts";
+import { DigestBuilder, digestBytes } from "./digest.ts";
+import { BrokerError, ErrnoError, ProtocolError, Status } from "./errors.ts";
+import { closeQuietly, cstr, lastError, libc } from "./ffi.ts";
+import { fstat, isRegular } from "./fd.ts";
+import { F_GET_SEALS, O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "./linux.ts";
+import { ReadOnlyMapping } from "./mapping.ts";
+import { brokerFdProblemText, inspectSealedFd, isFdProblem, Memfd, memfdLabel } from "./memfd.ts";
+import { DEFAULT_SOCKET } from "./options.ts";
+import { closeAll } from "./unix_socket.ts";
+import {
+  Cmd,
+  decodeHeader,
+  DIGEST_LEN,
+  encodeHeader,
+  Flag,
+  type Header,
+  HEADER_SIZE,
+  isValidDigest,
+  isValidHeader,
+  JOB_MAX,
+  NAME_HARD_MAX,
+} from "./wire.ts";
+
+/** Options of a {@link Client}. */
+export interface ClientOptions {
+  /** Broker socket path; `/tmp/memfdbus.sock` by default. */
+  readonly socket?: string;
+  /**
+   * The job id requests carry. Undefined: `MEMFDBUS_JOB_ID` when it is set and non-empty.
+   * Null: no job (unscoped), whatever the environment says.
+   */
+  readonly jobId?: string | null;
+  /** Milliseconds a request may take before it fails with TimeoutError (default 30000). */
+  readonly timeoutMs?: number;
+  /** Reuse a connection for several requests where the broker allows it (default true). */
+  readonly keepAlive?: boolean;
+}
+
+/** Which object: an id, `{ id }`, or `{ name }` for the newest object with that name. */
+export type Selector =
+  | bigint
+  | number
+  | { readonly id: bigint | number }
+  | { readonly name: string | Uint8Array };
+
+/** Per-call job override: a job id, or null for an unscoped request. */
+export interface JobOption {
+  /** The job id for this call; overrides the client's. */
+  readonly jobId?: string | null;
+}
+
+/** Options of {@link Client.put}. */
+export interface PutOptions extends JobOption {
+  /**
+   * The object name. Defaults to the file's base name for a path source, else required
+   * (unless `contentAddressed`).
+   */
+  readonly name?: string | Uint8Array;
+  /** Publish under the digest string as name. Cannot be combined with `name`. */
+  readonly contentAddressed?: boolean;
+  /** The one other job that may read the object; requires a job id. */
+  readonly allowJob?: string;
+}
+
+/** Options of {@link Client.get}. */
+export interface GetOptions extends JobOption {
+  /** Recompute the digest of what arrived and fail on a mismatch (costs one pass over it). */
+  readonly verify?: boolean;
+}
+
+/**
+ * An open descriptor to publish from. A regular file is read from offset 0 (its file offset
+ * is left alone) unless `fromCurrentOffset` is set; a pipe or socket is read to its end. A memfd
+ * that already carries the four seals is sent as is, without a copy.
+ */
+export interface FdSource {
+  /** The descriptor; it stays the caller's. */
+  readonly fd: number;
+  /** Read a regular file from its current offset instead of from 0 (as `put -` does). */
+  readonly fromCurrentOffset?: boolean;
+}
+
+/**
+ * What {@link Client.put} can publish: a file path, bytes, a stream of bytes, an open
+ * descriptor, or a {@link Memfd}.
+ */
+export type PutSource = string | Uint8Array | ReadableStream<Uint8Array> | FdSource | Memfd;
+
+/** The result of a successful PUT. */
+export interface PutResult {
+  /** The new object id. */
+  readonly id: bigint;
+  /** Size in bytes. */
+  readonly size: number;
+  /** `sha256:<hex>` of the contents. */
+  readonly digest: string;
+  /** The name it was published under. */
+  readonly name: string;
+}
+
+/** One line of a LIST reply. */
+export interface ListEntry {
+  /** Object id. */
+  readonly id: bigint;
+  /** Owner job, or null. */
+  readonly owner: string | null;
+  /** Allowed job, or null. */
+  readonly allowed: string | null;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Digest string. */
+  readonly digest: string;
+  /** Object name. */
+  readonly name: string;
+}
+
+/** The result of a successful DROP. */
+export interface DropResult {
+  /** The dropped id. */
+  readonly id: bigint;
+  /** Its size. */
+  readonly size: number;
+}
+
+/** The default per-request timeout. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+/** Extra time a PUT allows per byte, for the broker's digest check (100 MB/s). */
+const PUT_MS_PER_BYTE = 1 / 100_000;
+const IDLE_POOL = 4;
+
+/**
+ * A fetched object: its metadata, a sealed read-only descriptor, and a lazily mapped view.
+ * Closing it unmaps the view (detaching every Uint8Array over it) and closes the descriptor.
+ */
+export class BusObject implements Disposable {
+  /** Object id. */
+  readonly id: bigint;
+  /** Size in bytes. */
+  readonly size: number;
+  /** `sha256:<hex>` of the contents, as the broker verified it. */
+  readonly digest: string;
+  /** The name as raw bytes. */
+  readonly nameBytes: Uint8Array;
+  #fd: number;
+  #map: ReadOnlyMapping | null = null;
+
+  /**
+   * Wrap a received object; the new instance owns `fd`.
+   *
+   * @param id object id
+   * @param size size in bytes
+   * @param nameBytes raw name
+   * @param digest digest string
+   * @param fd the received descriptor, now owned by this object
+   */
+  constructor(id: bigint, size: number, nameBytes: Uint8Array, digest: string, fd: number) {
+    this.id = id;
+    this.size = size;
+    this.nameBytes = nameBytes;
+    this.digest = digest;
+    this.#fd = fd;
+  }
+
+  /** The name, decoded as UTF-8. */
+  get name(): string {
+    return fromUtf8(this.nameBytes);
+  }
+
+  /** The sealed descriptor (read-only, close-on-exec). Throws once closed. */
+  get fd(): number {
+    if (this.#fd < 0) throw new TypeError("Object is closed");
+    return this.#fd;
+  }
+
+  /** True once closed. */
+  get closed(): boolean {
+    return this.#fd < 0 && this.#map === null;
+  }
+
+  /**
+   * The contents, mapped read-only on first use. Valid until {@link BusObject.close}; after that
+   * any kept reference reads as empty rather than touching unmapped memory.
+   */
+  get view(): Uint8Array {
+    this.#map ??= ReadOnlyMapping.of(this.fd, this.size);
+    return this.#map.bytes;
+  }
+
+  /** A separate mapping the caller owns (and closes). */
+  map(): ReadOnlyMapping {
+    return ReadOnlyMapping.of(this.fd, this.size);
+  }
+
+  /** A copy of the contents. */
+  bytes(): Uint8Array {
+    return this.view.slice();
+  }
+
+  /** The contents decoded as UTF-8. */
+  text(): string {
+    return fromUtf8(this.view);
+  }
+
+  /** Recompute the digest and compare it with the one the broker sent. */
+  verify(): boolean {
+    return digestBytes(this.view) === this.digest;
+  }
+
+  /** Give up ownership of the descriptor (for example to hand it to a child process). */
+  releaseFd(): number {
+    const fd = this.fd;
+    this.#fd = -1;
+    return fd;
+  }
+
+  /** Unmap the view and close the descriptor. Safe to call more than once. */
+  close(): void {
+    this.#map?.close();
+    this.#map = null;
+    if (this.#fd >= 0) closeQuietly(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@link BusObject.close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Read MEMFDBUS_JOB_ID, treating an empty value or a denied permission as unset. */
+export function jobIdFromEnv(): string | null {
+  try {
+    const v = Deno.env.get("MEMFDBUS_JOB_ID");
+    return v === undefined || v === "" ? null : v;
+  } catch {
+    return null;
+  }
+}
+
+function nameBytesOf(name: string | Uint8Array, what = "object name"): Uint8Array {
+  const bytes = typeof name === "string" ? utf8(name) : name;
+  if (bytes.length === 0) throw new TypeError(`${what} must not be empty`);
+  if (bytes.length > NAME_HARD_MAX) throw new RangeError(`${what} too long`);
+  if (bytes.includes(0)) throw new TypeError(`${what} must not contain NUL bytes`);
+  return bytes;
+}
+
+function jobBytesOf(job: string, what: string): Uint8Array {
+  const bytes = utf8(job);
+  if (bytes.length === 0) throw new TypeError(`${what} must not be empty`);
+  if (bytes.length > JOB_MAX) throw new RangeError(`${what} too long`);
+  if (bytes.includes(0)) throw new TypeError(`${what} must not contain NUL bytes`);
+  return bytes;
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+function basename(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? path : path.slice(i + 1);
+}
+
+/** A reply header and the descriptors that came with it. */
+interface Reply {
+  readonly header: Header;
+  readonly fds: number[];
+}
+
+/**
+ * A client of one broker. Cheap to create; holds at most a few idle connections, closed by
+ * {@link Client.close} or `await using`.
+ *
+ * @example Listing what a job may see
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client({ jobId: "beta" });
+ * for (const e of await client.list()) console.log(e.id, e.name, e.size);
+ * ```
+ */
+export class Client implements AsyncDisposable, Disposable {
+  readonly #socket: string;
+  readonly #jobId: string | null;
+  readonly #timeoutMs: number;
+  readonly #keepAlive: boolean;
+  readonly #idle: Connection[] = [];
+  #closed = false;
+
+  /**
+   * Create a client. Nothing connects until the first request.
+   *
+   * @param options socket, job id, timeout and keep-alive
+   */
+  constructor(options: ClientOptions = {}) {
+    this.#socket = options.socket ?? DEFAULT_SOCKET;
+    this.#jobId = options.jobId === undefined ? jobIdFromEnv() : options.jobId;
+    if (this.#jobId !== null) jobBytesOf(this.#jobId, "job id");
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#keepAlive = options.keepAlive ?? true;
+  }
+
+  /** The socket path. */
+  get socket(): string {
+    return this.#socket;
+  }
+
+  /** The job id requests carry by default (null: unscoped). */
+  get jobId(): string | null {
+    return this.#jobId;
+  }
+
+  #job(opt: JobOption | undefined): Uint8Array {
+    const job = opt?.jobId === undefined ? this.#jobId : opt.jobId;
+    return job === null ? new Uint8Array(0) : jobBytesOf(job, "job id");
+  }
+
+  // ---- PUT ---------------------------------------------------------------------------------
+
+  /**
+   * Publish an object: copy the source into a new memfd (in the kernel where possible), seal
+   * it, and send the descriptor. Returns the new id.
+   *
+   * @param source a path, bytes, a stream, `{ fd }` or a Memfd
+   * @param options name, job, allowed job, content addressing
+   */
+  async put(source: PutSource, options: PutOptions = {}): Promise<PutResult> {
+    if (options.contentAddressed && options.name !== undefined) {
+      throw new TypeError("contentAddressed cannot be combined with name");
+    }
+    const job = this.#job(options);
+    const allow = options.allowJob === undefined
+      ? new Uint8Array(0)
+      : jobBytesOf(options.allowJob, "allowed job id");
+    if (allow.length > 0 && job.length === 0) {
+      throw new TypeError("allowJob requires a job id");
+    }
+    const fallbackName = typeof source === "string" ? basename(source) : undefined;
+    const nameOption = options.name ?? fallbackName;
+    if (!options.contentAddressed && nameOption === undefined) {
+      throw new TypeError("put needs a name (or contentAddressed)");
+    }
+    // Check the name before any copying (the C CLI copied first, defect D23).
+    const early = nameOption === undefined || options.contentAddressed
+      ? null
+      : nameBytesOf(nameOption);
+
+    const label = nameOption ?? "memfdbus";
+    const prepared = await prepareSealed(source, label);
+    try {
+      const nameBytes = early ?? utf8(prepared.digest);
+      const id = await this.putSealed(prepared.fd, {
+        size: prepared.size,
+        digest: prepared.digest,
+        name: nameBytes,
+        job,
+        allow,
+      });
+      return { id, size: prepared.size, digest: prepared.digest, name: fromUtf8(nameBytes) };
+    } finally {
+      prepared.release();
+    }
+  }
+
+  /**
+   * Send an already sealed memfd with known size and digest (the lowest-level PUT). The
+   * descriptor stays the caller's.
+   */
+  async putSealed(
+    fd: number,
+    req: {
+      readonly size: number;
+      readonly digest: string;
+      readonly name: Uint8Array;
+      readonly job?: Uint8Array;
+      readonly allow?: Uint8Array;
+    },
+  ): Promise<bigint> {
+    const job = req.job ?? new Uint8Array(0);
+    const allow = req.allow ?? new Uint8Array(0);
+    const digest = utf8(req.digest);
+    if (!isValidDigest(digest)) throw new TypeError(`Invalid digest "${req.digest}"`);
+    const header = encodeHeader({
+      cmd: Cmd.PUT,
+      jobLen: job.length,
+      size: BigInt(req.size),
+      nameLen: req.name.length,
+      textLen: DIGEST_LEN,
+      allowLen: allow.length,
+    });
+    const reply = await this.#request(
+      [
+        [header, "send put request"],
+        [req.name, "send object name"],
+        [digest, "send object digest"],
+        [job, "send job id"],
+        [allow, "send allowed job id"],
+      ],
+      [fd],
+      this.#timeoutMs + req.size * PUT_MS_PER_BYTE,
+    );
+    closeAll(reply.reply.fds);
+    reply.done();
+    return reply.reply.header.objectId;
+  }
+
+  // ---- GET ---------------------------------------------------------------------------------
+
+  /**
+   * Fetch an object by id or newest by name. The result owns a fresh sealed descriptor; close
+   * it (or use `using`) when done.
+   */
+  async get(selector: Selector, options: GetOptions = {}): Promise<BusObject> {
+    const { id, name } = selectorParts(selector);
+    const job = this.#job(options);
+    const header = encodeHeader({
+      cmd: Cmd.GET,
+      objectId: id,
+      nameLen: name.length,
+      jobLen: job.length,
+    });
+    const r = await this.#request(
+      [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
+      [],
+      this.#timeoutMs,
+    );
+    const { header: h, fds } = r.reply;
+    const fd = fds.shift() ?? -1;
+    closeAll(fds);
+    try {
+      if (fd < 0) throw new ProtocolError("broker did not send an object fd");
+      if (h.nameLen > NAME_HARD_MAX) {
+        throw new ProtocolError("broker sent an oversized object name");
+      }
+      if (h.textLen !== DIGEST_LEN) throw new ProtocolError("broker sent an invalid object digest");
+      const deadline = performance.now() + this.#timeoutMs;
+      const nameChunk = await r.conn.recvExact(h.nameLen, deadline, "receive object name");
+      closeAll(nameChunk.fds);
+      const digestChunk = await r.conn.recvExact(DIGEST_LEN, deadline, "receive object digest");
+      closeAll(digestChunk.fds);
+      if (!isValidDigest(digestChunk.bytes)) {
+        throw new ProtocolError("broker sent an invalid object digest");
+      }
+      r.done();
+      const info = inspectSealedFd(fd, h.size);
+      if (isFdProblem(info)) {
+        throw new ProtocolError(
+          `broker sent an invalid object fd: ${brokerFdProblemText(info, h.size)}`,
+        );
+      }
+      const obj = new BusObject(
+        h.objectId,
+        Number(h.size),
+        nameChunk.bytes,
+        toBinary(digestChunk.bytes),
+        fd,
+      );
+      if (options.verify && !obj.verify()) {
+        obj.close();
+        throw new ProtocolError("object contents do not match the digest");
+      }
+      return obj;
+    } catch (e) {
+      closeQuietly(fd);
+      r.fail();
+      throw e;
+    }
+  }
+
+  // ---- LIST --------------------------------------------------------------------------------
+
+  /** The LIST text exactly as the broker sent it (possibly empty). */
+  async listRaw(options: JobOption = {}): Promise<Uint8Array> {
+    const job = this.#job(options);
+    const header = encodeHeader({ cmd: Cmd.LIST, jobLen: job.length });
+    const r = await this.#request(
+      [[header, "send list request"], [job, "send job id"]],
+      [],
+      this.#timeoutMs,
+    );
+    closeAll(r.reply.fds);
+    try {
+      const chunk = await r.conn.recvExact(
+        r.reply.header.textLen,
+        performance.now() + this.#timeoutMs,
+        "receive list",
+      );
+      closeAll(chunk.fds);
+      r.done();
+      return chunk.bytes;
+    } catch (e) {
+      r.fail();
+      throw e;
+    }
+  }
+
+  /** The LIST text decoded as UTF-8. */
+  async listText(options: JobOption = {}): Promise<string> {
+    return fromUtf8(await this.listRaw(options));
+  }
+
+  /** The visible objects, parsed, in ascending id order. */
+  async list(options: JobOption = {}): Promise<ListEntry[]> {
+    return parseList(await this.listText(options));
+  }
+
+  // ---- DROP --------------------------------------------------------------------------------
+
+  /** Drop an object by id or newest by name; descriptors already handed out stay valid. */
+  async drop(selector: Selector, options: JobOption = {}): Promise<DropResult> {
+    const { id, name } = selectorParts(selector);
+    const job = this.#job(options);
+    const header = encodeHeader({
+      cmd: Cmd.DROP,
+      objectId: id,
+      nameLen: name.length,
+      jobLen: job.length,
+    });
+    const r = await this.#request(
+      [[header, "send drop request"], [name, "send object name"], [job, "send job id"]],
+      [],
+      this.#timeoutMs,
+    );
+    closeAll(r.reply.fds);
+    r.done();
+    return { id: r.reply.header.objectId, size: Number(r.reply.header.size) };
+  }
+
+  // ---- plumbing ----------------------------------------------------------------------------
+
+  /**
+   * Send one request (all parts in as few sendmsg calls as possible, descriptors on the first)
+   * and read the reply header. A broker error becomes BrokerError. If sending fails because the
+   * broker already answered and closed (defect D1), its answer is still read and reported.
+   */
+  async #request(
+    parts: ReadonlyArray<readonly [Uint8Array, string]>,
+    fds: readonly number[],
+    timeoutMs: number,
+  ): Promise<{ conn: Connection; reply: Reply; done: () => void; fail: () => void }> {
+    if (this.#closed) throw new TypeError("Client is closed");
+    const reused = this.#idle.pop();
+    try {
+      return await this.#attempt(
+        reused ?? await Connection.connect(this.#socket, timeoutMs),
+        parts,
+        fds,
+        timeoutMs,
+      );
+    } catch (e) {
+      // A kept-alive connection the broker closed meanwhile: retry once on a fresh one. The
+      // broker only closes idle connections, so the request was never processed.
+      if (reused === undefined || !(e instanceof StaleConnection)) throw unwrapStale(e);
+      return await this.#attempt(
+        await Connection.connect(this.#socket, timeoutMs),
+        parts,
+        fds,
+        timeoutMs,
+      )
+        .catch((e2) => Promise.reject(unwrapStale(e2)));
+    }
+  }
+
+  async #attempt(
+    conn: Connection,
+    parts: ReadonlyArray<readonly [Uint8Array, string]>,
+    fds: readonly number[],
+    timeoutMs: number,
+  ): Promise<{ conn: Connection; reply: Reply; done: () => void; fail: () => void }> {
+    const deadline = performance.now() + timeoutMs;
+    const first = parts[0]?.[0];
+    if (first !== undefined && this.#keepAlive) {
+      new DataView(first.buffer, first.byteOffset).setUint32(44, Flag.KEEP_ALIVE, true);
+    }
+    let reply: Reply;
+    try {
+      let sendError: unknown = null;
+      try {
+        await sendParts(conn, parts, fds, deadline);
+      } catch (e) {
+        if (!isPeerGone(e)) throw e;
+        sendError = e;
+      }
+      try {
+        reply = await readReply(conn, deadline);
+      } catch (e) {
+        if (e instanceof BrokerError || sendError === null) throw e;
+        throw sendError;
+      }
+    } catch (e) {
+      conn.close();
+      if (e instanceof ErrnoError && (e.code === "ECONNRESET" || e.code === "EPIPE")) {
+        throw new StaleConnection(e);
+      }
+      throw e;
+    }
+    const keep = this.#keepAlive && (reply.header.reserved & Flag.KEEP_ALIVE) !== 0;
+    return {
+      conn,
+      reply,
+      done: () => {
+        if (keep && !this.#closed && this.#idle.length < IDLE_POOL) this.#idle.push(conn);
+        else conn.close();
+      },
+      fail: () => conn.close(),
+    };
+  }
+
+  /** Close idle connections. Safe to call more than once. */
+  close(): void {
+    this.#closed = true;
+    for (const c of this.#idle) c.close();
+    this.#idle.length = 0;
+  }
+
+  /** Same as {@link Client.close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** Same as {@link Client.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+/** Marks a failure on a reused connection that the broker had closed. */
+class StaleConnection extends Error {
+  readonly original: Error;
+  constructor(original: Error) {
+    super(original.message);
+    this.original = original;
+  }
+}
+
+function unwrapStale(e: unknown): unknown {
+  return e instanceof StaleConnection ? e.original : e;
+}
+
+async function sendParts(
+  conn: Connection,
+  parts: ReadonlyArray<readonly [Uint8Array, string]>,
+  fds: readonly number[],
+  deadline: number,
+): Promise<void> {
+  // One message for the whole request; a failure is labelled with the part it happened in.
+  const all = concat(parts.map(([b]) => b));
+  try {
+    await conn.send(all, deadline, "send", fds);
+  } catch (e) {
+    if (!(e instanceof ErrnoError)) throw e;
+    throw new ErrnoError(e.syscall, e.errno, e.description, parts[0]?.[1]);
+  }
+}
+
+async function readReply(conn: Connection, deadline: number): Promise<Reply> {
+  const chunk = await conn.recvExact(HEADER_SIZE, deadline, "receive response");
+  const header = decodeHeader(chunk.bytes);
+  if (!isValidHeader(header)) {
+    closeAll(chunk.fds);
+    throw new ProtocolError("invalid response from broker");
+  }
+  if (header.status !== Status.OK) {
+    closeAll(chunk.fds);
+    let text = "";
+    if (header.textLen > 0) {
+      const t = await conn.recvExact(header.textLen, deadline, "receive response text");
+      closeAll(t.fds);
+      text = fromUtf8(t.bytes);
+    }
+    throw new BrokerError(header.status, text);
+  }
+  return { header, fds: chunk.fds };
+}
+
+function selectorParts(selector: Selector): { id: bigint; name: Uint8Array } {
+  if (typeof selector === "bigint" || typeof selector === "number") {
+    return { id: toId(selector), name: new Uint8Array(0) };
+  }
+  if ("id" in selector) return { id: toId(selector.id), name: new Uint8Array(0) };
+  return { id: 0n, name: nameBytesOf(selector.name) };
+}
+
+function toId(v: bigint | number): bigint {
+  const id = typeof v === "bigint" ? v : Number.isSafeInteger(v) ? BigInt(v) : -1n;
+  if (id <= 0n || id > 0xffffffffffffffffn) throw new RangeError(`Invalid object id "${v}"`);
+  return id;
+}
+
+/** Parse LIST text into entries (a name may itself contain tabs; it is the last column). */
+export function parseList(text: string): ListEntry[] {
+  const out: ListEntry[] = [];
+  for (const line of text.split("\n")) {
+    if (line === "") continue;
+    const cols = line.split("\t");
+    if (cols.length < 6) throw new ProtocolError(`Malformed list line "${line}"`);
+    const [id, owner, allowed, size, digest] = cols as [string, string, string, string, string];
+    const ownerValue = owner.startsWith("owner=") ? owner.slice(6) : owner;
+    const allowedValue = allowed.startsWith("allowed=") ? allowed.slice(8) : allowed;
+    out.push({
+      id: BigInt(id),
+      owner: ownerValue === "-" ? null : ownerValue,
+      allowed: allowedValue === "-" ? null : allowedValue,
+      size: Number(size),
+      digest,
+      name: cols.slice(5).join("\t"),
+    });
+  }
+  return out;
+}
+
+// ---- preparing a sealed memfd from any source ------------------------------------------------
+
+interface Prepared {
+  readonly fd: number;
+  readonly size: number;
+  readonly digest: string;
+  release(): void;
+}
+
+/**
+ * Turn a PUT source into a sealed memfd with its size and digest. The bytes are copied once
+ * (kernel-side for descriptors) and hashed once.
+ */
+export async function prepareSealed(
+  source: PutSource,
+  label: string | Uint8Array,
+): Promise<Prepared> {
+  if (source instanceof Memfd) return prepareFromFd(source.fd, label, false);
+  if (typeof source === "string") {
+    const fd = libc.symbols.open(cstr(source), O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) throw lastError("open", "open input");
+    try {
+      return prepareFromFd(fd, label, true);
+    } finally {
+      closeQuietly(fd);
+    }
+  }
+  if (source instanceof Uint8Array) return prepareFromBytes([source], label);
+  if (source instanceof ReadableStream) return await prepareFromStream(source, label);
+  return prepareFromFd(source.fd, label, source.fromCurrentOffset ?? false);
+}
+
+function sealedResult(memfd: Memfd, size: number, digest: string): Prepared {
+  memfd.seal();
+  return { fd: memfd.fd, size, digest, release: () => memfd.close() };
+}
+
+function prepareFromBytes(chunks: Iterable<Uint8Array>, label: string | Uint8Array): Prepared {
+  const memfd = Memfd.create(memfdLabel(label));
+  try {
+    const hash = new DigestBuilder();
+    let size = 0;
+    for (const chunk of chunks) {
+      memfd.writeAll(chunk);
+      hash.update(chunk);
+      size += chunk.length;
+    }
+    return sealedResult(memfd, size, hash.digest());
+  } catch (e) {
+    memfd.close();
+    throw e;
+  }
+}
+
+async function prepareFromStream(
+  stream: ReadableStream<Uint8Array>,
+  label: string | Uint8Array,
+): Promise<Prepared> {
+  const memfd = Memfd.create(memfdLabel(label));
+  try {
+    const hash = new DigestBuilder();
+    let size = 0;
+    for await (const chunk of stream) {
+      memfd.writeAll(chunk);
+      hash.update(chunk);
+      size += chunk.length;
+    }
+    return sealedResult(memfd, size, hash.digest());
+  } catch (e) {
+    memfd.close();
+    throw e;
+  }
+}
+
+function prepareFromFd(
+  fd: number,
+  label: string | Uint8Array,
+  fromCurrentOffset: boolean,
+): Prepared {
+  const st = fstat(fd, "fstat input");
+  // A sealed memfd (or any regular file carrying the four seals) is published as is: no copy.
+  if (isRegular(st.mode)) {
+    const seals = libc.symbols.fcntl(fd, F_GET_SEALS, 0);
+    if (seals >= 0 && (seals & SEALS_IMMUTABLE) === SEALS_IMMUTABLE) {
+      const size = Number(st.size);
+      using map = ReadOnlyMapping.of(fd, size);
+      const digest = digestBytes(map.bytes);
+      return { fd, size, digest, release: () => {} };
+    }
+  }
+  const memfd = Memfd.create(memfdLabel(label));
+  try {
+    const copy = memfd.copyFrom(
+      fd,
+      undefined,
+      { read: "read input", write: "write destination" },
+      fromCurrentOffset || !isRegular(st.mode) ? undefined : 0,
+    );
+    memfd.seal();
+    using map = ReadOnlyMapping.of(memfd.fd, copy.bytes);
+    const digest = digestBytes(map.bytes);
+    return { fd: memfd.fd, size: copy.bytes, digest, release: () => memfd.close() };
+  } catch (e) {
+    memfd.close();
+    throw e;
+  }
+}

@@ -1,0 +1,222 @@
+/**
+ * The one binding to libc. Every other module calls the C functions through `libc` and turns
+ * failures into {@link ErrnoError} with {@link check} or {@link checkBig}.
+ *
+ * errno is read through `__errno_location()` in the statement right after the failing call: Deno
+ * ops change errno, so nothing may run in between.
+ *
+ * @module
+ */
+
+import { ErrnoError } from "./errors.ts";
+
+const symbols = {
+  /** int *__errno_location(void) */
+  __errno_location: { parameters: [], result: "pointer" },
+  /** char *strerror(int errnum) */
+  strerror: { parameters: ["i32"], result: "pointer" },
+
+  /** int memfd_create(const char *name, unsigned int flags) — glibc 2.27+ */
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32", optional: true },
+  /** long syscall(long number, const char *name, unsigned int flags) — the raw memfd_create */
+  syscall_memfd_create: { name: "syscall", parameters: ["i64", "buffer", "u32"], result: "i64" },
+  /** int fcntl(int fd, int cmd, int arg) */
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  /** int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf) */
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  /** int open(const char *path, int flags, mode_t mode) */
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  /** int close(int fd) */
+  close: { parameters: ["i32"], result: "i32" },
+  /** ssize_t read(int fd, void *buf, size_t count) */
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  /** ssize_t write(int fd, const void *buf, size_t count) */
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  /** ssize_t write(int fd, const void *buf, size_t count), from a raw pointer */
+  write_ptr: { name: "write", parameters: ["i32", "pointer", "usize"], result: "isize" },
+  /** ssize_t pread64(int fd, void *buf, size_t count, off64_t offset) */
+  pread: { name: "pread64", parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  /** off64_t lseek64(int fd, off64_t offset, int whence) */
+  lseek: { name: "lseek64", parameters: ["i32", "i64", "i32"], result: "i64" },
+  /** int ftruncate64(int fd, off64_t length) */
+  ftruncate: { name: "ftruncate64", parameters: ["i32", "i64"], result: "i32" },
+  /** int fchmod(int fd, mode_t mode) */
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
+  /** int unlink(const char *path) */
+  unlink: { parameters: ["buffer"], result: "i32" },
+  /** int rename(const char *old, const char *new) */
+  rename: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** mode_t umask(mode_t mask) */
+  umask: { parameters: ["u32"], result: "u32" },
+  /** int dup(int fd) */
+  dup: { parameters: ["i32"], result: "i32" },
+  /** int dup3(int old, int new, int flags) */
+  dup3: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  /** int pipe2(int fds[2], int flags) */
+  pipe2: { parameters: ["buffer", "i32"], result: "i32" },
+  /** void *mmap(void *addr, size_t len, int prot, int flags, int fd, off64_t off) */
+  mmap: {
+    name: "mmap64",
+    parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
+    result: "pointer",
+  },
+  /** int munmap(void *addr, size_t len) */
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  /** int madvise(void *addr, size_t len, int advice) */
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  /** ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_out, size_t len, unsigned flags) */
+  copy_file_range: {
+    parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
+    result: "isize",
+    optional: true,
+  },
+  /** ssize_t sendfile64(int out, int in, off64_t *offset, size_t count) */
+  sendfile: { name: "sendfile64", parameters: ["i32", "i32", "buffer", "usize"], result: "isize" },
+
+  /** int socket(int domain, int type, int protocol) */
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  /** int bind(int fd, const struct sockaddr *addr, socklen_t len) */
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** int listen(int fd, int backlog) */
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  /** int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) */
+  accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
+  /** int connect(int fd, const struct sockaddr *addr, socklen_t len) */
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  /** ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) */
+  sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  /** ssize_t recvmsg(int fd, struct msghdr *msg, int flags) */
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  /** ssize_t send(int fd, const void *buf, size_t len, int flags) */
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /** ssize_t recv(int fd, void *buf, size_t len, int flags) */
+  recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /** int shutdown(int fd, int how) */
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  /** int getsockopt(int fd, int level, int name, void *val, socklen_t *len) */
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  /** int setsockopt(int fd, int level, int name, const void *val, socklen_t len) */
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+
+  /** int epoll_create1(int flags) */
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  /** int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) */
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  /** int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout), never blocking */
+  epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
+  /** int epoll_wait(...), run on Deno's blocking pool; errno is lost on this path */
+  epoll_wait_async: {
+    name: "epoll_wait",
+    parameters: ["i32", "buffer", "i32", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int eventfd(unsigned int initval, int flags) */
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  /** int poll(struct pollfd *fds, nfds_t n, int timeout) */
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+
+  /** int execvp(const char *file, char *const argv[]) */
+  execvp: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** int setenv(const char *name, const char *value, int overwrite) */
+  setenv: { parameters: ["buffer", "buffer", "i32"], result: "i32" },
+  /** int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) */
+  posix_spawnp: {
+    parameters: ["buffer", "buffer", "buffer", "pointer", "buffer", "pointer"],
+    result: "i32",
+  },
+  /** int posix_spawn_file_actions_init(posix_spawn_file_actions_t *fa) */
+  posix_spawn_file_actions_init: { parameters: ["buffer"], result: "i32" },
+  /** int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa) */
+  posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
+  /** int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *fa, int fd, int newfd) */
+  posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  /** pid_t waitpid(pid_t pid, int *status, int options), run on the blocking pool */
+  waitpid_async: {
+    name: "waitpid",
+    parameters: ["i32", "buffer", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** pid_t getpid(void) */
+  getpid: { parameters: [], result: "i32" },
+  /** uid_t geteuid(void) */
+  geteuid: { parameters: [], result: "u32" },
+  /** gid_t getegid(void) */
+  getegid: { parameters: [], result: "u32" },
+  /** int getrlimit(int resource, struct rlimit *rlim) */
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  /** int setrlimit(int resource, const struct rlimit *rlim) */
+  setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  /** int clock_gettime(clockid_t clk, struct timespec *ts) */
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The libc symbols this project binds. */
+export type LibcSymbols = typeof symbols;
+
+/** The opened libc. `libc.symbols.memfd_create` and `copy_file_range` are null on old libcs. */
+export const libc: Deno.DynamicLibrary<LibcSymbols> = Deno.dlopen("libc.so.6", symbols);
+
+const errnoPtr = libc.symbols.__errno_location();
+if (errnoPtr === null) throw new Error("__errno_location returned NULL");
+const errnoCell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(errnoPtr, 4));
+
+/** The current thread's errno. Read it immediately after the failing call. */
+export function errno(): number {
+  return errnoCell[0] ?? 0;
+}
+
+const strerrorCache = new Map<number, string>();
+
+/** The libc description of an errno value, as strerror(3) gives it. */
+export function strerror(code: number): string {
+  let text = strerrorCache.get(code);
+  if (text === undefined) {
+    const p = libc.symbols.strerror(code);
+    text = p === null ? `Unknown error ${code}` : Deno.UnsafePointerView.getCString(p);
+    strerrorCache.set(code, text);
+  }
+  return text;
+}
+
+/** Build an {@link ErrnoError} for an explicit errno value. */
+export function errnoErrorOf(syscall: string, code: number, context?: string): ErrnoError {
+  return new ErrnoError(syscall, code, strerror(code), context);
+}
+
+/**
+ * Build an {@link ErrnoError} from the current errno. Call it in the statement right after the
+ * failing call.
+ */
+export function lastError(syscall: string, context?: string): ErrnoError {
+  const code = errnoCell[0] ?? 0;
+  return new ErrnoError(syscall, code, strerror(code), context);
+}
+
+/** Throw the current errno as an {@link ErrnoError} when a call returned a negative number. */
+export function check(result: number, syscall: string, context?: string): number {
+  if (result < 0) throw lastError(syscall, context);
+  return result;
+}
+
+/** Like {@link check}, for calls that return a 64-bit count; the result is a number. */
+export function checkBig(result: number | bigint, syscall: string, context?: string): number {
+  if (result < 0) throw lastError(syscall, context);
+  return Number(result);
+}
+
+const encoder = new TextEncoder();
+
+/** Encode a string as a NUL-terminated C string. */
+export function cstr(value: string | Uint8Array): Uint8Array<ArrayBuffer> {
+  const bytes = typeof value === "string" ? encoder.encode(value) : value;
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes);
+  return out;
+}
+
+/** Close a descriptor, ignoring errors (for cleanup paths). */
+export function closeQuietly(fd: number): void {
+  if (fd >= 0) libc.symbols.close(fd);
+}

@@ -1,0 +1,21 @@
+/**
+ * Worker entry point that verifies object digests off the broker's event loop. It maps the
+ * sealed memfd read-only (the descriptor table is shared with the broker) and hashes it with
+ * node:crypto, then answers `{ id, digest }` or `{ id, error }`.
+ *
+ * @module
+ */
+
+import { digestOrError, type HashJob } from "./hashing.ts";
+
+/** The worker's global scope, typed narrowly. */
+interface WorkerScope {
+  onmessage: ((e: MessageEvent<HashJob>) => void) | null;
+  postMessage(message: unknown): void;
+}
+
+const scope = globalThis as unknown as WorkerScope;
+scope.onmessage = (e: MessageEvent<HashJob>): void => {
+  const job = e.data;
+  scope.postMessage({ id: job.id, ...digestOrError(job.fd, job.size) });
+};

@@ -1,0 +1,108 @@
+/**
+ * Broker options: defaults, limits and the `memfdbus broker` flag parser. Pure: no I/O.
+ *
+ * @module
+ */
+
+import { UsageError } from "./errors.ts";
+import { NAME_HARD_MAX } from "./wire.ts";
+
+/** The socket every command uses unless told otherwise. */
+export const DEFAULT_SOCKET = "/tmp/memfdbus.sock";
+
+const U32_MAX = 4294967295n;
+const U64_MAX = 18446744073709551615n;
+const INT_MAX = 2147483647n;
+
+/** Everything that configures a broker. */
+export interface BrokerOptions {
+  /** Socket path (--socket). */
+  socket: string;
+  /** Longest name accepted in PUT/GET/DROP (--max-name-bytes, 1..65536). */
+  maxNameBytes: number;
+  /** Most objects stored at once (--max-objects). */
+  maxObjects: bigint;
+  /** Largest sum of the four body lengths of a request (--max-request-bytes). */
+  maxRequestBytes: number;
+  /** Largest LIST text (--max-list-bytes). */
+  maxListBytes: number;
+  /** Most bytes stored at once (--max-total-bytes). */
+  maxTotalBytes: bigint;
+  /** listen(2) backlog (--listen-backlog). */
+  listenBacklog: number;
+  /** Most connections open at once (--max-clients). */
+  maxClients: number;
+  /** Time a client has to complete a request once its connection is accepted (ms). */
+  requestTimeoutMs: number;
+  /** Time a kept-alive connection may sit idle between requests (ms). */
+  idleTimeoutMs: number;
+}
+
+/** The defaults of the C broker, plus this broker's timeouts. */
+export function defaultBrokerOptions(): BrokerOptions {
+  return {
+    socket: DEFAULT_SOCKET,
+    maxNameBytes: NAME_HARD_MAX,
+    maxObjects: U64_MAX,
+    maxRequestBytes: Number(U32_MAX),
+    maxListBytes: Number(U32_MAX),
+    maxTotalBytes: U64_MAX,
+    listenBacklog: 128,
+    maxClients: 128,
+    requestTimeoutMs: 10_000,
+    idleTimeoutMs: 60_000,
+  };
+}
+
+/**
+ * Parse a flag value the way the C broker does: ASCII digits only, non-zero, at most `max`.
+ * Throws `invalid <flag>: <value>` otherwise.
+ */
+export function parsePositive(flag: string, value: string, max: bigint): bigint {
+  if (!/^[0-9]+$/.test(value)) throw new UsageError(`invalid ${flag}: ${value}`);
+  const n = BigInt(value);
+  if (n === 0n || n > max) throw new UsageError(`invalid ${flag}: ${value}`);
+  return n;
+}
+
+type Setter = (o: BrokerOptions, v: string, flag: string) => void;
+
+const num = (max: bigint, set: (o: BrokerOptions, n: number) => void): Setter => (o, v, f) =>
+  set(o, Number(parsePositive(f, v, max)));
+const big = (max: bigint, set: (o: BrokerOptions, n: bigint) => void): Setter => (o, v, f) =>
+  set(o, parsePositive(f, v, max));
+
+/** Flags taking a value, in the order the usage text lists them. */
+const FLAGS: Readonly<Record<string, Setter>> = {
+  "--socket": (o, v) => (o.socket = v),
+  "--max-name-bytes": num(BigInt(NAME_HARD_MAX), (o, n) => (o.maxNameBytes = n)),
+  "--max-objects": big(U64_MAX, (o, n) => (o.maxObjects = n)),
+  "--max-request-bytes": num(U32_MAX, (o, n) => (o.maxRequestBytes = n)),
+  "--max-list-bytes": num(U32_MAX, (o, n) => (o.maxListBytes = n)),
+  "--max-total-bytes": big(U64_MAX, (o, n) => (o.maxTotalBytes = n)),
+  "--listen-backlog": num(INT_MAX, (o, n) => (o.listenBacklog = n)),
+  "--max-clients": num(U64_MAX, (o, n) => (o.maxClients = n)),
+  "--request-timeout-ms": num(INT_MAX, (o, n) => (o.requestTimeoutMs = n)),
+  "--idle-timeout-ms": num(INT_MAX, (o, n) => (o.idleTimeoutMs = n)),
+};
+
+/**
+ * Parse the arguments after `broker`. Flags may repeat (the last wins); the first bad one ends
+ * parsing with a {@link UsageError}, as in the C broker.
+ */
+export function parseBrokerArgs(
+  args: readonly string[],
+  base: BrokerOptions = defaultBrokerOptions(),
+): BrokerOptions {
+  const o = { ...base };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] ?? "";
+    const set = Object.hasOwn(FLAGS, arg) ? FLAGS[arg] : undefined;
+    if (set === undefined) throw new UsageError(`unexpected argument: ${arg}`);
+    const value = args[i + 1];
+    if (value === undefined) throw new UsageError(`missing value for ${arg}`);
+    i++;
+    set(o, value, arg);
+  }
+  return o;
+}

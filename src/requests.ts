@@ -1,0 +1,428 @@
+/**
+ * What the broker does with each request, in the exact order of checks of the C broker.
+ *
+ * A handler is a generator: it yields a {@link Step} when it needs body bytes or a digest, and
+ * returns an {@link Outcome} (the reply, the audit record, and what became of the descriptor).
+ * The connection code feeds it; nothing here touches a socket, so handlers are tested by driving
+ * them with byte arrays and real memfds.
+ *
+ * @module
+ */
+
+import { type AuditOp, type AuditRecord, type AuditResult, blankRecord } from "./audit.ts";
+import { fromBinary, toBinary } from "./bytes.ts";
+import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "./memfd.ts";
+import type { BrokerOptions } from "./options.ts";
+import { droppable, visible } from "./policy.ts";
+import type { Store, StoredObject } from "./store.ts";
+import {
+  Cmd,
+  DIGEST_LEN,
+  encodeHeader,
+  type Header,
+  isValidDigest,
+  JOB_MAX,
+  NAME_HARD_MAX,
+  requestBytes,
+  Text,
+} from "./wire.ts";
+import { Status } from "./errors.ts";
+
+/** A handler's request for more input. */
+export type Step =
+  /** `length` more body bytes; resumed with them, or null if they never arrived. */
+  | { readonly kind: "read"; readonly length: number }
+  /** The SHA-256 of the descriptor; resumed with a {@link DigestAnswer}. */
+  | { readonly kind: "digest"; readonly fd: number; readonly size: number };
+
+/** What a digest step resumes with. */
+export type DigestAnswer = { readonly digest: string } | { readonly error: string };
+
+/** What a step resumes with. */
+export type StepInput = Uint8Array | null | DigestAnswer;
+
+/** One piece of a reply and the audit error text to use if sending it fails. */
+export interface Segment {
+  /** The bytes. */
+  readonly bytes: Uint8Array;
+  /** For replies audited after sending: the error text when this piece cannot be sent. */
+  readonly failText: string | null;
+}
+
+/** The result of a request. */
+export interface Outcome {
+  /** Reply pieces, header first. */
+  readonly segments: readonly Segment[];
+  /** A descriptor to attach to the header (GET); the connection closes it after sending. */
+  readonly fd: number;
+  /** The audit record. */
+  readonly audit: AuditRecord;
+  /** True when the record is written after the reply is sent (GET and LIST successes). */
+  readonly auditAfterSend: boolean;
+  /** True when the store took ownership of the descriptor that came with the request. */
+  readonly keptFd: boolean;
+  /** True for a successful request (status 0). */
+  readonly ok: boolean;
+}
+
+/** What handlers need from the broker. */
+export interface RequestContext {
+  /** The object store. */
+  readonly store: Store;
+  /** Limits. */
+  readonly options: BrokerOptions;
+  /** The descriptor that arrived with the header, or -1. */
+  readonly fd: number;
+  /** True when descriptors were lost in transit (MSG_CTRUNC), e.g. at the descriptor limit. */
+  readonly fdLost: boolean;
+  /** A fresh read-only descriptor for an object, or -errno. */
+  reopen(obj: StoredObject): number;
+  /** Close the broker's descriptor of a dropped object. */
+  release(obj: StoredObject): void;
+  /** The current CLOCK_REALTIME in ns. */
+  now(): bigint;
+}
+
+/** A handler generator. */
+export type Handler = Generator<Step, Outcome, StepInput>;
+
+const READ = (length: number): Step => ({ kind: "read", length });
+
+function resultOf(status: number): AuditResult {
+  switch (status) {
+    case Status.OK:
+      return "ok";
+    case Status.NOT_FOUND:
+      return "not_found";
+    case Status.FORBIDDEN:
+      return "forbidden";
+    case Status.BAD_REQUEST:
+      return "bad_request";
+    default:
+      return "error";
+  }
+}
+
+/** An error reply `cmd/status/text` with its (already filled) audit record. */
+export function errorOutcome(
+  cmd: number,
+  status: number,
+  text: string,
+  audit: AuditRecord,
+): Outcome {
+  audit.result = resultOf(status);
+  audit.error = text;
+  const body = fromBinary(text);
+  const segments: Segment[] = [{
+    bytes: encodeHeader({ cmd, status, textLen: body.length }),
+    failText: null,
+  }];
+  if (body.length > 0) segments.push({ bytes: body, failText: null });
+  return { segments, fd: -1, audit, auditAfterSend: false, keptFd: false, ok: false };
+}
+
+/** The reply to a header whose magic or version is wrong. */
+export function badHeaderOutcome(): Outcome {
+  return errorOutcome(
+    0,
+    Status.BAD_REQUEST,
+    Text.badHeader,
+    blankRecord("unknown", "bad_request", null),
+  );
+}
+
+/** The reply to an unknown command (the audit record carries the command number as object_id). */
+export function unknownCommandOutcome(cmd: number): Outcome {
+  const rec = blankRecord("unknown", "bad_request", null);
+  rec.objectId = cmd;
+  return errorOutcome(cmd, Status.BAD_REQUEST, Text.unknownCommand, rec);
+}
+
+/** The reply to a connection over --max-clients, sent without reading the request. */
+export function clientQuotaOutcome(): Outcome {
+  return errorOutcome(0, Status.ERR, Text.clientQuota, blankRecord("unknown", "error", null));
+}
+
+/** The reply to a connection accepted while the broker had no descriptors to spare. */
+export function fdLimitOutcome(): Outcome {
+  return errorOutcome(0, Status.ERR, Text.fdLimit, blankRecord("unknown", "error", null));
+}
+
+/** Start the handler for a valid header (magic and version already checked). */
+export function handle(h: Header, ctx: RequestContext): Handler {
+  switch (h.cmd) {
+    case Cmd.PUT:
+      return put(h, ctx);
+    case Cmd.GET:
+      return getOrDrop(h, ctx, "get");
+    case Cmd.LIST:
+      return list(h, ctx);
+    case Cmd.DROP:
+      return getOrDrop(h, ctx, "drop");
+    default:
+      return done(unknownCommandOutcome(h.cmd));
+  }
+}
+
+// deno-lint-ignore require-yield
+function* done(o: Outcome): Handler {
+  return o;
+}
+
+/** Read a job id; returns the binary string, or the error text. */
+function* readJob(
+  length: number,
+  texts: { read: string; empty: string; nul: string },
+): Generator<Step, string | { error: string }, StepInput> {
+  const bytes = (yield READ(length)) as Uint8Array | null;
+  if (bytes === null) return { error: texts.read };
+  if (bytes[0] === 0) return { error: texts.empty };
+  if (bytes.includes(0)) return { error: texts.nul };
+  return toBinary(bytes);
+}
+
+const JOB_TEXTS = { read: Text.readJob, empty: Text.emptyJob, nul: Text.nulInJob };
+const ALLOW_TEXTS = { read: Text.readAllow, empty: Text.emptyAllow, nul: Text.nulInAllow };
+
+function* put(h: Header, ctx: RequestContext): Handler {
+  const { options, store } = ctx;
+  const rec = blankRecord("put", "bad_request", null);
+  rec.selector = "name";
+  rec.size = h.size;
+  const fail = (status: number, text: string): Outcome => errorOutcome(Cmd.PUT, status, text, rec);
+
+  if (h.nameLen > NAME_HARD_MAX) return fail(Status.BAD_REQUEST, Text.nameTooLong);
+  if (h.jobLen > JOB_MAX) return fail(Status.BAD_REQUEST, Text.jobTooLong);
+  if (h.allowLen > JOB_MAX) return fail(Status.BAD_REQUEST, Text.allowTooLong);
+  if (requestBytes(h) > options.maxRequestBytes) {
+    return fail(Status.BAD_REQUEST, Text.requestTooLarge);
+  }
+  if (h.nameLen > options.maxNameBytes) return fail(Status.BAD_REQUEST, Text.nameOverLimit);
+
+  const nameBytes = (yield READ(h.nameLen)) as Uint8Array | null;
+  if (nameBytes === null) return fail(Status.BAD_REQUEST, Text.readName);
+  const name = toBinary(nameBytes);
+  rec.name = name;
+  if (nameBytes.length === 0 || nameBytes[0] === 0) return fail(Status.BAD_REQUEST, Text.emptyName);
+  if (nameBytes.includes(0)) return fail(Status.BAD_REQUEST, Text.nulInName);
+
+  if (h.textLen !== DIGEST_LEN) return fail(Status.BAD_REQUEST, Text.invalidDigest);
+  const digestBytes = (yield READ(DIGEST_LEN)) as Uint8Array | null;
+  if (digestBytes === null) return fail(Status.BAD_REQUEST, Text.readDigest);
+  const digest = toBinary(digestBytes);
+  rec.digest = digest;
+  if (!isValidDigest(digestBytes)) return fail(Status.BAD_REQUEST, Text.invalidDigest);
+
+  if (h.allowLen > 0 && h.jobLen === 0) return fail(Status.BAD_REQUEST, Text.allowNeedsOwner);
+  let owner: string | null = null;
+  if (h.jobLen > 0) {
+    const job = yield* readJob(h.jobLen, JOB_TEXTS);
+    if (typeof job !== "string") return fail(Status.BAD_REQUEST, job.error);
+    owner = job;
+    rec.jobId = owner;
+  }
+  let allowed: string | null = null;
+  if (h.allowLen > 0) {
+    const allow = yield* readJob(h.allowLen, ALLOW_TEXTS);
+    if (typeof allow !== "string") return fail(Status.BAD_REQUEST, allow.error);
+    allowed = allow;
+  }
+
+  if (ctx.fd < 0) {
+    // A descriptor the kernel could not install (the broker is at its descriptor limit) is a
+    // broker-side failure, not a client mistake.
+    if (ctx.fdLost) return fail(Status.ERR, Text.fdLimit);
+    return fail(Status.BAD_REQUEST, Text.missingFd);
+  }
+  const info = inspectSealedFd(ctx.fd, h.size);
+  if (isFdProblem(info)) return fail(Status.BAD_REQUEST, brokerFdProblemText(info, h.size));
+
+  const size = Number(info.size);
+  const verified = (yield { kind: "digest", fd: ctx.fd, size }) as DigestAnswer;
+  if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
+  if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
+
+  if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
+  const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
+  rec.result = "ok";
+  rec.selector = null;
+  rec.objectId = obj.id;
+  return {
+    segments: [{
+      bytes: encodeHeader({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }),
+      failText: null,
+    }],
+    fd: -1,
+    audit: rec,
+    auditAfterSend: false,
+    keptFd: true,
+    ok: true,
+  };
+}
+
+function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop")): Handler {
+  const { options, store } = ctx;
+  const cmd = op === "get" ? Cmd.GET : Cmd.DROP;
+  const selector = h.nameLen > 0 ? "name" : h.objectId !== 0n ? "id" : null;
+  const rec = blankRecord(op, "bad_request", null);
+  const fail = (status: number, text: string): Outcome => errorOutcome(cmd, status, text, rec);
+
+  if (h.objectId !== 0n && h.nameLen > 0) {
+    rec.objectId = h.objectId;
+    return fail(Status.BAD_REQUEST, Text.bothSelectors);
+  }
+  if (h.objectId === 0n && h.nameLen === 0) return fail(Status.BAD_REQUEST, Text.noSelector);
+  if (h.nameLen > NAME_HARD_MAX) {
+    rec.selector = "name";
+    return fail(Status.BAD_REQUEST, Text.nameTooLong);
+  }
+  if (h.jobLen > JOB_MAX) {
+    rec.selector = selector;
+    return fail(Status.BAD_REQUEST, Text.jobTooLong);
+  }
+  // The C broker labels these two "name" even for by-id requests (defect D19, kept as is).
+  if (requestBytes(h) > options.maxRequestBytes) {
+    rec.selector = "name";
+    return fail(Status.BAD_REQUEST, Text.requestTooLarge);
+  }
+  if (h.nameLen > options.maxNameBytes) {
+    rec.selector = "name";
+    return fail(Status.BAD_REQUEST, Text.nameOverLimit);
+  }
+
+  let lookupName: string | null = null;
+  if (h.nameLen > 0) {
+    const nameBytes = (yield READ(h.nameLen)) as Uint8Array | null;
+    if (nameBytes === null) {
+      rec.selector = "name";
+      return fail(Status.BAD_REQUEST, Text.readName);
+    }
+    lookupName = toBinary(nameBytes);
+  }
+
+  let caller: string | null = null;
+  if (h.jobLen > 0) {
+    const job = yield* readJob(h.jobLen, JOB_TEXTS);
+    if (typeof job !== "string") {
+      rec.selector = selector;
+      rec.objectId = h.objectId;
+      rec.name = lookupName;
+      return fail(Status.BAD_REQUEST, job.error);
+    }
+    caller = job;
+  }
+
+  // The C broker looks the object up before reading the job id; here other requests run while
+  // the job id arrives, so the lookup waits until the request is complete. Names are compared as
+  // whole byte strings: one holding a NUL byte is never cut short (defect D11), and since no
+  // stored name holds one, it is simply not found.
+  const obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
+  rec.selector = selector;
+  rec.jobId = caller;
+  if (obj === undefined) {
+    rec.objectId = h.objectId;
+    rec.name = lookupName;
+    return fail(Status.NOT_FOUND, Text.notFound);
+  }
+  rec.objectId = obj.id;
+  rec.name = obj.name;
+  rec.size = obj.size;
+  rec.digest = obj.digest;
+  const allowed = op === "get" ? visible(obj, caller) : droppable(obj, caller);
+  if (!allowed) return fail(Status.FORBIDDEN, Text.accessDenied);
+
+  if (op === "drop") {
+    store.remove(obj);
+    ctx.release(obj);
+    rec.result = "ok";
+    return {
+      segments: [{
+        bytes: encodeHeader({ cmd, objectId: BigInt(obj.id), size: BigInt(obj.size) }),
+        failText: null,
+      }],
+      fd: -1,
+      audit: rec,
+      auditAfterSend: false,
+      keptFd: false,
+      ok: true,
+    };
+  }
+
+  const fd = ctx.reopen(obj);
+  if (fd < 0) return fail(Status.ERR, Text.reopenFailed);
+  const name = fromBinary(obj.name);
+  rec.result = "ok";
+  const segments: Segment[] = [{
+    bytes: encodeHeader({
+      cmd,
+      objectId: BigInt(obj.id),
+      size: BigInt(obj.size),
+      nameLen: name.length,
+      textLen: DIGEST_LEN,
+    }),
+    failText: Text.sendObject,
+  }];
+  if (name.length > 0) segments.push({ bytes: name, failText: Text.sendName });
+  segments.push({ bytes: fromBinary(obj.digest), failText: Text.sendDigest });
+  return { segments, fd, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+}
+
+function* list(h: Header, ctx: RequestContext): Handler {
+  const { options, store } = ctx;
+  const rec = blankRecord("list", "bad_request", null);
+  const fail = (status: number, text: string): Outcome => errorOutcome(Cmd.LIST, status, text, rec);
+
+  if (h.jobLen > JOB_MAX) return fail(Status.BAD_REQUEST, Text.jobTooLong);
+  if (requestBytes(h) > options.maxRequestBytes) {
+    return fail(Status.BAD_REQUEST, Text.requestTooLarge);
+  }
+  let caller: string | null = null;
+  if (h.jobLen > 0) {
+    const job = yield* readJob(h.jobLen, JOB_TEXTS);
+    if (typeof job !== "string") return fail(Status.BAD_REQUEST, job.error);
+    caller = job;
+  }
+
+  rec.jobId = caller;
+  const built = buildListText(store, caller, options.maxListBytes);
+  if (built === null) {
+    rec.size = 0;
+    rec.count = 0;
+    return fail(Status.ERR, Text.listTooLarge);
+  }
+  rec.result = "ok";
+  rec.size = built.count;
+  rec.count = built.count;
+  const body = fromBinary(built.text);
+  const segments: Segment[] = [{
+    bytes: encodeHeader({ cmd: Cmd.LIST, textLen: body.length }),
+    failText: "failed to send object list response",
+  }];
+  if (body.length > 0) {
+    segments.push({ bytes: body, failText: "failed to send object list payload" });
+  }
+  return { segments, fd: -1, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+}
+
+/**
+ * The LIST text for `caller`: one tab-separated line per visible object in id order, or null
+ * when it would exceed `maxBytes` (a text of exactly `maxBytes` is allowed).
+ */
+export function buildListText(
+  store: Store,
+  caller: string | null,
+  maxBytes: number,
+): { text: string; count: number } | null {
+  let text = "";
+  let count = 0;
+  for (const obj of store.values()) {
+    if (!visible(obj, caller)) continue;
+    const line = `${obj.id}\towner=${obj.owner ?? "-"}\tallowed=${
+      obj.allowed ?? "-"
+    }\t${obj.size}\t${obj.digest}\t${obj.name}\n`;
+    if (text.length + line.length > maxBytes) return null;
+    text += line;
+    count++;
+  }
+  return { text, count };
+}

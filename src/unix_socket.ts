@@ -1,0 +1,235 @@
+/**
+ * AF_UNIX stream sockets on raw descriptors: listen, accept and connect (always close-on-exec and
+ * nonblocking), sendmsg and recvmsg carrying SCM_RIGHTS descriptors, and SO_PEERCRED.
+ *
+ * Every descriptor that arrives through {@link recvMsg} is handed to the caller, including extra
+ * ones and those from truncated control messages, so none can leak.
+ *
+ * @module
+ */
+
+import { check, closeQuietly, errno, errnoErrorOf, libc } from "./ffi.ts";
+import {
+  AF_UNIX,
+  cmsgAlign,
+  CMSGHDR_SIZE,
+  cmsgLen,
+  cmsgSpace,
+  EAGAIN,
+  EINTR,
+  MSG_CMSG_CLOEXEC,
+  MSG_CTRUNC,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  MSGHDR_SIZE,
+  SCM_MAX_FD,
+  SCM_RIGHTS,
+  SO_PEERCRED,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOCKADDR_UN_SIZE,
+  SOL_SOCKET,
+  SUN_PATH_MAX,
+} from "./linux.ts";
+
+/** Encode a socket path as a sockaddr_un, or return null when it does not fit in sun_path. */
+export function sockaddrUn(path: string): Uint8Array<ArrayBuffer> | null {
+  const bytes = new TextEncoder().encode(path);
+  if (bytes.length >= SUN_PATH_MAX) return null;
+  const addr = new Uint8Array(SOCKADDR_UN_SIZE);
+  addr[0] = AF_UNIX;
+  addr.set(bytes, 2);
+  return addr;
+}
+
+/** `socket path too long: PATH`, the C text for a path that does not fit in sun_path. */
+export function socketPathTooLong(path: string): string {
+  return `socket path too long: ${path}`;
+}
+
+/** Create an AF_UNIX stream socket, close-on-exec and (by default) nonblocking. */
+export function unixSocket(nonblocking = true): number {
+  const type = SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0);
+  return check(libc.symbols.socket(AF_UNIX, type, 0), "socket");
+}
+
+/** bind(2) a socket to an encoded address. */
+export function bindUnix(fd: number, addr: Uint8Array<ArrayBuffer>): void {
+  check(libc.symbols.bind(fd, addr, SOCKADDR_UN_SIZE), "bind");
+}
+
+/** listen(2). */
+export function listenUnix(fd: number, backlog: number): void {
+  check(libc.symbols.listen(fd, backlog), "listen");
+}
+
+/**
+ * accept4(2) with SOCK_CLOEXEC|SOCK_NONBLOCK. Returns the new descriptor, or -errno on failure
+ * (including -EAGAIN when nothing is pending) so the caller can decide what is fatal.
+ */
+export function acceptUnix(fd: number): number {
+  for (;;) {
+    const c = libc.symbols.accept4(fd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (c >= 0) return c;
+    const e = errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
+/** connect(2); returns 0 or -errno (EAGAIN when a nonblocking socket's listener is full). */
+export function connectUnix(fd: number, addr: Uint8Array<ArrayBuffer>): number {
+  for (;;) {
+    const r = libc.symbols.connect(fd, addr, SOCKADDR_UN_SIZE);
+    if (r === 0) return 0;
+    const e = errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
+/** The credentials of the process at the other end, as the kernel recorded them at connect. */
+export interface PeerCredentials {
+  /** Process id. */
+  readonly pid: number;
+  /** Effective user id. */
+  readonly uid: number;
+  /** Effective group id. */
+  readonly gid: number;
+}
+
+const credBuf = new Uint8Array(12);
+const credLen = new Uint8Array(4);
+
+/** SO_PEERCRED of a connected socket. */
+export function peerCredentials(fd: number): PeerCredentials {
+  new DataView(credLen.buffer).setUint32(0, 12, true);
+  check(libc.symbols.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credBuf, credLen), "getsockopt");
+  const v = new DataView(credBuf.buffer);
+  return { pid: v.getInt32(0, true), uid: v.getUint32(4, true), gid: v.getUint32(8, true) };
+}
+
+// One msghdr, iovec and control buffer serve every call: JS runs these calls one at a time.
+const CONTROL_SIZE = cmsgSpace(SCM_MAX_FD * 4);
+const msg = new Uint8Array(MSGHDR_SIZE);
+const msgView = new DataView(msg.buffer);
+const iov = new Uint8Array(16);
+const iovView = new DataView(iov.buffer);
+const control = new Uint8Array(CONTROL_SIZE);
+const controlView = new DataView(control.buffer);
+const iovAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(iov)));
+const controlAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(control)));
+
+function prepare(data: Uint8Array, controlLen: number): void {
+  msg.fill(0);
+  iovView.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))), true);
+  iovView.setBigUint64(8, BigInt(data.length), true);
+  msgView.setBigUint64(16, iovAddr, true);
+  msgView.setBigUint64(24, 1n, true);
+  if (controlLen > 0) {
+    msgView.setBigUint64(32, controlAddr, true);
+    msgView.setBigUint64(40, BigInt(controlLen), true);
+  }
+}
+
+/**
+ * sendmsg(2) of `data` with `fds` attached as one SCM_RIGHTS message, MSG_NOSIGNAL and
+ * MSG_DONTWAIT. Returns the bytes sent, or -errno (-EAGAIN when the socket buffer is full, -EPIPE
+ * when the peer is gone).
+ */
+export function sendMsg(fd: number, data: Uint8Array, fds: readonly number[] = []): number {
+  const clen = fds.length === 0 ? 0 : cmsgSpace(fds.length * 4);
+  if (fds.length > SCM_MAX_FD) {
+    throw new RangeError(`At most ${SCM_MAX_FD} descriptors per message`);
+  }
+  prepare(data, clen);
+  if (clen > 0) {
+    control.fill(0, 0, clen);
+    controlView.setBigUint64(0, BigInt(cmsgLen(fds.length * 4)), true);
+    controlView.setInt32(8, SOL_SOCKET, true);
+    controlView.setInt32(12, SCM_RIGHTS, true);
+    fds.forEach((d, i) => controlView.setInt32(CMSGHDR_SIZE + 4 * i, d, true));
+  }
+  for (;;) {
+    const n = libc.symbols.sendmsg(fd, msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return Number(n);
+    const e = errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
+/** send(2) with MSG_NOSIGNAL|MSG_DONTWAIT; returns bytes sent or -errno. */
+export function sendSome(fd: number, data: Uint8Array): number {
+  for (;;) {
+    const n = libc.symbols.send(fd, data, BigInt(data.length), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return Number(n);
+    const e = errno();
+    if (e !== EINTR) return -e;
+  }
+}
+
+/** What one {@link recvMsg} delivered. */
+export interface Received {
+  /** Bytes read into the buffer; 0 means the peer closed its side. */
+  readonly bytes: number;
+  /** Descriptors that arrived, in order, all close-on-exec. The caller owns every one. */
+  readonly fds: number[];
+  /** True when the kernel dropped descriptors or control data (MSG_CTRUNC). */
+  readonly truncated: boolean;
+}
+
+const NO_FDS: number[] = [];
+
+/**
+ * recvmsg(2) into `buf` with MSG_CMSG_CLOEXEC|MSG_DONTWAIT and room for the largest SCM_RIGHTS
+ * message. Returns what arrived, or -errno (-EAGAIN when nothing is pending).
+ */
+export function recvMsg(fd: number, buf: Uint8Array): Received | number {
+  prepare(buf, CONTROL_SIZE);
+  let n: number | bigint;
+  for (;;) {
+    n = libc.symbols.recvmsg(fd, msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n >= 0) break;
+    const e = errno();
+    if (e !== EINTR) return -e;
+  }
+  const flags = msgView.getInt32(48, true);
+  const controlLen = Number(msgView.getBigUint64(40, true));
+  let fds = NO_FDS;
+  if (controlLen >= CMSGHDR_SIZE) {
+    fds = [];
+    let off = 0;
+    while (off + CMSGHDR_SIZE <= controlLen) {
+      const len = Number(controlView.getBigUint64(off, true));
+      if (len < CMSGHDR_SIZE || off + len > controlLen) break;
+      const level = controlView.getInt32(off + 8, true);
+      const type = controlView.getInt32(off + 12, true);
+      if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+        for (let p = off + CMSGHDR_SIZE; p + 4 <= off + len; p += 4) {
+          fds.push(controlView.getInt32(p, true));
+        }
+      }
+      off += cmsgAlign(len);
+    }
+  }
+  return { bytes: Number(n), fds, truncated: (flags & MSG_CTRUNC) !== 0 };
+}
+
+/** Close every descriptor in a list. */
+export function closeAll(fds: readonly number[]): void {
+  for (const d of fds) closeQuietly(d);
+}
+
+/** shutdown(2), ignoring errors. */
+export function shutdownQuietly(fd: number, how: number): void {
+  libc.symbols.shutdown(fd, how);
+}
+
+/** An {@link ErrnoError} for a negative result of the helpers above. */
+export function socketError(result: number, syscall: string, context?: string): Error {
+  return errnoErrorOf(syscall, -result, context);
+}
+
+/** True when a negative helper result means "try again later". */
+export function wouldBlock(result: number): boolean {
+  return result === -EAGAIN;
+}

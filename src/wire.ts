@@ -1,0 +1,234 @@
+/**
+ * Protocol v1 on the wire: the 48-byte header with its named offsets, command and status codes,
+ * the digest string format, and the exact error texts the broker sends. Pure: no I/O.
+ *
+ * The header is in native byte order; every platform this runs on (x86_64, aarch64) is
+ * little-endian, so little-endian is written explicitly.
+ *
+ * @module
+ */
+
+/** Header size in bytes. */
+export const HEADER_SIZE = 48;
+/** `MFDB` read as a little-endian u32. */
+export const MAGIC = 0x4d464442;
+/** The only protocol version. */
+export const VERSION = 1;
+
+/** Field offsets within the header. */
+export const Off = {
+  magic: 0,
+  version: 4,
+  cmd: 6,
+  status: 8,
+  jobLen: 12,
+  objectId: 16,
+  size: 24,
+  nameLen: 32,
+  textLen: 36,
+  allowLen: 40,
+  reserved: 44,
+} as const;
+
+/** Command codes. */
+export const Cmd = {
+  /** Publish a sealed memfd. */
+  PUT: 1,
+  /** Fetch an object by id or newest-by-name. */
+  GET: 2,
+  /** List visible objects. */
+  LIST: 3,
+  /** Remove an object by id or newest-by-name. */
+  DROP: 4,
+} as const;
+
+/**
+ * Extension bits carried in the header's `reserved` field. The C broker and clients ignore this
+ * field, so setting them never changes what a C peer does.
+ */
+export const Flag = {
+  /**
+   * Request: the client would like to send further requests on this connection. Reply: the
+   * broker agrees and keeps the connection open after this reply. Without the bit in the reply
+   * the broker closes the connection, as protocol v1 always does.
+   */
+  KEEP_ALIVE: 0x1,
+} as const;
+
+/** Length of a digest string: `sha256:` and 64 lowercase hex digits. */
+export const DIGEST_LEN = 71;
+/** The fixed prefix of a digest string. */
+export const DIGEST_PREFIX = "sha256:";
+/** Hard cap on name length in any request. */
+export const NAME_HARD_MAX = 65536;
+/** Hard cap on job id and allowed job id length. */
+export const JOB_MAX = 256;
+
+/** A decoded header. Lengths are u32 numbers; id and size are u64 bigints. */
+export interface Header {
+  /** Must equal {@link MAGIC}. */
+  magic: number;
+  /** Must equal {@link VERSION}. */
+  version: number;
+  /** Command, see {@link Cmd}; echoed in replies. */
+  cmd: number;
+  /** Result code in replies; ignored in requests. */
+  status: number;
+  /** Bytes of job id in the body. */
+  jobLen: number;
+  /** Object id selector or result. */
+  objectId: bigint;
+  /** Claimed or actual object size. */
+  size: bigint;
+  /** Bytes of name in the body. */
+  nameLen: number;
+  /** Bytes of text (digest, error or listing) in the body. */
+  textLen: number;
+  /** Bytes of allowed job id in a PUT body. */
+  allowLen: number;
+  /** Extension bits, see {@link Flag}. */
+  reserved: number;
+}
+
+/** A header with every field zero except magic and version. */
+export function emptyHeader(): Header {
+  return {
+    magic: MAGIC,
+    version: VERSION,
+    cmd: 0,
+    status: 0,
+    jobLen: 0,
+    objectId: 0n,
+    size: 0n,
+    nameLen: 0,
+    textLen: 0,
+    allowLen: 0,
+    reserved: 0,
+  };
+}
+
+/** Encode a header into `out` (48 bytes at offset 0), returning `out`. */
+export function encodeHeader(
+  h: Partial<Header>,
+  out: Uint8Array = new Uint8Array(HEADER_SIZE),
+): Uint8Array {
+  const v = new DataView(out.buffer, out.byteOffset, HEADER_SIZE);
+  v.setUint32(Off.magic, h.magic ?? MAGIC, true);
+  v.setUint16(Off.version, h.version ?? VERSION, true);
+  v.setUint16(Off.cmd, h.cmd ?? 0, true);
+  v.setUint32(Off.status, h.status ?? 0, true);
+  v.setUint32(Off.jobLen, h.jobLen ?? 0, true);
+  v.setBigUint64(Off.objectId, h.objectId ?? 0n, true);
+  v.setBigUint64(Off.size, h.size ?? 0n, true);
+  v.setUint32(Off.nameLen, h.nameLen ?? 0, true);
+  v.setUint32(Off.textLen, h.textLen ?? 0, true);
+  v.setUint32(Off.allowLen, h.allowLen ?? 0, true);
+  v.setUint32(Off.reserved, h.reserved ?? 0, true);
+  return out;
+}
+
+/** Decode the first 48 bytes of `bytes`. Does not validate magic or version. */
+export function decodeHeader(bytes: Uint8Array): Header {
+  if (bytes.length < HEADER_SIZE) {
+    throw new RangeError(`Header needs 48 bytes, got ${bytes.length}`);
+  }
+  const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+  return {
+    magic: v.getUint32(Off.magic, true),
+    version: v.getUint16(Off.version, true),
+    cmd: v.getUint16(Off.cmd, true),
+    status: v.getUint32(Off.status, true),
+    jobLen: v.getUint32(Off.jobLen, true),
+    objectId: v.getBigUint64(Off.objectId, true),
+    size: v.getBigUint64(Off.size, true),
+    nameLen: v.getUint32(Off.nameLen, true),
+    textLen: v.getUint32(Off.textLen, true),
+    allowLen: v.getUint32(Off.allowLen, true),
+    reserved: v.getUint32(Off.reserved, true),
+  };
+}
+
+/** True when magic and version both match. */
+export function isValidHeader(h: Header): boolean {
+  return h.magic === MAGIC && h.version === VERSION;
+}
+
+/** The sum of the four body length fields, which the request-size limit applies to. */
+export function requestBytes(h: Header): number {
+  // Each is a u32, so the sum is below 2^34 and exact in a double.
+  return h.nameLen + h.textLen + h.jobLen + h.allowLen;
+}
+
+const HEX = "0123456789abcdef";
+
+/** Format a raw 32-byte SHA-256 as a digest string. */
+export function formatDigest(raw: Uint8Array): string {
+  let s = DIGEST_PREFIX;
+  for (const b of raw) s += HEX.charAt(b >> 4) + HEX.charAt(b & 15);
+  return s;
+}
+
+/**
+ * True for `sha256:` followed by exactly 64 lowercase hex digits. Accepts the digest as bytes or
+ * as a string of byte values (latin1).
+ */
+export function isValidDigest(digest: Uint8Array | string): boolean {
+  if (digest.length !== DIGEST_LEN) return false;
+  for (let i = 0; i < DIGEST_LEN; i++) {
+    const c = typeof digest === "string" ? digest.charCodeAt(i) : digest[i] ?? 0;
+    if (i < DIGEST_PREFIX.length) {
+      if (c !== DIGEST_PREFIX.charCodeAt(i)) return false;
+    } else if (!((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/** The error texts of protocol v1, byte for byte as the C broker sends them. */
+export const Text = {
+  badHeader: "invalid protocol header",
+  unknownCommand: "unknown command",
+  clientQuota: "broker client quota exceeded",
+  nameTooLong: "name too long",
+  jobTooLong: "job id too long",
+  allowTooLong: "allowed job id too long",
+  requestTooLarge: "request payload exceeds broker limit",
+  nameOverLimit: "object name exceeds broker name limit",
+  readName: "failed to read object name",
+  emptyName: "name must not be empty",
+  invalidDigest: "invalid object digest",
+  readDigest: "failed to read object digest",
+  allowNeedsOwner: "allowed job requires owner job",
+  readJob: "failed to read job id",
+  emptyJob: "job id must not be empty",
+  readAllow: "failed to read allowed job id",
+  emptyAllow: "allowed job id must not be empty",
+  missingFd: "missing memfd descriptor",
+  notRegular: "descriptor is not a regular memfd-like file",
+  notSealed: "fd is not fully immutable-sealed",
+  digestAlloc: "digest verification allocation failed",
+  digestShortRead: "digest verification short read",
+  digestMismatch: "digest mismatch",
+  objectQuota: "broker object quota exceeded",
+  storeAlloc: "broker object store allocation failed",
+  bothSelectors: "specify object id or name, not both",
+  noSelector: "missing object selector",
+  notFound: "object not found",
+  accessDenied: "access denied",
+  reopenFailed: "failed to reopen object fd",
+  sendObject: "failed to send object response",
+  sendName: "failed to send object name",
+  sendDigest: "failed to send object digest",
+  listTooLarge: "list response too large",
+  listBuild: "failed to build object list",
+  // Texts of this implementation, for conditions the C broker does not reply to at all.
+  /** A name or job id holding a NUL byte, which the C broker silently cut (defect D11). */
+  nulInName: "object name must not contain NUL bytes",
+  /** See {@link Text.nulInName}. */
+  nulInJob: "job id must not contain NUL bytes",
+  /** See {@link Text.nulInName}. */
+  nulInAllow: "allowed job id must not contain NUL bytes",
+  /** Descriptors were lost in transit because the broker ran out of descriptors (D6, D7). */
+  fdLimit: "broker descriptor limit reached",
+} as const;
