@@ -1,0 +1,480 @@
+/**
+ * `deno task bench`: measures memfdbus against floors taken in the same run and prints a table
+ * plus a JSON file (bench/results/latest.json).
+ *
+ * Floors: a raw SCM_RIGHTS round trip between two processes (bench/floor.ts), node:crypto SHA-256
+ * and a memcpy of the same bytes, and `deno run` of an empty script.
+ *
+ * Options: `--quick` (smaller sizes and counts, for a smoke run), `--out FILE`.
+ *
+ * @module
+ */
+
+import { Client } from "../src/client.ts";
+import { DigestBuilder } from "../src/digest.ts";
+import { Memfd } from "../src/memfd.ts";
+import { BrokerProcess, CLI, CLI_PERMS, ROOT, waitFor } from "../tests/helpers.ts";
+import { floorRoundTrips } from "./floor.ts";
+
+const quick = Deno.args.includes("--quick");
+const outArg = Deno.args.indexOf("--out");
+const outFile = outArg >= 0 ? Deno.args[outArg + 1] ?? "" : `${ROOT}/bench/results/latest.json`;
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+interface Row {
+  section: string;
+  metric: string;
+  value: number;
+  unit: string;
+  floor?: number;
+  ratio?: number;
+  target?: string;
+  pass?: boolean;
+}
+
+const rows: Row[] = [];
+const dir = Deno.makeTempDirSync({ prefix: "memfdbus-bench-" });
+
+function row(r: Row): void {
+  rows.push(r);
+  const ratio = r.ratio === undefined ? "" : ` ratio ${r.ratio.toFixed(2)}`;
+  const verdict = r.pass === undefined ? "" : r.pass ? "  PASS" : "  MISS";
+  console.error(`  ${r.section} | ${r.metric}: ${r.value.toFixed(2)} ${r.unit}${ratio}${verdict}`);
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+}
+
+function stats(times: number[]): { p50: number; p99: number; max: number; mean: number } {
+  const s = [...times].sort((a, b) => a - b);
+  return {
+    p50: pct(s, 0.5),
+    p99: pct(s, 0.99),
+    max: s[s.length - 1] ?? 0,
+    mean: s.reduce((a, b) => a + b, 0) / Math.max(1, s.length),
+  };
+}
+
+async function timeIt(n: number, f: () => Promise<unknown>): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await f();
+    out.push((performance.now() - t0) * 1000);
+  }
+  return out;
+}
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
+  return Number(m?.[1] ?? 0);
+}
+
+function patternBytes(size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  const block = new Uint8Array(Math.min(size, MiB));
+  crypto.getRandomValues(block.subarray(0, Math.min(block.length, 65536)));
+  for (let i = 65536; i < block.length; i += 65536) block.copyWithin(i, 0, 65536);
+  for (let off = 0; off < size; off += block.length) out.set(block.subarray(0, size - off), off);
+  return out;
+}
+
+// ---- a. GET latency against the raw round trip floor ------------------------------------------
+
+async function latency(): Promise<void> {
+  console.error("a. GET latency");
+  const floorSock = `${dir}/floor.sock`;
+  const floor = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}/bench/floor.ts`, "server", floorSock],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = floor.stdout.getReader();
+  await reader.read();
+  const n = quick ? 500 : 3000;
+  floorRoundTrips(floorSock, 200, false);
+  const floorKept = stats(floorRoundTrips(floorSock, n, false));
+  const floorNew = stats(floorRoundTrips(floorSock, n, true));
+  floor.kill("SIGKILL");
+  await floor.status;
+  reader.releaseLock();
+  await floor.stdout.cancel();
+
+  await using broker = await BrokerProcess.start(dir);
+  const setup = new Client({ socket: broker.socket, jobId: null });
+  const { id } = await setup.put(patternBytes(4 * KiB), { name: "lat" });
+  setup.close();
+
+  const fresh = new Client({ socket: broker.socket, keepAlive: false, jobId: null });
+  await timeIt(200, async () => (await fresh.get(id)).close());
+  const newConn = stats(await timeIt(n, async () => (await fresh.get(id)).close()));
+  const kept = new Client({ socket: broker.socket, keepAlive: true, jobId: null });
+  await timeIt(200, async () => (await kept.get(id)).close());
+  const keptConn = stats(await timeIt(n, async () => (await kept.get(id)).close()));
+  kept.close();
+  row({
+    section: "a",
+    metric: "floor round trip, kept connection p50",
+    value: floorKept.p50,
+    unit: "us",
+  });
+  row({
+    section: "a",
+    metric: "floor round trip, new connection p50",
+    value: floorNew.p50,
+    unit: "us",
+  });
+  row({
+    section: "a",
+    metric: "get, new connection p50",
+    value: newConn.p50,
+    unit: "us",
+    floor: floorNew.p50,
+    ratio: newConn.p50 / floorNew.p50,
+    target: "<= 40 us",
+    pass: newConn.p50 <= 40,
+  });
+  row({ section: "a", metric: "get, new connection p99", value: newConn.p99, unit: "us" });
+  row({
+    section: "a",
+    metric: "get, kept connection p50",
+    value: keptConn.p50,
+    unit: "us",
+    floor: floorKept.p50,
+    ratio: keptConn.p50 / floorKept.p50,
+    target: "<= 3x floor",
+    pass: keptConn.p50 <= 3 * floorKept.p50,
+  });
+  row({ section: "a", metric: "get, kept connection p99", value: keptConn.p99, unit: "us" });
+}
+
+// ---- b. PUT throughput against SHA-256 and memcpy ---------------------------------------------
+
+async function throughput(): Promise<void> {
+  console.error("b. PUT throughput");
+  await using broker = await BrokerProcess.start(dir, [], {});
+  const client = new Client({ socket: broker.socket, jobId: null });
+  const sizes = quick ? [4 * KiB, MiB, 64 * MiB] : [4 * KiB, MiB, 64 * MiB, GiB];
+  for (const size of sizes) {
+    const reps = size <= 4 * KiB ? 300 : size <= MiB ? 40 : size <= 64 * MiB ? 5 : 2;
+    const bytes = patternBytes(size);
+    const path = `${dir}/put-${size}.bin`;
+    Deno.writeFileSync(path, bytes);
+    const label = size >= GiB
+      ? `${size / GiB} GiB`
+      : size >= MiB
+      ? `${size / MiB} MiB`
+      : `${size / KiB} KiB`;
+
+    const sha = await timeIt(
+      reps,
+      () => Promise.resolve(new DigestBuilder().update(bytes).digest()),
+    );
+    const dst = new Uint8Array(size);
+    const copy = await timeIt(reps, () => Promise.resolve(dst.set(bytes)));
+    const shaGBs = size / (stats(sha).p50 / 1e6) / 1e9;
+    const copyGBs = size / (stats(copy).p50 / 1e6) / 1e9;
+
+    const fromMem = await timeIt(reps, async () => {
+      const r = await client.put(bytes, { name: `mem-${size}` });
+      await client.drop(r.id);
+    });
+    const fromFile = await timeIt(reps, async () => {
+      const r = await client.put(path, { name: `file-${size}` });
+      await client.drop(r.id);
+    });
+    // The drop round trip is tiny next to the put for the sizes that matter.
+    const memGBs = size / (stats(fromMem).p50 / 1e6) / 1e9;
+    const fileGBs = size / (stats(fromFile).p50 / 1e6) / 1e9;
+    const big = size >= 64 * MiB;
+    row({ section: "b", metric: `sha256 floor ${label}`, value: shaGBs, unit: "GB/s" });
+    row({ section: "b", metric: `memcpy floor ${label}`, value: copyGBs, unit: "GB/s" });
+    row({
+      section: "b",
+      metric: `put from memory ${label}`,
+      value: memGBs,
+      unit: "GB/s",
+      floor: shaGBs,
+      ratio: memGBs / shaGBs,
+      ...(big ? { target: ">= 0.5x sha256", pass: memGBs / shaGBs >= 0.5 } : {}),
+    });
+    row({
+      section: "b",
+      metric: `put from file ${label}`,
+      value: fileGBs,
+      unit: "GB/s",
+      floor: shaGBs,
+      ratio: fileGBs / shaGBs,
+      ...(big ? { target: ">= 0.5x sha256", pass: fileGBs / shaGBs >= 0.5 } : {}),
+    });
+    Deno.removeSync(path);
+  }
+  client.close();
+}
+
+// ---- c + f. lookups with many objects, broker memory per object --------------------------------
+
+async function manyObjects(): Promise<void> {
+  console.error("c. GET by name with 10 and many objects; f. broker memory");
+  await using broker = await BrokerProcess.start(dir);
+  await new Promise((r) => setTimeout(r, 300));
+  const rss0 = rssKiB(broker.pid);
+  const client = new Client({ socket: broker.socket, jobId: null });
+  using memfd = Memfd.create("tiny");
+  memfd.writeAll(new TextEncoder().encode("0123456789abcdef"));
+  memfd.seal();
+  const digest = new DigestBuilder().update(new TextEncoder().encode("0123456789abcdef")).digest();
+  const put = (name: string): Promise<bigint> =>
+    client.putSealed(memfd.fd, { size: 16, digest, name: new TextEncoder().encode(name) });
+  for (let i = 0; i < 10; i++) await put(`obj-${i}`);
+  const n = quick ? 300 : 2000;
+  const get = (name: string) => async () => (await client.get({ name })).close();
+  await timeIt(200, get("obj-9"));
+  const newest10 = stats(await timeIt(n, get("obj-9")));
+  const oldest10 = stats(await timeIt(n, get("obj-0")));
+
+  const hard = Number(
+    Deno.readTextFileSync(`/proc/${broker.pid}/limits`).match(
+      /Max open files\s+\d+\s+(\d+)/,
+    )?.[1] ?? 1024,
+  );
+  const target = quick ? 5000 : Math.min(hard - 1000, 19_000);
+  let rss10k = 0;
+  for (let i = 10; i < target; i++) {
+    await put(`obj-${i}`);
+    if (i + 1 === 10_010) {
+      await new Promise((r) => setTimeout(r, 200));
+      rss10k = rssKiB(broker.pid);
+    }
+  }
+  const last = `obj-${target - 1}`;
+  await timeIt(200, get(last));
+  const newestMany = stats(await timeIt(n, get(last)));
+  const oldestMany = stats(await timeIt(n, get("obj-0")));
+  client.close();
+  row({
+    section: "c",
+    metric: "get by name, 10 objects (newest) p50",
+    value: newest10.p50,
+    unit: "us",
+  });
+  row({
+    section: "c",
+    metric: "get by name, 10 objects (oldest) p50",
+    value: oldest10.p50,
+    unit: "us",
+  });
+  for (
+    const [what, s, base] of [["newest", newestMany, newest10], [
+      "oldest",
+      oldestMany,
+      oldest10,
+    ]] as const
+  ) {
+    row({
+      section: "c",
+      metric: `get by name, ${target} objects (${what}) p50`,
+      value: s.p50,
+      unit: "us",
+      floor: base.p50,
+      ratio: s.p50 / base.p50,
+      target: "<= 1.3x the 10-object latency",
+      pass: s.p50 / base.p50 <= 1.3,
+    });
+  }
+  row({ section: "f", metric: "broker RSS idle", value: rss0 / 1024, unit: "MiB" });
+  if (rss10k > 0) {
+    const per = ((rss10k - rss0) * 1024) / 10_000;
+    row({
+      section: "f",
+      metric: "broker memory per stored object",
+      value: per,
+      unit: "bytes",
+      target: "<= 1024 bytes",
+      pass: per <= 1024,
+    });
+  }
+}
+
+// ---- d. other clients' latency while one client publishes 1 GiB -------------------------------
+
+async function duringBigPut(): Promise<void> {
+  console.error("d. LIST and GET latency during a large publish");
+  await using broker = await BrokerProcess.start(dir);
+  const size = quick ? 256 * MiB : GiB;
+  const path = `${dir}/big.bin`;
+  Deno.writeFileSync(path, patternBytes(size));
+  const client = new Client({ socket: broker.socket, keepAlive: false, jobId: null });
+  const { id } = await client.put(patternBytes(4 * KiB), { name: "small" });
+  const publisher = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...CLI_PERMS, CLI, "put", path, "--name", "big", "--socket", broker.socket],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let done = false;
+  const status = publisher.output().then((o) => {
+    done = true;
+    return o;
+  });
+  const lists: number[] = [];
+  const gets: number[] = [];
+  while (!done) {
+    let t0 = performance.now();
+    await client.listRaw();
+    lists.push((performance.now() - t0) * 1000);
+    t0 = performance.now();
+    (await client.get(id)).close();
+    gets.push((performance.now() - t0) * 1000);
+  }
+  const out = await status;
+  if (out.code !== 0) throw new Error(`publisher failed: ${new TextDecoder().decode(out.stderr)}`);
+  client.close();
+  Deno.removeSync(path);
+  for (const [what, t] of [["LIST", lists], ["GET", gets]] as const) {
+    const s = stats(t);
+    row({ section: "d", metric: `${what} during publish p50`, value: s.p50 / 1000, unit: "ms" });
+    row({
+      section: "d",
+      metric: `${what} during publish p99`,
+      value: s.p99 / 1000,
+      unit: "ms",
+      target: "<= 20 ms",
+      pass: s.p99 / 1000 <= 20,
+    });
+    row({ section: "d", metric: `${what} during publish max`, value: s.max / 1000, unit: "ms" });
+  }
+}
+
+// ---- e. 16 concurrent clients ---------------------------------------------------------------
+
+async function concurrent(): Promise<void> {
+  console.error("e. 16 concurrent clients");
+  await using broker = await BrokerProcess.start(dir);
+  const client = new Client({ socket: broker.socket, jobId: null });
+  const { id } = await client.put(patternBytes(4 * KiB), { name: "c" });
+  client.close();
+  const ms = quick ? 1500 : 3000;
+  for (const keep of [false, true]) {
+    const procs = Array.from({ length: 4 }, () =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          `${ROOT}/bench/load.ts`,
+          broker.socket,
+          "4",
+          String(ms),
+          String(keep),
+          String(id),
+        ],
+        stdout: "piped",
+        stderr: "inherit",
+      }).output());
+    const outs = (await Promise.all(procs)).map((o) =>
+      JSON.parse(new TextDecoder().decode(o.stdout)) as { ok: number; errors: number; p99: number }
+    );
+    const ok = outs.reduce((a, o) => a + o.ok, 0);
+    const errors = outs.reduce((a, o) => a + o.errors, 0);
+    const label = keep ? "kept connections" : "new connection per get";
+    row({
+      section: "e",
+      metric: `16 clients, ${label}: gets/s`,
+      value: ok / (ms / 1000),
+      unit: "ops/s",
+    });
+    row({
+      section: "e",
+      metric: `16 clients, ${label}: errors`,
+      value: errors,
+      unit: "",
+      target: "0",
+      pass: errors === 0,
+    });
+    row({
+      section: "e",
+      metric: `16 clients, ${label}: p99`,
+      value: Math.max(...outs.map((o) => o.p99)),
+      unit: "us",
+    });
+  }
+}
+
+// ---- f. CLI wall time against an empty deno run ----------------------------------------------
+
+async function cliWall(): Promise<void> {
+  console.error("f. CLI wall time");
+  await using broker = await BrokerProcess.start(dir);
+  const empty = `${dir}/empty.ts`;
+  Deno.writeTextFileSync(empty, "");
+  const runs = quick ? 5 : 15;
+  const wall = async (args: string[]): Promise<number> => {
+    const times: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      const o = await new Deno.Command(Deno.execPath(), { args, stdout: "null", stderr: "null" })
+        .output();
+      if (o.code !== 0) throw new Error(`${args.join(" ")} failed`);
+      times.push(performance.now() - t0);
+    }
+    return stats(times).p50;
+  };
+  const floor = await wall(["run", empty]);
+  const list = await wall(["run", ...CLI_PERMS, CLI, "list", "--socket", broker.socket]);
+  row({ section: "f", metric: "deno run empty script (floor)", value: floor, unit: "ms" });
+  row({
+    section: "f",
+    metric: "memfdbus list (one CLI command)",
+    value: list,
+    unit: "ms",
+    floor,
+    target: "<= floor + 40 ms",
+    pass: list <= floor + 40,
+  });
+}
+
+const sections: Record<string, () => Promise<void>> = {
+  a: latency,
+  b: throughput,
+  c: manyObjects,
+  d: duringBigPut,
+  e: concurrent,
+  f: cliWall,
+};
+const only = Deno.args.filter((a) => /^[a-f]$/.test(a));
+try {
+  for (const [name, run] of Object.entries(sections)) {
+    if (only.length === 0 || only.includes(name)) await run();
+  }
+} finally {
+  Deno.removeSync(dir, { recursive: true });
+}
+
+const widths = [8, 52, 12, 7, 8, 30, 5];
+const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 10)).join(" ");
+console.log(line(["section", "metric", "value", "unit", "ratio", "target", "ok"]));
+for (const r of rows) {
+  console.log(line([
+    r.section,
+    r.metric,
+    r.value.toFixed(r.value >= 100 ? 0 : 2),
+    r.unit,
+    r.ratio === undefined ? "" : r.ratio.toFixed(2),
+    r.target ?? "",
+    r.pass === undefined ? "" : r.pass ? "yes" : "NO",
+  ]));
+}
+const report = {
+  date: new Date().toISOString(),
+  deno: Deno.version.deno,
+  cpus: navigator.hardwareConcurrency,
+  kernel: Deno.osRelease(),
+  quick,
+  rows,
+};
+Deno.mkdirSync(outFile.slice(0, outFile.lastIndexOf("/")), { recursive: true });
+Deno.writeTextFileSync(outFile, JSON.stringify(report, null, 2) + "\n");
+console.log(`\nJSON: ${outFile}`);
+await waitFor(() => true);
