@@ -1,0 +1,332 @@
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import {
+  AuditLog,
+  type AuditRecord,
+  blankRecord,
+  formatRecord,
+  jsonString,
+  realtimeNs,
+} from "../src/audit.ts";
+import { toBinary } from "../src/bytes.ts";
+import { libc } from "../src/ffi.ts";
+import { setNonblocking } from "../src/fd.ts";
+import { AUDIT_KEYS, dec, enc, waitFor } from "./helpers.ts";
+import { fdGuard, hex, ownTempDir, pipe, tryReadFd } from "./unit_support.ts";
+
+const DIGEST = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+function rec(fields: Partial<AuditRecord>): AuditRecord {
+  return { ...blankRecord("put", "ok", null), ...fields };
+}
+
+/** Run `fn` with console.error captured; returns what it printed. */
+function captureStderr(fn: () => void): string[] {
+  const lines: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]): void => {
+    lines.push(args.map(String).join(" "));
+  };
+  try {
+    fn();
+  } finally {
+    console.error = original;
+  }
+  return lines;
+}
+
+Deno.test("blankRecord fills every field with null except op, result and error", () => {
+  assertEquals(blankRecord("get", "not_found", "object not found"), {
+    op: "get",
+    result: "not_found",
+    selector: null,
+    objectId: null,
+    name: null,
+    size: null,
+    count: null,
+    digest: null,
+    jobId: null,
+    error: "object not found",
+  });
+});
+
+Deno.test("formatRecord writes the twelve keys in the C order for a put ok record", () => {
+  const line = formatRecord(
+    1700000000123456789n,
+    rec({ objectId: 1, name: "a", size: 5, digest: DIGEST, jobId: "job" }),
+  );
+  assertEquals(
+    line,
+    '{"ts_ns":1700000000123456789,"op":"put","operation":"put","result":"ok","selector":null,' +
+      `"object_id":1,"name":"a","size":5,"count":null,"digest":"${DIGEST}","job_id":"job",` +
+      '"error":null}\n',
+  );
+  const parsed = JSON.parse(line) as Record<string, unknown>;
+  assertEquals(Object.keys(parsed), AUDIT_KEYS);
+});
+
+Deno.test("formatRecord writes an error record with selector and error text", () => {
+  const r = blankRecord("get", "bad_request", null);
+  r.selector = "id";
+  r.objectId = 7n;
+  r.error = "job id too long";
+  assertEquals(
+    formatRecord(5n, r),
+    '{"ts_ns":5,"op":"get","operation":"get","result":"bad_request","selector":"id",' +
+      '"object_id":7,"name":null,"size":null,"count":null,"digest":null,"job_id":null,' +
+      '"error":"job id too long"}\n',
+  );
+});
+
+Deno.test("formatRecord writes a list record whose size equals its count, including 0", () => {
+  const r = blankRecord("list", "ok", null);
+  r.size = 0;
+  r.count = 0;
+  assertEquals(
+    formatRecord(0n, r),
+    '{"ts_ns":0,"op":"list","operation":"list","result":"ok","selector":null,' +
+      '"object_id":null,"name":null,"size":0,"count":0,"digest":null,"job_id":null,' +
+      '"error":null}\n',
+  );
+});
+
+Deno.test("formatRecord prints object_id 0 as null, for numbers and bigints", () => {
+  for (const id of [0, 0n, null]) {
+    const line = formatRecord(1n, rec({ objectId: id }));
+    ok(line.includes(',"object_id":null,'), line);
+  }
+  ok(formatRecord(1n, rec({ objectId: 3 })).includes(',"object_id":3,'));
+});
+
+Deno.test("formatRecord prints u64 ids and sizes exactly, beyond 2^53", () => {
+  const line = formatRecord(
+    1n,
+    rec({ objectId: 18446744073709551615n, size: 9007199254740993n }),
+  );
+  ok(line.includes('"object_id":18446744073709551615,'), line);
+  ok(line.includes('"size":9007199254740993,'), line);
+});
+
+Deno.test("formatRecord prints the unknown-command record with the cmd number as object_id", () => {
+  const r = blankRecord("unknown", "bad_request", "unknown command");
+  r.objectId = 9;
+  assertEquals(
+    formatRecord(2n, r),
+    '{"ts_ns":2,"op":"unknown","operation":"unknown","result":"bad_request","selector":null,' +
+      '"object_id":9,"name":null,"size":null,"count":null,"digest":null,"job_id":null,' +
+      '"error":"unknown command"}\n',
+  );
+});
+
+Deno.test("formatRecord appends peer_pid, peer_uid and peer_gid after the twelve keys", () => {
+  const line = formatRecord(3n, blankRecord("list", "ok", null), { pid: 10, uid: 20, gid: 30 });
+  ok(line.endsWith(',"error":null,"peer_pid":10,"peer_uid":20,"peer_gid":30}\n'), line);
+  assertEquals(Object.keys(JSON.parse(line) as object), [
+    ...AUDIT_KEYS,
+    "peer_pid",
+    "peer_uid",
+    "peer_gid",
+  ]);
+});
+
+Deno.test("jsonString escapes backslash, quote and the five short control escapes", () => {
+  assertEquals(jsonString("a\\b"), '"a\\\\b"');
+  assertEquals(jsonString('say "hi"'), '"say \\"hi\\""');
+  assertEquals(jsonString("\b\f\n\r\t"), '"\\b\\f\\n\\r\\t"');
+  assertEquals(jsonString(""), '""');
+  assertEquals(jsonString(null), "null");
+  assertEquals(jsonString("plain /text"), '"plain /text"');
+});
+
+Deno.test("jsonString writes other control bytes as lowercase \\u00xx", () => {
+  assertEquals(jsonString("\x01"), '"\\u0001"');
+  assertEquals(jsonString("\x0b"), '"\\u000b"');
+  assertEquals(jsonString("\x0e"), '"\\u000e"');
+  assertEquals(jsonString("\x1b"), '"\\u001b"');
+  assertEquals(jsonString("\x1f"), '"\\u001f"');
+  assertEquals(jsonString("a\x1ab"), '"a\\u001ab"');
+  // Every byte below 0x20 except the five short ones, exactly.
+  let all = "";
+  for (let c = 1; c < 0x20; c++) all += String.fromCharCode(c);
+  assertEquals(
+    jsonString(all),
+    '"\\u0001\\u0002\\u0003\\u0004\\u0005\\u0006\\u0007\\b\\t\\n\\u000b\\f\\r' +
+      "\\u000e\\u000f\\u0010\\u0011\\u0012\\u0013\\u0014\\u0015\\u0016\\u0017\\u0018\\u0019" +
+      '\\u001a\\u001b\\u001c\\u001d\\u001e\\u001f"',
+  );
+});
+
+Deno.test("jsonString copies 0x7f and bytes from 0x80 raw", () => {
+  assertEquals(jsonString("\x7f"), '"\x7f"');
+  assertEquals(jsonString("\x80\xff"), '"\x80\xff"');
+  // A UTF-8 name as a binary string stays as its raw bytes.
+  const binary = toBinary(enc("é"));
+  assertEquals(jsonString(binary), '"\xc3\xa9"');
+  assertEquals(jsonString("a/\u007fb"), '"a/\u007fb"');
+});
+
+Deno.test("jsonString stops at the first NUL", () => {
+  assertEquals(jsonString("ab\0cd"), '"ab"');
+  assertEquals(jsonString("\0abc"), '""');
+  assertEquals(jsonString("a\\\0\n"), '"a\\\\"');
+});
+
+Deno.test("formatRecord escapes names, job ids, digests and errors", () => {
+  const line = formatRecord(
+    1n,
+    rec({ name: "a\tb\nc", jobId: 'j"1', digest: "d\\", error: "e\x02" }),
+  );
+  ok(line.includes('"name":"a\\tb\\nc"'), line);
+  ok(line.includes('"job_id":"j\\"1"'), line);
+  ok(line.includes('"digest":"d\\\\"'), line);
+  ok(line.includes('"error":"e\\u0002"'), line);
+  const parsed = JSON.parse(line) as Record<string, unknown>;
+  assertEquals([parsed.name, parsed.job_id, parsed.error], ["a\tb\nc", 'j"1', "e\x02"]);
+});
+
+Deno.test("realtimeNs reads CLOCK_REALTIME in nanoseconds", () => {
+  const before = BigInt(Date.now()) * 1_000_000n;
+  const t = realtimeNs();
+  const after = BigInt(Date.now() + 1) * 1_000_000n;
+  ok(t >= before - 1_000_000n && t <= after, `${before} <= ${t} <= ${after}`);
+});
+
+Deno.test("AuditLog writes nothing until flush, then whole lines in one write", () => {
+  const guard = fdGuard();
+  {
+    using p = pipe();
+    setNonblocking(p.readFd, true);
+    const log = new AuditLog(p.writeFd);
+    log.line("memfdbus broker listening on /tmp/x.sock");
+    log.record(rec({ objectId: 1, name: "a", size: 5 }));
+    log.record(blankRecord("list", "ok", null));
+    assertEquals(tryReadFd(p.readFd), null);
+    assertEquals(log.records, 2);
+    log.flush();
+    const text = dec(tryReadFd(p.readFd) ?? new Uint8Array());
+    ok(text.endsWith("\n"), text);
+    const lines = text.split("\n");
+    assertEquals(lines.length, 4);
+    assertEquals(lines[0], "memfdbus broker listening on /tmp/x.sock");
+    assertEquals(lines[3], "");
+    const first = JSON.parse(lines[1] ?? "") as Record<string, unknown>;
+    const second = JSON.parse(lines[2] ?? "") as Record<string, unknown>;
+    assertEquals(Object.keys(first), AUDIT_KEYS);
+    assertEquals([first.op, first.object_id, first.name, first.size], ["put", 1, "a", 5]);
+    assertEquals([second.op, second.result], ["list", "ok"]);
+    ok(typeof first.ts_ns === "number" && first.ts_ns > 1.6e18);
+    // A second flush with nothing queued writes nothing.
+    log.flush();
+    assertEquals(tryReadFd(p.readFd), null);
+  }
+  guard.assertClean();
+});
+
+Deno.test("AuditLog writes raw bytes of a binary-string name unchanged", () => {
+  using p = pipe();
+  setNonblocking(p.readFd, true);
+  const log = new AuditLog(p.writeFd);
+  log.record(rec({ name: toBinary(enc("é\x7f")) }));
+  log.flush();
+  const bytes = tryReadFd(p.readFd) ?? new Uint8Array();
+  const text = dec(bytes);
+  ok(text.includes('"name":"é\x7f"'), text);
+  ok(hex(bytes).includes(hex(enc('"name":"é\x7f"'))));
+});
+
+Deno.test("AuditLog adds peer credentials only when withPeer is set", () => {
+  using p = pipe();
+  setNonblocking(p.readFd, true);
+  const log = new AuditLog(p.writeFd);
+  const peer = { pid: 1, uid: 2, gid: 3 };
+  log.record(blankRecord("list", "ok", null), peer);
+  log.withPeer = true;
+  log.record(blankRecord("list", "ok", null), peer);
+  log.flush();
+  const lines = dec(tryReadFd(p.readFd) ?? new Uint8Array()).trimEnd().split("\n");
+  assertEquals(lines.length, 2);
+  ok(lines[0]?.endsWith(',"error":null}'), lines[0]);
+  ok(lines[1]?.endsWith(',"error":null,"peer_pid":1,"peer_uid":2,"peer_gid":3}'), lines[1]);
+});
+
+Deno.test("AuditLog flushes more than a pipe buffer of lines completely and in order", async () => {
+  using p = pipe();
+  const log = new AuditLog(p.writeFd);
+  const n = 2000; // about 400 KiB, several pipe buffers
+  for (let i = 0; i < n; i++) log.record(rec({ objectId: i + 1, name: "x".repeat(150) }));
+  // flush() blocks the JS thread until everything is written, so the reader must be another
+  // process that does not depend on this event loop: cat opens the same pipe through /proc and
+  // writes to a file (not to a pipe this process would have to drain).
+  using dir = ownTempDir();
+  const out = `${dir.path}/audit.out`;
+  const child = new Deno.Command("sh", {
+    args: ["-c", 'exec cat "$1" > "$2"', "sh", `/proc/${Deno.pid}/fd/${p.readFd}`, out],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  // Wait until cat has the pipe open, so the blocking write always has a reader.
+  await waitFor(
+    () => {
+      try {
+        return Deno.readLinkSync(`/proc/${child.pid}/exe`).endsWith("/cat") &&
+          [...Deno.readDirSync(`/proc/${child.pid}/fd`)].length >= 4;
+      } catch {
+        return false;
+      }
+    },
+    5000,
+    "cat to open the pipe",
+  );
+  log.flush();
+  p.closeWrite();
+  p.closeRead();
+  const status = await child.status;
+  assertEquals(status.code, 0);
+  const lines = Deno.readTextFileSync(out).split("\n");
+  assertEquals(lines.length, n + 1);
+  assertEquals(lines[n], "");
+  for (let i = 0; i < n; i++) {
+    const r = JSON.parse(lines[i] ?? "") as Record<string, unknown>;
+    if (r.object_id !== i + 1) throw new Error(`line ${i} has object_id ${r.object_id}`);
+  }
+});
+
+Deno.test("AuditLog on a pipe whose reader closed does not throw and stops logging (D22)", () => {
+  const guard = fdGuard();
+  {
+    using broken = pipe();
+    using fresh = pipe();
+    setNonblocking(fresh.readFd, true);
+    const log = new AuditLog(broken.writeFd);
+    broken.closeRead();
+    log.record(rec({ objectId: 1 }));
+    const printed = captureStderr(() => log.flush());
+    assertEquals(printed, [
+      "memfdbus: audit log write failed (errno 32); audit records are dropped",
+    ]);
+    // Point the log's descriptor number at a healthy pipe: nothing more may be written to it.
+    ok(libc.symbols.dup3(fresh.writeFd, broken.writeFd, 0) === broken.writeFd);
+    const again = captureStderr(() => {
+      log.record(rec({ objectId: 2 }));
+      log.line("late line");
+      log.flush();
+    });
+    assertEquals(again, []);
+    assertEquals(tryReadFd(fresh.readFd), null);
+    assertEquals(log.records, 2);
+  }
+  guard.assertClean();
+});
+
+Deno.test("AuditLog on a closed descriptor reports once and keeps going", () => {
+  const log = new AuditLog(987654);
+  log.record(rec({}));
+  const printed = captureStderr(() => {
+    log.flush();
+    log.record(rec({}));
+    log.flush();
+  });
+  assertEquals(printed, [
+    "memfdbus: audit log write failed (errno 9); audit records are dropped",
+  ]);
+});
