@@ -21,7 +21,9 @@ import { AuditLog, type AuditPeer, formatRecord, realtimeNs } from "./audit.ts";
 import { ErrnoError } from "./errors.ts";
 import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "./ffi.ts";
 import { isRegular, tryFstat, tryLstat } from "./fd.ts";
-import { HashPool } from "./hashing.ts";
+import { type HashOutcome, HashPool } from "./hashing.ts";
+import { inspectSealedFd, isFdProblem } from "./memfd.ts";
+import { inProcess } from "./inprocess.ts";
 import {
   EAGAIN,
   ECONNABORTED,
@@ -38,6 +40,7 @@ import {
   EPOLLRDHUP,
   F_DUPFD_CLOEXEC,
   O_CLOEXEC,
+  O_DIRECTORY,
   O_RDONLY,
   RLIMIT_NOFILE,
   S_IFMT,
@@ -99,6 +102,13 @@ export interface BrokerStartOptions extends Partial<BrokerOptions> {
   readonly inlineHashLimit?: number;
   /** Raise the soft descriptor limit to the hard limit (default true). */
   readonly raiseFdLimit?: boolean;
+  /**
+   * Wait for events on the JavaScript thread itself while busy (lowest latency; the event loop
+   * still runs every few milliseconds). Only for a broker that has its process to itself, as the
+   * `memfdbus broker` command does; an in-process broker must leave it off (the default) or it
+   * starves its own clients.
+   */
+  readonly blockingWait?: boolean;
 }
 
 const enum State {
@@ -111,18 +121,24 @@ const enum State {
 }
 
 const LISTEN_TOKEN = 0xfffffffe;
+const EMPTY = new Uint8Array(0);
+const CONN_BUF = 4096;
 const SWEEP_MS = 100;
 const LINGER_MS = 1000;
 const LINGER_BYTES = 1 << 20;
 const MAX_LINGERING = 64;
 const READ_CHUNK = 64 * 1024;
 const GRACE_MS = 2000;
+/** In blocking-wait mode: longest stretch without letting the event loop run. */
+const YIELD_MS = 5;
+/** In blocking-wait mode: quiet time after which the loop waits off-thread again. */
+const IDLE_SWITCH_MS = 50;
 
 class Conn {
   readonly token: number;
   fd: number;
   state: State = State.Header;
-  buf: Uint8Array = new Uint8Array(4096);
+  buf: Uint8Array = EMPTY;
   len = 0;
   eof = false;
   header: Header | null = null;
@@ -132,14 +148,17 @@ class Conn {
   step: Step | null = null;
   consumed = 0;
   outcome: Outcome | null = null;
-  segIndex = 0;
-  segOff = 0;
+  out: Uint8Array = EMPTY;
+  outOff = 0;
   replyFd = -1;
+  registered = false;
   keepAlive = false;
   served = 0;
   deadline: number;
   lingerLeft = 0;
   peer: AuditPeer | undefined;
+  /** A digest started as soon as a PUT's sealed memfd arrived, before its digest bytes. */
+  speculative: { fd: number; answer: Promise<HashOutcome> } | null = null;
 
   constructor(token: number, fd: number, deadline: number) {
     this.token = token;
@@ -164,7 +183,9 @@ export class Broker implements AsyncDisposable {
   readonly #conns = new Map<number, Conn>();
   readonly #events: PollEvent[] = [];
   readonly #scratch = new Uint8Array(READ_CHUNK);
-  readonly #procFd: boolean;
+  readonly #procDirFd: number;
+  readonly #fdNames = new WeakMap<StoredObject, Uint8Array<ArrayBuffer>>();
+  readonly #bufPool: Uint8Array[] = [];
   #nextToken = 1;
   #reserveFd = -1;
   #lingering = 0;
@@ -172,6 +193,9 @@ export class Broker implements AsyncDisposable {
   #acceptBlocked = false;
   #stopping = false;
   #graceDeadline = 0;
+  readonly #blocking: boolean;
+  readonly #needPeer: boolean;
+  readonly #inlineHashLimit: number;
   #resolveClosed: () => void = () => {};
   /** Resolves once the broker has stopped and released everything. */
   readonly closed: Promise<void>;
@@ -189,11 +213,19 @@ export class Broker implements AsyncDisposable {
     this.#store = new Store(options);
     this.#auditCallback = typeof audit === "function" ? audit : null;
     this.#audit = new AuditLog(typeof audit === "number" ? audit : -1);
-    this.#hash = new HashPool(start.hashWorkers ?? 1, start.inlineHashLimit ?? 1 << 20);
+    this.#inlineHashLimit = start.inlineHashLimit ?? 1 << 20;
+    this.#hash = new HashPool(start.hashWorkers ?? 1, this.#inlineHashLimit);
     this.#poller = new Poller(256);
-    this.#poller.add(listenFd, EPOLLIN | EPOLLET, LISTEN_TOKEN);
+    this.#poller.add(listenFd, EPOLLIN, LISTEN_TOKEN);
     this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
-    this.#procFd = tryLstat("/proc/self/fd") !== ENOENT;
+    this.#procDirFd = libc.symbols.open(
+      cstr("/proc/self/fd"),
+      O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+      0,
+    );
+    this.#blocking = start.blockingWait ?? false;
+    this.#audit.withPeer = options.auditPeer;
+    this.#needPeer = options.auditPeer || options.policy.jobs.size > 0;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
 
@@ -212,6 +244,7 @@ export class Broker implements AsyncDisposable {
     if (start.raiseFdLimit ?? true) raiseDescriptorLimit();
     const { fd, ino } = openListener(options);
     const broker = new Broker(options, fd, ino, start.audit === undefined ? 1 : start.audit, start);
+    inProcess.brokers++;
     broker.#line(`memfdbus broker listening on ${options.socket}`);
     broker.#flush();
     void broker.#run();
@@ -231,11 +264,6 @@ export class Broker implements AsyncDisposable {
   /** Connections currently open. */
   get connectionCount(): number {
     return this.#conns.size;
-  }
-
-  /** Include the peer's pid, uid and gid in every audit record. */
-  set auditPeers(on: boolean) {
-    this.#audit.withPeer = on;
   }
 
   /**
@@ -278,14 +306,27 @@ export class Broker implements AsyncDisposable {
   // ---- the loop ----------------------------------------------------------------------------
 
   async #run(): Promise<void> {
+    let lastEvent = performance.now();
+    let lastYield = lastEvent;
     try {
       for (;;) {
         if (this.#stopping && this.#finishStopIfDone()) return;
         let events = this.#poller.poll(this.#events);
         if (events.length === 0) {
           this.#flush();
-          events = await this.#poller.wait(this.#waitTimeout(), this.#events);
+          const now = performance.now();
+          const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS;
+          if (busy && now - lastYield < YIELD_MS) {
+            // Block on this thread: the kernel wakes it directly, without a pool-thread hop.
+            const slice = Math.max(1, Math.ceil(YIELD_MS - (now - lastYield)));
+            events = this.#poller.poll(this.#events, Math.min(slice, this.#waitTimeout() >>> 0));
+          } else {
+            // Let the event loop run (signals, Worker messages), then wait off-thread.
+            lastYield = now;
+            events = await this.#poller.wait(busy ? 0 : this.#waitTimeout(), this.#events);
+          }
         }
+        if (events.length > 0) lastEvent = performance.now();
         for (const ev of events) this.#dispatch(ev);
         const now = performance.now();
         if (now >= this.#nextSweep) this.#sweep(now);
@@ -315,7 +356,10 @@ export class Broker implements AsyncDisposable {
 
   #sweep(now: number): void {
     this.#nextSweep = now + SWEEP_MS;
-    if (this.#acceptBlocked) this.#acceptAll();
+    if (this.#acceptBlocked && !this.#stopping) {
+      this.#acceptBlocked = false;
+      this.#poller.add(this.#listenFd, EPOLLIN, LISTEN_TOKEN);
+    }
     for (const conn of this.#conns.values()) {
       if (conn.state === State.Hash || now < conn.deadline) continue;
       this.#expire(conn);
@@ -341,33 +385,43 @@ export class Broker implements AsyncDisposable {
 
   // ---- accepting ---------------------------------------------------------------------------
 
+  /**
+   * Accept one pending connection. The listener is level-triggered, so a backlog keeps waking the
+   * loop; accepting one per wake-up saves the accept4 that would only return EAGAIN.
+   */
   #acceptAll(): void {
     this.#acceptBlocked = false;
     if (this.#stopping) return;
     for (;;) {
       const fd = acceptUnix(this.#listenFd);
-      if (fd < 0) {
-        const e = -fd;
-        if (e === EAGAIN) return;
-        if (e === ECONNABORTED) continue;
-        if (e === EMFILE || e === ENFILE || e === ENOBUFS || e === ENOMEM) {
-          if (!this.#rejectWithReserve()) {
-            this.#acceptBlocked = true;
-            return;
-          }
-          continue;
-        }
-        // Anything else is unexpected; never fatal (defect D6). Retry on the next sweep.
-        this.#acceptBlocked = true;
+      if (fd >= 0) {
+        this.#admit(fd);
         return;
       }
-      this.#admit(fd);
+      const e = -fd;
+      if (e === EAGAIN) return;
+      if (e === ECONNABORTED) continue;
+      if (e === EMFILE || e === ENFILE || e === ENOBUFS || e === ENOMEM) {
+        // Out of descriptors: tell the waiting client why with the reserve descriptor; if even
+        // that is impossible, stop accepting until the next sweep (never exit, defect D6).
+        const r = this.#rejectWithReserve();
+        if (r === "empty") return;
+        if (r === "rejected") continue;
+      }
+      // Back off: the listener is level-triggered, so leave it out of the waits until the
+      // next sweep tries again.
+      this.#acceptBlocked = true;
+      this.#poller.remove(this.#listenFd);
+      return;
     }
   }
 
   /** At the descriptor limit: use the reserve descriptor to tell one client why, then close. */
-  #rejectWithReserve(): boolean {
-    if (this.#reserveFd < 0) return false;
+  #rejectWithReserve(): "rejected" | "empty" | "failed" {
+    if (this.#reserveFd < 0) {
+      this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
+      if (this.#reserveFd < 0) return "failed";
+    }
     closeQuietly(this.#reserveFd);
     this.#reserveFd = -1;
     const fd = acceptUnix(this.#listenFd);
@@ -378,7 +432,8 @@ export class Broker implements AsyncDisposable {
       closeQuietly(fd);
     }
     this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
-    return fd >= 0 && this.#reserveFd >= 0;
+    if (fd === -EAGAIN) return "empty";
+    return fd >= 0 && this.#reserveFd >= 0 ? "rejected" : "failed";
   }
 
   #admit(fd: number): void {
@@ -398,7 +453,7 @@ export class Broker implements AsyncDisposable {
       return;
     }
     const conn = this.#register(fd, now + this.#options.requestTimeoutMs);
-    if (this.#audit.withPeer) {
+    if (this.#needPeer) {
       try {
         conn.peer = peerCredentials(fd);
       } catch {
@@ -416,8 +471,18 @@ export class Broker implements AsyncDisposable {
     this.#nextToken = token + 1;
     const conn = new Conn(token, fd, deadline);
     this.#conns.set(token, conn);
-    this.#poller.add(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, token);
     return conn;
+  }
+
+  /**
+   * Ask epoll about a connection that has to wait. Registration is edge-triggered and made only
+   * on the first EAGAIN: a request that arrives whole is answered without any epoll_ctl. Data
+   * that arrived before registering is reported at once, so no wake-up is lost.
+   */
+  #watch(conn: Conn): void {
+    if (conn.registered || conn.fd < 0) return;
+    conn.registered = true;
+    this.#poller.add(conn.fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn.token);
   }
 
   /** Close the longest-idle kept-alive connection to make room; true if one was closed. */
@@ -439,16 +504,29 @@ export class Broker implements AsyncDisposable {
       options: this.#options,
       fd: conn.reqFd,
       fdLost: conn.fdLost,
+      peer: conn.peer,
       reopen: (obj) => this.#reopen(obj),
       release: (obj) => closeQuietly(obj.fd),
       now: realtimeNs,
     };
   }
 
+  /**
+   * A fresh descriptor for a consumer: a new open file description of the same memfd (its own
+   * offset), read-only (defect D21), by opening /proc/self/fd/N relative to a held directory
+   * descriptor. Without /proc it falls back to a duplicate, which shares the file offset.
+   */
   #reopen(obj: StoredObject): number {
-    const fd = this.#procFd
-      ? libc.symbols.open(cstr(`/proc/self/fd/${obj.fd}`), O_RDONLY | O_CLOEXEC, 0)
-      : libc.symbols.fcntl(obj.fd, F_DUPFD_CLOEXEC, 0);
+    if (this.#procDirFd < 0) {
+      const d = libc.symbols.fcntl(obj.fd, F_DUPFD_CLOEXEC, 0);
+      return d >= 0 ? d : -errno();
+    }
+    let path = this.#fdNames.get(obj);
+    if (path === undefined) {
+      path = cstr(String(obj.fd));
+      this.#fdNames.set(obj, path);
+    }
+    const fd = libc.symbols.openat(this.#procDirFd, path, O_RDONLY | O_CLOEXEC, 0);
     return fd >= 0 ? fd : -errno();
   }
 
@@ -505,8 +583,12 @@ export class Broker implements AsyncDisposable {
   #fill(conn: Conn, need: number): boolean {
     const want = Math.max(need, HEADER_SIZE) - conn.len;
     if (conn.buf.length < conn.len + Math.max(want, 1)) {
-      const grown = new Uint8Array(Math.max(conn.buf.length * 2, conn.len + want));
+      const size = Math.max(conn.buf.length * 2, conn.len + want, CONN_BUF);
+      const grown = size === CONN_BUF
+        ? this.#bufPool.pop() ?? new Uint8Array(CONN_BUF)
+        : new Uint8Array(size);
       grown.set(conn.buf.subarray(0, conn.len));
+      this.#releaseBuf(conn);
       conn.buf = grown;
     }
     const space = conn.buf.length - conn.len;
@@ -514,7 +596,10 @@ export class Broker implements AsyncDisposable {
     const headerPhase = conn.state === State.Header && conn.len < HEADER_SIZE;
     const r = recvMsg(conn.fd, conn.buf.subarray(conn.len, conn.len + limit));
     if (typeof r === "number") {
-      if (r === -EAGAIN) return false;
+      if (r === -EAGAIN) {
+        this.#watch(conn);
+        return false;
+      }
       conn.eof = true; // ECONNRESET and friends end the request like an end of stream.
       return true;
     }
@@ -571,6 +656,14 @@ export class Broker implements AsyncDisposable {
       // Allow the publisher time to finish hashing its object before the digest arrives.
       const st = tryFstat(conn.reqFd);
       if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
+      // A large sealed memfd of the claimed size will be hashed at step 15 anyway: start now,
+      // on a Worker, while the client may still be computing the digest it will send.
+      if (
+        h.size > BigInt(this.#inlineHashLimit) && !isFdProblem(inspectSealedFd(conn.reqFd, h.size))
+      ) {
+        const answer = this.#hash.digest(conn.reqFd, Number(h.size));
+        if (answer instanceof Promise) conn.speculative = { fd: conn.reqFd, answer };
+      }
     }
     conn.keepAlive = (h.reserved & Flag.KEEP_ALIVE) !== 0;
     conn.handler = handle(h, this.#context(conn));
@@ -578,8 +671,14 @@ export class Broker implements AsyncDisposable {
   }
 
   #dropReqFd(conn: Conn): void {
-    if (conn.reqFd >= 0) closeQuietly(conn.reqFd);
+    const fd = conn.reqFd;
     conn.reqFd = -1;
+    if (fd < 0) return;
+    const spec = conn.speculative;
+    conn.speculative = null;
+    // A Worker may still be mapping this descriptor: close it only once that is over.
+    if (spec !== null && spec.fd === fd) void spec.answer.finally(() => closeQuietly(fd));
+    else closeQuietly(fd);
   }
 
   #resume(conn: Conn, input: StepInput): void {
@@ -599,9 +698,18 @@ export class Broker implements AsyncDisposable {
       return;
     }
     conn.state = State.Hash;
-    this.#hash.digest(step.fd, step.size).then((answer: DigestAnswer) => {
-      if (conn.state !== State.Hash) return;
+    const spec = conn.speculative;
+    conn.speculative = null;
+    const answer = spec !== null && spec.fd === step.fd
+      ? spec.answer
+      : this.#hash.digest(step.fd, step.size);
+    if (!(answer instanceof Promise)) {
       this.#resume(conn, answer);
+      return;
+    }
+    answer.then((a: DigestAnswer) => {
+      if (conn.state !== State.Hash) return;
+      this.#resume(conn, a);
       this.#pump(conn);
     });
   }
@@ -613,14 +721,7 @@ export class Broker implements AsyncDisposable {
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
     conn.keepAlive = conn.keepAlive && inSync && !this.#stopping;
     if (conn.keepAlive) {
-      const first = o.segments[0];
-      if (first !== undefined) {
-        new DataView(first.bytes.buffer, first.bytes.byteOffset).setUint32(
-          Off.reserved,
-          Flag.KEEP_ALIVE,
-          true,
-        );
-      }
+      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, Flag.KEEP_ALIVE, true);
     }
     conn.lingerLeft = h === null || inSync
       ? 0
@@ -631,25 +732,25 @@ export class Broker implements AsyncDisposable {
 
   #reply(conn: Conn, o: Outcome): void {
     conn.outcome = o;
-    conn.segIndex = 0;
-    conn.segOff = 0;
+    conn.out = o.wire;
+    conn.outOff = 0;
     conn.replyFd = o.fd;
     conn.state = State.Send;
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#options.requestTimeoutMs;
   }
 
-  /** Send as much of the reply as possible; true when it is all out. */
+  /** Send as much of the reply as possible (one sendmsg for all of it); true when it is out. */
   #send(conn: Conn): boolean {
-    const o = conn.outcome;
-    if (o === null) return true;
-    while (conn.segIndex < o.segments.length) {
-      const seg = o.segments[conn.segIndex];
-      if (seg === undefined) break;
-      const part = conn.segOff === 0 ? seg.bytes : seg.bytes.subarray(conn.segOff);
-      const attach = conn.segIndex === 0 && conn.segOff === 0 && conn.replyFd >= 0;
+    const out = conn.out;
+    while (conn.outOff < out.length) {
+      const part = conn.outOff === 0 ? out : out.subarray(conn.outOff);
+      const attach = conn.outOff === 0 && conn.replyFd >= 0;
       const n = attach ? sendMsg(conn.fd, part, [conn.replyFd]) : sendSome(conn.fd, part);
-      if (n === -EAGAIN) return false;
+      if (n === -EAGAIN) {
+        this.#watch(conn);
+        return false;
+      }
       if (n <= 0) {
         this.#sendFailed(conn);
         return false;
@@ -658,11 +759,7 @@ export class Broker implements AsyncDisposable {
         closeQuietly(conn.replyFd);
         conn.replyFd = -1;
       }
-      conn.segOff += n;
-      if (conn.segOff >= seg.bytes.length) {
-        conn.segIndex++;
-        conn.segOff = 0;
-      }
+      conn.outOff += n;
     }
     this.#afterSend(conn);
     return true;
@@ -671,8 +768,17 @@ export class Broker implements AsyncDisposable {
   #sendFailed(conn: Conn): void {
     const o = conn.outcome;
     if (o !== null && o.auditAfterSend) {
-      const seg = o.segments[conn.segIndex];
-      this.#record(o, conn, { error: seg?.failText ?? "failed to send response" });
+      // Name the piece that could not be sent, as the C broker's three sends would have.
+      let end = 0;
+      let text = "failed to send response";
+      for (const seg of o.segments) {
+        end += seg.bytes.length;
+        if (conn.outOff < end) {
+          text = seg.failText ?? text;
+          break;
+        }
+      }
+      this.#record(o, conn, { error: text });
     }
     this.#close(conn);
   }
@@ -681,6 +787,7 @@ export class Broker implements AsyncDisposable {
     const o = conn.outcome;
     if (o !== null && o.auditAfterSend) this.#record(o, conn);
     conn.outcome = null;
+    conn.out = EMPTY;
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
     conn.replyFd = -1;
     conn.served++;
@@ -714,7 +821,10 @@ export class Broker implements AsyncDisposable {
       }
       const r = recvMsg(conn.fd, this.#scratch.subarray(0, Math.min(READ_CHUNK, conn.lingerLeft)));
       if (typeof r === "number") {
-        if (r === -EAGAIN) return;
+        if (r === -EAGAIN) {
+          this.#watch(conn);
+          return;
+        }
         conn.eof = true;
         continue;
       }
@@ -729,14 +839,19 @@ export class Broker implements AsyncDisposable {
     if (conn.state === State.Linger) this.#lingering--;
     conn.state = State.Closed;
     this.#conns.delete(conn.token);
-    if (conn.reqFd >= 0) closeQuietly(conn.reqFd);
+    this.#dropReqFd(conn);
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
-    conn.reqFd = -1;
     conn.replyFd = -1;
     conn.handler?.return(undefined as never);
     conn.handler = null;
+    this.#releaseBuf(conn);
     closeQuietly(conn.fd);
     conn.fd = -1;
+  }
+
+  #releaseBuf(conn: Conn): void {
+    if (conn.buf.length === CONN_BUF && this.#bufPool.length < 64) this.#bufPool.push(conn.buf);
+    conn.buf = EMPTY;
   }
 
   // ---- stopping ----------------------------------------------------------------------------
@@ -777,8 +892,10 @@ export class Broker implements AsyncDisposable {
     this.#hash.close();
     closeQuietly(this.#reserveFd);
     this.#reserveFd = -1;
+    closeQuietly(this.#procDirFd);
     this.#flush();
     this.#poller.close();
+    inProcess.brokers--;
     this.#resolveClosed();
   }
 }
@@ -819,7 +936,18 @@ function openListener(options: BrokerOptions): { fd: number; ino: bigint } {
         throw errnoErrorOf("unlink", errno(), "unlink stale socket");
       }
     }
-    bindUnix(fd, addr);
+    // The socket file gets exactly socketMode: umask covers the window between bind and chmod.
+    const old = libc.symbols.umask(~options.socketMode & 0o777);
+    try {
+      bindUnix(fd, addr);
+    } finally {
+      libc.symbols.umask(old);
+    }
+    if (libc.symbols.chmod(cstr(path), options.socketMode) < 0) {
+      const e = errnoErrorOf("chmod", errno(), "chmod socket");
+      libc.symbols.unlink(cstr(path));
+      throw e;
+    }
     try {
       listenUnix(fd, options.listenBacklog);
     } catch (e) {

@@ -18,6 +18,7 @@
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import { fromUtf8, toBinary, utf8 } from "./bytes.ts";
 import { Connection, isPeerGone } from "./connection.ts";
 import { DigestBuilder, digestBytes } from "./digest.ts";
@@ -56,6 +57,12 @@ export interface ClientOptions {
   readonly timeoutMs?: number;
   /** Reuse a connection for several requests where the broker allows it (default true). */
   readonly keepAlive?: boolean;
+  /**
+   * Microseconds a reply may be awaited on the calling thread before waiting off-thread
+   * (default 250). A broker usually answers within that, and waiting here saves a thread hop;
+   * the caller's event loop is never held longer than this per receive. 0 disables it.
+   */
+  readonly syncWaitUs?: number;
 }
 
 /** Which object: an id, `{ id }`, or `{ name }` for the newest object with that name. */
@@ -314,6 +321,7 @@ export class Client implements AsyncDisposable, Disposable {
   readonly #jobId: string | null;
   readonly #timeoutMs: number;
   readonly #keepAlive: boolean;
+  readonly #syncWaitUs: number;
   readonly #idle: Connection[] = [];
   #closed = false;
 
@@ -328,6 +336,7 @@ export class Client implements AsyncDisposable, Disposable {
     if (this.#jobId !== null) jobBytesOf(this.#jobId, "job id");
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#keepAlive = options.keepAlive ?? true;
+    this.#syncWaitUs = options.syncWaitUs ?? 250;
   }
 
   /** The socket path. */
@@ -376,20 +385,68 @@ export class Client implements AsyncDisposable, Disposable {
       : nameBytesOf(nameOption);
 
     const label = nameOption ?? "memfdbus";
-    const prepared = await prepareSealed(source, label);
+    const prepared = await prepareSealed(source, label, early !== null);
     try {
-      const nameBytes = early ?? utf8(prepared.digest);
+      if (early !== null && prepared.digest === null && prepared.size >= EARLY_SEND_MIN) {
+        return await this.#putEarly(prepared, early, job, allow);
+      }
+      const digest = prepared.digest ?? await digestFdSliced(prepared.fd, prepared.size);
+      const nameBytes = early ?? utf8(digest);
       const id = await this.putSealed(prepared.fd, {
         size: prepared.size,
-        digest: prepared.digest,
+        digest,
         name: nameBytes,
         job,
         allow,
       });
-      return { id, size: prepared.size, digest: prepared.digest, name: fromUtf8(nameBytes) };
+      return { id, size: prepared.size, digest, name: fromUtf8(nameBytes) };
     } finally {
       prepared.release();
     }
+  }
+
+  /**
+   * PUT of a large object whose digest is not known yet: the header, descriptor and name go out
+   * as soon as the memfd is sealed, so the broker can start verifying the sealed memfd while
+   * this side computes the digest it then sends. The bytes on the wire are those of a plain
+   * PUT; only their timing differs (a C broker simply waits for the digest).
+   */
+  async #putEarly(
+    prepared: Prepared,
+    name: Uint8Array,
+    job: Uint8Array,
+    allow: Uint8Array,
+  ): Promise<PutResult> {
+    const header = encodeHeader({
+      cmd: Cmd.PUT,
+      jobLen: job.length,
+      size: BigInt(prepared.size),
+      nameLen: name.length,
+      textLen: DIGEST_LEN,
+      allowLen: allow.length,
+    });
+    let digest: string | null = null;
+    const reply = await this.#request(
+      [[header, "send put request"], [name, "send object name"]],
+      [prepared.fd],
+      this.#timeoutMs + prepared.size * PUT_MS_PER_BYTE,
+      async () => {
+        digest ??= await digestFdSliced(prepared.fd, prepared.size);
+        return [
+          [utf8(digest), "send object digest"],
+          [job, "send job id"],
+          [allow, "send allowed job id"],
+        ];
+      },
+    );
+    closeAll(reply.reply.fds);
+    reply.done();
+    return {
+      id: reply.reply.header.objectId,
+      size: prepared.size,
+      digest: digest ?? "",
+      name: fromUtf8(name),
+    };
   }
 
   /**
@@ -567,25 +624,28 @@ export class Client implements AsyncDisposable, Disposable {
     parts: ReadonlyArray<readonly [Uint8Array, string]>,
     fds: readonly number[],
     timeoutMs: number,
+    rest?: () => Promise<ReadonlyArray<readonly [Uint8Array, string]>>,
   ): Promise<{ conn: Connection; reply: Reply; done: () => void; fail: () => void }> {
     if (this.#closed) throw new TypeError("Client is closed");
     const reused = this.#idle.pop();
     try {
       return await this.#attempt(
-        reused ?? await Connection.connect(this.#socket, timeoutMs),
+        reused ?? await Connection.connect(this.#socket, timeoutMs, this.#syncWaitUs),
         parts,
         fds,
         timeoutMs,
+        rest,
       );
     } catch (e) {
       // A kept-alive connection the broker closed meanwhile: retry once on a fresh one. The
       // broker only closes idle connections, so the request was never processed.
       if (reused === undefined || !(e instanceof StaleConnection)) throw unwrapStale(e);
       return await this.#attempt(
-        await Connection.connect(this.#socket, timeoutMs),
+        await Connection.connect(this.#socket, timeoutMs, this.#syncWaitUs),
         parts,
         fds,
         timeoutMs,
+        rest,
       )
         .catch((e2) => Promise.reject(unwrapStale(e2)));
     }
@@ -596,6 +656,7 @@ export class Client implements AsyncDisposable, Disposable {
     parts: ReadonlyArray<readonly [Uint8Array, string]>,
     fds: readonly number[],
     timeoutMs: number,
+    rest?: () => Promise<ReadonlyArray<readonly [Uint8Array, string]>>,
   ): Promise<{ conn: Connection; reply: Reply; done: () => void; fail: () => void }> {
     const deadline = performance.now() + timeoutMs;
     const first = parts[0]?.[0];
@@ -607,6 +668,7 @@ export class Client implements AsyncDisposable, Disposable {
       let sendError: unknown = null;
       try {
         await sendParts(conn, parts, fds, deadline);
+        if (rest !== undefined) await sendParts(conn, await rest(), [], deadline);
       } catch (e) {
         if (!isPeerGone(e)) throw e;
         sendError = e;
@@ -745,17 +807,39 @@ export function parseList(text: string): ListEntry[] {
 interface Prepared {
   readonly fd: number;
   readonly size: number;
-  readonly digest: string;
+  /** Known when it was cheapest to hash during the copy; else null (hash the memfd later). */
+  readonly digest: string | null;
   release(): void;
 }
 
+/** Objects at least this large are sent early and hashed while the broker verifies them. */
+export const EARLY_SEND_MIN = 4 << 20;
+const HASH_SLICE_BYTES = 8 << 20;
+
 /**
- * Turn a PUT source into a sealed memfd with its size and digest. The bytes are copied once
- * (kernel-side for descriptors) and hashed once.
+ * The digest of a descriptor's first `size` bytes, hashed through a read-only mapping in
+ * slices, yielding to the event loop between slices so a large object never freezes it.
+ */
+export async function digestFdSliced(fd: number, size: number): Promise<string> {
+  using map = ReadOnlyMapping.of(fd, size, "mmap object");
+  const hash = new DigestBuilder();
+  const bytes = map.bytes;
+  for (let off = 0; off < size; off += HASH_SLICE_BYTES) {
+    hash.update(bytes.subarray(off, off + HASH_SLICE_BYTES));
+    if (off + HASH_SLICE_BYTES < size) await new Promise((r) => setImmediate(r));
+  }
+  return hash.digest();
+}
+
+/**
+ * Turn a PUT source into a sealed memfd. The bytes are copied once (kernel-side for
+ * descriptors). Bytes and streams are hashed during the copy, unless `deferHash` asks to leave
+ * a large object's digest for later (digest null), which lets it be sent early.
  */
 export async function prepareSealed(
   source: PutSource,
   label: string | Uint8Array,
+  deferHash = false,
 ): Promise<Prepared> {
   if (source instanceof Memfd) return prepareFromFd(source.fd, label, false);
   if (typeof source === "string") {
@@ -767,27 +851,33 @@ export async function prepareSealed(
       closeQuietly(fd);
     }
   }
-  if (source instanceof Uint8Array) return prepareFromBytes([source], label);
+  if (source instanceof Uint8Array) {
+    return prepareFromBytes([source], label, !(deferHash && source.length >= EARLY_SEND_MIN));
+  }
   if (source instanceof ReadableStream) return await prepareFromStream(source, label);
   return prepareFromFd(source.fd, label, source.fromCurrentOffset ?? false);
 }
 
-function sealedResult(memfd: Memfd, size: number, digest: string): Prepared {
+function sealedResult(memfd: Memfd, size: number, digest: string | null): Prepared {
   memfd.seal();
   return { fd: memfd.fd, size, digest, release: () => memfd.close() };
 }
 
-function prepareFromBytes(chunks: Iterable<Uint8Array>, label: string | Uint8Array): Prepared {
+function prepareFromBytes(
+  chunks: Iterable<Uint8Array>,
+  label: string | Uint8Array,
+  hashNow: boolean,
+): Prepared {
   const memfd = Memfd.create(memfdLabel(label));
   try {
-    const hash = new DigestBuilder();
+    const hash = hashNow ? new DigestBuilder() : null;
     let size = 0;
     for (const chunk of chunks) {
       memfd.writeAll(chunk);
-      hash.update(chunk);
+      hash?.update(chunk);
       size += chunk.length;
     }
-    return sealedResult(memfd, size, hash.digest());
+    return sealedResult(memfd, size, hash === null ? null : hash.digest());
   } catch (e) {
     memfd.close();
     throw e;
@@ -824,10 +914,7 @@ function prepareFromFd(
   if (isRegular(st.mode)) {
     const seals = libc.symbols.fcntl(fd, F_GET_SEALS, 0);
     if (seals >= 0 && (seals & SEALS_IMMUTABLE) === SEALS_IMMUTABLE) {
-      const size = Number(st.size);
-      using map = ReadOnlyMapping.of(fd, size);
-      const digest = digestBytes(map.bytes);
-      return { fd, size, digest, release: () => {} };
+      return { fd, size: Number(st.size), digest: null, release: () => {} };
     }
   }
   const memfd = Memfd.create(memfdLabel(label));
@@ -839,9 +926,7 @@ function prepareFromFd(
       fromCurrentOffset || !isRegular(st.mode) ? undefined : 0,
     );
     memfd.seal();
-    using map = ReadOnlyMapping.of(memfd.fd, copy.bytes);
-    const digest = digestBytes(map.bytes);
-    return { fd: memfd.fd, size: copy.bytes, digest, release: () => memfd.close() };
+    return { fd: memfd.fd, size: copy.bytes, digest: null, release: () => memfd.close() };
   } catch (e) {
     memfd.close();
     throw e;

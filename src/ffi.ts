@@ -26,6 +26,8 @@ const symbols = {
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
   /** int open(const char *path, int flags, mode_t mode) */
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  /** int openat(int dirfd, const char *path, int flags, mode_t mode) */
+  openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   /** int close(int fd) */
   close: { parameters: ["i32"], result: "i32" },
   /** ssize_t read(int fd, void *buf, size_t count) */
@@ -40,6 +42,8 @@ const symbols = {
   lseek: { name: "lseek64", parameters: ["i32", "i64", "i32"], result: "i64" },
   /** int ftruncate64(int fd, off64_t length) */
   ftruncate: { name: "ftruncate64", parameters: ["i32", "i64"], result: "i32" },
+  /** int chmod(const char *path, mode_t mode) */
+  chmod: { parameters: ["buffer", "u32"], result: "i32" },
   /** int fchmod(int fd, mode_t mode) */
   fchmod: { parameters: ["i32", "u32"], result: "i32" },
   /** int unlink(const char *path) */
@@ -113,6 +117,8 @@ const symbols = {
   },
   /** int eventfd(unsigned int initval, int flags) */
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  /** int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout, const sigset_t *mask) */
+  ppoll: { parameters: ["buffer", "u64", "buffer", "pointer"], result: "i32" },
   /** int poll(struct pollfd *fds, nfds_t n, int timeout) */
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 

@@ -119,16 +119,16 @@ const controlView = new DataView(control.buffer);
 const iovAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(iov)));
 const controlAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(control)));
 
+// The fields that never change are written once.
+msgView.setBigUint64(16, iovAddr, true);
+msgView.setBigUint64(24, 1n, true);
+
 function prepare(data: Uint8Array, controlLen: number): void {
-  msg.fill(0);
   iovView.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))), true);
   iovView.setBigUint64(8, BigInt(data.length), true);
-  msgView.setBigUint64(16, iovAddr, true);
-  msgView.setBigUint64(24, 1n, true);
-  if (controlLen > 0) {
-    msgView.setBigUint64(32, controlAddr, true);
-    msgView.setBigUint64(40, BigInt(controlLen), true);
-  }
+  msgView.setBigUint64(32, controlLen > 0 ? controlAddr : 0n, true);
+  msgView.setBigUint64(40, BigInt(controlLen), true);
+  msgView.setInt32(48, 0, true);
 }
 
 /**

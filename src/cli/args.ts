@@ -9,6 +9,12 @@ import { UsageError } from "../errors.ts";
 import { jobIdFromEnv } from "../client.ts";
 import { JOB_MAX, NAME_HARD_MAX } from "../wire.ts";
 
+/**
+ * A CLI process has nothing else to do while it waits, so its replies are awaited on the main
+ * thread for up to this long before the wait moves off-thread.
+ */
+export const CLI_SYNC_WAIT_US = 1_000_000;
+
 /** The value after a flag, or `missing value for FLAG`. */
 export function flagValue(args: readonly string[], i: number, flag: string): string {
   const v = args[i + 1];

@@ -1,16 +1,47 @@
 /**
- * `memfdbus broker [...]`: run a broker until SIGINT or SIGTERM.
+ * `memfdbus broker [...]`: run a broker until SIGINT or SIGTERM. `--config FILE` (JSONC) sets
+ * any option and `--policy FILE` the identity policy; flags on the command line override both.
+ * Every option is checked before the socket is created.
  *
  * @module
  */
 
 import { Broker } from "../broker.ts";
-import { parseBrokerArgs } from "../options.ts";
+import { parseConfig } from "../config.ts";
+import { UsageError } from "../errors.ts";
+import {
+  type BrokerOptions,
+  defaultBrokerOptions,
+  lastFlagValue,
+  parseBrokerArgs,
+} from "../options.ts";
+
+function readFile(flag: string, path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (e) {
+    throw new UsageError(
+      `${flag} ${path}: ${(e as Error).message.replace(/ \(os error \d+\).*$/s, "")}`,
+    );
+  }
+}
+
+/** Options from the files named on the command line, then the flags over them. */
+export function brokerOptionsFromArgs(args: readonly string[]): BrokerOptions {
+  let base = defaultBrokerOptions();
+  const config = lastFlagValue(args, "--config");
+  if (config !== undefined) base = parseConfig(readFile("--config", config), config, base).options;
+  const policy = lastFlagValue(args, "--policy");
+  if (policy !== undefined) {
+    base = parseConfig(readFile("--policy", policy), policy, base, true).options;
+  }
+  return parseBrokerArgs(args, base);
+}
 
 /** Run the broker; resolves with exit code 0 after a signal stopped it. */
 export async function brokerCommand(args: readonly string[]): Promise<number> {
-  const options = parseBrokerArgs(args);
-  const broker = await Broker.start(options);
+  const options = brokerOptionsFromArgs(args);
+  const broker = await Broker.start({ ...options, blockingWait: true });
   const stop = (): void => void broker.close();
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);

@@ -7,6 +7,7 @@
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { DEFAULT_SOCKET } from "../options.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkName, flagValue, parseId, resolveJob } from "./args.ts";
 import { out } from "./output.ts";
 import { DROP_USAGE } from "./usage.ts";
@@ -29,7 +30,12 @@ export async function dropCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(jobFlag);
 
-  await using client = new Client({ socket, jobId: job, keepAlive: false });
+  await using client = new Client({
+    socket,
+    jobId: job,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+  });
   const r = await client.drop(id !== undefined ? id : { name: name ?? "" });
   out(`${r.id}\n`);
   return 0;

@@ -11,6 +11,7 @@ import { UsageError } from "../errors.ts";
 import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
 import { setCloexec } from "../fd.ts";
 import { DEFAULT_SOCKET } from "../options.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkName, flagValue, parseId, resolveJob } from "./args.ts";
 import { EXEC_USAGE } from "./usage.ts";
 
@@ -62,7 +63,7 @@ export async function execCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(jobFlag);
 
-  const client = new Client({ socket, jobId: job, keepAlive: false });
+  const client = new Client({ socket, jobId: job, keepAlive: false, syncWaitUs: CLI_SYNC_WAIT_US });
   const obj = await client.get(id !== undefined ? id : { name: name ?? "" });
   client.close();
   const fd = obj.releaseFd();

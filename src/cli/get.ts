@@ -7,6 +7,7 @@
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { DEFAULT_SOCKET } from "../options.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkName, flagValue, parseId, resolveJob } from "./args.ts";
 import { writeObject } from "./output.ts";
 import { GET_USAGE } from "./usage.ts";
@@ -33,7 +34,12 @@ export async function getCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(jobFlag);
 
-  await using client = new Client({ socket, jobId: job, keepAlive: false });
+  await using client = new Client({
+    socket,
+    jobId: job,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+  });
   using obj = await client.get(id !== undefined ? id : { name: name ?? "" });
   writeObject(obj.fd, obj.size, outPath);
   return 0;

@@ -8,6 +8,7 @@
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { DEFAULT_SOCKET } from "../options.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { flagValue, resolveJob } from "./args.ts";
 
 /** Run `list`; returns the exit code. */
@@ -21,7 +22,12 @@ export async function listCommand(args: readonly string[]): Promise<number> {
     else throw new UsageError(`unexpected argument: ${a}`);
   }
   const job = resolveJob(jobFlag);
-  await using client = new Client({ socket, jobId: job, keepAlive: false });
+  await using client = new Client({
+    socket,
+    jobId: job,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+  });
   const text = await client.listRaw();
   let off = 0;
   while (off < text.length) off += Deno.stdout.writeSync(text.subarray(off));

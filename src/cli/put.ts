@@ -8,6 +8,7 @@
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { DEFAULT_SOCKET } from "../options.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { jobIdFromEnv } from "../client.ts";
 import { checkJob, checkName, flagValue } from "./args.ts";
 import { out } from "./output.ts";
@@ -45,7 +46,12 @@ export async function putCommand(args: readonly string[]): Promise<number> {
   // The name is checked before any copying (the C CLI copied the whole input first, D23).
   if (!contentAddressed) checkName(label);
 
-  await using client = new Client({ socket, jobId: job, keepAlive: false });
+  await using client = new Client({
+    socket,
+    jobId: job,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+  });
   const source = path === "-" ? { fd: 0, fromCurrentOffset: true } : path;
   const result = await client.put(source, {
     ...(contentAddressed ? { contentAddressed: true } : { name: label }),

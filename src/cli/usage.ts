@@ -21,8 +21,14 @@ export const USAGE: string = `usage:
   memfdbus drop --name NAME [--job-id JOB] [--socket PATH]
   memfdbus list [--job-id JOB] [--socket PATH]
 broker options beyond the C memfdbus:
+  --config FILE           read options from a JSONC file (flags override it)
+  --policy FILE           identity policy (JSONC): bind job ids to uids/gids
+  --socket-mode MODE      permissions of the socket file (0600)
   --request-timeout-ms N  close a connection that has not completed its request (10000)
   --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
+  --audit-peer            add the peer's pid, uid and gid to every audit record
+  --require-job           refuse requests without a job id
+  --protect-names         only the job that first published a name may publish it again
 `;
 
 /** Two-line usage of `put`. */
