@@ -30,6 +30,7 @@ export {
   jobIdFromEnv,
   type JobOption,
   type ListEntry,
+  type ObjectStat,
   parseList,
   type PutOptions,
   type PutResult,

@@ -17,10 +17,10 @@
  * @module
  */
 
-import { AuditLog, type AuditPeer, formatRecord, realtimeNs } from "./audit.ts";
-import { ErrnoError } from "./errors.ts";
+import { AuditLog, type AuditPeer, blankRecord, formatRecord, realtimeNs } from "./audit.ts";
+import { ErrnoError, Status } from "./errors.ts";
 import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "./ffi.ts";
-import { isRegular, tryFstat, tryLstat } from "./fd.ts";
+import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./fd.ts";
 import { type HashOutcome, HashPool } from "./hashing.ts";
 import { inspectSealedFd, isFdProblem } from "./memfd.ts";
 import { inProcess } from "./inprocess.ts";
@@ -53,6 +53,7 @@ import {
   badHeaderOutcome,
   clientQuotaOutcome,
   type DigestAnswer,
+  errorOutcome,
   fdLimitOutcome,
   handle,
   type Handler,
@@ -68,6 +69,7 @@ import {
   bindUnix,
   closeAll,
   connectUnix,
+  inheritedListener,
   listenUnix,
   peerCredentials,
   recvMsg,
@@ -87,6 +89,7 @@ import {
   isValidHeader,
   Off,
   requestBytes,
+  Text,
 } from "./wire.ts";
 
 /** Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere. */
@@ -109,12 +112,18 @@ export interface BrokerStartOptions extends Partial<BrokerOptions> {
    * starves its own clients.
    */
   readonly blockingWait?: boolean;
+  /**
+   * A listening socket to serve instead of creating one (systemd socket activation passes it as
+   * descriptor 3 with LISTEN_FDS). Its file is left in place at shutdown.
+   */
+  readonly listenFd?: number;
 }
 
 const enum State {
   Header,
   Body,
   Hash,
+  Wait,
   Send,
   Linger,
   Closed,
@@ -159,6 +168,8 @@ class Conn {
   peer: AuditPeer | undefined;
   /** A digest started as soon as a PUT's sealed memfd arrived, before its digest bytes. */
   speculative: { fd: number; answer: Promise<HashOutcome> } | null = null;
+  /** The request was parked by Flag.WAIT: the reply carries the bit to say it was honoured. */
+  waited = false;
 
   constructor(token: number, fd: number, deadline: number) {
     this.token = token;
@@ -186,6 +197,9 @@ export class Broker implements AsyncDisposable {
   readonly #procDirFd: number;
   readonly #fdNames = new WeakMap<StoredObject, Uint8Array<ArrayBuffer>>();
   readonly #bufPool: Uint8Array[] = [];
+  /** Connections parked by GET --wait, by the name they wait for. */
+  readonly #waiting = new Map<string, Set<Conn>>();
+  #waiters = 0;
   #nextToken = 1;
   #reserveFd = -1;
   #lingering = 0;
@@ -242,7 +256,17 @@ export class Broker implements AsyncDisposable {
       if (v !== undefined && k in options) (options as unknown as Record<string, unknown>)[k] = v;
     }
     if (start.raiseFdLimit ?? true) raiseDescriptorLimit();
-    const { fd, ino } = openListener(options);
+    let listener: { fd: number; ino: bigint };
+    if (start.listenFd !== undefined) {
+      const path = inheritedListener(start.listenFd);
+      if (path !== "") options.socket = path;
+      setNonblocking(start.listenFd, true);
+      setCloexec(start.listenFd, true);
+      listener = { fd: start.listenFd, ino: 0n };
+    } else {
+      listener = openListener(options);
+    }
+    const { fd, ino } = listener;
     const broker = new Broker(options, fd, ino, start.audit === undefined ? 1 : start.audit, start);
     inProcess.brokers++;
     broker.#line(`memfdbus broker listening on ${options.socket}`);
@@ -378,6 +402,11 @@ export class Broker implements AsyncDisposable {
       case State.Send:
         this.#sendFailed(conn);
         return;
+      case State.Wait:
+        this.#unpark(conn);
+        this.#resume(conn, false);
+        this.#pump(conn);
+        return;
       default:
         this.#close(conn);
     }
@@ -438,7 +467,7 @@ export class Broker implements AsyncDisposable {
 
   #admit(fd: number): void {
     const now = performance.now();
-    const active = this.#conns.size - this.#lingering;
+    const active = this.#conns.size - this.#lingering - this.#waiters;
     if (active >= this.#options.maxClients && !this.#evictIdle()) {
       const o = clientQuotaOutcome();
       this.#record(o, null);
@@ -564,6 +593,14 @@ export class Broker implements AsyncDisposable {
         }
         case State.Hash:
           return;
+        case State.Wait:
+          // Only watch for the client going away; anything it sends waits in the buffer.
+          if (conn.eof) {
+            this.#close(conn);
+            return;
+          }
+          if (conn.len >= READ_CHUNK || !this.#fill(conn, conn.len + 1)) return;
+          continue;
         case State.Send:
           if (!this.#send(conn)) return;
           continue;
@@ -645,7 +682,7 @@ export class Broker implements AsyncDisposable {
       this.#finish(conn, badHeaderOutcome());
       return;
     }
-    if (h.cmd < Cmd.PUT || h.cmd > Cmd.DROP) {
+    if (h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) {
       this.#dropReqFd(conn);
       this.#finish(conn, unknownCommandOutcome(h.cmd));
       return;
@@ -697,6 +734,26 @@ export class Broker implements AsyncDisposable {
       conn.state = State.Body;
       return;
     }
+    if (step.kind === "wait") {
+      if (this.#waiters >= this.#options.maxWaiters || this.#stopping) {
+        conn.handler = null;
+        conn.step = null;
+        const rec = blankRecord(conn.header?.cmd === Cmd.STAT ? "stat" : "get", "error", null);
+        rec.name = step.name;
+        this.#finish(conn, errorOutcome(conn.header?.cmd ?? 0, Status.ERR, Text.waitQuota, rec));
+        return;
+      }
+      conn.state = State.Wait;
+      conn.waited = true;
+      const limit = this.#options.maxWaitMs;
+      conn.deadline = performance.now() + (step.ms > 0 ? Math.min(step.ms, limit) : limit);
+      let set = this.#waiting.get(step.name);
+      if (set === undefined) this.#waiting.set(step.name, set = new Set());
+      set.add(conn);
+      this.#waiters++;
+      this.#watch(conn);
+      return;
+    }
     conn.state = State.Hash;
     const spec = conn.speculative;
     conn.speculative = null;
@@ -714,20 +771,51 @@ export class Broker implements AsyncDisposable {
     });
   }
 
+  /** Take a connection out of the waiting lists. */
+  #unpark(conn: Conn): void {
+    const step = conn.step;
+    if (step?.kind !== "wait") return;
+    const set = this.#waiting.get(step.name);
+    if (set?.delete(conn)) {
+      this.#waiters--;
+      if (set.size === 0) this.#waiting.delete(step.name);
+    }
+  }
+
+  /** A name was published: answer everyone waiting for it. */
+  #published(name: string): void {
+    const set = this.#waiting.get(name);
+    if (set === undefined) return;
+    this.#waiting.delete(name);
+    for (const conn of set) {
+      this.#waiters--;
+      if (conn.state !== State.Wait) continue;
+      this.#resume(conn, true);
+      this.#pump(conn);
+    }
+  }
+
   #finish(conn: Conn, o: Outcome): void {
     if (!o.keptFd) this.#dropReqFd(conn);
     conn.reqFd = -1;
     const h = conn.header;
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
     conn.keepAlive = conn.keepAlive && inSync && !this.#stopping;
-    if (conn.keepAlive) {
-      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, Flag.KEEP_ALIVE, true);
+    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0);
+    conn.waited = false;
+    if (flags !== 0) {
+      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, flags, true);
     }
     conn.lingerLeft = h === null || inSync
       ? 0
       : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
     if (!o.auditAfterSend) this.#record(o, conn);
     this.#reply(conn, o);
+    if (o.keptFd && o.audit.name !== null && this.#waiting.size > 0) {
+      // Reply to the publisher first, then wake the waiters.
+      this.#pump(conn);
+      this.#published(o.audit.name);
+    }
   }
 
   #reply(conn: Conn, o: Outcome): void {
@@ -836,6 +924,7 @@ export class Broker implements AsyncDisposable {
 
   #close(conn: Conn): void {
     if (conn.state === State.Closed) return;
+    if (conn.state === State.Wait) this.#unpark(conn);
     if (conn.state === State.Linger) this.#lingering--;
     conn.state = State.Closed;
     this.#conns.delete(conn.token);
@@ -865,6 +954,7 @@ export class Broker implements AsyncDisposable {
     this.#unlinkSocket();
     for (const conn of [...this.#conns.values()]) {
       if (conn.state === State.Header && conn.len === 0) this.#close(conn);
+      else if (conn.state === State.Wait) this.#expire(conn);
     }
     this.#poller.wake();
   }

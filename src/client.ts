@@ -95,6 +95,32 @@ export interface PutOptions extends JobOption {
 export interface GetOptions extends JobOption {
   /** Recompute the digest of what arrived and fail on a mismatch (costs one pass over it). */
   readonly verify?: boolean;
+  /**
+   * By name only: if nothing has that name yet, wait up to this many milliseconds (true: as long
+   * as the broker allows) for it to be published. The broker answers as soon as it is; a broker
+   * without the extension (the C one) is asked again with a growing pause instead.
+   */
+  readonly wait?: number | boolean;
+}
+
+/** What {@link Client.stat} reports about an object. */
+export interface ObjectStat {
+  /** Object id. */
+  readonly id: bigint;
+  /** Name. */
+  readonly name: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Digest string. */
+  readonly digest: string;
+  /** Owner job, or null. */
+  readonly owner: string | null;
+  /** Allowed job, or null. */
+  readonly allowed: string | null;
+  /** When it was published (CLOCK_REALTIME ns), or null when the broker cannot say. */
+  readonly createdNs: bigint | null;
+  /** Its seals (F_GET_SEALS bits), or null when unknown. */
+  readonly seals: number | null;
 }
 
 /**
@@ -500,16 +526,44 @@ export class Client implements AsyncDisposable, Disposable {
   async get(selector: Selector, options: GetOptions = {}): Promise<BusObject> {
     const { id, name } = selectorParts(selector);
     const job = this.#job(options);
+    const waitMs = waitOption(options.wait, id);
+    if (waitMs === null) return await this.#getOnce(id, name, job, options, null);
+    const deadline = performance.now() + (waitMs === 0 ? 3_600_000 : waitMs);
+    let pause = 50;
+    for (;;) {
+      try {
+        return await this.#getOnce(id, name, job, options, waitMs);
+      } catch (e) {
+        // A broker that honoured the wait sets the bit in its reply: its "not found" is final.
+        if (
+          !(e instanceof BrokerError) || e.status !== Status.NOT_FOUND ||
+          (e.flags & Flag.WAIT) !== 0 || performance.now() + pause > deadline
+        ) throw e;
+      }
+      await new Promise((r) => setTimeout(r, pause));
+      pause = Math.min(pause * 2, 1000);
+    }
+  }
+
+  async #getOnce(
+    id: bigint,
+    name: Uint8Array,
+    job: Uint8Array,
+    options: GetOptions,
+    waitMs: number | null,
+  ): Promise<BusObject> {
     const header = encodeHeader({
       cmd: Cmd.GET,
       objectId: id,
       nameLen: name.length,
       jobLen: job.length,
+      size: BigInt(waitMs ?? 0),
+      reserved: waitMs === null ? 0 : Flag.WAIT,
     });
     const r = await this.#request(
       [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
       [],
-      this.#timeoutMs,
+      this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? 3_600_000 : waitMs),
     );
     const { header: h, fds } = r.reply;
     const fd = fds.shift() ?? -1;
@@ -552,6 +606,83 @@ export class Client implements AsyncDisposable, Disposable {
       r.fail();
       throw e;
     }
+  }
+
+  // ---- STAT --------------------------------------------------------------------------------
+
+  /**
+   * Describe an object: size, digest, seals, owner, allowed job and publication time. A broker
+   * without the STAT extension is answered from a GET and a LIST (no publication time).
+   */
+  async stat(selector: Selector, options: GetOptions = {}): Promise<ObjectStat> {
+    const { id, name } = selectorParts(selector);
+    const job = this.#job(options);
+    const waitMs = waitOption(options.wait, id);
+    const header = encodeHeader({
+      cmd: Cmd.STAT,
+      objectId: id,
+      nameLen: name.length,
+      jobLen: job.length,
+      size: BigInt(waitMs ?? 0),
+      reserved: waitMs === null ? 0 : Flag.WAIT,
+    });
+    let r;
+    try {
+      r = await this.#request(
+        [[header, "send stat request"], [name, "send object name"], [job, "send job id"]],
+        [],
+        this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? 3_600_000 : waitMs),
+      );
+    } catch (e) {
+      if (
+        e instanceof BrokerError && e.status === Status.BAD_REQUEST && e.text === "unknown command"
+      ) {
+        return await this.#statFallback(selector, options);
+      }
+      throw e;
+    }
+    closeAll(r.reply.fds);
+    try {
+      const body = await r.conn.recvExact(
+        r.reply.header.textLen,
+        performance.now() + this.#timeoutMs,
+        "receive stat",
+      );
+      closeAll(body.fds);
+      r.done();
+      const text = fromUtf8(body.bytes);
+      const v = JSON.parse(text) as Record<string, unknown>;
+      const created = /"created_ns":(\d+)/.exec(text)?.[1];
+      return {
+        id: r.reply.header.objectId,
+        name: String(v.name),
+        size: Number(r.reply.header.size),
+        digest: String(v.digest),
+        owner: v.owner === null ? null : String(v.owner),
+        allowed: v.allowed === null ? null : String(v.allowed),
+        createdNs: created === undefined ? null : BigInt(created),
+        seals: typeof v.seals === "number" ? v.seals : null,
+      };
+    } catch (e) {
+      r.fail();
+      throw e;
+    }
+  }
+
+  async #statFallback(selector: Selector, options: GetOptions): Promise<ObjectStat> {
+    using obj = await this.get(selector, options);
+    const seals = libc.symbols.fcntl(obj.fd, F_GET_SEALS, 0);
+    const entry = (await this.list(options)).find((e) => e.id === obj.id);
+    return {
+      id: obj.id,
+      name: obj.name,
+      size: obj.size,
+      digest: obj.digest,
+      owner: entry?.owner ?? null,
+      allowed: entry?.allowed ?? null,
+      createdNs: null,
+      seals: seals < 0 ? null : seals,
+    };
   }
 
   // ---- LIST --------------------------------------------------------------------------------
@@ -661,7 +792,8 @@ export class Client implements AsyncDisposable, Disposable {
     const deadline = performance.now() + timeoutMs;
     const first = parts[0]?.[0];
     if (first !== undefined && this.#keepAlive) {
-      new DataView(first.buffer, first.byteOffset).setUint32(44, Flag.KEEP_ALIVE, true);
+      const v = new DataView(first.buffer, first.byteOffset);
+      v.setUint32(44, v.getUint32(44, true) | Flag.KEEP_ALIVE, true);
     }
     let reply: Reply;
     try {
@@ -761,9 +893,20 @@ async function readReply(conn: Connection, deadline: number): Promise<Reply> {
       closeAll(t.fds);
       text = fromUtf8(t.bytes);
     }
-    throw new BrokerError(header.status, text);
+    const error = new BrokerError(header.status, text);
+    error.flags = header.reserved;
+    throw error;
   }
   return { header, fds: chunk.fds };
+}
+
+/** The wait of a GET option in ms (0: the broker's limit), or null for no waiting. */
+function waitOption(wait: number | boolean | undefined, id: bigint): number | null {
+  if (wait === undefined || wait === false) return null;
+  if (id !== 0n) throw new TypeError("wait needs a name selector");
+  if (wait === true) return 0;
+  if (!Number.isSafeInteger(wait) || wait <= 0) throw new RangeError(`Invalid wait "${wait}"`);
+  return wait;
 }
 
 function selectorParts(selector: Selector): { id: bigint; name: Uint8Array } {

@@ -6,6 +6,7 @@
  *
  * Keys (all optional): socket, socketMode ("0600"), maxNameBytes, maxObjects, maxRequestBytes,
  * maxListBytes, maxTotalBytes, listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
+ * maxWaitMs, maxWaiters,
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow. A policy file (--policy) may hold only auditPeer, requireJob, protectNames and jobs.
  *
@@ -81,6 +82,8 @@ const KEYS: Readonly<Record<string, Apply>> = {
   maxClients: integer(U64_MAX, (o, v) => (o.maxClients = Number(v))),
   requestTimeoutMs: integer(INT_MAX, (o, v) => (o.requestTimeoutMs = Number(v))),
   idleTimeoutMs: integer(INT_MAX, (o, v) => (o.idleTimeoutMs = Number(v))),
+  maxWaitMs: integer(INT_MAX, (o, v) => (o.maxWaitMs = Number(v))),
+  maxWaiters: integer(INT_MAX, (o, v) => (o.maxWaiters = Number(v))),
   auditPeer: boolean((o, v) => (o.auditPeer = v)),
   requireJob: boolean((o, v) => (o.policy = { ...o.policy, requireJob: v })),
   protectNames: boolean((o, v) => (o.policy = { ...o.policy, protectNames: v })),

@@ -95,6 +95,8 @@ const symbols = {
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t recv(int fd, void *buf, size_t len, int flags) */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /** int getsockname(int fd, struct sockaddr *addr, socklen_t *len) */
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** int shutdown(int fd, int how) */
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   /** int getsockopt(int fd, int level, int name, void *val, socklen_t *len) */

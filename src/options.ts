@@ -37,6 +37,10 @@ export interface BrokerOptions {
   requestTimeoutMs: number;
   /** Time a kept-alive connection may sit idle between requests (ms). */
   idleTimeoutMs: number;
+  /** Longest a GET --wait may be parked (ms). */
+  maxWaitMs: number;
+  /** Most GET --wait requests parked at once. */
+  maxWaiters: number;
   /** Permission bits of the socket file (--socket-mode, octal; 0600 by default). */
   socketMode: number;
   /** Add the peer's pid, uid and gid to every audit record (--audit-peer). */
@@ -58,6 +62,8 @@ export function defaultBrokerOptions(): BrokerOptions {
     maxClients: 128,
     requestTimeoutMs: 10_000,
     idleTimeoutMs: 60_000,
+    maxWaitMs: 3_600_000,
+    maxWaiters: 1024,
     socketMode: 0o600,
     auditPeer: false,
     policy: OPEN_POLICY,
@@ -100,6 +106,8 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--max-clients": num(U64_MAX, (o, n) => (o.maxClients = n)),
   "--request-timeout-ms": num(INT_MAX, (o, n) => (o.requestTimeoutMs = n)),
   "--idle-timeout-ms": num(INT_MAX, (o, n) => (o.idleTimeoutMs = n)),
+  "--max-wait-ms": num(INT_MAX, (o, n) => (o.maxWaitMs = n)),
+  "--max-waiters": num(INT_MAX, (o, n) => (o.maxWaiters = n)),
   "--socket-mode": (o, v, f) => (o.socketMode = parseMode(f, v)),
   // Files are read by the command before parsing; here their values are only skipped.
   "--config": () => {},

@@ -9,8 +9,15 @@
  * @module
  */
 
-import { type AuditOp, type AuditRecord, type AuditResult, blankRecord } from "./audit.ts";
+import {
+  type AuditOp,
+  type AuditRecord,
+  type AuditResult,
+  blankRecord,
+  jsonString,
+} from "./audit.ts";
 import { fromBinary, toBinary } from "./bytes.ts";
+import { trySeals } from "./fd.ts";
 import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "./memfd.ts";
 import type { BrokerOptions } from "./options.ts";
 import {
@@ -26,6 +33,7 @@ import {
   Cmd,
   DIGEST_LEN,
   encodeHeader,
+  Flag,
   type Header,
   HEADER_SIZE,
   isValidDigest,
@@ -41,13 +49,18 @@ export type Step =
   /** `length` more body bytes; resumed with them, or null if they never arrived. */
   | { readonly kind: "read"; readonly length: number }
   /** The SHA-256 of the descriptor; resumed with a {@link DigestAnswer}. */
-  | { readonly kind: "digest"; readonly fd: number; readonly size: number };
+  | { readonly kind: "digest"; readonly fd: number; readonly size: number }
+  /**
+   * Wait (at most `ms`, 0: the broker's limit) until an object named `name` is published;
+   * resumed with true when one was, false on timeout.
+   */
+  | { readonly kind: "wait"; readonly name: string; readonly ms: number };
 
 /** What a digest step resumes with. */
 export type DigestAnswer = { readonly digest: string } | { readonly error: string };
 
 /** What a step resumes with. */
-export type StepInput = Uint8Array | null | DigestAnswer;
+export type StepInput = Uint8Array | null | DigestAnswer | boolean;
 
 /** One piece of a reply and the audit error text to use if sending it fails. */
 export interface Segment {
@@ -224,6 +237,8 @@ export function handle(h: Header, ctx: RequestContext): Handler {
       return list(h, ctx);
     case Cmd.DROP:
       return getOrDrop(h, ctx, "drop");
+    case Cmd.STAT:
+      return getOrDrop(h, ctx, "stat");
     default:
       return done(unknownCommandOutcome(h.cmd));
   }
@@ -325,9 +340,13 @@ function* put(h: Header, ctx: RequestContext): Handler {
   return headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
 }
 
-function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop")): Handler {
+function* getOrDrop(
+  h: Header,
+  ctx: RequestContext,
+  op: AuditOp & ("get" | "drop" | "stat"),
+): Handler {
   const { options, store } = ctx;
-  const cmd = op === "get" ? Cmd.GET : Cmd.DROP;
+  const cmd = op === "get" ? Cmd.GET : op === "drop" ? Cmd.DROP : Cmd.STAT;
   const selector = h.nameLen > 0 ? "name" : h.objectId !== 0n ? "id" : null;
   const rec = blankRecord(op, "bad_request", null);
   const fail = (status: number, text: string): Outcome => errorOutcome(cmd, status, text, rec);
@@ -389,7 +408,11 @@ function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop
   // the job id arrives, so the lookup waits until the request is complete. Names are compared as
   // whole byte strings: one holding a NUL byte is never cut short (defect D11), and since no
   // stored name holds one, it is simply not found.
-  const obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
+  let obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
+  if (obj === undefined && lookupName !== null && op !== "drop" && (h.reserved & Flag.WAIT) !== 0) {
+    const published = (yield { kind: "wait", name: lookupName, ms: Number(h.size) }) as boolean;
+    if (published) obj = store.newestByName(lookupName);
+  }
   rec.selector = selector;
   rec.jobId = caller;
   if (obj === undefined) {
@@ -401,8 +424,34 @@ function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop
   rec.name = obj.name;
   rec.size = obj.size;
   rec.digest = obj.digest;
-  const allowed = op === "get" ? visible(obj, caller) : droppable(obj, caller);
+  const allowed = op === "drop" ? droppable(obj, caller) : visible(obj, caller);
   if (!allowed) return fail(Status.FORBIDDEN, Text.accessDenied);
+
+  if (op === "stat") {
+    rec.result = "ok";
+    const seals = trySeals(obj.fd);
+    const body = fromBinary(
+      `{"id":${obj.id},"name":${jsonString(obj.name)},"size":${obj.size},` +
+        `"digest":${jsonString(obj.digest)},"owner":${jsonString(obj.owner)},` +
+        `"allowed":${jsonString(obj.allowed)},"created_ns":${obj.createdNs},` +
+        `"seals":${seals < 0 ? "null" : seals}}`,
+    );
+    const wire = new Uint8Array(HEADER_SIZE + body.length);
+    encodeHeader(
+      { cmd, objectId: BigInt(obj.id), size: BigInt(obj.size), textLen: body.length },
+      wire,
+    );
+    wire.set(body, HEADER_SIZE);
+    return {
+      wire,
+      segments: pieces(wire, [HEADER_SIZE, null], [body.length, null]),
+      fd: -1,
+      audit: rec,
+      auditAfterSend: false,
+      keptFd: false,
+      ok: true,
+    };
+  }
 
   if (op === "drop") {
     store.remove(obj);

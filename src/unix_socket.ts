@@ -219,6 +219,34 @@ export function closeAll(fds: readonly number[]): void {
   for (const d of fds) closeQuietly(d);
 }
 
+/**
+ * Check that `fd` is a listening AF_UNIX stream socket (as systemd passes with socket
+ * activation) and return its path ("" for an unnamed or abstract socket).
+ */
+export function inheritedListener(fd: number): string {
+  const val = new Uint8Array(4);
+  const len = new Uint8Array(4);
+  const v = new DataView(val.buffer);
+  const get = (opt: number, what: string): number => {
+    new DataView(len.buffer).setUint32(0, 4, true);
+    check(libc.symbols.getsockopt(fd, SOL_SOCKET, opt, val, len), "getsockopt", what);
+    return v.getInt32(0, true);
+  };
+  if (get(39, "SO_DOMAIN") !== AF_UNIX) {
+    throw new Error(`descriptor ${fd} is not an AF_UNIX socket`);
+  }
+  if (get(3, "SO_TYPE") !== SOCK_STREAM) throw new Error(`descriptor ${fd} is not a stream socket`);
+  if (get(30, "SO_ACCEPTCONN") !== 1) throw new Error(`descriptor ${fd} is not listening`);
+  const addr = new Uint8Array(SOCKADDR_UN_SIZE);
+  const alen = new Uint8Array(4);
+  new DataView(alen.buffer).setUint32(0, SOCKADDR_UN_SIZE, true);
+  check(libc.symbols.getsockname(fd, addr, alen), "getsockname");
+  const n = new DataView(alen.buffer).getUint32(0, true);
+  const path = addr.subarray(2, Math.max(2, n));
+  const end = path.indexOf(0);
+  return path[0] === 0 ? "" : new TextDecoder().decode(end < 0 ? path : path.subarray(0, end));
+}
+
 /** shutdown(2), ignoring errors. */
 export function shutdownQuietly(fd: number, how: number): void {
   libc.symbols.shutdown(fd, how);

@@ -38,10 +38,29 @@ export function brokerOptionsFromArgs(args: readonly string[]): BrokerOptions {
   return parseBrokerArgs(args, base);
 }
 
+/**
+ * The listening socket systemd passed (socket activation): descriptor 3 when LISTEN_PID is this
+ * process and LISTEN_FDS is at least 1. The variables are removed so no child inherits them.
+ */
+export function activationFd(): number | undefined {
+  const pid = Deno.env.get("LISTEN_PID");
+  const fds = Number(Deno.env.get("LISTEN_FDS") ?? "0");
+  if (pid === undefined || pid !== String(Deno.pid) || !(fds >= 1)) return undefined;
+  Deno.env.delete("LISTEN_PID");
+  Deno.env.delete("LISTEN_FDS");
+  Deno.env.delete("LISTEN_FDNAMES");
+  return 3;
+}
+
 /** Run the broker; resolves with exit code 0 after a signal stopped it. */
 export async function brokerCommand(args: readonly string[]): Promise<number> {
   const options = brokerOptionsFromArgs(args);
-  const broker = await Broker.start({ ...options, blockingWait: true });
+  const listenFd = activationFd();
+  const broker = await Broker.start({
+    ...options,
+    blockingWait: true,
+    ...(listenFd === undefined ? {} : { listenFd }),
+  });
   const stop = (): void => void broker.close();
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
