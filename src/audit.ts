@@ -14,7 +14,15 @@ import { CLOCK_REALTIME, EAGAIN, EINTR } from "./linux.ts";
 export type AuditResult = "ok" | "bad_request" | "not_found" | "forbidden" | "error";
 
 /** The operation of a request. */
-export type AuditOp = "put" | "get" | "list" | "drop" | "stat" | "unknown";
+export type AuditOp =
+  | "put"
+  | "get"
+  | "list"
+  | "drop"
+  | "stat"
+  | "recover"
+  | "takeover"
+  | "unknown";
 
 /** One audit record. Strings are binary strings (raw bytes); null prints as JSON null. */
 export interface AuditRecord {

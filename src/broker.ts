@@ -17,20 +17,32 @@
  * @module
  */
 
-import { AuditLog, type AuditPeer, blankRecord, formatRecord, realtimeNs } from "./audit.ts";
-import { ErrnoError, Status } from "./errors.ts";
-import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "./ffi.ts";
+import {
+  AuditLog,
+  type AuditPeer,
+  type AuditRecord,
+  type AuditResult,
+  blankRecord,
+  formatRecord,
+  realtimeNs,
+} from "./audit.ts";
+import { fetchState, serveState, type ShadowConfig, ShadowLink } from "./shadow_link.ts";
+import { FrameConn } from "./frame_conn.ts";
+import { Frame } from "./shadow_wire.ts";
+import { Status } from "./errors.ts";
+import { check, closeQuietly, cstr, errno, libc } from "./ffi.ts";
 import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./fd.ts";
 import { type HashOutcome, HashPool } from "./hashing.ts";
 import { inspectSealedFd, isFdProblem } from "./memfd.ts";
 import { inProcess } from "./inprocess.ts";
+import { openListener } from "./listener.ts";
 import {
+  AF_UNIX,
   EAGAIN,
   ECONNABORTED,
   EMFILE,
   ENFILE,
   ENOBUFS,
-  ENOENT,
   ENOMEM,
   EPOLLERR,
   EPOLLET,
@@ -43,9 +55,9 @@ import {
   O_DIRECTORY,
   O_RDONLY,
   RLIMIT_NOFILE,
-  S_IFMT,
-  S_IFSOCK,
   SHUT_WR,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
 } from "./linux.ts";
 import { type BrokerOptions, defaultBrokerOptions } from "./options.ts";
 import { Poller, type PollEvent } from "./poller.ts";
@@ -66,23 +78,18 @@ import {
 import { Store, type StoredObject } from "./store.ts";
 import {
   acceptUnix,
-  bindUnix,
   closeAll,
-  connectUnix,
   inheritedListener,
-  listenUnix,
   peerCredentials,
   recvMsg,
   sendMsg,
   sendSome,
   shutdownQuietly,
-  sockaddrUn,
-  socketPathTooLong,
-  unixSocket,
 } from "./unix_socket.ts";
 import {
   Cmd,
   decodeHeader,
+  encodeHeader,
   Flag,
   type Header,
   HEADER_SIZE,
@@ -96,7 +103,7 @@ import {
 export type AuditSink = number | ((line: string) => void) | null;
 
 /** Options of {@link Broker.start}: the CLI options plus in-process conveniences. */
-export interface BrokerStartOptions extends Partial<BrokerOptions> {
+export interface BrokerStartOptions extends Partial<Omit<BrokerOptions, "shadow">> {
   /** Audit destination; stdout by default. */
   readonly audit?: AuditSink;
   /** Workers verifying large digests (default 1). */
@@ -117,12 +124,22 @@ export interface BrokerStartOptions extends Partial<BrokerOptions> {
    * descriptor 3 with LISTEN_FDS). Its file is left in place at shutdown.
    */
   readonly listenFd?: number;
+  /** Mirror every committed change to a shadow process and recover from it at startup. */
+  readonly shadow?: ShadowConfig;
+  /**
+   * Take over from an old broker: a connected socket on which that broker hands over its
+   * objects (see {@link Broker.handover} and `memfdbus broker --takeover`). Use with
+   * `listenFd`, the old broker's listening socket.
+   */
+  readonly takeoverFd?: number;
 }
 
 const enum State {
   Header,
   Body,
   Hash,
+  Mirror,
+  Handover,
   Wait,
   Send,
   Linger,
@@ -130,6 +147,7 @@ const enum State {
 }
 
 const LISTEN_TOKEN = 0xfffffffe;
+const SHADOW_TOKEN = 0xfffffffd;
 const EMPTY = new Uint8Array(0);
 const CONN_BUF = 4096;
 const SWEEP_MS = 100;
@@ -199,6 +217,13 @@ export class Broker implements AsyncDisposable {
   readonly #bufPool: Uint8Array[] = [];
   /** Connections parked by GET --wait, by the name they wait for. */
   readonly #waiting = new Map<string, Set<Conn>>();
+  #shadow: ShadowLink | null = null;
+  #handover:
+    | { command: readonly string[]; done: (ok: boolean) => void }
+    | { conn: Conn; done: (ok: boolean) => void }
+    | null = null;
+  #listenOpen = true;
+  #nextShadowRetry = 0;
   #waiters = 0;
   #nextToken = 1;
   #reserveFd = -1;
@@ -253,7 +278,9 @@ export class Broker implements AsyncDisposable {
   static start(start: BrokerStartOptions = {}): Promise<Broker> {
     const options: BrokerOptions = { ...defaultBrokerOptions() };
     for (const [k, v] of Object.entries(start)) {
-      if (v !== undefined && k in options) (options as unknown as Record<string, unknown>)[k] = v;
+      if (v !== undefined && k in options && k !== "shadow") {
+        (options as unknown as Record<string, unknown>)[k] = v;
+      }
     }
     if (start.raiseFdLimit ?? true) raiseDescriptorLimit();
     let listener: { fd: number; ino: bigint };
@@ -262,14 +289,28 @@ export class Broker implements AsyncDisposable {
       if (path !== "") options.socket = path;
       setNonblocking(start.listenFd, true);
       setCloexec(start.listenFd, true);
-      listener = { fd: start.listenFd, ino: 0n };
+      // A socket taken over from an old broker is this broker's to unlink at the end; one
+      // passed by systemd stays systemd's.
+      const st = start.takeoverFd === undefined ? 0 : tryLstat(options.socket);
+      listener = { fd: start.listenFd, ino: typeof st === "number" ? 0n : st.ino };
     } else {
-      listener = openListener(options);
+      listener = openListener(options.socket, options.socketMode, options.listenBacklog);
     }
     const { fd, ino } = listener;
     const broker = new Broker(options, fd, ino, start.audit === undefined ? 1 : start.audit, start);
     inProcess.brokers++;
-    broker.#line(`memfdbus broker listening on ${options.socket}`);
+    try {
+      if (start.takeoverFd !== undefined) {
+        broker.#takeOver(start.takeoverFd, start.shadow);
+      } else {
+        broker.#line(`memfdbus broker listening on ${options.socket}`);
+        if (start.shadow !== undefined) broker.#attachShadow(start.shadow, true);
+      }
+    } catch (e) {
+      broker.#beginStop();
+      broker.#finishStop();
+      throw e;
+    }
     broker.#flush();
     void broker.#run();
     return Promise.resolve(broker);
@@ -304,11 +345,132 @@ export class Broker implements AsyncDisposable {
     return this.close();
   }
 
+  // ---- shadow ------------------------------------------------------------------------------
+
+  /**
+   * Take the objects of an old broker over `fd` (before any client is served), then tell it to
+   * go. The audit log (inherited from the old broker) gets one takeover record.
+   */
+  #takeOver(fd: number, shadow: ShadowConfig | undefined): void {
+    using link = new FrameConn(fd);
+    const { objects, nextId } = fetchState(link);
+    let bytes = 0;
+    for (const obj of objects) {
+      this.#store.restore(obj, nextId);
+      bytes += obj.size;
+    }
+    this.#store.restore(null, nextId);
+    if (shadow !== undefined) this.#attachShadow(shadow, false);
+    const rec = blankRecord("takeover", "ok", null);
+    rec.count = objects.length;
+    rec.size = bytes;
+    this.#recordRaw(rec);
+    link.queue(Frame.ACK, null);
+    link.flushBlocking(10_000);
+  }
+
+  /**
+   * Connect to the shadow. With `recover`, its objects become the store's (before any client is
+   * served); otherwise the store (taken over) is authoritative and the shadow is seeded with it.
+   */
+  #attachShadow(config: ShadowConfig, recover: boolean): void {
+    const attached = ShadowLink.attach(config);
+    const { link, started } = attached;
+    let { objects, nextId } = attached;
+    if (!recover) {
+      for (const obj of objects) closeQuietly(obj.fd);
+      objects = [];
+      nextId = this.#store.nextId;
+      link.seed(this.#store.values(), nextId, () => {});
+    }
+    this.#shadow = link;
+    link.onReconnect = (oldFd, newFd) => {
+      if (oldFd >= 0) this.#poller.remove(oldFd);
+      if (newFd >= 0) this.#poller.add(newFd, EPOLLIN | EPOLLOUT | EPOLLET, SHADOW_TOKEN);
+    };
+    link.onTrouble = (message) => this.#recoverRecord("error", message, this.#store.count);
+    this.#poller.add(link.fd, EPOLLIN | EPOLLOUT | EPOLLET, SHADOW_TOKEN);
+    let bytes = 0;
+    for (const obj of objects) {
+      this.#store.restore(obj, nextId);
+      bytes += obj.size;
+    }
+    this.#store.restore(null, nextId);
+    if (!recover) return;
+    if (started) {
+      this.#recoverRecord(
+        "not_found",
+        `no shadow state at ${config.path}: started a new shadow, no objects recovered`,
+        0,
+      );
+      console.error(
+        `memfdbus broker: no shadow was running on ${config.path}; started one, nothing to recover`,
+      );
+    } else {
+      this.#recoverRecord("ok", null, objects.length, bytes);
+    }
+    // Check every recovered digest against its descriptor, without holding up clients.
+    for (const obj of objects) {
+      const answer = this.#hash.digest(obj.fd, obj.size);
+      if (answer instanceof Promise) void answer.then((a) => this.#checkRecovered(obj, a));
+      else this.#checkRecovered(obj, answer);
+    }
+  }
+
+  #checkRecovered(obj: StoredObject, answer: HashOutcome): void {
+    if ("digest" in answer && answer.digest === obj.digest) return;
+    if (this.#store.byId(obj.id) !== obj) return;
+    this.#store.remove(obj);
+    this.#shadow?.remove(obj.id, () => {});
+    closeQuietly(obj.fd);
+    const rec = blankRecord("recover", "error", "digest mismatch after recovery: object removed");
+    rec.objectId = obj.id;
+    rec.name = obj.name;
+    rec.size = obj.size;
+    rec.digest = obj.digest;
+    this.#recordRaw(rec);
+  }
+
+  #recoverRecord(result: AuditResult, error: string | null, count: number, size = 0): void {
+    const rec = blankRecord("recover", result, error);
+    rec.count = count;
+    rec.size = size;
+    this.#recordRaw(rec);
+  }
+
+  /** Mirror a finished PUT or DROP to the shadow, then reply. */
+  #mirror(conn: Conn, o: Outcome, shadow: ShadowLink): void {
+    conn.state = State.Mirror;
+    const go = (): void => {
+      if (conn.state !== State.Mirror) return;
+      this.#reply(conn, o);
+      this.#pump(conn);
+    };
+    const id = Number(o.audit.objectId ?? 0);
+    const obj = o.keptFd ? this.#store.byId(id) : undefined;
+    if (obj !== undefined) shadow.add(obj, this.#store.nextId, go);
+    else shadow.remove(id, go);
+    if (shadow.lost) this.#reviveShadow();
+  }
+
+  #reviveShadow(): void {
+    const shadow = this.#shadow;
+    if (shadow === null || this.#stopping) return;
+    this.#nextShadowRetry = performance.now() + 1000;
+    shadow.revive(() => this.#store.values(), this.#store.nextId);
+  }
+
   // ---- audit -------------------------------------------------------------------------------
 
   #line(text: string): void {
     if (this.#auditCallback !== null) this.#auditCallback(text);
     else this.#audit.line(text);
+  }
+
+  #recordRaw(rec: AuditRecord): void {
+    if (this.#auditCallback !== null) {
+      this.#auditCallback(formatRecord(realtimeNs(), rec).slice(0, -1));
+    } else this.#audit.record(rec);
   }
 
   #record(o: Outcome, conn: Conn | null, override?: { error: string }): void {
@@ -373,6 +535,11 @@ export class Broker implements AsyncDisposable {
       this.#acceptAll();
       return;
     }
+    if (ev.token === SHADOW_TOKEN) {
+      this.#shadow?.onEvent();
+      if (this.#shadow?.lost) this.#reviveShadow();
+      return;
+    }
     const conn = this.#conns.get(ev.token);
     if (conn === undefined) return;
     if (ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT)) this.#pump(conn);
@@ -380,12 +547,14 @@ export class Broker implements AsyncDisposable {
 
   #sweep(now: number): void {
     this.#nextSweep = now + SWEEP_MS;
+    const shadow = this.#shadow;
+    if (shadow !== null && shadow.fd < 0 && now >= this.#nextShadowRetry) this.#reviveShadow();
     if (this.#acceptBlocked && !this.#stopping) {
       this.#acceptBlocked = false;
       this.#poller.add(this.#listenFd, EPOLLIN, LISTEN_TOKEN);
     }
     for (const conn of this.#conns.values()) {
-      if (conn.state === State.Hash || now < conn.deadline) continue;
+      if (conn.state === State.Hash || conn.state === State.Mirror || now < conn.deadline) continue;
       this.#expire(conn);
     }
   }
@@ -592,6 +761,8 @@ export class Broker implements AsyncDisposable {
           continue;
         }
         case State.Hash:
+        case State.Mirror:
+        case State.Handover:
           return;
         case State.Wait:
           // Only watch for the client going away; anything it sends waits in the buffer.
@@ -680,6 +851,11 @@ export class Broker implements AsyncDisposable {
     if (!isValidHeader(h)) {
       this.#dropReqFd(conn);
       this.#finish(conn, badHeaderOutcome());
+      return;
+    }
+    if (h.cmd === Cmd.TAKEOVER && isValidHeader(h)) {
+      this.#dropReqFd(conn);
+      this.#takeoverRequest(conn);
       return;
     }
     if (h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) {
@@ -810,7 +986,10 @@ export class Broker implements AsyncDisposable {
       ? 0
       : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
     if (!o.auditAfterSend) this.#record(o, conn);
-    this.#reply(conn, o);
+    const shadow = this.#shadow;
+    if (shadow !== null && o.ok && (o.keptFd || o.audit.op === "drop")) {
+      this.#mirror(conn, o, shadow);
+    } else this.#reply(conn, o);
     if (o.keptFd && o.audit.name !== null && this.#waiting.size > 0) {
       // Reply to the publisher first, then wake the waiters.
       this.#pump(conn);
@@ -943,20 +1122,141 @@ export class Broker implements AsyncDisposable {
     conn.buf = EMPTY;
   }
 
+  // ---- handing over to a new broker --------------------------------------------------------
+
+  /**
+   * Hand this broker's listening socket and objects to a new broker process started with
+   * `command` (it finds both through MEMFDBUS_TAKEOVER), for an upgrade that loses nothing:
+   * accepting stops (new clients wait in the listen backlog), requests in flight finish, the
+   * new broker takes the state and starts serving, and this broker closes. Resolves true once
+   * handed over; false (and this broker serves on) when the new broker did not take over.
+   */
+  handover(command: readonly string[]): Promise<boolean> {
+    if (this.#stopping) return Promise.resolve(false);
+    return new Promise((done) => {
+      this.#handover = { command, done };
+      this.#beginStop(true);
+    });
+  }
+
+  /** A `--takeover` broker asks for this broker's socket and objects. */
+  #takeoverRequest(conn: Conn): void {
+    let uid = -1;
+    let pid = 0;
+    try {
+      const peer = peerCredentials(conn.fd);
+      uid = peer.uid;
+      pid = peer.pid;
+    } catch {
+      // Treated as a stranger below.
+    }
+    const rec = blankRecord("takeover", "forbidden", null);
+    if ((uid !== 0 && uid !== libc.symbols.geteuid()) || this.#stopping) {
+      this.#finish(conn, errorOutcome(Cmd.TAKEOVER, Status.FORBIDDEN, Text.accessDenied, rec));
+      return;
+    }
+    rec.result = "ok";
+    rec.objectId = pid;
+    this.#recordRaw(rec);
+    conn.state = State.Handover;
+    this.#handover = { conn, done: () => {} };
+    this.#beginStop(true);
+  }
+
+  /** Transfer the listener and objects; true when the new broker confirmed it is serving. */
+  #performHandover(
+    h: { command: readonly string[] } | { conn: Conn },
+  ): boolean {
+    let link: FrameConn | null = null;
+    let child: Deno.ChildProcess | null = null;
+    try {
+      if ("command" in h) {
+        const pair = new Int32Array(2);
+        check(
+          libc.symbols.socketpair(
+            AF_UNIX,
+            SOCK_STREAM | SOCK_CLOEXEC,
+            0,
+            new Uint8Array(pair.buffer),
+          ),
+          "socketpair",
+        );
+        const mine = pair[0] ?? -1;
+        const theirs = pair[1] ?? -1;
+        link = new FrameConn(mine);
+        setCloexec(this.#listenFd, false);
+        setCloexec(theirs, false);
+        const [cmd, ...args] = h.command;
+        try {
+          child = new Deno.Command(cmd ?? "", {
+            args,
+            env: { MEMFDBUS_TAKEOVER: `${this.#listenFd},${theirs}` },
+            stdin: "null",
+            stdout: "inherit",
+            stderr: "inherit",
+          }).spawn();
+        } finally {
+          setCloexec(this.#listenFd, true);
+          closeQuietly(theirs);
+        }
+      } else {
+        const conn = h.conn;
+        const reply = encodeHeader({ cmd: Cmd.TAKEOVER });
+        if (sendMsg(conn.fd, reply, [this.#listenFd]) !== reply.length) throw new Error("send");
+        link = new FrameConn(conn.fd);
+        // The connection now belongs to the link.
+        this.#conns.delete(conn.token);
+        conn.state = State.Closed;
+        conn.fd = -1;
+      }
+      setNonblocking(link.fd, true);
+      const hello = link.readBlocking(30_000);
+      if (hello[0]?.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
+      serveState(link, this.#store.values(), this.#store.nextId);
+      link.flushBlocking(30_000);
+      const ack = link.readBlocking(60_000);
+      if (ack[0]?.type !== Frame.ACK) throw new Error("no ACK from the new broker");
+      child?.unref();
+      return true;
+    } catch (e) {
+      try {
+        child?.kill("SIGTERM");
+      } catch {
+        // Already gone.
+      }
+      this.#recordRaw(blankRecord("takeover", "error", `handover failed: ${(e as Error).message}`));
+      return false;
+    } finally {
+      link?.close();
+    }
+  }
+
   // ---- stopping ----------------------------------------------------------------------------
 
-  #beginStop(): void {
+  #beginStop(handover = false): void {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#graceDeadline = performance.now() + GRACE_MS;
     this.#poller.remove(this.#listenFd);
-    closeQuietly(this.#listenFd);
-    this.#unlinkSocket();
+    if (!handover) {
+      this.#closeListener();
+      this.#unlinkSocket();
+    }
     for (const conn of [...this.#conns.values()]) {
       if (conn.state === State.Header && conn.len === 0) this.#close(conn);
-      else if (conn.state === State.Wait) this.#expire(conn);
+      else if (conn.state === State.Wait) {
+        // A waiting client asks again after a handover: answer as a broker that does not wait.
+        if (handover) conn.waited = false;
+        this.#expire(conn);
+      }
     }
     this.#poller.wake();
+  }
+
+  #closeListener(): void {
+    if (!this.#listenOpen) return;
+    this.#listenOpen = false;
+    closeQuietly(this.#listenFd);
   }
 
   #unlinkSocket(): void {
@@ -969,16 +1269,33 @@ export class Broker implements AsyncDisposable {
 
   #finishStopIfDone(): boolean {
     const busy = [...this.#conns.values()].some((c) =>
-      c.state !== State.Linger && !(c.state === State.Header && c.len === 0)
+      c.state !== State.Linger && c.state !== State.Handover &&
+      !(c.state === State.Header && c.len === 0)
     );
     if (busy && performance.now() < this.#graceDeadline) return false;
+    const h = this.#handover;
+    if (h !== null) {
+      this.#handover = null;
+      if (!this.#performHandover(h)) {
+        // The new broker did not take over: carry on serving.
+        if ("conn" in h) this.#close(h.conn);
+        this.#stopping = false;
+        this.#poller.add(this.#listenFd, EPOLLIN, LISTEN_TOKEN);
+        h.done(false);
+        return false;
+      }
+      h.done(true);
+    }
     this.#finishStop();
     return true;
   }
 
   #finishStop(): void {
+    this.#closeListener();
     for (const conn of [...this.#conns.values()]) this.#close(conn);
     for (const obj of this.#store.values()) closeQuietly(obj.fd);
+    this.#shadow?.close();
+    this.#shadow = null;
     this.#hash.close();
     closeQuietly(this.#reserveFd);
     this.#reserveFd = -1;
@@ -1000,66 +1317,4 @@ export function raiseDescriptorLimit(): { soft: bigint; hard: bigint } {
     libc.symbols.setrlimit(RLIMIT_NOFILE, bytes);
   }
   return { soft: buf[0] ?? 0n, hard: buf[1] ?? 0n };
-}
-
-/**
- * Create, bind and listen on the broker socket, following the C broker's order and messages, but
- * refusing to take over a socket a live broker still answers on (defect D15).
- */
-function openListener(options: BrokerOptions): { fd: number; ino: bigint } {
-  const path = options.socket;
-  const fd = unixSocket(true);
-  try {
-    const addr = sockaddrUn(path);
-    if (addr === null) throw new Error(socketPathTooLong(path));
-    const st = tryLstat(path);
-    if (typeof st === "number") {
-      if (st !== ENOENT) throw errnoErrorOf("lstat", st, "lstat socket path");
-    } else {
-      if ((st.mode & S_IFMT) !== S_IFSOCK) {
-        throw new Error(`refusing to unlink non-socket path: ${path}`);
-      }
-      if (socketIsLive(addr)) {
-        throw new Error(`refusing to replace the socket of a running broker: ${path}`);
-      }
-      if (libc.symbols.unlink(cstr(path)) < 0) {
-        throw errnoErrorOf("unlink", errno(), "unlink stale socket");
-      }
-    }
-    // The socket file gets exactly socketMode: umask covers the window between bind and chmod.
-    const old = libc.symbols.umask(~options.socketMode & 0o777);
-    try {
-      bindUnix(fd, addr);
-    } finally {
-      libc.symbols.umask(old);
-    }
-    if (libc.symbols.chmod(cstr(path), options.socketMode) < 0) {
-      const e = errnoErrorOf("chmod", errno(), "chmod socket");
-      libc.symbols.unlink(cstr(path));
-      throw e;
-    }
-    try {
-      listenUnix(fd, options.listenBacklog);
-    } catch (e) {
-      libc.symbols.unlink(cstr(path));
-      throw e;
-    }
-    const bound = tryLstat(path);
-    return { fd, ino: typeof bound === "number" ? 0n : bound.ino };
-  } catch (e) {
-    closeQuietly(fd);
-    throw e instanceof ErrnoError || e instanceof Error ? e : new Error(String(e));
-  }
-}
-
-/** True when something accepts connections on the socket at `addr`. */
-function socketIsLive(addr: Uint8Array<ArrayBuffer>): boolean {
-  const probe = unixSocket(true);
-  try {
-    const r = connectUnix(probe, addr);
-    // EAGAIN means a live listener with a full backlog.
-    return r === 0 || r === -EAGAIN;
-  } finally {
-    closeQuietly(probe);
-  }
 }

@@ -115,8 +115,9 @@ const KEYS: Readonly<Record<string, Apply>> = {
     }
     o.policy = { ...o.policy, jobs };
   },
-  shadow: (_o, node, fail) => {
+  shadow: (o, node, fail) => {
     if (node.type !== "string" || node.value === "") return fail("expected a non-empty path");
+    o.shadow = node.value as string;
   },
 };
 

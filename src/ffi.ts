@@ -97,6 +97,8 @@ const symbols = {
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** int getsockname(int fd, struct sockaddr *addr, socklen_t *len) */
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /** int socketpair(int domain, int type, int protocol, int sv[2]) */
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   /** int shutdown(int fd, int how) */
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   /** int getsockopt(int fd, int level, int name, void *val, socklen_t *len) */
@@ -146,6 +148,8 @@ const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  /** pid_t setsid(void) */
+  setsid: { parameters: [], result: "i32" },
   /** pid_t getpid(void) */
   getpid: { parameters: [], result: "i32" },
   /** uid_t geteuid(void) */

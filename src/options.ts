@@ -47,6 +47,8 @@ export interface BrokerOptions {
   auditPeer: boolean;
   /** Identity policy (--policy FILE, --require-job, --protect-names). */
   policy: IdentityPolicy;
+  /** The shadow's socket path (--shadow), or null for no shadow. */
+  shadow: string | null;
 }
 
 /** The defaults of the C broker, plus this broker's timeouts. */
@@ -67,6 +69,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     socketMode: 0o600,
     auditPeer: false,
     policy: OPEN_POLICY,
+    shadow: null,
   };
 }
 
@@ -109,6 +112,7 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--max-wait-ms": num(INT_MAX, (o, n) => (o.maxWaitMs = n)),
   "--max-waiters": num(INT_MAX, (o, n) => (o.maxWaiters = n)),
   "--socket-mode": (o, v, f) => (o.socketMode = parseMode(f, v)),
+  "--shadow": (o, v) => (o.shadow = v),
   // Files are read by the command before parsing; here their values are only skipped.
   "--config": () => {},
   "--policy": () => {},

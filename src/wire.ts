@@ -45,6 +45,12 @@ export const Cmd = {
    * created_ns, seals) without sending a descriptor. A C broker answers `unknown command`.
    */
   STAT: 5,
+  /**
+   * Extension: hand this broker's listening socket and objects to the caller (a new broker
+   * started with `--takeover`). Only a peer with the broker's own uid (or root) may ask; the
+   * reply carries the listening socket, then the connection carries the objects.
+   */
+  TAKEOVER: 6,
 } as const;
 
 /**

@@ -12,6 +12,7 @@ import { getCommand } from "./get.ts";
 import { listCommand } from "./list.ts";
 import { err, out } from "./output.ts";
 import { putCommand } from "./put.ts";
+import { shadowCommand } from "./shadow.ts";
 import { USAGE } from "./usage.ts";
 
 const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<number>>> = {
@@ -21,6 +22,7 @@ const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<num
   exec: execCommand,
   drop: dropCommand,
   list: listCommand,
+  shadow: shadowCommand,
 };
 
 /** Run the CLI with `args` (without the program name); resolves with the exit code. */
