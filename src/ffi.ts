@@ -150,6 +150,27 @@ const symbols = {
   },
   /** pid_t setsid(void) */
   setsid: { parameters: [], result: "i32" },
+  /** pid_t waitpid(pid_t pid, int *status, int options), blocking the calling thread */
+  waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  /** int posix_spawnattr_init(posix_spawnattr_t *attr) */
+  posix_spawnattr_init: { parameters: ["buffer"], result: "i32" },
+  /** int posix_spawnattr_destroy(posix_spawnattr_t *attr) */
+  posix_spawnattr_destroy: { parameters: ["buffer"], result: "i32" },
+  /** int posix_spawnattr_setflags(posix_spawnattr_t *attr, short flags) */
+  posix_spawnattr_setflags: { parameters: ["buffer", "i16"], result: "i32" },
+  /** int posix_spawnattr_setsigdefault(posix_spawnattr_t *attr, const sigset_t *sigdefault) */
+  posix_spawnattr_setsigdefault: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** int posix_spawnattr_setsigmask(posix_spawnattr_t *attr, const sigset_t *sigmask) */
+  posix_spawnattr_setsigmask: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** int sigemptyset(sigset_t *set) */
+  sigemptyset: { parameters: ["buffer"], result: "i32" },
+  /** int sigaddset(sigset_t *set, int signum) */
+  sigaddset: { parameters: ["buffer", "i32"], result: "i32" },
+  /**
+   * extern char **environ. A static: the symbol's value is the address of the variable, so
+   * reading the pointer stored there gives the current environment block (setenv may move it).
+   */
+  environ: { type: "pointer" },
   /** pid_t getpid(void) */
   getpid: { parameters: [], result: "i32" },
   /** uid_t geteuid(void) */

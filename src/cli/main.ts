@@ -6,6 +6,7 @@
  */
 
 import { brokerCommand } from "./broker.ts";
+import { captureCommand } from "./capture.ts";
 import { dropCommand } from "./drop.ts";
 import { execCommand } from "./exec.ts";
 import { getCommand } from "./get.ts";
@@ -13,6 +14,7 @@ import { listCommand } from "./list.ts";
 import { err, out } from "./output.ts";
 import { putCommand } from "./put.ts";
 import { shadowCommand } from "./shadow.ts";
+import { statCommand } from "./stat.ts";
 import { USAGE } from "./usage.ts";
 
 const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<number>>> = {
@@ -23,6 +25,8 @@ const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<num
   drop: dropCommand,
   list: listCommand,
   shadow: shadowCommand,
+  stat: statCommand,
+  capture: captureCommand,
 };
 
 /** Run the CLI with `args` (without the program name); resolves with the exit code. */
