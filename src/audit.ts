@@ -165,7 +165,7 @@ export class AuditLog {
   records = 0;
 
   /**
-   * @param fd the descriptor to write to
+   * @param fd the descriptor to write to; negative for no log at all
    */
   constructor(fd = 1) {
     this.#fd = fd;
@@ -174,13 +174,13 @@ export class AuditLog {
   /** Queue one record, time-stamped now. */
   record(r: AuditRecord, peer?: AuditPeer): void {
     this.records++;
-    if (this.#broken) return;
+    if (this.#broken || this.#fd < 0) return;
     this.#pending += formatRecord(realtimeNs(), r, this.withPeer ? peer : undefined);
   }
 
   /** Queue a raw line (the startup line). */
   line(text: string): void {
-    if (!this.#broken) this.#pending += text + "\n";
+    if (!this.#broken && this.#fd >= 0) this.#pending += text + "\n";
   }
 
   /** Write what is queued. Blocks only as long as the output itself blocks. */

@@ -177,6 +177,9 @@ export interface DropResult {
   readonly size: number;
 }
 
+/** How long `wait: true` may take on the client's side (the broker's own limit usually ends it first). */
+const WAIT_FOREVER_MS = 7 * 24 * 3_600_000;
+
 /** The default per-request timeout. */
 export const DEFAULT_TIMEOUT_MS = 30_000;
 /** Extra time a PUT allows per byte, for the broker's digest check (100 MB/s). */
@@ -528,7 +531,7 @@ export class Client implements AsyncDisposable, Disposable {
     const job = this.#job(options);
     const waitMs = waitOption(options.wait, id);
     if (waitMs === null) return await this.#getOnce(id, name, job, options, null);
-    const deadline = performance.now() + (waitMs === 0 ? 3_600_000 : waitMs);
+    const deadline = performance.now() + (waitMs === 0 ? WAIT_FOREVER_MS : waitMs);
     let pause = 50;
     for (;;) {
       try {
@@ -563,7 +566,7 @@ export class Client implements AsyncDisposable, Disposable {
     const r = await this.#request(
       [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
       [],
-      this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? 3_600_000 : waitMs),
+      this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
     );
     const { header: h, fds } = r.reply;
     const fd = fds.shift() ?? -1;
@@ -631,7 +634,7 @@ export class Client implements AsyncDisposable, Disposable {
       r = await this.#request(
         [[header, "send stat request"], [name, "send object name"], [job, "send job id"]],
         [],
-        this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? 3_600_000 : waitMs),
+        this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
       );
     } catch (e) {
       if (
