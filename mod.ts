@@ -30,6 +30,7 @@ export {
   jobIdFromEnv,
   type JobOption,
   type ListEntry,
+  type ObjectStat,
   parseList,
   type PutOptions,
   type PutResult,
@@ -53,6 +54,7 @@ export {
   UsageError,
 } from "./src/errors.ts";
 export { SocketPathError } from "./src/connection.ts";
+export { type IdentityPolicy, type JobBinding } from "./src/policy.ts";
 export {
   brokerFdProblemText,
   describeFdProblem,

@@ -14,7 +14,15 @@ import { CLOCK_REALTIME, EAGAIN, EINTR } from "./linux.ts";
 export type AuditResult = "ok" | "bad_request" | "not_found" | "forbidden" | "error";
 
 /** The operation of a request. */
-export type AuditOp = "put" | "get" | "list" | "drop" | "unknown";
+export type AuditOp =
+  | "put"
+  | "get"
+  | "list"
+  | "drop"
+  | "stat"
+  | "recover"
+  | "takeover"
+  | "unknown";
 
 /** One audit record. Strings are binary strings (raw bytes); null prints as JSON null. */
 export interface AuditRecord {
@@ -157,7 +165,7 @@ export class AuditLog {
   records = 0;
 
   /**
-   * @param fd the descriptor to write to
+   * @param fd the descriptor to write to; negative for no log at all
    */
   constructor(fd = 1) {
     this.#fd = fd;
@@ -166,13 +174,13 @@ export class AuditLog {
   /** Queue one record, time-stamped now. */
   record(r: AuditRecord, peer?: AuditPeer): void {
     this.records++;
-    if (this.#broken) return;
+    if (this.#broken || this.#fd < 0) return;
     this.#pending += formatRecord(realtimeNs(), r, this.withPeer ? peer : undefined);
   }
 
   /** Queue a raw line (the startup line). */
   line(text: string): void {
-    if (!this.#broken) this.#pending += text + "\n";
+    if (!this.#broken && this.#fd >= 0) this.#pending += text + "\n";
   }
 
   /** Write what is queued. Blocks only as long as the output itself blocks. */

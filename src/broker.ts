@@ -17,18 +17,32 @@
  * @module
  */
 
-import { AuditLog, type AuditPeer, formatRecord, realtimeNs } from "./audit.ts";
-import { ErrnoError } from "./errors.ts";
-import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "./ffi.ts";
-import { isRegular, tryFstat, tryLstat } from "./fd.ts";
-import { HashPool } from "./hashing.ts";
 import {
+  AuditLog,
+  type AuditPeer,
+  type AuditRecord,
+  type AuditResult,
+  blankRecord,
+  formatRecord,
+  realtimeNs,
+} from "./audit.ts";
+import { fetchState, serveState, type ShadowConfig, ShadowLink } from "./shadow_link.ts";
+import { FrameConn } from "./frame_conn.ts";
+import { Frame } from "./shadow_wire.ts";
+import { Status } from "./errors.ts";
+import { check, closeQuietly, cstr, errno, libc } from "./ffi.ts";
+import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./fd.ts";
+import { type HashOutcome, HashPool } from "./hashing.ts";
+import { inspectSealedFd, isFdProblem } from "./memfd.ts";
+import { inProcess } from "./inprocess.ts";
+import { openListener } from "./listener.ts";
+import {
+  AF_UNIX,
   EAGAIN,
   ECONNABORTED,
   EMFILE,
   ENFILE,
   ENOBUFS,
-  ENOENT,
   ENOMEM,
   EPOLLERR,
   EPOLLET,
@@ -38,11 +52,12 @@ import {
   EPOLLRDHUP,
   F_DUPFD_CLOEXEC,
   O_CLOEXEC,
+  O_DIRECTORY,
   O_RDONLY,
   RLIMIT_NOFILE,
-  S_IFMT,
-  S_IFSOCK,
   SHUT_WR,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
 } from "./linux.ts";
 import { type BrokerOptions, defaultBrokerOptions } from "./options.ts";
 import { Poller, type PollEvent } from "./poller.ts";
@@ -50,6 +65,7 @@ import {
   badHeaderOutcome,
   clientQuotaOutcome,
   type DigestAnswer,
+  errorOutcome,
   fdLimitOutcome,
   handle,
   type Handler,
@@ -62,35 +78,32 @@ import {
 import { Store, type StoredObject } from "./store.ts";
 import {
   acceptUnix,
-  bindUnix,
   closeAll,
-  connectUnix,
-  listenUnix,
+  inheritedListener,
   peerCredentials,
   recvMsg,
   sendMsg,
   sendSome,
   shutdownQuietly,
-  sockaddrUn,
-  socketPathTooLong,
-  unixSocket,
 } from "./unix_socket.ts";
 import {
   Cmd,
   decodeHeader,
+  encodeHeader,
   Flag,
   type Header,
   HEADER_SIZE,
   isValidHeader,
   Off,
   requestBytes,
+  Text,
 } from "./wire.ts";
 
 /** Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere. */
 export type AuditSink = number | ((line: string) => void) | null;
 
 /** Options of {@link Broker.start}: the CLI options plus in-process conveniences. */
-export interface BrokerStartOptions extends Partial<BrokerOptions> {
+export interface BrokerStartOptions extends Partial<Omit<BrokerOptions, "shadow">> {
   /** Audit destination; stdout by default. */
   readonly audit?: AuditSink;
   /** Workers verifying large digests (default 1). */
@@ -99,30 +112,60 @@ export interface BrokerStartOptions extends Partial<BrokerOptions> {
   readonly inlineHashLimit?: number;
   /** Raise the soft descriptor limit to the hard limit (default true). */
   readonly raiseFdLimit?: boolean;
+  /**
+   * Wait for events on the JavaScript thread itself while busy (lowest latency; the event loop
+   * still runs every few milliseconds). Only for a broker that has its process to itself, as the
+   * `memfdbus broker` command does; an in-process broker must leave it off (the default) or it
+   * starves its own clients.
+   */
+  readonly blockingWait?: boolean;
+  /**
+   * A listening socket to serve instead of creating one (systemd socket activation passes it as
+   * descriptor 3 with LISTEN_FDS). Its file is left in place at shutdown.
+   */
+  readonly listenFd?: number;
+  /** Mirror every committed change to a shadow process and recover from it at startup. */
+  readonly shadow?: ShadowConfig;
+  /**
+   * Take over from an old broker: a connected socket on which that broker hands over its
+   * objects (see {@link Broker.handover} and `memfdbus broker --takeover`). Use with
+   * `listenFd`, the old broker's listening socket.
+   */
+  readonly takeoverFd?: number;
 }
 
 const enum State {
   Header,
   Body,
   Hash,
+  Mirror,
+  Handover,
+  Wait,
   Send,
   Linger,
   Closed,
 }
 
 const LISTEN_TOKEN = 0xfffffffe;
+const SHADOW_TOKEN = 0xfffffffd;
+const EMPTY = new Uint8Array(0);
+const CONN_BUF = 4096;
 const SWEEP_MS = 100;
 const LINGER_MS = 1000;
 const LINGER_BYTES = 1 << 20;
 const MAX_LINGERING = 64;
 const READ_CHUNK = 64 * 1024;
 const GRACE_MS = 2000;
+/** In blocking-wait mode: longest stretch without letting the event loop run. */
+const YIELD_MS = 5;
+/** In blocking-wait mode: quiet time after which the loop waits off-thread again. */
+const IDLE_SWITCH_MS = 50;
 
 class Conn {
   readonly token: number;
   fd: number;
   state: State = State.Header;
-  buf: Uint8Array = new Uint8Array(4096);
+  buf: Uint8Array = EMPTY;
   len = 0;
   eof = false;
   header: Header | null = null;
@@ -132,14 +175,19 @@ class Conn {
   step: Step | null = null;
   consumed = 0;
   outcome: Outcome | null = null;
-  segIndex = 0;
-  segOff = 0;
+  out: Uint8Array = EMPTY;
+  outOff = 0;
   replyFd = -1;
+  registered = false;
   keepAlive = false;
   served = 0;
   deadline: number;
   lingerLeft = 0;
   peer: AuditPeer | undefined;
+  /** A digest started as soon as a PUT's sealed memfd arrived, before its digest bytes. */
+  speculative: { fd: number; answer: Promise<HashOutcome> } | null = null;
+  /** The request was parked by Flag.WAIT: the reply carries the bit to say it was honoured. */
+  waited = false;
 
   constructor(token: number, fd: number, deadline: number) {
     this.token = token;
@@ -164,7 +212,19 @@ export class Broker implements AsyncDisposable {
   readonly #conns = new Map<number, Conn>();
   readonly #events: PollEvent[] = [];
   readonly #scratch = new Uint8Array(READ_CHUNK);
-  readonly #procFd: boolean;
+  readonly #procDirFd: number;
+  readonly #fdNames = new WeakMap<StoredObject, Uint8Array<ArrayBuffer>>();
+  readonly #bufPool: Uint8Array[] = [];
+  /** Connections parked by GET --wait, by the name they wait for. */
+  readonly #waiting = new Map<string, Set<Conn>>();
+  #shadow: ShadowLink | null = null;
+  #handover:
+    | { command: readonly string[]; done: (ok: boolean) => void }
+    | { conn: Conn; done: (ok: boolean) => void }
+    | null = null;
+  #listenOpen = true;
+  #nextShadowRetry = 0;
+  #waiters = 0;
   #nextToken = 1;
   #reserveFd = -1;
   #lingering = 0;
@@ -172,6 +232,9 @@ export class Broker implements AsyncDisposable {
   #acceptBlocked = false;
   #stopping = false;
   #graceDeadline = 0;
+  readonly #blocking: boolean;
+  readonly #needPeer: boolean;
+  readonly #inlineHashLimit: number;
   #resolveClosed: () => void = () => {};
   /** Resolves once the broker has stopped and released everything. */
   readonly closed: Promise<void>;
@@ -189,11 +252,19 @@ export class Broker implements AsyncDisposable {
     this.#store = new Store(options);
     this.#auditCallback = typeof audit === "function" ? audit : null;
     this.#audit = new AuditLog(typeof audit === "number" ? audit : -1);
-    this.#hash = new HashPool(start.hashWorkers ?? 1, start.inlineHashLimit ?? 1 << 20);
+    this.#inlineHashLimit = start.inlineHashLimit ?? 1 << 20;
+    this.#hash = new HashPool(start.hashWorkers ?? 1, this.#inlineHashLimit);
     this.#poller = new Poller(256);
-    this.#poller.add(listenFd, EPOLLIN | EPOLLET, LISTEN_TOKEN);
+    this.#poller.add(listenFd, EPOLLIN, LISTEN_TOKEN);
     this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
-    this.#procFd = tryLstat("/proc/self/fd") !== ENOENT;
+    this.#procDirFd = libc.symbols.open(
+      cstr("/proc/self/fd"),
+      O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+      0,
+    );
+    this.#blocking = start.blockingWait ?? false;
+    this.#audit.withPeer = options.auditPeer;
+    this.#needPeer = options.auditPeer || options.policy.jobs.size > 0;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
 
@@ -207,12 +278,39 @@ export class Broker implements AsyncDisposable {
   static start(start: BrokerStartOptions = {}): Promise<Broker> {
     const options: BrokerOptions = { ...defaultBrokerOptions() };
     for (const [k, v] of Object.entries(start)) {
-      if (v !== undefined && k in options) (options as unknown as Record<string, unknown>)[k] = v;
+      if (v !== undefined && k in options && k !== "shadow") {
+        (options as unknown as Record<string, unknown>)[k] = v;
+      }
     }
     if (start.raiseFdLimit ?? true) raiseDescriptorLimit();
-    const { fd, ino } = openListener(options);
+    let listener: { fd: number; ino: bigint };
+    if (start.listenFd !== undefined) {
+      const path = inheritedListener(start.listenFd);
+      if (path !== "") options.socket = path;
+      setNonblocking(start.listenFd, true);
+      setCloexec(start.listenFd, true);
+      // A socket taken over from an old broker is this broker's to unlink at the end; one
+      // passed by systemd stays systemd's.
+      const st = start.takeoverFd === undefined ? 0 : tryLstat(options.socket);
+      listener = { fd: start.listenFd, ino: typeof st === "number" ? 0n : st.ino };
+    } else {
+      listener = openListener(options.socket, options.socketMode, options.listenBacklog);
+    }
+    const { fd, ino } = listener;
     const broker = new Broker(options, fd, ino, start.audit === undefined ? 1 : start.audit, start);
-    broker.#line(`memfdbus broker listening on ${options.socket}`);
+    inProcess.brokers++;
+    try {
+      if (start.takeoverFd !== undefined) {
+        broker.#takeOver(start.takeoverFd, start.shadow);
+      } else {
+        broker.#line(`memfdbus broker listening on ${options.socket}`);
+        if (start.shadow !== undefined) broker.#attachShadow(start.shadow, true);
+      }
+    } catch (e) {
+      broker.#beginStop();
+      broker.#finishStop();
+      throw e;
+    }
     broker.#flush();
     void broker.#run();
     return Promise.resolve(broker);
@@ -233,11 +331,6 @@ export class Broker implements AsyncDisposable {
     return this.#conns.size;
   }
 
-  /** Include the peer's pid, uid and gid in every audit record. */
-  set auditPeers(on: boolean) {
-    this.#audit.withPeer = on;
-  }
-
   /**
    * Stop accepting, let requests in flight finish (up to two seconds), then close every
    * connection and stored descriptor and unlink the socket. Resolves when done.
@@ -252,11 +345,132 @@ export class Broker implements AsyncDisposable {
     return this.close();
   }
 
+  // ---- shadow ------------------------------------------------------------------------------
+
+  /**
+   * Take the objects of an old broker over `fd` (before any client is served), then tell it to
+   * go. The audit log (inherited from the old broker) gets one takeover record.
+   */
+  #takeOver(fd: number, shadow: ShadowConfig | undefined): void {
+    using link = new FrameConn(fd);
+    const { objects, nextId } = fetchState(link);
+    let bytes = 0;
+    for (const obj of objects) {
+      this.#store.restore(obj, nextId);
+      bytes += obj.size;
+    }
+    this.#store.restore(null, nextId);
+    if (shadow !== undefined) this.#attachShadow(shadow, false);
+    const rec = blankRecord("takeover", "ok", null);
+    rec.count = objects.length;
+    rec.size = bytes;
+    this.#recordRaw(rec);
+    link.queue(Frame.ACK, null);
+    link.flushBlocking(10_000);
+  }
+
+  /**
+   * Connect to the shadow. With `recover`, its objects become the store's (before any client is
+   * served); otherwise the store (taken over) is authoritative and the shadow is seeded with it.
+   */
+  #attachShadow(config: ShadowConfig, recover: boolean): void {
+    const attached = ShadowLink.attach(config);
+    const { link, started } = attached;
+    let { objects, nextId } = attached;
+    if (!recover) {
+      for (const obj of objects) closeQuietly(obj.fd);
+      objects = [];
+      nextId = this.#store.nextId;
+      link.seed(this.#store.values(), nextId, () => {});
+    }
+    this.#shadow = link;
+    link.onReconnect = (oldFd, newFd) => {
+      if (oldFd >= 0) this.#poller.remove(oldFd);
+      if (newFd >= 0) this.#poller.add(newFd, EPOLLIN | EPOLLOUT | EPOLLET, SHADOW_TOKEN);
+    };
+    link.onTrouble = (message) => this.#recoverRecord("error", message, this.#store.count);
+    this.#poller.add(link.fd, EPOLLIN | EPOLLOUT | EPOLLET, SHADOW_TOKEN);
+    let bytes = 0;
+    for (const obj of objects) {
+      this.#store.restore(obj, nextId);
+      bytes += obj.size;
+    }
+    this.#store.restore(null, nextId);
+    if (!recover) return;
+    if (started) {
+      this.#recoverRecord(
+        "not_found",
+        `no shadow state at ${config.path}: started a new shadow, no objects recovered`,
+        0,
+      );
+      console.error(
+        `memfdbus broker: no shadow was running on ${config.path}; started one, nothing to recover`,
+      );
+    } else {
+      this.#recoverRecord("ok", null, objects.length, bytes);
+    }
+    // Check every recovered digest against its descriptor, without holding up clients.
+    for (const obj of objects) {
+      const answer = this.#hash.digest(obj.fd, obj.size);
+      if (answer instanceof Promise) void answer.then((a) => this.#checkRecovered(obj, a));
+      else this.#checkRecovered(obj, answer);
+    }
+  }
+
+  #checkRecovered(obj: StoredObject, answer: HashOutcome): void {
+    if ("digest" in answer && answer.digest === obj.digest) return;
+    if (this.#store.byId(obj.id) !== obj) return;
+    this.#store.remove(obj);
+    this.#shadow?.remove(obj.id, () => {});
+    closeQuietly(obj.fd);
+    const rec = blankRecord("recover", "error", "digest mismatch after recovery: object removed");
+    rec.objectId = obj.id;
+    rec.name = obj.name;
+    rec.size = obj.size;
+    rec.digest = obj.digest;
+    this.#recordRaw(rec);
+  }
+
+  #recoverRecord(result: AuditResult, error: string | null, count: number, size = 0): void {
+    const rec = blankRecord("recover", result, error);
+    rec.count = count;
+    rec.size = size;
+    this.#recordRaw(rec);
+  }
+
+  /** Mirror a finished PUT or DROP to the shadow, then reply. */
+  #mirror(conn: Conn, o: Outcome, shadow: ShadowLink): void {
+    conn.state = State.Mirror;
+    const go = (): void => {
+      if (conn.state !== State.Mirror) return;
+      this.#reply(conn, o);
+      this.#pump(conn);
+    };
+    const id = Number(o.audit.objectId ?? 0);
+    const obj = o.keptFd ? this.#store.byId(id) : undefined;
+    if (obj !== undefined) shadow.add(obj, this.#store.nextId, go);
+    else shadow.remove(id, go);
+    if (shadow.lost) this.#reviveShadow();
+  }
+
+  #reviveShadow(): void {
+    const shadow = this.#shadow;
+    if (shadow === null || this.#stopping) return;
+    this.#nextShadowRetry = performance.now() + 1000;
+    shadow.revive(() => this.#store.values(), this.#store.nextId);
+  }
+
   // ---- audit -------------------------------------------------------------------------------
 
   #line(text: string): void {
     if (this.#auditCallback !== null) this.#auditCallback(text);
     else this.#audit.line(text);
+  }
+
+  #recordRaw(rec: AuditRecord): void {
+    if (this.#auditCallback !== null) {
+      this.#auditCallback(formatRecord(realtimeNs(), rec).slice(0, -1));
+    } else this.#audit.record(rec);
   }
 
   #record(o: Outcome, conn: Conn | null, override?: { error: string }): void {
@@ -278,14 +492,27 @@ export class Broker implements AsyncDisposable {
   // ---- the loop ----------------------------------------------------------------------------
 
   async #run(): Promise<void> {
+    let lastEvent = performance.now();
+    let lastYield = lastEvent;
     try {
       for (;;) {
         if (this.#stopping && this.#finishStopIfDone()) return;
         let events = this.#poller.poll(this.#events);
         if (events.length === 0) {
           this.#flush();
-          events = await this.#poller.wait(this.#waitTimeout(), this.#events);
+          const now = performance.now();
+          const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS;
+          if (busy && now - lastYield < YIELD_MS) {
+            // Block on this thread: the kernel wakes it directly, without a pool-thread hop.
+            const slice = Math.max(1, Math.ceil(YIELD_MS - (now - lastYield)));
+            events = this.#poller.poll(this.#events, Math.min(slice, this.#waitTimeout() >>> 0));
+          } else {
+            // Let the event loop run (signals, Worker messages), then wait off-thread.
+            lastYield = now;
+            events = await this.#poller.wait(busy ? 0 : this.#waitTimeout(), this.#events);
+          }
         }
+        if (events.length > 0) lastEvent = performance.now();
         for (const ev of events) this.#dispatch(ev);
         const now = performance.now();
         if (now >= this.#nextSweep) this.#sweep(now);
@@ -308,6 +535,11 @@ export class Broker implements AsyncDisposable {
       this.#acceptAll();
       return;
     }
+    if (ev.token === SHADOW_TOKEN) {
+      this.#shadow?.onEvent();
+      if (this.#shadow?.lost) this.#reviveShadow();
+      return;
+    }
     const conn = this.#conns.get(ev.token);
     if (conn === undefined) return;
     if (ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT)) this.#pump(conn);
@@ -315,9 +547,14 @@ export class Broker implements AsyncDisposable {
 
   #sweep(now: number): void {
     this.#nextSweep = now + SWEEP_MS;
-    if (this.#acceptBlocked) this.#acceptAll();
+    const shadow = this.#shadow;
+    if (shadow !== null && shadow.fd < 0 && now >= this.#nextShadowRetry) this.#reviveShadow();
+    if (this.#acceptBlocked && !this.#stopping) {
+      this.#acceptBlocked = false;
+      this.#poller.add(this.#listenFd, EPOLLIN, LISTEN_TOKEN);
+    }
     for (const conn of this.#conns.values()) {
-      if (conn.state === State.Hash || now < conn.deadline) continue;
+      if (conn.state === State.Hash || conn.state === State.Mirror || now < conn.deadline) continue;
       this.#expire(conn);
     }
   }
@@ -334,6 +571,11 @@ export class Broker implements AsyncDisposable {
       case State.Send:
         this.#sendFailed(conn);
         return;
+      case State.Wait:
+        this.#unpark(conn);
+        this.#resume(conn, false);
+        this.#pump(conn);
+        return;
       default:
         this.#close(conn);
     }
@@ -341,33 +583,43 @@ export class Broker implements AsyncDisposable {
 
   // ---- accepting ---------------------------------------------------------------------------
 
+  /**
+   * Accept one pending connection. The listener is level-triggered, so a backlog keeps waking the
+   * loop; accepting one per wake-up saves the accept4 that would only return EAGAIN.
+   */
   #acceptAll(): void {
     this.#acceptBlocked = false;
     if (this.#stopping) return;
     for (;;) {
       const fd = acceptUnix(this.#listenFd);
-      if (fd < 0) {
-        const e = -fd;
-        if (e === EAGAIN) return;
-        if (e === ECONNABORTED) continue;
-        if (e === EMFILE || e === ENFILE || e === ENOBUFS || e === ENOMEM) {
-          if (!this.#rejectWithReserve()) {
-            this.#acceptBlocked = true;
-            return;
-          }
-          continue;
-        }
-        // Anything else is unexpected; never fatal (defect D6). Retry on the next sweep.
-        this.#acceptBlocked = true;
+      if (fd >= 0) {
+        this.#admit(fd);
         return;
       }
-      this.#admit(fd);
+      const e = -fd;
+      if (e === EAGAIN) return;
+      if (e === ECONNABORTED) continue;
+      if (e === EMFILE || e === ENFILE || e === ENOBUFS || e === ENOMEM) {
+        // Out of descriptors: tell the waiting client why with the reserve descriptor; if even
+        // that is impossible, stop accepting until the next sweep (never exit, defect D6).
+        const r = this.#rejectWithReserve();
+        if (r === "empty") return;
+        if (r === "rejected") continue;
+      }
+      // Back off: the listener is level-triggered, so leave it out of the waits until the
+      // next sweep tries again.
+      this.#acceptBlocked = true;
+      this.#poller.remove(this.#listenFd);
+      return;
     }
   }
 
   /** At the descriptor limit: use the reserve descriptor to tell one client why, then close. */
-  #rejectWithReserve(): boolean {
-    if (this.#reserveFd < 0) return false;
+  #rejectWithReserve(): "rejected" | "empty" | "failed" {
+    if (this.#reserveFd < 0) {
+      this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
+      if (this.#reserveFd < 0) return "failed";
+    }
     closeQuietly(this.#reserveFd);
     this.#reserveFd = -1;
     const fd = acceptUnix(this.#listenFd);
@@ -378,12 +630,13 @@ export class Broker implements AsyncDisposable {
       closeQuietly(fd);
     }
     this.#reserveFd = libc.symbols.open(cstr("/dev/null"), O_RDONLY | O_CLOEXEC, 0);
-    return fd >= 0 && this.#reserveFd >= 0;
+    if (fd === -EAGAIN) return "empty";
+    return fd >= 0 && this.#reserveFd >= 0 ? "rejected" : "failed";
   }
 
   #admit(fd: number): void {
     const now = performance.now();
-    const active = this.#conns.size - this.#lingering;
+    const active = this.#conns.size - this.#lingering - this.#waiters;
     if (active >= this.#options.maxClients && !this.#evictIdle()) {
       const o = clientQuotaOutcome();
       this.#record(o, null);
@@ -398,7 +651,7 @@ export class Broker implements AsyncDisposable {
       return;
     }
     const conn = this.#register(fd, now + this.#options.requestTimeoutMs);
-    if (this.#audit.withPeer) {
+    if (this.#needPeer) {
       try {
         conn.peer = peerCredentials(fd);
       } catch {
@@ -416,8 +669,18 @@ export class Broker implements AsyncDisposable {
     this.#nextToken = token + 1;
     const conn = new Conn(token, fd, deadline);
     this.#conns.set(token, conn);
-    this.#poller.add(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, token);
     return conn;
+  }
+
+  /**
+   * Ask epoll about a connection that has to wait. Registration is edge-triggered and made only
+   * on the first EAGAIN: a request that arrives whole is answered without any epoll_ctl. Data
+   * that arrived before registering is reported at once, so no wake-up is lost.
+   */
+  #watch(conn: Conn): void {
+    if (conn.registered || conn.fd < 0) return;
+    conn.registered = true;
+    this.#poller.add(conn.fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn.token);
   }
 
   /** Close the longest-idle kept-alive connection to make room; true if one was closed. */
@@ -439,16 +702,29 @@ export class Broker implements AsyncDisposable {
       options: this.#options,
       fd: conn.reqFd,
       fdLost: conn.fdLost,
+      peer: conn.peer,
       reopen: (obj) => this.#reopen(obj),
       release: (obj) => closeQuietly(obj.fd),
       now: realtimeNs,
     };
   }
 
+  /**
+   * A fresh descriptor for a consumer: a new open file description of the same memfd (its own
+   * offset), read-only (defect D21), by opening /proc/self/fd/N relative to a held directory
+   * descriptor. Without /proc it falls back to a duplicate, which shares the file offset.
+   */
   #reopen(obj: StoredObject): number {
-    const fd = this.#procFd
-      ? libc.symbols.open(cstr(`/proc/self/fd/${obj.fd}`), O_RDONLY | O_CLOEXEC, 0)
-      : libc.symbols.fcntl(obj.fd, F_DUPFD_CLOEXEC, 0);
+    if (this.#procDirFd < 0) {
+      const d = libc.symbols.fcntl(obj.fd, F_DUPFD_CLOEXEC, 0);
+      return d >= 0 ? d : -errno();
+    }
+    let path = this.#fdNames.get(obj);
+    if (path === undefined) {
+      path = cstr(String(obj.fd));
+      this.#fdNames.set(obj, path);
+    }
+    const fd = libc.symbols.openat(this.#procDirFd, path, O_RDONLY | O_CLOEXEC, 0);
     return fd >= 0 ? fd : -errno();
   }
 
@@ -485,7 +761,17 @@ export class Broker implements AsyncDisposable {
           continue;
         }
         case State.Hash:
+        case State.Mirror:
+        case State.Handover:
           return;
+        case State.Wait:
+          // Only watch for the client going away; anything it sends waits in the buffer.
+          if (conn.eof) {
+            this.#close(conn);
+            return;
+          }
+          if (conn.len >= READ_CHUNK || !this.#fill(conn, conn.len + 1)) return;
+          continue;
         case State.Send:
           if (!this.#send(conn)) return;
           continue;
@@ -505,8 +791,12 @@ export class Broker implements AsyncDisposable {
   #fill(conn: Conn, need: number): boolean {
     const want = Math.max(need, HEADER_SIZE) - conn.len;
     if (conn.buf.length < conn.len + Math.max(want, 1)) {
-      const grown = new Uint8Array(Math.max(conn.buf.length * 2, conn.len + want));
+      const size = Math.max(conn.buf.length * 2, conn.len + want, CONN_BUF);
+      const grown = size === CONN_BUF
+        ? this.#bufPool.pop() ?? new Uint8Array(CONN_BUF)
+        : new Uint8Array(size);
       grown.set(conn.buf.subarray(0, conn.len));
+      this.#releaseBuf(conn);
       conn.buf = grown;
     }
     const space = conn.buf.length - conn.len;
@@ -514,7 +804,10 @@ export class Broker implements AsyncDisposable {
     const headerPhase = conn.state === State.Header && conn.len < HEADER_SIZE;
     const r = recvMsg(conn.fd, conn.buf.subarray(conn.len, conn.len + limit));
     if (typeof r === "number") {
-      if (r === -EAGAIN) return false;
+      if (r === -EAGAIN) {
+        this.#watch(conn);
+        return false;
+      }
       conn.eof = true; // ECONNRESET and friends end the request like an end of stream.
       return true;
     }
@@ -560,7 +853,12 @@ export class Broker implements AsyncDisposable {
       this.#finish(conn, badHeaderOutcome());
       return;
     }
-    if (h.cmd < Cmd.PUT || h.cmd > Cmd.DROP) {
+    if (h.cmd === Cmd.TAKEOVER && isValidHeader(h)) {
+      this.#dropReqFd(conn);
+      this.#takeoverRequest(conn);
+      return;
+    }
+    if (h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) {
       this.#dropReqFd(conn);
       this.#finish(conn, unknownCommandOutcome(h.cmd));
       return;
@@ -571,6 +869,14 @@ export class Broker implements AsyncDisposable {
       // Allow the publisher time to finish hashing its object before the digest arrives.
       const st = tryFstat(conn.reqFd);
       if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
+      // A large sealed memfd of the claimed size will be hashed at step 15 anyway: start now,
+      // on a Worker, while the client may still be computing the digest it will send.
+      if (
+        h.size > BigInt(this.#inlineHashLimit) && !isFdProblem(inspectSealedFd(conn.reqFd, h.size))
+      ) {
+        const answer = this.#hash.digest(conn.reqFd, Number(h.size));
+        if (answer instanceof Promise) conn.speculative = { fd: conn.reqFd, answer };
+      }
     }
     conn.keepAlive = (h.reserved & Flag.KEEP_ALIVE) !== 0;
     conn.handler = handle(h, this.#context(conn));
@@ -578,8 +884,14 @@ export class Broker implements AsyncDisposable {
   }
 
   #dropReqFd(conn: Conn): void {
-    if (conn.reqFd >= 0) closeQuietly(conn.reqFd);
+    const fd = conn.reqFd;
     conn.reqFd = -1;
+    if (fd < 0) return;
+    const spec = conn.speculative;
+    conn.speculative = null;
+    // A Worker may still be mapping this descriptor: close it only once that is over.
+    if (spec !== null && spec.fd === fd) void spec.answer.finally(() => closeQuietly(fd));
+    else closeQuietly(fd);
   }
 
   #resume(conn: Conn, input: StepInput): void {
@@ -598,12 +910,65 @@ export class Broker implements AsyncDisposable {
       conn.state = State.Body;
       return;
     }
+    if (step.kind === "wait") {
+      if (this.#waiters >= this.#options.maxWaiters || this.#stopping) {
+        conn.handler = null;
+        conn.step = null;
+        const rec = blankRecord(conn.header?.cmd === Cmd.STAT ? "stat" : "get", "error", null);
+        rec.name = step.name;
+        this.#finish(conn, errorOutcome(conn.header?.cmd ?? 0, Status.ERR, Text.waitQuota, rec));
+        return;
+      }
+      conn.state = State.Wait;
+      conn.waited = true;
+      const limit = this.#options.maxWaitMs;
+      conn.deadline = performance.now() + (step.ms > 0 ? Math.min(step.ms, limit) : limit);
+      let set = this.#waiting.get(step.name);
+      if (set === undefined) this.#waiting.set(step.name, set = new Set());
+      set.add(conn);
+      this.#waiters++;
+      this.#watch(conn);
+      return;
+    }
     conn.state = State.Hash;
-    this.#hash.digest(step.fd, step.size).then((answer: DigestAnswer) => {
-      if (conn.state !== State.Hash) return;
+    const spec = conn.speculative;
+    conn.speculative = null;
+    const answer = spec !== null && spec.fd === step.fd
+      ? spec.answer
+      : this.#hash.digest(step.fd, step.size);
+    if (!(answer instanceof Promise)) {
       this.#resume(conn, answer);
+      return;
+    }
+    answer.then((a: DigestAnswer) => {
+      if (conn.state !== State.Hash) return;
+      this.#resume(conn, a);
       this.#pump(conn);
     });
+  }
+
+  /** Take a connection out of the waiting lists. */
+  #unpark(conn: Conn): void {
+    const step = conn.step;
+    if (step?.kind !== "wait") return;
+    const set = this.#waiting.get(step.name);
+    if (set?.delete(conn)) {
+      this.#waiters--;
+      if (set.size === 0) this.#waiting.delete(step.name);
+    }
+  }
+
+  /** A name was published: answer everyone waiting for it. */
+  #published(name: string): void {
+    const set = this.#waiting.get(name);
+    if (set === undefined) return;
+    this.#waiting.delete(name);
+    for (const conn of set) {
+      this.#waiters--;
+      if (conn.state !== State.Wait) continue;
+      this.#resume(conn, true);
+      this.#pump(conn);
+    }
   }
 
   #finish(conn: Conn, o: Outcome): void {
@@ -612,44 +977,47 @@ export class Broker implements AsyncDisposable {
     const h = conn.header;
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
     conn.keepAlive = conn.keepAlive && inSync && !this.#stopping;
-    if (conn.keepAlive) {
-      const first = o.segments[0];
-      if (first !== undefined) {
-        new DataView(first.bytes.buffer, first.bytes.byteOffset).setUint32(
-          Off.reserved,
-          Flag.KEEP_ALIVE,
-          true,
-        );
-      }
+    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0);
+    conn.waited = false;
+    if (flags !== 0) {
+      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, flags, true);
     }
     conn.lingerLeft = h === null || inSync
       ? 0
       : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
     if (!o.auditAfterSend) this.#record(o, conn);
-    this.#reply(conn, o);
+    const shadow = this.#shadow;
+    if (shadow !== null && o.ok && (o.keptFd || o.audit.op === "drop")) {
+      this.#mirror(conn, o, shadow);
+    } else this.#reply(conn, o);
+    if (o.keptFd && o.audit.name !== null && this.#waiting.size > 0) {
+      // Reply to the publisher first, then wake the waiters.
+      this.#pump(conn);
+      this.#published(o.audit.name);
+    }
   }
 
   #reply(conn: Conn, o: Outcome): void {
     conn.outcome = o;
-    conn.segIndex = 0;
-    conn.segOff = 0;
+    conn.out = o.wire;
+    conn.outOff = 0;
     conn.replyFd = o.fd;
     conn.state = State.Send;
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#options.requestTimeoutMs;
   }
 
-  /** Send as much of the reply as possible; true when it is all out. */
+  /** Send as much of the reply as possible (one sendmsg for all of it); true when it is out. */
   #send(conn: Conn): boolean {
-    const o = conn.outcome;
-    if (o === null) return true;
-    while (conn.segIndex < o.segments.length) {
-      const seg = o.segments[conn.segIndex];
-      if (seg === undefined) break;
-      const part = conn.segOff === 0 ? seg.bytes : seg.bytes.subarray(conn.segOff);
-      const attach = conn.segIndex === 0 && conn.segOff === 0 && conn.replyFd >= 0;
+    const out = conn.out;
+    while (conn.outOff < out.length) {
+      const part = conn.outOff === 0 ? out : out.subarray(conn.outOff);
+      const attach = conn.outOff === 0 && conn.replyFd >= 0;
       const n = attach ? sendMsg(conn.fd, part, [conn.replyFd]) : sendSome(conn.fd, part);
-      if (n === -EAGAIN) return false;
+      if (n === -EAGAIN) {
+        this.#watch(conn);
+        return false;
+      }
       if (n <= 0) {
         this.#sendFailed(conn);
         return false;
@@ -658,11 +1026,7 @@ export class Broker implements AsyncDisposable {
         closeQuietly(conn.replyFd);
         conn.replyFd = -1;
       }
-      conn.segOff += n;
-      if (conn.segOff >= seg.bytes.length) {
-        conn.segIndex++;
-        conn.segOff = 0;
-      }
+      conn.outOff += n;
     }
     this.#afterSend(conn);
     return true;
@@ -671,8 +1035,17 @@ export class Broker implements AsyncDisposable {
   #sendFailed(conn: Conn): void {
     const o = conn.outcome;
     if (o !== null && o.auditAfterSend) {
-      const seg = o.segments[conn.segIndex];
-      this.#record(o, conn, { error: seg?.failText ?? "failed to send response" });
+      // Name the piece that could not be sent, as the C broker's three sends would have.
+      let end = 0;
+      let text = "failed to send response";
+      for (const seg of o.segments) {
+        end += seg.bytes.length;
+        if (conn.outOff < end) {
+          text = seg.failText ?? text;
+          break;
+        }
+      }
+      this.#record(o, conn, { error: text });
     }
     this.#close(conn);
   }
@@ -681,6 +1054,7 @@ export class Broker implements AsyncDisposable {
     const o = conn.outcome;
     if (o !== null && o.auditAfterSend) this.#record(o, conn);
     conn.outcome = null;
+    conn.out = EMPTY;
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
     conn.replyFd = -1;
     conn.served++;
@@ -714,7 +1088,10 @@ export class Broker implements AsyncDisposable {
       }
       const r = recvMsg(conn.fd, this.#scratch.subarray(0, Math.min(READ_CHUNK, conn.lingerLeft)));
       if (typeof r === "number") {
-        if (r === -EAGAIN) return;
+        if (r === -EAGAIN) {
+          this.#watch(conn);
+          return;
+        }
         conn.eof = true;
         continue;
       }
@@ -726,32 +1103,160 @@ export class Broker implements AsyncDisposable {
 
   #close(conn: Conn): void {
     if (conn.state === State.Closed) return;
+    if (conn.state === State.Wait) this.#unpark(conn);
     if (conn.state === State.Linger) this.#lingering--;
     conn.state = State.Closed;
     this.#conns.delete(conn.token);
-    if (conn.reqFd >= 0) closeQuietly(conn.reqFd);
+    this.#dropReqFd(conn);
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
-    conn.reqFd = -1;
     conn.replyFd = -1;
     conn.handler?.return(undefined as never);
     conn.handler = null;
+    this.#releaseBuf(conn);
     closeQuietly(conn.fd);
     conn.fd = -1;
   }
 
+  #releaseBuf(conn: Conn): void {
+    if (conn.buf.length === CONN_BUF && this.#bufPool.length < 64) this.#bufPool.push(conn.buf);
+    conn.buf = EMPTY;
+  }
+
+  // ---- handing over to a new broker --------------------------------------------------------
+
+  /**
+   * Hand this broker's listening socket and objects to a new broker process started with
+   * `command` (it finds both through MEMFDBUS_TAKEOVER), for an upgrade that loses nothing:
+   * accepting stops (new clients wait in the listen backlog), requests in flight finish, the
+   * new broker takes the state and starts serving, and this broker closes. Resolves true once
+   * handed over; false (and this broker serves on) when the new broker did not take over.
+   */
+  handover(command: readonly string[]): Promise<boolean> {
+    if (this.#stopping) return Promise.resolve(false);
+    return new Promise((done) => {
+      this.#handover = { command, done };
+      this.#beginStop(true);
+    });
+  }
+
+  /** A `--takeover` broker asks for this broker's socket and objects. */
+  #takeoverRequest(conn: Conn): void {
+    let uid = -1;
+    let pid = 0;
+    try {
+      const peer = peerCredentials(conn.fd);
+      uid = peer.uid;
+      pid = peer.pid;
+    } catch {
+      // Treated as a stranger below.
+    }
+    const rec = blankRecord("takeover", "forbidden", null);
+    if ((uid !== 0 && uid !== libc.symbols.geteuid()) || this.#stopping) {
+      this.#finish(conn, errorOutcome(Cmd.TAKEOVER, Status.FORBIDDEN, Text.accessDenied, rec));
+      return;
+    }
+    rec.result = "ok";
+    rec.objectId = pid;
+    this.#recordRaw(rec);
+    conn.state = State.Handover;
+    this.#handover = { conn, done: () => {} };
+    this.#beginStop(true);
+  }
+
+  /** Transfer the listener and objects; true when the new broker confirmed it is serving. */
+  #performHandover(
+    h: { command: readonly string[] } | { conn: Conn },
+  ): boolean {
+    let link: FrameConn | null = null;
+    let child: Deno.ChildProcess | null = null;
+    try {
+      if ("command" in h) {
+        const pair = new Int32Array(2);
+        check(
+          libc.symbols.socketpair(
+            AF_UNIX,
+            SOCK_STREAM | SOCK_CLOEXEC,
+            0,
+            new Uint8Array(pair.buffer),
+          ),
+          "socketpair",
+        );
+        const mine = pair[0] ?? -1;
+        const theirs = pair[1] ?? -1;
+        link = new FrameConn(mine);
+        setCloexec(this.#listenFd, false);
+        setCloexec(theirs, false);
+        const [cmd, ...args] = h.command;
+        try {
+          child = new Deno.Command(cmd ?? "", {
+            args,
+            env: { MEMFDBUS_TAKEOVER: `${this.#listenFd},${theirs}` },
+            stdin: "null",
+            stdout: "inherit",
+            stderr: "inherit",
+          }).spawn();
+        } finally {
+          setCloexec(this.#listenFd, true);
+          closeQuietly(theirs);
+        }
+      } else {
+        const conn = h.conn;
+        const reply = encodeHeader({ cmd: Cmd.TAKEOVER });
+        if (sendMsg(conn.fd, reply, [this.#listenFd]) !== reply.length) throw new Error("send");
+        link = new FrameConn(conn.fd);
+        // The connection now belongs to the link.
+        this.#conns.delete(conn.token);
+        conn.state = State.Closed;
+        conn.fd = -1;
+      }
+      setNonblocking(link.fd, true);
+      const hello = link.readBlocking(30_000);
+      if (hello[0]?.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
+      serveState(link, this.#store.values(), this.#store.nextId);
+      link.flushBlocking(30_000);
+      const ack = link.readBlocking(60_000);
+      if (ack[0]?.type !== Frame.ACK) throw new Error("no ACK from the new broker");
+      child?.unref();
+      return true;
+    } catch (e) {
+      try {
+        child?.kill("SIGTERM");
+      } catch {
+        // Already gone.
+      }
+      this.#recordRaw(blankRecord("takeover", "error", `handover failed: ${(e as Error).message}`));
+      return false;
+    } finally {
+      link?.close();
+    }
+  }
+
   // ---- stopping ----------------------------------------------------------------------------
 
-  #beginStop(): void {
+  #beginStop(handover = false): void {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#graceDeadline = performance.now() + GRACE_MS;
     this.#poller.remove(this.#listenFd);
-    closeQuietly(this.#listenFd);
-    this.#unlinkSocket();
+    if (!handover) {
+      this.#closeListener();
+      this.#unlinkSocket();
+    }
     for (const conn of [...this.#conns.values()]) {
       if (conn.state === State.Header && conn.len === 0) this.#close(conn);
+      else if (conn.state === State.Wait) {
+        // A waiting client asks again after a handover: answer as a broker that does not wait.
+        if (handover) conn.waited = false;
+        this.#expire(conn);
+      }
     }
     this.#poller.wake();
+  }
+
+  #closeListener(): void {
+    if (!this.#listenOpen) return;
+    this.#listenOpen = false;
+    closeQuietly(this.#listenFd);
   }
 
   #unlinkSocket(): void {
@@ -764,21 +1269,40 @@ export class Broker implements AsyncDisposable {
 
   #finishStopIfDone(): boolean {
     const busy = [...this.#conns.values()].some((c) =>
-      c.state !== State.Linger && !(c.state === State.Header && c.len === 0)
+      c.state !== State.Linger && c.state !== State.Handover &&
+      !(c.state === State.Header && c.len === 0)
     );
     if (busy && performance.now() < this.#graceDeadline) return false;
+    const h = this.#handover;
+    if (h !== null) {
+      this.#handover = null;
+      if (!this.#performHandover(h)) {
+        // The new broker did not take over: carry on serving.
+        if ("conn" in h) this.#close(h.conn);
+        this.#stopping = false;
+        this.#poller.add(this.#listenFd, EPOLLIN, LISTEN_TOKEN);
+        h.done(false);
+        return false;
+      }
+      h.done(true);
+    }
     this.#finishStop();
     return true;
   }
 
   #finishStop(): void {
+    this.#closeListener();
     for (const conn of [...this.#conns.values()]) this.#close(conn);
     for (const obj of this.#store.values()) closeQuietly(obj.fd);
+    this.#shadow?.close();
+    this.#shadow = null;
     this.#hash.close();
     closeQuietly(this.#reserveFd);
     this.#reserveFd = -1;
+    closeQuietly(this.#procDirFd);
     this.#flush();
     this.#poller.close();
+    inProcess.brokers--;
     this.#resolveClosed();
   }
 }
@@ -793,55 +1317,4 @@ export function raiseDescriptorLimit(): { soft: bigint; hard: bigint } {
     libc.symbols.setrlimit(RLIMIT_NOFILE, bytes);
   }
   return { soft: buf[0] ?? 0n, hard: buf[1] ?? 0n };
-}
-
-/**
- * Create, bind and listen on the broker socket, following the C broker's order and messages, but
- * refusing to take over a socket a live broker still answers on (defect D15).
- */
-function openListener(options: BrokerOptions): { fd: number; ino: bigint } {
-  const path = options.socket;
-  const fd = unixSocket(true);
-  try {
-    const addr = sockaddrUn(path);
-    if (addr === null) throw new Error(socketPathTooLong(path));
-    const st = tryLstat(path);
-    if (typeof st === "number") {
-      if (st !== ENOENT) throw errnoErrorOf("lstat", st, "lstat socket path");
-    } else {
-      if ((st.mode & S_IFMT) !== S_IFSOCK) {
-        throw new Error(`refusing to unlink non-socket path: ${path}`);
-      }
-      if (socketIsLive(addr)) {
-        throw new Error(`refusing to replace the socket of a running broker: ${path}`);
-      }
-      if (libc.symbols.unlink(cstr(path)) < 0) {
-        throw errnoErrorOf("unlink", errno(), "unlink stale socket");
-      }
-    }
-    bindUnix(fd, addr);
-    try {
-      listenUnix(fd, options.listenBacklog);
-    } catch (e) {
-      libc.symbols.unlink(cstr(path));
-      throw e;
-    }
-    const bound = tryLstat(path);
-    return { fd, ino: typeof bound === "number" ? 0n : bound.ino };
-  } catch (e) {
-    closeQuietly(fd);
-    throw e instanceof ErrnoError || e instanceof Error ? e : new Error(String(e));
-  }
-}
-
-/** True when something accepts connections on the socket at `addr`. */
-function socketIsLive(addr: Uint8Array<ArrayBuffer>): boolean {
-  const probe = unixSocket(true);
-  try {
-    const r = connectUnix(probe, addr);
-    // EAGAIN means a live listener with a full backlog.
-    return r === 0 || r === -EAGAIN;
-  } finally {
-    closeQuietly(probe);
-  }
 }

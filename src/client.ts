@@ -18,6 +18,7 @@
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import { fromUtf8, toBinary, utf8 } from "./bytes.ts";
 import { Connection, isPeerGone } from "./connection.ts";
 import { DigestBuilder, digestBytes } from "./digest.ts";
@@ -56,6 +57,12 @@ export interface ClientOptions {
   readonly timeoutMs?: number;
   /** Reuse a connection for several requests where the broker allows it (default true). */
   readonly keepAlive?: boolean;
+  /**
+   * Microseconds a reply may be awaited on the calling thread before waiting off-thread
+   * (default 250). A broker usually answers within that, and waiting here saves a thread hop;
+   * the caller's event loop is never held longer than this per receive. 0 disables it.
+   */
+  readonly syncWaitUs?: number;
 }
 
 /** Which object: an id, `{ id }`, or `{ name }` for the newest object with that name. */
@@ -88,6 +95,32 @@ export interface PutOptions extends JobOption {
 export interface GetOptions extends JobOption {
   /** Recompute the digest of what arrived and fail on a mismatch (costs one pass over it). */
   readonly verify?: boolean;
+  /**
+   * By name only: if nothing has that name yet, wait up to this many milliseconds (true: as long
+   * as the broker allows) for it to be published. The broker answers as soon as it is; a broker
+   * without the extension (the C one) is asked again with a growing pause instead.
+   */
+  readonly wait?: number | boolean;
+}
+
+/** What {@link Client.stat} reports about an object. */
+export interface ObjectStat {
+  /** Object id. */
+  readonly id: bigint;
+  /** Name. */
+  readonly name: string;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Digest string. */
+  readonly digest: string;
+  /** Owner job, or null. */
+  readonly owner: string | null;
+  /** Allowed job, or null. */
+  readonly allowed: string | null;
+  /** When it was published (CLOCK_REALTIME ns), or null when the broker cannot say. */
+  readonly createdNs: bigint | null;
+  /** Its seals (F_GET_SEALS bits), or null when unknown. */
+  readonly seals: number | null;
 }
 
 /**
@@ -143,6 +176,9 @@ export interface DropResult {
   /** Its size. */
   readonly size: number;
 }
+
+/** How long `wait: true` may take on the client's side (the broker's own limit usually ends it first). */
+const WAIT_FOREVER_MS = 7 * 24 * 3_600_000;
 
 /** The default per-request timeout. */
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -314,6 +350,7 @@ export class Client implements AsyncDisposable, Disposable {
   readonly #jobId: string | null;
   readonly #timeoutMs: number;
   readonly #keepAlive: boolean;
+  readonly #syncWaitUs: number;
   readonly #idle: Connection[] = [];
   #closed = false;
 
@@ -328,6 +365,7 @@ export class Client implements AsyncDisposable, Disposable {
     if (this.#jobId !== null) jobBytesOf(this.#jobId, "job id");
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#keepAlive = options.keepAlive ?? true;
+    this.#syncWaitUs = options.syncWaitUs ?? 250;
   }
 
   /** The socket path. */
@@ -376,20 +414,68 @@ export class Client implements AsyncDisposable, Disposable {
       : nameBytesOf(nameOption);
 
     const label = nameOption ?? "memfdbus";
-    const prepared = await prepareSealed(source, label);
+    const prepared = await prepareSealed(source, label, early !== null);
     try {
-      const nameBytes = early ?? utf8(prepared.digest);
+      if (early !== null && prepared.digest === null && prepared.size >= EARLY_SEND_MIN) {
+        return await this.#putEarly(prepared, early, job, allow);
+      }
+      const digest = prepared.digest ?? await digestFdSliced(prepared.fd, prepared.size);
+      const nameBytes = early ?? utf8(digest);
       const id = await this.putSealed(prepared.fd, {
         size: prepared.size,
-        digest: prepared.digest,
+        digest,
         name: nameBytes,
         job,
         allow,
       });
-      return { id, size: prepared.size, digest: prepared.digest, name: fromUtf8(nameBytes) };
+      return { id, size: prepared.size, digest, name: fromUtf8(nameBytes) };
     } finally {
       prepared.release();
     }
+  }
+
+  /**
+   * PUT of a large object whose digest is not known yet: the header, descriptor and name go out
+   * as soon as the memfd is sealed, so the broker can start verifying the sealed memfd while
+   * this side computes the digest it then sends. The bytes on the wire are those of a plain
+   * PUT; only their timing differs (a C broker simply waits for the digest).
+   */
+  async #putEarly(
+    prepared: Prepared,
+    name: Uint8Array,
+    job: Uint8Array,
+    allow: Uint8Array,
+  ): Promise<PutResult> {
+    const header = encodeHeader({
+      cmd: Cmd.PUT,
+      jobLen: job.length,
+      size: BigInt(prepared.size),
+      nameLen: name.length,
+      textLen: DIGEST_LEN,
+      allowLen: allow.length,
+    });
+    let digest: string | null = null;
+    const reply = await this.#request(
+      [[header, "send put request"], [name, "send object name"]],
+      [prepared.fd],
+      this.#timeoutMs + prepared.size * PUT_MS_PER_BYTE,
+      async () => {
+        digest ??= await digestFdSliced(prepared.fd, prepared.size);
+        return [
+          [utf8(digest), "send object digest"],
+          [job, "send job id"],
+          [allow, "send allowed job id"],
+        ];
+      },
+    );
+    closeAll(reply.reply.fds);
+    reply.done();
+    return {
+      id: reply.reply.header.objectId,
+      size: prepared.size,
+      digest: digest ?? "",
+      name: fromUtf8(name),
+    };
   }
 
   /**
@@ -443,16 +529,44 @@ export class Client implements AsyncDisposable, Disposable {
   async get(selector: Selector, options: GetOptions = {}): Promise<BusObject> {
     const { id, name } = selectorParts(selector);
     const job = this.#job(options);
+    const waitMs = waitOption(options.wait, id);
+    if (waitMs === null) return await this.#getOnce(id, name, job, options, null);
+    const deadline = performance.now() + (waitMs === 0 ? WAIT_FOREVER_MS : waitMs);
+    let pause = 50;
+    for (;;) {
+      try {
+        return await this.#getOnce(id, name, job, options, waitMs);
+      } catch (e) {
+        // A broker that honoured the wait sets the bit in its reply: its "not found" is final.
+        if (
+          !(e instanceof BrokerError) || e.status !== Status.NOT_FOUND ||
+          (e.flags & Flag.WAIT) !== 0 || performance.now() + pause > deadline
+        ) throw e;
+      }
+      await new Promise((r) => setTimeout(r, pause));
+      pause = Math.min(pause * 2, 1000);
+    }
+  }
+
+  async #getOnce(
+    id: bigint,
+    name: Uint8Array,
+    job: Uint8Array,
+    options: GetOptions,
+    waitMs: number | null,
+  ): Promise<BusObject> {
     const header = encodeHeader({
       cmd: Cmd.GET,
       objectId: id,
       nameLen: name.length,
       jobLen: job.length,
+      size: BigInt(waitMs ?? 0),
+      reserved: waitMs === null ? 0 : Flag.WAIT,
     });
     const r = await this.#request(
       [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
       [],
-      this.#timeoutMs,
+      this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
     );
     const { header: h, fds } = r.reply;
     const fd = fds.shift() ?? -1;
@@ -495,6 +609,83 @@ export class Client implements AsyncDisposable, Disposable {
       r.fail();
       throw e;
     }
+  }
+
+  // ---- STAT --------------------------------------------------------------------------------
+
+  /**
+   * Describe an object: size, digest, seals, owner, allowed job and publication time. A broker
+   * without the STAT extension is answered from a GET and a LIST (no publication time).
+   */
+  async stat(selector: Selector, options: GetOptions = {}): Promise<ObjectStat> {
+    const { id, name } = selectorParts(selector);
+    const job = this.#job(options);
+    const waitMs = waitOption(options.wait, id);
+    const header = encodeHeader({
+      cmd: Cmd.STAT,
+      objectId: id,
+      nameLen: name.length,
+      jobLen: job.length,
+      size: BigInt(waitMs ?? 0),
+      reserved: waitMs === null ? 0 : Flag.WAIT,
+    });
+    let r;
+    try {
+      r = await this.#request(
+        [[header, "send stat request"], [name, "send object name"], [job, "send job id"]],
+        [],
+        this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
+      );
+    } catch (e) {
+      if (
+        e instanceof BrokerError && e.status === Status.BAD_REQUEST && e.text === "unknown command"
+      ) {
+        return await this.#statFallback(selector, options);
+      }
+      throw e;
+    }
+    closeAll(r.reply.fds);
+    try {
+      const body = await r.conn.recvExact(
+        r.reply.header.textLen,
+        performance.now() + this.#timeoutMs,
+        "receive stat",
+      );
+      closeAll(body.fds);
+      r.done();
+      const text = fromUtf8(body.bytes);
+      const v = JSON.parse(text) as Record<string, unknown>;
+      const created = /"created_ns":(\d+)/.exec(text)?.[1];
+      return {
+        id: r.reply.header.objectId,
+        name: String(v.name),
+        size: Number(r.reply.header.size),
+        digest: String(v.digest),
+        owner: v.owner === null ? null : String(v.owner),
+        allowed: v.allowed === null ? null : String(v.allowed),
+        createdNs: created === undefined ? null : BigInt(created),
+        seals: typeof v.seals === "number" ? v.seals : null,
+      };
+    } catch (e) {
+      r.fail();
+      throw e;
+    }
+  }
+
+  async #statFallback(selector: Selector, options: GetOptions): Promise<ObjectStat> {
+    using obj = await this.get(selector, options);
+    const seals = libc.symbols.fcntl(obj.fd, F_GET_SEALS, 0);
+    const entry = (await this.list(options)).find((e) => e.id === obj.id);
+    return {
+      id: obj.id,
+      name: obj.name,
+      size: obj.size,
+      digest: obj.digest,
+      owner: entry?.owner ?? null,
+      allowed: entry?.allowed ?? null,
+      createdNs: null,
+      seals: seals < 0 ? null : seals,
+    };
   }
 
   // ---- LIST --------------------------------------------------------------------------------
@@ -567,25 +758,28 @@ export class Client implements AsyncDisposable, Disposable {
     parts: ReadonlyArray<readonly [Uint8Array, string]>,
     fds: readonly number[],
     timeoutMs: number,
+    rest?: () => Promise<ReadonlyArray<readonly [Uint8Array, string]>>,
   ): Promise<{ conn: Connection; reply: Reply; done: () => void; fail: () => void }> {
     if (this.#closed) throw new TypeError("Client is closed");
     const reused = this.#idle.pop();
     try {
       return await this.#attempt(
-        reused ?? await Connection.connect(this.#socket, timeoutMs),
+        reused ?? await Connection.connect(this.#socket, timeoutMs, this.#syncWaitUs),
         parts,
         fds,
         timeoutMs,
+        rest,
       );
     } catch (e) {
       // A kept-alive connection the broker closed meanwhile: retry once on a fresh one. The
       // broker only closes idle connections, so the request was never processed.
       if (reused === undefined || !(e instanceof StaleConnection)) throw unwrapStale(e);
       return await this.#attempt(
-        await Connection.connect(this.#socket, timeoutMs),
+        await Connection.connect(this.#socket, timeoutMs, this.#syncWaitUs),
         parts,
         fds,
         timeoutMs,
+        rest,
       )
         .catch((e2) => Promise.reject(unwrapStale(e2)));
     }
@@ -596,17 +790,20 @@ export class Client implements AsyncDisposable, Disposable {
     parts: ReadonlyArray<readonly [Uint8Array, string]>,
     fds: readonly number[],
     timeoutMs: number,
+    rest?: () => Promise<ReadonlyArray<readonly [Uint8Array, string]>>,
   ): Promise<{ conn: Connection; reply: Reply; done: () => void; fail: () => void }> {
     const deadline = performance.now() + timeoutMs;
     const first = parts[0]?.[0];
     if (first !== undefined && this.#keepAlive) {
-      new DataView(first.buffer, first.byteOffset).setUint32(44, Flag.KEEP_ALIVE, true);
+      const v = new DataView(first.buffer, first.byteOffset);
+      v.setUint32(44, v.getUint32(44, true) | Flag.KEEP_ALIVE, true);
     }
     let reply: Reply;
     try {
       let sendError: unknown = null;
       try {
         await sendParts(conn, parts, fds, deadline);
+        if (rest !== undefined) await sendParts(conn, await rest(), [], deadline);
       } catch (e) {
         if (!isPeerGone(e)) throw e;
         sendError = e;
@@ -699,9 +896,20 @@ async function readReply(conn: Connection, deadline: number): Promise<Reply> {
       closeAll(t.fds);
       text = fromUtf8(t.bytes);
     }
-    throw new BrokerError(header.status, text);
+    const error = new BrokerError(header.status, text);
+    error.flags = header.reserved;
+    throw error;
   }
   return { header, fds: chunk.fds };
+}
+
+/** The wait of a GET option in ms (0: the broker's limit), or null for no waiting. */
+function waitOption(wait: number | boolean | undefined, id: bigint): number | null {
+  if (wait === undefined || wait === false) return null;
+  if (id !== 0n) throw new TypeError("wait needs a name selector");
+  if (wait === true) return 0;
+  if (!Number.isSafeInteger(wait) || wait <= 0) throw new RangeError(`Invalid wait "${wait}"`);
+  return wait;
 }
 
 function selectorParts(selector: Selector): { id: bigint; name: Uint8Array } {
@@ -745,17 +953,39 @@ export function parseList(text: string): ListEntry[] {
 interface Prepared {
   readonly fd: number;
   readonly size: number;
-  readonly digest: string;
+  /** Known when it was cheapest to hash during the copy; else null (hash the memfd later). */
+  readonly digest: string | null;
   release(): void;
 }
 
+/** Objects at least this large are sent early and hashed while the broker verifies them. */
+export const EARLY_SEND_MIN = 4 << 20;
+const HASH_SLICE_BYTES = 8 << 20;
+
 /**
- * Turn a PUT source into a sealed memfd with its size and digest. The bytes are copied once
- * (kernel-side for descriptors) and hashed once.
+ * The digest of a descriptor's first `size` bytes, hashed through a read-only mapping in
+ * slices, yielding to the event loop between slices so a large object never freezes it.
+ */
+export async function digestFdSliced(fd: number, size: number): Promise<string> {
+  using map = ReadOnlyMapping.of(fd, size, "mmap object");
+  const hash = new DigestBuilder();
+  const bytes = map.bytes;
+  for (let off = 0; off < size; off += HASH_SLICE_BYTES) {
+    hash.update(bytes.subarray(off, off + HASH_SLICE_BYTES));
+    if (off + HASH_SLICE_BYTES < size) await new Promise((r) => setImmediate(r));
+  }
+  return hash.digest();
+}
+
+/**
+ * Turn a PUT source into a sealed memfd. The bytes are copied once (kernel-side for
+ * descriptors). Bytes and streams are hashed during the copy, unless `deferHash` asks to leave
+ * a large object's digest for later (digest null), which lets it be sent early.
  */
 export async function prepareSealed(
   source: PutSource,
   label: string | Uint8Array,
+  deferHash = false,
 ): Promise<Prepared> {
   if (source instanceof Memfd) return prepareFromFd(source.fd, label, false);
   if (typeof source === "string") {
@@ -767,27 +997,33 @@ export async function prepareSealed(
       closeQuietly(fd);
     }
   }
-  if (source instanceof Uint8Array) return prepareFromBytes([source], label);
+  if (source instanceof Uint8Array) {
+    return prepareFromBytes([source], label, !(deferHash && source.length >= EARLY_SEND_MIN));
+  }
   if (source instanceof ReadableStream) return await prepareFromStream(source, label);
   return prepareFromFd(source.fd, label, source.fromCurrentOffset ?? false);
 }
 
-function sealedResult(memfd: Memfd, size: number, digest: string): Prepared {
+function sealedResult(memfd: Memfd, size: number, digest: string | null): Prepared {
   memfd.seal();
   return { fd: memfd.fd, size, digest, release: () => memfd.close() };
 }
 
-function prepareFromBytes(chunks: Iterable<Uint8Array>, label: string | Uint8Array): Prepared {
+function prepareFromBytes(
+  chunks: Iterable<Uint8Array>,
+  label: string | Uint8Array,
+  hashNow: boolean,
+): Prepared {
   const memfd = Memfd.create(memfdLabel(label));
   try {
-    const hash = new DigestBuilder();
+    const hash = hashNow ? new DigestBuilder() : null;
     let size = 0;
     for (const chunk of chunks) {
       memfd.writeAll(chunk);
-      hash.update(chunk);
+      hash?.update(chunk);
       size += chunk.length;
     }
-    return sealedResult(memfd, size, hash.digest());
+    return sealedResult(memfd, size, hash === null ? null : hash.digest());
   } catch (e) {
     memfd.close();
     throw e;
@@ -824,10 +1060,7 @@ function prepareFromFd(
   if (isRegular(st.mode)) {
     const seals = libc.symbols.fcntl(fd, F_GET_SEALS, 0);
     if (seals >= 0 && (seals & SEALS_IMMUTABLE) === SEALS_IMMUTABLE) {
-      const size = Number(st.size);
-      using map = ReadOnlyMapping.of(fd, size);
-      const digest = digestBytes(map.bytes);
-      return { fd, size, digest, release: () => {} };
+      return { fd, size: Number(st.size), digest: null, release: () => {} };
     }
   }
   const memfd = Memfd.create(memfdLabel(label));
@@ -839,9 +1072,7 @@ function prepareFromFd(
       fromCurrentOffset || !isRegular(st.mode) ? undefined : 0,
     );
     memfd.seal();
-    using map = ReadOnlyMapping.of(memfd.fd, copy.bytes);
-    const digest = digestBytes(map.bytes);
-    return { fd: memfd.fd, size: copy.bytes, digest, release: () => memfd.close() };
+    return { fd: memfd.fd, size: copy.bytes, digest: null, release: () => memfd.close() };
   } catch (e) {
     memfd.close();
     throw e;

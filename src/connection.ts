@@ -6,8 +6,9 @@
  */
 
 import { ErrnoError, TimeoutError } from "./errors.ts";
-import { closeQuietly, errnoErrorOf } from "./ffi.ts";
-import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT } from "./linux.ts";
+import { closeQuietly, errnoErrorOf, libc } from "./ffi.ts";
+import { inProcess } from "./inprocess.ts";
+import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT, POLLIN } from "./linux.ts";
 import { waitReady } from "./reactor.ts";
 import {
   closeAll,
@@ -47,10 +48,18 @@ export class SocketPathError extends Error {
 export class Connection implements Disposable {
   #fd: number;
   readonly #timeoutMs: number;
+  readonly #syncWaitUs: number;
+  // Read-ahead: one recvmsg usually brings a whole reply.
+  #rbuf: Uint8Array = bufferPool.pop() ?? new Uint8Array(READ_AHEAD);
+  #rstart = 0;
+  #rend = 0;
+  #rfds: number[] = [];
 
-  private constructor(fd: number, timeoutMs: number) {
+  /** Wrap a connected descriptor. */
+  private constructor(fd: number, timeoutMs: number, syncWaitUs: number) {
     this.#fd = fd;
     this.#timeoutMs = timeoutMs;
+    this.#syncWaitUs = syncWaitUs;
   }
 
   /** The socket descriptor (-1 once closed). */
@@ -63,17 +72,25 @@ export class Connection implements Disposable {
    *
    * @param path the socket path
    * @param timeoutMs the request timeout, from which every deadline of this connection derives
+   * @param syncWaitUs how long a receive may wait on the calling thread before it waits
+   *   off-thread (a short blocking wait saves a thread hop when the broker answers quickly)
    */
-  static async connect(path: string, timeoutMs: number): Promise<Connection> {
+  static async connect(path: string, timeoutMs: number, syncWaitUs = 0): Promise<Connection> {
     const deadline = performance.now() + timeoutMs;
-    const addr = sockaddrUn(path);
-    if (addr === null) throw new SocketPathError(path);
+    let addr = addresses.get(path);
+    if (addr === undefined) {
+      const encoded = sockaddrUn(path);
+      if (encoded === null) throw new SocketPathError(path);
+      if (addresses.size > 32) addresses.clear();
+      addresses.set(path, encoded);
+      addr = encoded;
+    }
     const fd = unixSocket(true);
     try {
       let backoff = 1;
       for (;;) {
         const r = connectUnix(fd, addr);
-        if (r === 0) return new Connection(fd, timeoutMs);
+        if (r === 0) return new Connection(fd, timeoutMs, syncWaitUs);
         if (r !== -EAGAIN) throw errnoErrorOf("connect", -r);
         const left = deadline - performance.now();
         if (left <= 0) throw new TimeoutError("connect", timeoutMs);
@@ -127,25 +144,54 @@ export class Connection implements Disposable {
     }
   }
 
+  /** Wait on this thread (bounded by the sync wait); true when the socket became readable. */
+  #waitHere(deadline: number): boolean {
+    if (this.#syncWaitUs <= 0 || inProcess.brokers > 0) return false;
+    const us = Math.min(this.#syncWaitUs, Math.max(0, (deadline - performance.now()) * 1000));
+    if (us <= 0) return false;
+    pollView.setInt32(0, this.#live(), true);
+    pollView.setInt16(4, POLLIN, true);
+    pollView.setInt16(6, 0, true);
+    timespec[0] = BigInt(Math.floor(us / 1e6));
+    timespec[1] = BigInt(Math.floor((us % 1e6) * 1000));
+    return libc.symbols.ppoll(pollBuf, 1n, timespecBytes, null) > 0;
+  }
+
   /**
    * Receive exactly `length` bytes. End of stream before that is ECONNRESET, like the C client.
    * Descriptors that arrive are collected and returned.
    */
   async recvExact(length: number, deadline: number, what: string): Promise<Chunk> {
     const bytes = new Uint8Array(length);
-    const fds: number[] = [];
-    let off = 0;
+    const fds: number[] = this.#rfds;
+    this.#rfds = [];
+    let off = Math.min(length, this.#rend - this.#rstart);
+    if (off > 0) {
+      bytes.set(this.#rbuf.subarray(this.#rstart, this.#rstart + off));
+      this.#rstart += off;
+    }
     try {
       while (off < length) {
-        const r = recvMsg(this.#live(), off === 0 ? bytes : bytes.subarray(off));
+        // Small remainders go through the read-ahead buffer, large ones straight into place.
+        const direct = length - off >= this.#rbuf.length;
+        const target = direct ? bytes.subarray(off) : this.#rbuf;
+        const r = recvMsg(this.#live(), target);
         if (typeof r === "number") {
           if (r !== -EAGAIN) throw errnoErrorOf("recvmsg", -r, what);
-          await this.#wait(EPOLLIN, deadline, what);
+          if (!this.#waitHere(deadline)) await this.#wait(EPOLLIN, deadline, what);
           continue;
         }
         fds.push(...r.fds);
         if (r.bytes === 0) throw errnoErrorOf("recvmsg", ECONNRESET, what);
-        off += r.bytes;
+        if (direct) {
+          off += r.bytes;
+          continue;
+        }
+        const take = Math.min(r.bytes, length - off);
+        bytes.set(this.#rbuf.subarray(0, take), off);
+        off += take;
+        this.#rstart = take;
+        this.#rend = r.bytes;
       }
     } catch (e) {
       closeAll(fds);
@@ -154,11 +200,16 @@ export class Connection implements Disposable {
     return { bytes, fds };
   }
 
-  /** Close the socket. Safe to call more than once. */
+  /** Close the socket (and any descriptor received but not handed out). Safe to call twice. */
   close(): void {
     const fd = this.#fd;
     if (fd < 0) return;
     this.#fd = -1;
+    closeAll(this.#rfds);
+    this.#rfds = [];
+    if (bufferPool.length < 8) bufferPool.push(this.#rbuf);
+    this.#rbuf = new Uint8Array(0);
+    this.#rstart = this.#rend = 0;
     closeQuietly(fd);
   }
 
@@ -167,6 +218,14 @@ export class Connection implements Disposable {
     this.close();
   }
 }
+
+const READ_AHEAD = 4096;
+const bufferPool: Uint8Array[] = [];
+const addresses = new Map<string, Uint8Array<ArrayBuffer>>();
+const pollBuf = new Uint8Array(8);
+const pollView = new DataView(pollBuf.buffer);
+const timespec = new BigInt64Array(2);
+const timespecBytes = new Uint8Array(timespec.buffer);
 
 /** True for the send errors after which a reply may still be waiting (defect D1). */
 export function isPeerGone(e: unknown): boolean {

@@ -88,6 +88,8 @@ export class BrokerError extends Error {
   readonly status: number;
   /** The error text the broker sent, possibly empty. */
   readonly text: string;
+  /** Extension bits of the reply header's reserved field (see `Flag`). */
+  flags = 0;
 
   /**
    * Wrap a non-zero reply status and its text.

@@ -26,6 +26,8 @@ const symbols = {
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
   /** int open(const char *path, int flags, mode_t mode) */
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  /** int openat(int dirfd, const char *path, int flags, mode_t mode) */
+  openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   /** int close(int fd) */
   close: { parameters: ["i32"], result: "i32" },
   /** ssize_t read(int fd, void *buf, size_t count) */
@@ -40,6 +42,8 @@ const symbols = {
   lseek: { name: "lseek64", parameters: ["i32", "i64", "i32"], result: "i64" },
   /** int ftruncate64(int fd, off64_t length) */
   ftruncate: { name: "ftruncate64", parameters: ["i32", "i64"], result: "i32" },
+  /** int chmod(const char *path, mode_t mode) */
+  chmod: { parameters: ["buffer", "u32"], result: "i32" },
   /** int fchmod(int fd, mode_t mode) */
   fchmod: { parameters: ["i32", "u32"], result: "i32" },
   /** int unlink(const char *path) */
@@ -91,6 +95,10 @@ const symbols = {
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** ssize_t recv(int fd, void *buf, size_t len, int flags) */
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  /** int getsockname(int fd, struct sockaddr *addr, socklen_t *len) */
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /** int socketpair(int domain, int type, int protocol, int sv[2]) */
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   /** int shutdown(int fd, int how) */
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   /** int getsockopt(int fd, int level, int name, void *val, socklen_t *len) */
@@ -113,6 +121,8 @@ const symbols = {
   },
   /** int eventfd(unsigned int initval, int flags) */
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  /** int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout, const sigset_t *mask) */
+  ppoll: { parameters: ["buffer", "u64", "buffer", "pointer"], result: "i32" },
   /** int poll(struct pollfd *fds, nfds_t n, int timeout) */
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 
@@ -138,6 +148,29 @@ const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  /** pid_t setsid(void) */
+  setsid: { parameters: [], result: "i32" },
+  /** pid_t waitpid(pid_t pid, int *status, int options), blocking the calling thread */
+  waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  /** int posix_spawnattr_init(posix_spawnattr_t *attr) */
+  posix_spawnattr_init: { parameters: ["buffer"], result: "i32" },
+  /** int posix_spawnattr_destroy(posix_spawnattr_t *attr) */
+  posix_spawnattr_destroy: { parameters: ["buffer"], result: "i32" },
+  /** int posix_spawnattr_setflags(posix_spawnattr_t *attr, short flags) */
+  posix_spawnattr_setflags: { parameters: ["buffer", "i16"], result: "i32" },
+  /** int posix_spawnattr_setsigdefault(posix_spawnattr_t *attr, const sigset_t *sigdefault) */
+  posix_spawnattr_setsigdefault: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** int posix_spawnattr_setsigmask(posix_spawnattr_t *attr, const sigset_t *sigmask) */
+  posix_spawnattr_setsigmask: { parameters: ["buffer", "buffer"], result: "i32" },
+  /** int sigemptyset(sigset_t *set) */
+  sigemptyset: { parameters: ["buffer"], result: "i32" },
+  /** int sigaddset(sigset_t *set, int signum) */
+  sigaddset: { parameters: ["buffer", "i32"], result: "i32" },
+  /**
+   * extern char **environ. A static: the symbol's value is the address of the variable, so
+   * reading the pointer stored there gives the current environment block (setenv may move it).
+   */
+  environ: { type: "pointer" },
   /** pid_t getpid(void) */
   getpid: { parameters: [], result: "i32" },
   /** uid_t geteuid(void) */

@@ -66,9 +66,12 @@ export class HashPool {
     return this.#pending.size;
   }
 
-  /** Digest `size` bytes of `fd`. The descriptor must stay open until the promise settles. */
-  digest(fd: number, size: number): Promise<HashOutcome> {
-    if (size <= this.#inlineLimit || this.#closed) return Promise.resolve(digestOrError(fd, size));
+  /**
+   * Digest `size` bytes of `fd`: small objects at once (a plain value), large ones on a Worker
+   * (a promise). The descriptor must stay open until the promise settles.
+   */
+  digest(fd: number, size: number): HashOutcome | Promise<HashOutcome> {
+    if (size <= this.#inlineLimit || this.#closed) return digestOrError(fd, size);
     const job: HashJob = { id: this.#nextId++, fd, size };
     return new Promise<HashOutcome>((resolve) => {
       this.#pending.set(job.id, { resolve });

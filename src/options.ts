@@ -5,6 +5,7 @@
  */
 
 import { UsageError } from "./errors.ts";
+import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "./wire.ts";
 
 /** The socket every command uses unless told otherwise. */
@@ -36,6 +37,18 @@ export interface BrokerOptions {
   requestTimeoutMs: number;
   /** Time a kept-alive connection may sit idle between requests (ms). */
   idleTimeoutMs: number;
+  /** Longest a GET --wait may be parked (ms). */
+  maxWaitMs: number;
+  /** Most GET --wait requests parked at once. */
+  maxWaiters: number;
+  /** Permission bits of the socket file (--socket-mode, octal; 0600 by default). */
+  socketMode: number;
+  /** Add the peer's pid, uid and gid to every audit record (--audit-peer). */
+  auditPeer: boolean;
+  /** Identity policy (--policy FILE, --require-job, --protect-names). */
+  policy: IdentityPolicy;
+  /** The shadow's socket path (--shadow), or null for no shadow. */
+  shadow: string | null;
 }
 
 /** The defaults of the C broker, plus this broker's timeouts. */
@@ -51,7 +64,19 @@ export function defaultBrokerOptions(): BrokerOptions {
     maxClients: 128,
     requestTimeoutMs: 10_000,
     idleTimeoutMs: 60_000,
+    maxWaitMs: 3_600_000,
+    maxWaiters: 1024,
+    socketMode: 0o600,
+    auditPeer: false,
+    policy: OPEN_POLICY,
+    shadow: null,
   };
+}
+
+/** Parse an octal permission value such as `0600` or `660`. */
+export function parseMode(flag: string, value: string): number {
+  if (!/^0?[0-7]{3}$/.test(value)) throw new UsageError(`invalid ${flag}: ${value}`);
+  return parseInt(value, 8);
 }
 
 /**
@@ -84,7 +109,32 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--max-clients": num(U64_MAX, (o, n) => (o.maxClients = n)),
   "--request-timeout-ms": num(INT_MAX, (o, n) => (o.requestTimeoutMs = n)),
   "--idle-timeout-ms": num(INT_MAX, (o, n) => (o.idleTimeoutMs = n)),
+  "--max-wait-ms": num(INT_MAX, (o, n) => (o.maxWaitMs = n)),
+  "--max-waiters": num(INT_MAX, (o, n) => (o.maxWaiters = n)),
+  "--socket-mode": (o, v, f) => (o.socketMode = parseMode(f, v)),
+  "--shadow": (o, v) => (o.shadow = v),
+  // Files are read by the command before parsing; here their values are only skipped.
+  "--config": () => {},
+  "--policy": () => {},
 };
+
+/** Flags without a value. */
+const SWITCHES: Readonly<Record<string, (o: BrokerOptions) => void>> = {
+  "--audit-peer": (o) => (o.auditPeer = true),
+  "--protect-names": (o) => (o.policy = { ...o.policy, protectNames: true }),
+  "--require-job": (o) => (o.policy = { ...o.policy, requireJob: true }),
+};
+
+/** The value of the last occurrence of a flag that takes a value, if any. */
+export function lastFlagValue(args: readonly string[], flag: string): string | undefined {
+  let value: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === flag) value = args[i + 1];
+    if (a !== undefined && (Object.hasOwn(FLAGS, a))) i++;
+  }
+  return value;
+}
 
 /**
  * Parse the arguments after `broker`. Flags may repeat (the last wins); the first bad one ends
@@ -97,6 +147,11 @@ export function parseBrokerArgs(
   const o = { ...base };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] ?? "";
+    const toggle = Object.hasOwn(SWITCHES, arg) ? SWITCHES[arg] : undefined;
+    if (toggle !== undefined) {
+      toggle(o);
+      continue;
+    }
     const set = Object.hasOwn(FLAGS, arg) ? FLAGS[arg] : undefined;
     if (set === undefined) throw new UsageError(`unexpected argument: ${arg}`);
     const value = args[i + 1];

@@ -28,3 +28,78 @@ export function visible(obj: Owned, caller: string | null): boolean {
 export function droppable(obj: Owned, caller: string | null): boolean {
   return obj.owner === null || caller === null || obj.owner === caller;
 }
+
+/** Which peers may claim a job id: any listed uid or any listed gid. */
+export interface JobBinding {
+  /** User ids allowed to claim the job. */
+  readonly uids: readonly number[];
+  /** Group ids allowed to claim the job. */
+  readonly gids: readonly number[];
+}
+
+/**
+ * Identity rules beyond protocol v1, all off by default: job ids bound to kernel-reported
+ * credentials, a job required on every request, and names reserved for their first publisher.
+ */
+export interface IdentityPolicy {
+  /** Refuse requests that carry no job id. */
+  readonly requireJob: boolean;
+  /** Job id (binary string) to the credentials allowed to claim it; unlisted jobs are open. */
+  readonly jobs: ReadonlyMap<string, JobBinding>;
+  /** Once a job has published under a name, only that job may publish newer versions. */
+  readonly protectNames: boolean;
+}
+
+/** The policy of protocol v1: nothing beyond the claimed job id. */
+export const OPEN_POLICY: IdentityPolicy = {
+  requireJob: false,
+  jobs: new Map(),
+  protectNames: false,
+};
+
+/** The texts of identity refusals (status 4, FORBIDDEN). */
+export const PolicyText = {
+  jobRequired: "job id required by broker policy",
+  jobNotPermitted: "job id not permitted for this peer",
+  nameOwned: "object name is owned by another job",
+} as const;
+
+/** A peer's identity as the kernel reports it (SO_PEERCRED). */
+export interface PeerIdentity {
+  /** User id. */
+  readonly uid: number;
+  /** Group id. */
+  readonly gid: number;
+}
+
+/**
+ * Check a caller's claimed job against the policy. Returns the refusal text, or null when the
+ * claim is acceptable. A bound job needs a peer whose uid or gid is listed; without known
+ * credentials a bound job is refused.
+ */
+export function checkJobClaim(
+  policy: IdentityPolicy,
+  job: string | null,
+  peer: PeerIdentity | undefined,
+): string | null {
+  if (job === null) return policy.requireJob ? PolicyText.jobRequired : null;
+  const binding = policy.jobs.get(job);
+  if (binding === undefined) return null;
+  if (peer !== undefined && (binding.uids.includes(peer.uid) || binding.gids.includes(peer.gid))) {
+    return null;
+  }
+  return PolicyText.jobNotPermitted;
+}
+
+/**
+ * With name protection: may `publisher` add a version under a name whose oldest stored version
+ * is owned by `nameOwner` (undefined: no version stored)? An unowned name stays open.
+ */
+export function mayPublishName(
+  policy: IdentityPolicy,
+  nameOwner: string | null | undefined,
+  publisher: string | null,
+): boolean {
+  if (!policy.protectNames || nameOwner === undefined || nameOwner === null) return true;
+  return nameOwner === publisher;
+}

@@ -119,9 +119,13 @@ export class Poller implements Disposable {
     return out;
   }
 
-  /** Collect ready events without blocking. */
-  poll(out: PollEvent[] = []): PollEvent[] {
-    const n = libc.symbols.epoll_wait(this.#epfd, this.#syncBuf, this.#capacity, 0);
+  /**
+   * Collect ready events on the calling thread, waiting up to `timeoutMs` (0: not at all). A
+   * positive timeout blocks the JavaScript thread; only a process that has nothing else to do
+   * meanwhile should use one.
+   */
+  poll(out: PollEvent[] = [], timeoutMs = 0): PollEvent[] {
+    const n = libc.symbols.epoll_wait(this.#epfd, this.#syncBuf, this.#capacity, timeoutMs);
     return this.#collect(this.#syncView, Math.max(n, 0), out);
   }
 

@@ -17,6 +17,7 @@ interface Waiter {
   timer: ReturnType<typeof setTimeout> | undefined;
 }
 
+const MAX_TIMER_MS = 2_147_483_647;
 let poller: Poller | null = null;
 const waiters = new Map<number, Waiter>();
 let looping = false;
@@ -68,14 +69,22 @@ export function waitReady(
       return;
     }
     if (Number.isFinite(timeoutMs)) {
-      w.timer = setTimeout(() => {
+      // setTimeout takes at most 2^31-1 ms; longer waits re-arm until the deadline.
+      const deadline = performance.now() + timeoutMs;
+      const fire = (): void => {
         if (waiters.get(fd) !== w) return;
+        const left = deadline - performance.now();
+        if (left > 1) {
+          w.timer = setTimeout(fire, Math.min(MAX_TIMER_MS, left));
+          return;
+        }
         waiters.delete(fd);
         p.remove(fd);
         // Let the outstanding wait return so an idle process is free to exit.
         if (waiters.size === 0) p.wake();
         reject(new TimeoutError(what, timeoutMs));
-      }, Math.max(0, timeoutMs));
+      };
+      w.timer = setTimeout(fire, Math.min(MAX_TIMER_MS, Math.max(0, timeoutMs)));
     }
     waiters.set(fd, w);
     if (!looping) void loop(p);

@@ -9,17 +9,33 @@
  * @module
  */
 
-import { type AuditOp, type AuditRecord, type AuditResult, blankRecord } from "./audit.ts";
+import {
+  type AuditOp,
+  type AuditRecord,
+  type AuditResult,
+  blankRecord,
+  jsonString,
+} from "./audit.ts";
 import { fromBinary, toBinary } from "./bytes.ts";
+import { trySeals } from "./fd.ts";
 import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "./memfd.ts";
 import type { BrokerOptions } from "./options.ts";
-import { droppable, visible } from "./policy.ts";
+import {
+  checkJobClaim,
+  droppable,
+  mayPublishName,
+  type PeerIdentity,
+  PolicyText,
+  visible,
+} from "./policy.ts";
 import type { Store, StoredObject } from "./store.ts";
 import {
   Cmd,
   DIGEST_LEN,
   encodeHeader,
+  Flag,
   type Header,
+  HEADER_SIZE,
   isValidDigest,
   JOB_MAX,
   NAME_HARD_MAX,
@@ -33,13 +49,18 @@ export type Step =
   /** `length` more body bytes; resumed with them, or null if they never arrived. */
   | { readonly kind: "read"; readonly length: number }
   /** The SHA-256 of the descriptor; resumed with a {@link DigestAnswer}. */
-  | { readonly kind: "digest"; readonly fd: number; readonly size: number };
+  | { readonly kind: "digest"; readonly fd: number; readonly size: number }
+  /**
+   * Wait (at most `ms`, 0: the broker's limit) until an object named `name` is published;
+   * resumed with true when one was, false on timeout.
+   */
+  | { readonly kind: "wait"; readonly name: string; readonly ms: number };
 
 /** What a digest step resumes with. */
 export type DigestAnswer = { readonly digest: string } | { readonly error: string };
 
 /** What a step resumes with. */
-export type StepInput = Uint8Array | null | DigestAnswer;
+export type StepInput = Uint8Array | null | DigestAnswer | boolean;
 
 /** One piece of a reply and the audit error text to use if sending it fails. */
 export interface Segment {
@@ -51,7 +72,9 @@ export interface Segment {
 
 /** The result of a request. */
 export interface Outcome {
-  /** Reply pieces, header first. */
+  /** The whole reply, header first; sent in one sendmsg. */
+  readonly wire: Uint8Array;
+  /** The reply's pieces, as views into {@link Outcome.wire}. */
   readonly segments: readonly Segment[];
   /** A descriptor to attach to the header (GET); the connection closes it after sending. */
   readonly fd: number;
@@ -75,6 +98,8 @@ export interface RequestContext {
   readonly fd: number;
   /** True when descriptors were lost in transit (MSG_CTRUNC), e.g. at the descriptor limit. */
   readonly fdLost: boolean;
+  /** The peer's credentials when the broker looked them up (identity policy, audit). */
+  readonly peer?: PeerIdentity | undefined;
   /** A fresh read-only descriptor for an object, or -errno. */
   reopen(obj: StoredObject): number;
   /** Close the broker's descriptor of a dropped object. */
@@ -113,12 +138,65 @@ export function errorOutcome(
   audit.result = resultOf(status);
   audit.error = text;
   const body = fromBinary(text);
-  const segments: Segment[] = [{
-    bytes: encodeHeader({ cmd, status, textLen: body.length }),
-    failText: null,
-  }];
-  if (body.length > 0) segments.push({ bytes: body, failText: null });
-  return { segments, fd: -1, audit, auditAfterSend: false, keptFd: false, ok: false };
+  const wire = new Uint8Array(HEADER_SIZE + body.length);
+  encodeHeader({ cmd, status, textLen: body.length }, wire);
+  wire.set(body, HEADER_SIZE);
+  return {
+    wire,
+    segments: pieces(wire, [HEADER_SIZE, null], [body.length, null]),
+    fd: -1,
+    audit,
+    auditAfterSend: false,
+    keptFd: false,
+    ok: false,
+  };
+}
+
+/** A reply that is only a header. */
+function headerOnly(h: Partial<Header>, audit: AuditRecord, keptFd: boolean): Outcome {
+  const wire = encodeHeader(h);
+  return {
+    wire,
+    segments: [{ bytes: wire, failText: null }],
+    fd: -1,
+    audit,
+    auditAfterSend: false,
+    keptFd,
+    ok: true,
+  };
+}
+
+/** Views into `wire` of the given lengths (empty pieces after the header are left out). */
+function pieces(wire: Uint8Array, ...parts: [number, string | null][]): Segment[] {
+  const out: Segment[] = [];
+  let off = 0;
+  for (const [len, failText] of parts) {
+    if (len > 0 || off === 0) out.push({ bytes: wire.subarray(off, off + len), failText });
+    off += len;
+  }
+  return out;
+}
+
+// Every GET of an object sends the same bytes (header, name, digest): build them once.
+const getReplies = new WeakMap<StoredObject, Uint8Array>();
+
+function getReplyOf(obj: StoredObject): Uint8Array {
+  let wire = getReplies.get(obj);
+  if (wire === undefined) {
+    const name = fromBinary(obj.name);
+    wire = new Uint8Array(HEADER_SIZE + name.length + DIGEST_LEN);
+    encodeHeader({
+      cmd: Cmd.GET,
+      objectId: BigInt(obj.id),
+      size: BigInt(obj.size),
+      nameLen: name.length,
+      textLen: DIGEST_LEN,
+    }, wire);
+    wire.set(name, HEADER_SIZE);
+    wire.set(fromBinary(obj.digest), HEADER_SIZE + name.length);
+    getReplies.set(obj, wire);
+  }
+  return wire;
 }
 
 /** The reply to a header whose magic or version is wrong. */
@@ -159,6 +237,8 @@ export function handle(h: Header, ctx: RequestContext): Handler {
       return list(h, ctx);
     case Cmd.DROP:
       return getOrDrop(h, ctx, "drop");
+    case Cmd.STAT:
+      return getOrDrop(h, ctx, "stat");
     default:
       return done(unknownCommandOutcome(h.cmd));
   }
@@ -227,6 +307,13 @@ function* put(h: Header, ctx: RequestContext): Handler {
     if (typeof allow !== "string") return fail(Status.BAD_REQUEST, allow.error);
     allowed = allow;
   }
+  // Identity policy (off by default): the claimed owner job must match the peer, and with name
+  // protection the name must not belong to another job. Checked again at commit.
+  const claim = checkJobClaim(options.policy, owner, ctx.peer);
+  if (claim !== null) return fail(Status.FORBIDDEN, claim);
+  if (!mayPublishName(options.policy, store.oldestByName(name)?.owner, owner)) {
+    return fail(Status.FORBIDDEN, PolicyText.nameOwned);
+  }
 
   if (ctx.fd < 0) {
     // A descriptor the kernel could not install (the broker is at its descriptor limit) is a
@@ -242,27 +329,24 @@ function* put(h: Header, ctx: RequestContext): Handler {
   if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
   if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
 
+  if (!mayPublishName(options.policy, store.oldestByName(name)?.owner, owner)) {
+    return fail(Status.FORBIDDEN, PolicyText.nameOwned);
+  }
   if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
   const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
   rec.result = "ok";
   rec.selector = null;
   rec.objectId = obj.id;
-  return {
-    segments: [{
-      bytes: encodeHeader({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }),
-      failText: null,
-    }],
-    fd: -1,
-    audit: rec,
-    auditAfterSend: false,
-    keptFd: true,
-    ok: true,
-  };
+  return headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
 }
 
-function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop")): Handler {
+function* getOrDrop(
+  h: Header,
+  ctx: RequestContext,
+  op: AuditOp & ("get" | "drop" | "stat"),
+): Handler {
   const { options, store } = ctx;
-  const cmd = op === "get" ? Cmd.GET : Cmd.DROP;
+  const cmd = op === "get" ? Cmd.GET : op === "drop" ? Cmd.DROP : Cmd.STAT;
   const selector = h.nameLen > 0 ? "name" : h.objectId !== 0n ? "id" : null;
   const rec = blankRecord(op, "bad_request", null);
   const fail = (status: number, text: string): Outcome => errorOutcome(cmd, status, text, rec);
@@ -311,12 +395,24 @@ function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop
     }
     caller = job;
   }
+  const refusal = checkJobClaim(options.policy, caller, ctx.peer);
+  if (refusal !== null) {
+    rec.selector = selector;
+    rec.objectId = h.objectId;
+    rec.name = lookupName;
+    rec.jobId = caller;
+    return fail(Status.FORBIDDEN, refusal);
+  }
 
   // The C broker looks the object up before reading the job id; here other requests run while
   // the job id arrives, so the lookup waits until the request is complete. Names are compared as
   // whole byte strings: one holding a NUL byte is never cut short (defect D11), and since no
   // stored name holds one, it is simply not found.
-  const obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
+  let obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
+  if (obj === undefined && lookupName !== null && op !== "drop" && (h.reserved & Flag.WAIT) !== 0) {
+    const published = (yield { kind: "wait", name: lookupName, ms: Number(h.size) }) as boolean;
+    if (published) obj = store.newestByName(lookupName);
+  }
   rec.selector = selector;
   rec.jobId = caller;
   if (obj === undefined) {
@@ -328,18 +424,27 @@ function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop
   rec.name = obj.name;
   rec.size = obj.size;
   rec.digest = obj.digest;
-  const allowed = op === "get" ? visible(obj, caller) : droppable(obj, caller);
+  const allowed = op === "drop" ? droppable(obj, caller) : visible(obj, caller);
   if (!allowed) return fail(Status.FORBIDDEN, Text.accessDenied);
 
-  if (op === "drop") {
-    store.remove(obj);
-    ctx.release(obj);
+  if (op === "stat") {
     rec.result = "ok";
+    const seals = trySeals(obj.fd);
+    const body = fromBinary(
+      `{"id":${obj.id},"name":${jsonString(obj.name)},"size":${obj.size},` +
+        `"digest":${jsonString(obj.digest)},"owner":${jsonString(obj.owner)},` +
+        `"allowed":${jsonString(obj.allowed)},"created_ns":${obj.createdNs},` +
+        `"seals":${seals < 0 ? "null" : seals}}`,
+    );
+    const wire = new Uint8Array(HEADER_SIZE + body.length);
+    encodeHeader(
+      { cmd, objectId: BigInt(obj.id), size: BigInt(obj.size), textLen: body.length },
+      wire,
+    );
+    wire.set(body, HEADER_SIZE);
     return {
-      segments: [{
-        bytes: encodeHeader({ cmd, objectId: BigInt(obj.id), size: BigInt(obj.size) }),
-        failText: null,
-      }],
+      wire,
+      segments: pieces(wire, [HEADER_SIZE, null], [body.length, null]),
       fd: -1,
       audit: rec,
       auditAfterSend: false,
@@ -348,23 +453,25 @@ function* getOrDrop(h: Header, ctx: RequestContext, op: AuditOp & ("get" | "drop
     };
   }
 
+  if (op === "drop") {
+    store.remove(obj);
+    ctx.release(obj);
+    rec.result = "ok";
+    return headerOnly({ cmd, objectId: BigInt(obj.id), size: BigInt(obj.size) }, rec, false);
+  }
+
   const fd = ctx.reopen(obj);
   if (fd < 0) return fail(Status.ERR, Text.reopenFailed);
-  const name = fromBinary(obj.name);
   rec.result = "ok";
-  const segments: Segment[] = [{
-    bytes: encodeHeader({
-      cmd,
-      objectId: BigInt(obj.id),
-      size: BigInt(obj.size),
-      nameLen: name.length,
-      textLen: DIGEST_LEN,
-    }),
-    failText: Text.sendObject,
-  }];
-  if (name.length > 0) segments.push({ bytes: name, failText: Text.sendName });
-  segments.push({ bytes: fromBinary(obj.digest), failText: Text.sendDigest });
-  return { segments, fd, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+  // A private copy: the connection may set the keep-alive bit in it.
+  const wire = getReplyOf(obj).slice();
+  const segments = pieces(
+    wire,
+    [HEADER_SIZE, Text.sendObject],
+    [wire.length - HEADER_SIZE - DIGEST_LEN, Text.sendName],
+    [DIGEST_LEN, Text.sendDigest],
+  );
+  return { wire, segments, fd, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
 }
 
 function* list(h: Header, ctx: RequestContext): Handler {
@@ -382,6 +489,11 @@ function* list(h: Header, ctx: RequestContext): Handler {
     if (typeof job !== "string") return fail(Status.BAD_REQUEST, job.error);
     caller = job;
   }
+  const refusal = checkJobClaim(options.policy, caller, ctx.peer);
+  if (refusal !== null) {
+    rec.jobId = caller;
+    return fail(Status.FORBIDDEN, refusal);
+  }
 
   rec.jobId = caller;
   const built = buildListText(store, caller, options.maxListBytes);
@@ -394,14 +506,15 @@ function* list(h: Header, ctx: RequestContext): Handler {
   rec.size = built.count;
   rec.count = built.count;
   const body = fromBinary(built.text);
-  const segments: Segment[] = [{
-    bytes: encodeHeader({ cmd: Cmd.LIST, textLen: body.length }),
-    failText: "failed to send object list response",
-  }];
-  if (body.length > 0) {
-    segments.push({ bytes: body, failText: "failed to send object list payload" });
-  }
-  return { segments, fd: -1, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+  const wire = new Uint8Array(HEADER_SIZE + body.length);
+  encodeHeader({ cmd: Cmd.LIST, textLen: body.length }, wire);
+  wire.set(body, HEADER_SIZE);
+  const segments = pieces(
+    wire,
+    [HEADER_SIZE, "failed to send object list response"],
+    [body.length, "failed to send object list payload"],
+  );
+  return { wire, segments, fd: -1, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
 }
 
 /**

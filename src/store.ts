@@ -85,13 +85,16 @@ export class Store {
   }
 
   /**
-   * Put back an object with a known id (recovery). Ids must arrive in ascending order and be
-   * below `nextId`, which becomes the store's next id.
+   * Put back an object with a known id (recovery), or only advance the next id (null). Ids must
+   * arrive in ascending order; the next id becomes at least `nextId`.
    */
-  restore(obj: StoredObject, nextId: number): void {
-    if (this.#byId.has(obj.id)) throw new RangeError(`Object ${obj.id} is already stored`);
-    this.#insert(obj);
-    this.#nextId = Math.max(this.#nextId, nextId, obj.id + 1);
+  restore(obj: StoredObject | null, nextId: number): void {
+    if (obj !== null) {
+      if (this.#byId.has(obj.id)) throw new RangeError(`Object ${obj.id} is already stored`);
+      this.#insert(obj);
+      this.#nextId = Math.max(this.#nextId, obj.id + 1);
+    }
+    this.#nextId = Math.max(this.#nextId, nextId);
   }
 
   #insert(obj: StoredObject): void {

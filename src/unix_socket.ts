@@ -119,16 +119,16 @@ const controlView = new DataView(control.buffer);
 const iovAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(iov)));
 const controlAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(control)));
 
+// The fields that never change are written once.
+msgView.setBigUint64(16, iovAddr, true);
+msgView.setBigUint64(24, 1n, true);
+
 function prepare(data: Uint8Array, controlLen: number): void {
-  msg.fill(0);
   iovView.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))), true);
   iovView.setBigUint64(8, BigInt(data.length), true);
-  msgView.setBigUint64(16, iovAddr, true);
-  msgView.setBigUint64(24, 1n, true);
-  if (controlLen > 0) {
-    msgView.setBigUint64(32, controlAddr, true);
-    msgView.setBigUint64(40, BigInt(controlLen), true);
-  }
+  msgView.setBigUint64(32, controlLen > 0 ? controlAddr : 0n, true);
+  msgView.setBigUint64(40, BigInt(controlLen), true);
+  msgView.setInt32(48, 0, true);
 }
 
 /**
@@ -217,6 +217,34 @@ export function recvMsg(fd: number, buf: Uint8Array): Received | number {
 /** Close every descriptor in a list. */
 export function closeAll(fds: readonly number[]): void {
   for (const d of fds) closeQuietly(d);
+}
+
+/**
+ * Check that `fd` is a listening AF_UNIX stream socket (as systemd passes with socket
+ * activation) and return its path ("" for an unnamed or abstract socket).
+ */
+export function inheritedListener(fd: number): string {
+  const val = new Uint8Array(4);
+  const len = new Uint8Array(4);
+  const v = new DataView(val.buffer);
+  const get = (opt: number, what: string): number => {
+    new DataView(len.buffer).setUint32(0, 4, true);
+    check(libc.symbols.getsockopt(fd, SOL_SOCKET, opt, val, len), "getsockopt", what);
+    return v.getInt32(0, true);
+  };
+  if (get(39, "SO_DOMAIN") !== AF_UNIX) {
+    throw new Error(`descriptor ${fd} is not an AF_UNIX socket`);
+  }
+  if (get(3, "SO_TYPE") !== SOCK_STREAM) throw new Error(`descriptor ${fd} is not a stream socket`);
+  if (get(30, "SO_ACCEPTCONN") !== 1) throw new Error(`descriptor ${fd} is not listening`);
+  const addr = new Uint8Array(SOCKADDR_UN_SIZE);
+  const alen = new Uint8Array(4);
+  new DataView(alen.buffer).setUint32(0, SOCKADDR_UN_SIZE, true);
+  check(libc.symbols.getsockname(fd, addr, alen), "getsockname");
+  const n = new DataView(alen.buffer).getUint32(0, true);
+  const path = addr.subarray(2, Math.max(2, n));
+  const end = path.indexOf(0);
+  return path[0] === 0 ? "" : new TextDecoder().decode(end < 0 ? path : path.subarray(0, end));
 }
 
 /** shutdown(2), ignoring errors. */

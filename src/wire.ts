@@ -40,6 +40,17 @@ export const Cmd = {
   LIST: 3,
   /** Remove an object by id or newest-by-name. */
   DROP: 4,
+  /**
+   * Extension: describe an object (JSON text: id, name, size, digest, owner, allowed,
+   * created_ns, seals) without sending a descriptor. A C broker answers `unknown command`.
+   */
+  STAT: 5,
+  /**
+   * Extension: hand this broker's listening socket and objects to the caller (a new broker
+   * started with `--takeover`). Only a peer with the broker's own uid (or root) may ask; the
+   * reply carries the listening socket, then the connection carries the objects.
+   */
+  TAKEOVER: 6,
 } as const;
 
 /**
@@ -53,6 +64,13 @@ export const Flag = {
    * the broker closes the connection, as protocol v1 always does.
    */
   KEEP_ALIVE: 0x1,
+  /**
+   * Request (GET or STAT by name): if no object has that name yet, wait until one is published
+   * instead of answering `object not found`; the request's otherwise unused `size` field holds
+   * the longest wait in milliseconds (0: the broker's limit). A C broker ignores the bit and
+   * answers at once.
+   */
+  WAIT: 0x2,
 } as const;
 
 /** Length of a digest string: `sha256:` and 64 lowercase hex digits. */
@@ -231,4 +249,6 @@ export const Text = {
   nulInAllow: "allowed job id must not contain NUL bytes",
   /** Descriptors were lost in transit because the broker ran out of descriptors (D6, D7). */
   fdLimit: "broker descriptor limit reached",
+  /** Too many GET --wait requests are parked at once. */
+  waitQuota: "broker wait quota exceeded",
 } as const;

@@ -1,21 +1,163 @@
 /**
- * `memfdbus broker [...]`: run a broker until SIGINT or SIGTERM.
+ * `memfdbus broker [...]`: run a broker until SIGINT or SIGTERM. `--config FILE` (JSONC) sets
+ * any option and `--policy FILE` the identity policy; flags on the command line override both.
+ * Every option is checked before the socket is created.
  *
  * @module
  */
 
 import { Broker } from "../broker.ts";
-import { parseBrokerArgs } from "../options.ts";
+import { parseConfig } from "../config.ts";
+import { UsageError } from "../errors.ts";
+import { Connection } from "../connection.ts";
+import { closeQuietly, libc } from "../ffi.ts";
+import { setCloexec } from "../fd.ts";
+import { closeAll } from "../unix_socket.ts";
+import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE } from "../wire.ts";
+import {
+  type BrokerOptions,
+  defaultBrokerOptions,
+  lastFlagValue,
+  parseBrokerArgs,
+} from "../options.ts";
+
+function readFile(flag: string, path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (e) {
+    throw new UsageError(
+      `${flag} ${path}: ${(e as Error).message.replace(/ \(os error \d+\).*$/s, "")}`,
+    );
+  }
+}
+
+/** Options from the files named on the command line, then the flags over them. */
+export function brokerOptionsFromArgs(args: readonly string[]): BrokerOptions {
+  let base = defaultBrokerOptions();
+  const config = lastFlagValue(args, "--config");
+  if (config !== undefined) base = parseConfig(readFile("--config", config), config, base).options;
+  const policy = lastFlagValue(args, "--policy");
+  if (policy !== undefined) {
+    base = parseConfig(readFile("--policy", policy), policy, base, true).options;
+  }
+  return parseBrokerArgs(args, base);
+}
+
+/**
+ * The listening socket systemd passed (socket activation): descriptor 3 when LISTEN_PID is this
+ * process and LISTEN_FDS is at least 1. The variables are removed so no child inherits them.
+ */
+export function activationFd(): number | undefined {
+  const pid = Deno.env.get("LISTEN_PID");
+  const fds = Number(Deno.env.get("LISTEN_FDS") ?? "0");
+  if (pid === undefined || pid !== String(Deno.pid) || !(fds >= 1)) return undefined;
+  Deno.env.delete("LISTEN_PID");
+  Deno.env.delete("LISTEN_FDS");
+  Deno.env.delete("LISTEN_FDNAMES");
+  return 3;
+}
+
+/**
+ * argv that runs this same CLI with `args`: the compiled binary itself, or `deno run` with the
+ * CLI's permissions and entry point.
+ */
+export function selfCommand(args: readonly string[]): string[] {
+  const exe = Deno.execPath();
+  const base = exe.slice(exe.lastIndexOf("/") + 1);
+  if (base !== "deno") return [exe, ...args];
+  return [
+    exe,
+    "run",
+    "--allow-ffi",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-run",
+    Deno.mainModule,
+    ...args,
+  ];
+}
+
+/**
+ * Descriptors handed over by an old broker: MEMFDBUS_TAKEOVER=`LISTEN,STATE` (set when the old
+ * broker started this process on SIGHUP).
+ */
+function inheritedTakeover(): { listenFd: number; takeoverFd: number } | undefined {
+  const v = Deno.env.get("MEMFDBUS_TAKEOVER");
+  if (v === undefined) return undefined;
+  Deno.env.delete("MEMFDBUS_TAKEOVER");
+  const [l, t] = v.split(",").map(Number);
+  if (!Number.isInteger(l) || !Number.isInteger(t)) {
+    throw new UsageError(`invalid MEMFDBUS_TAKEOVER: ${v}`);
+  }
+  return { listenFd: l as number, takeoverFd: t as number };
+}
+
+/** Ask the broker on `socket` to hand over (`--takeover`). */
+async function requestTakeover(socket: string): Promise<{ listenFd: number; takeoverFd: number }> {
+  const conn = await Connection.connect(socket, 10_000);
+  try {
+    await conn.send(
+      encodeHeader({ cmd: Cmd.TAKEOVER }),
+      performance.now() + 10_000,
+      "send takeover request",
+    );
+    // The old broker answers once its requests in flight are done (up to its grace period).
+    const reply = await conn.recvExact(
+      HEADER_SIZE,
+      performance.now() + 60_000,
+      "receive takeover reply",
+    );
+    const h = decodeHeader(reply.bytes);
+    const [listenFd, ...extra] = reply.fds;
+    closeAll(extra);
+    if (h.status !== 0 || listenFd === undefined) {
+      if (listenFd !== undefined) closeQuietly(listenFd);
+      let text = "";
+      if (h.textLen > 0) {
+        text = new TextDecoder().decode(
+          (await conn.recvExact(h.textLen, performance.now() + 5000, "receive")).bytes,
+        );
+      }
+      throw new UsageError(
+        `takeover refused by the broker on ${socket}: ${text || `status ${h.status}`}`,
+      );
+    }
+    const fd = libc.symbols.dup(conn.fd);
+    if (fd < 0) throw new UsageError("takeover: dup failed");
+    setCloexec(fd, true);
+    return { listenFd, takeoverFd: fd };
+  } finally {
+    conn.close();
+  }
+}
 
 /** Run the broker; resolves with exit code 0 after a signal stopped it. */
-export async function brokerCommand(args: readonly string[]): Promise<number> {
-  const options = parseBrokerArgs(args);
-  const broker = await Broker.start(options);
+export async function brokerCommand(argv: readonly string[]): Promise<number> {
+  const takeoverFlag = argv.includes("--takeover");
+  const args = argv.filter((a) => a !== "--takeover");
+  const { shadow, ...options } = brokerOptionsFromArgs(args);
+  const inherited = inheritedTakeover() ??
+    (takeoverFlag ? await requestTakeover(options.socket) : undefined);
+  const listenFd = inherited?.listenFd ?? activationFd();
+  const broker = await Broker.start({
+    ...options,
+    blockingWait: true,
+    ...(listenFd === undefined ? {} : { listenFd }),
+    ...(inherited === undefined ? {} : { takeoverFd: inherited.takeoverFd }),
+    ...(shadow === null ? {} : {
+      shadow: { path: shadow, command: selfCommand(["shadow", "--socket", shadow]) },
+    }),
+  });
   const stop = (): void => void broker.close();
+  // SIGHUP: start a new broker (this same program and arguments) and hand everything to it.
+  const upgrade = (): void => void broker.handover(selfCommand(["broker", ...args]));
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGHUP", upgrade);
   await broker.closed;
   Deno.removeSignalListener("SIGINT", stop);
   Deno.removeSignalListener("SIGTERM", stop);
+  Deno.removeSignalListener("SIGHUP", upgrade);
   return 0;
 }

@@ -2,16 +2,18 @@
  * `memfdbus exec OBJECT_ID|--name NAME [--job-id JOB] [--socket PATH] -- COMMAND [ARG...]`:
  * fetch an object and replace this process with COMMAND, which inherits the sealed descriptor
  * (FD_CLOEXEC cleared on it alone) and MEMFDBUS_FD, _OBJECT_ID, _SIZE, _DIGEST and _NAME.
+ * Extension: `--wait[=SECONDS]` (by name) waits for the name to be published first.
  *
  * @module
  */
 
-import { Client } from "../client.ts";
+import { Client, type GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
 import { setCloexec } from "../fd.ts";
 import { DEFAULT_SOCKET } from "../options.ts";
-import { checkName, flagValue, parseId, resolveJob } from "./args.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
+import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
 import { EXEC_USAGE } from "./usage.ts";
 
 /** setenv(3) through libc, so the exec'd program sees it (`setenv: ...` on failure). */
@@ -45,9 +47,12 @@ export async function execCommand(args: readonly string[]): Promise<number> {
   let name: string | undefined;
   let id: bigint | undefined;
   let cmdIndex = -1;
+  let wait: number | true | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
+    const w = parseWaitFlag(a);
+    if (w !== undefined) wait = w;
+    else if (a === "--socket") socket = flagValue(args, i++, a);
     else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
     else if (a === "--name") name = flagValue(args, i++, a);
     else if (a === "--") {
@@ -59,11 +64,13 @@ export async function execCommand(args: readonly string[]): Promise<number> {
   if ((id !== undefined) === (name !== undefined) || cmdIndex < 0 || cmdIndex >= args.length) {
     throw new UsageError(EXEC_USAGE);
   }
+  checkWait(wait, name !== undefined);
   if (name !== undefined) checkName(name);
   const job = resolveJob(jobFlag);
 
-  const client = new Client({ socket, jobId: job, keepAlive: false });
-  const obj = await client.get(id !== undefined ? id : { name: name ?? "" });
+  const client = new Client({ socket, jobId: job, keepAlive: false, syncWaitUs: CLI_SYNC_WAIT_US });
+  const options: GetOptions = wait === undefined ? {} : { wait };
+  const obj = await client.get(id !== undefined ? id : { name: name ?? "" }, options);
   client.close();
   const fd = obj.releaseFd();
   try {

@@ -6,12 +6,15 @@
  */
 
 import { brokerCommand } from "./broker.ts";
+import { captureCommand } from "./capture.ts";
 import { dropCommand } from "./drop.ts";
 import { execCommand } from "./exec.ts";
 import { getCommand } from "./get.ts";
 import { listCommand } from "./list.ts";
 import { err, out } from "./output.ts";
 import { putCommand } from "./put.ts";
+import { shadowCommand } from "./shadow.ts";
+import { statCommand } from "./stat.ts";
 import { USAGE } from "./usage.ts";
 
 const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<number>>> = {
@@ -21,6 +24,9 @@ const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<num
   exec: execCommand,
   drop: dropCommand,
   list: listCommand,
+  shadow: shadowCommand,
+  stat: statCommand,
+  capture: captureCommand,
 };
 
 /** Run the CLI with `args` (without the program name); resolves with the exit code. */

@@ -1,6 +1,6 @@
 /**
- * Writing command output: plain lines to stdout and stderr, and an object's bytes to a file or
- * to stdout without leaving a partial file behind (defect D24).
+ * Writing command output: plain lines to stdout and stderr, JSON results, and an object's bytes
+ * to a file or to stdout without leaving a partial file behind (defect D24).
  *
  * @module
  */
@@ -9,6 +9,7 @@ import { copyFd } from "../copy.ts";
 import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
 import { isRegular, tryFstat, tryLstat } from "../fd.ts";
 import { ENOENT, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC, O_WRONLY, S_IFMT } from "../linux.ts";
+import { PROGRESS_STEP_BYTES } from "./progress.ts";
 
 const encoder = new TextEncoder();
 
@@ -33,6 +34,20 @@ export function err(text: string): void {
   writeFd(2, text);
 }
 
+/**
+ * One JSON value on one line. BigInts (object ids) become JSON numbers when they are at most
+ * 2^53-1, where every JSON reader keeps them exact, and decimal strings beyond that.
+ */
+export function jsonLine(value: unknown): string {
+  return `${
+    JSON.stringify(value, (_key, v: unknown) =>
+      typeof v === "bigint" ? (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : String(v)) : v)
+  }\n`;
+}
+
+/** Called with the bytes copied so far while an object is written. */
+export type OnProgress = (done: number) => void;
+
 /** S_IFLNK */
 const S_IFLNK = 0o120000;
 
@@ -42,10 +57,17 @@ const S_IFLNK = 0o120000;
  * A regular (or not yet existing) output file is written under a temporary name in the same
  * directory and renamed into place only once complete, so an error never leaves a truncated
  * OUT. Other outputs (a FIFO, /dev/null, a terminal) are written directly.
+ *
+ * With `onProgress`, the copy runs in steps of {@link PROGRESS_STEP_BYTES} and reports after each.
  */
-export function writeObject(src: number, size: number, path: string): void {
+export function writeObject(
+  src: number,
+  size: number,
+  path: string,
+  onProgress?: OnProgress,
+): void {
   if (path === "-") {
-    copyExact(src, 1, size);
+    copyExact(src, 1, size, onProgress);
     return;
   }
   let target = path;
@@ -55,13 +77,13 @@ export function writeObject(src: number, size: number, path: string): void {
       target = Deno.realPathSync(path);
     } catch {
       // A dangling link: let open() create its target, as the C CLI would.
-      writeDirect(src, size, path);
+      writeDirect(src, size, path, onProgress);
       return;
     }
   }
   const st = tryLstat(target);
   if (typeof st === "number" ? st !== ENOENT : !isRegular(st.mode)) {
-    writeDirect(src, size, target);
+    writeDirect(src, size, target, onProgress);
     return;
   }
   const slash = target.lastIndexOf("/");
@@ -72,12 +94,12 @@ export function writeObject(src: number, size: number, path: string): void {
   if (fd < 0) {
     // No room for a temporary file next to OUT (for example a read-only directory holding a
     // writable file): write in place.
-    writeDirect(src, size, target);
+    writeDirect(src, size, target, onProgress);
     return;
   }
   try {
     if (typeof st !== "number") libc.symbols.fchmod(fd, st.mode & 0o7777);
-    copyExact(src, fd, size);
+    copyExact(src, fd, size, onProgress);
     if (libc.symbols.rename(cstr(tmp), cstr(target)) < 0) {
       throw lastError("rename", "rename output");
     }
@@ -89,26 +111,36 @@ export function writeObject(src: number, size: number, path: string): void {
   }
 }
 
-function writeDirect(src: number, size: number, path: string): void {
+function writeDirect(src: number, size: number, path: string, onProgress?: OnProgress): void {
   const fd = libc.symbols.open(cstr(path), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666);
   if (fd < 0) throw lastError("open", "open output");
   try {
-    copyExact(src, fd, size);
+    copyExact(src, fd, size, onProgress);
   } finally {
     closeQuietly(fd);
   }
 }
 
-function copyExact(src: number, dst: number, size: number): void {
+const GET_LABELS = {
+  read: "read memfd",
+  write: "write output",
+  copyFileRange: "copy_file_range",
+} as const;
+
+function copyExact(src: number, dst: number, size: number, onProgress?: OnProgress): void {
   const s = tryFstat(dst);
   const regular = typeof s !== "number" && isRegular(s.mode);
-  const r = copyFd(
-    src,
-    dst,
-    size,
-    { read: "read memfd", write: "write output", copyFileRange: "copy_file_range" },
-    regular,
-    0,
-  );
-  if (r.bytes < size) throw new Error("unexpected EOF from memfd");
+  if (onProgress === undefined) {
+    const r = copyFd(src, dst, size, GET_LABELS, regular, 0);
+    if (r.bytes < size) throw new Error("unexpected EOF from memfd");
+    return;
+  }
+  let done = 0;
+  while (done < size) {
+    const step = Math.min(PROGRESS_STEP_BYTES, size - done);
+    const r = copyFd(src, dst, step, GET_LABELS, regular, done);
+    done += r.bytes;
+    if (r.bytes < step) throw new Error("unexpected EOF from memfd");
+    onProgress(done);
+  }
 }

@@ -21,8 +21,32 @@ export const USAGE: string = `usage:
   memfdbus drop --name NAME [--job-id JOB] [--socket PATH]
   memfdbus list [--job-id JOB] [--socket PATH]
 broker options beyond the C memfdbus:
+  --config FILE           read options from a JSONC file (flags override it)
+  --policy FILE           identity policy (JSONC): bind job ids to uids/gids
+  --socket-mode MODE      permissions of the socket file (0600)
   --request-timeout-ms N  close a connection that has not completed its request (10000)
   --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
+  --audit-peer            add the peer's pid, uid and gid to every audit record
+  --require-job           refuse requests without a job id
+  --protect-names         only the job that first published a name may publish it again
+commands beyond the C memfdbus:
+  memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
+  memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json]
+                [--wait[=SECONDS]]
+  memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
+                   [--json] [--always] -- COMMAND [ARG...]
+    stat: id, name, size, digest, seals, owner, allowed job and creation time
+    capture: run COMMAND with its stdout in a new memfd, then publish that
+      memfd; it publishes only if COMMAND exits 0 (--always: whatever its
+      status) and exits with COMMAND's status (128+N if signal N killed it)
+client options beyond the C memfdbus:
+  --json            put, get, drop, list, stat, capture: print the result as
+                    JSON; get cannot combine it with OUT -
+  --wait[=SECONDS]  get, exec, stat by --name: wait for the name to be
+                    published, up to SECONDS (fractions allowed) or, with no
+                    value, as long as the broker allows
+  put and get show a progress line on stderr for 64 MiB or more when stderr
+  is a terminal
 `;
 
 /** Two-line usage of `put`. */
@@ -41,3 +65,12 @@ export const EXEC_USAGE =
 /** Two-line usage of `drop`. */
 export const DROP_USAGE = `usage: memfdbus drop OBJECT_ID [--job-id JOB] [--socket PATH]
    or: memfdbus drop --name NAME [--job-id JOB] [--socket PATH]`;
+
+/** Two-line usage of `stat`. */
+export const STAT_USAGE = `usage: memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
+   or: memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json] [--wait[=SECONDS]]`;
+
+/** Two-line usage of `capture`. */
+export const CAPTURE_USAGE =
+  `usage: memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
+   [--json] [--always] -- COMMAND [ARG...]`;

@@ -1,0 +1,129 @@
+/**
+ * `memfdbus stat OBJECT_ID|--name NAME [--job-id JOB] [--socket PATH] [--json]
+ * [--wait[=SECONDS]]`: describe an object without fetching its bytes: id, name, size, digest,
+ * seals, owner, allowed job and publication time, as aligned `key: value` lines or one JSON
+ * object. Against a C broker (no STAT command) the client answers from a GET and a LIST, and
+ * the publication time is unknown (`-`, or null in JSON).
+ *
+ * @module
+ */
+
+import { Client, type GetOptions, type ObjectStat } from "../client.ts";
+import { UsageError } from "../errors.ts";
+import { Seal } from "../memfd.ts";
+import { DEFAULT_SOCKET } from "../options.ts";
+import { CLI_SYNC_WAIT_US } from "./args.ts";
+import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
+import { jsonLine, out } from "./output.ts";
+import { STAT_USAGE } from "./usage.ts";
+
+/** F_SEAL_EXEC (Linux 6.3): the exec bits can no longer change. */
+const F_SEAL_EXEC = 0x20;
+
+const SEAL_NAMES: ReadonlyArray<readonly [number, string]> = [
+  [Seal.SEAL, "SEAL"],
+  [Seal.SHRINK, "SHRINK"],
+  [Seal.GROW, "GROW"],
+  [Seal.WRITE, "WRITE"],
+  [Seal.FUTURE_WRITE, "FUTURE_WRITE"],
+  [F_SEAL_EXEC, "EXEC"],
+];
+
+/** The names of the seal bits, lowest bit first; unknown bits appear as hex (`0x40`). */
+export function sealNames(seals: number): string[] {
+  const names: string[] = [];
+  let rest = seals;
+  for (const [bit, name] of SEAL_NAMES) {
+    if ((seals & bit) !== 0) names.push(name);
+    rest &= ~bit;
+  }
+  for (let bit = 1; rest !== 0 && bit !== 0; bit <<= 1) {
+    if ((rest & bit) !== 0) names.push(`0x${(bit >>> 0).toString(16)}`);
+    rest &= ~bit;
+  }
+  return names;
+}
+
+/** `SEAL|SHRINK|GROW|WRITE (0xf)`, `none (0x0)`, or `-` when unknown. */
+export function describeSeals(seals: number | null): string {
+  if (seals === null) return "-";
+  const names = sealNames(seals);
+  return `${names.length === 0 ? "none" : names.join("|")} (0x${(seals >>> 0).toString(16)})`;
+}
+
+/** A CLOCK_REALTIME time in ns as ISO 8601 UTC with nanoseconds, or null when unknown. */
+export function isoFromNs(ns: bigint | null): string | null {
+  if (ns === null || ns < 0n) return null;
+  const seconds = ns / 1_000_000_000n;
+  const fraction = String(ns % 1_000_000_000n).padStart(9, "0");
+  const date = new Date(Number(seconds) * 1000);
+  if (Number.isNaN(date.getTime())) return null;
+  return `${date.toISOString().slice(0, 19)}.${fraction}Z`;
+}
+
+/** The `key: value` lines of `stat`, values aligned after the longest key. */
+export function statText(s: ObjectStat): string {
+  const rows: Array<readonly [string, string]> = [
+    ["id", String(s.id)],
+    ["name", s.name],
+    ["size", String(s.size)],
+    ["digest", s.digest],
+    ["seals", describeSeals(s.seals)],
+    ["owner", s.owner ?? "-"],
+    ["allowed", s.allowed ?? "-"],
+    ["created", isoFromNs(s.createdNs) ?? "-"],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length)) + 2;
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(width)}${v}\n`).join("");
+}
+
+/** The JSON object of `stat --json` (ids as numbers up to 2^53-1, see {@link jsonLine}). */
+export function statJson(s: ObjectStat): Record<string, unknown> {
+  return {
+    id: s.id,
+    name: s.name,
+    size: s.size,
+    digest: s.digest,
+    seals: s.seals,
+    seal_names: s.seals === null ? null : sealNames(s.seals),
+    owner: s.owner,
+    allowed: s.allowed,
+    created: isoFromNs(s.createdNs),
+  };
+}
+
+/** Run `stat`; returns the exit code. */
+export async function statCommand(args: readonly string[]): Promise<number> {
+  let socket = DEFAULT_SOCKET;
+  let jobFlag: string | undefined;
+  let name: string | undefined;
+  let id: bigint | undefined;
+  let json = false;
+  let wait: number | true | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] ?? "";
+    const w = parseWaitFlag(a);
+    if (w !== undefined) wait = w;
+    else if (a === "--socket") socket = flagValue(args, i++, a);
+    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
+    else if (a === "--name") name = flagValue(args, i++, a);
+    else if (a === "--json") json = true;
+    else if (name === undefined && id === undefined) id = parseId(a);
+    else throw new UsageError(`unexpected argument: ${a}`);
+  }
+  if ((id !== undefined) === (name !== undefined)) throw new UsageError(STAT_USAGE);
+  checkWait(wait, name !== undefined);
+  if (name !== undefined) checkName(name);
+  const job = resolveJob(jobFlag);
+
+  await using client = new Client({
+    socket,
+    jobId: job,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+  });
+  const options: GetOptions = wait === undefined ? {} : { wait };
+  const s = await client.stat(id !== undefined ? id : { name: name ?? "" }, options);
+  out(json ? jsonLine(statJson(s)) : statText(s));
+  return 0;
+}

@@ -1,0 +1,165 @@
+/**
+ * A nonblocking stream socket that carries {@link encodeFrame} frames with descriptors: the
+ * transport of the shadow link and of takeovers. Descriptors that arrive are queued in order and
+ * handed to the frame that declares them.
+ *
+ * @module
+ */
+
+import { closeQuietly, libc } from "./ffi.ts";
+import { EAGAIN, POLLIN, POLLOUT } from "./linux.ts";
+import { type DecodedFrame, decodeFrame, encodeFrame } from "./shadow_wire.ts";
+import { closeAll, recvMsg, sendMsg, sendSome } from "./unix_socket.ts";
+
+/** A received frame with its descriptors (owned by the receiver). */
+export interface FrameIn extends DecodedFrame {
+  /** The descriptors the frame declared. */
+  readonly fds: number[];
+}
+
+interface Out {
+  bytes: Uint8Array;
+  off: number;
+  fds: readonly number[];
+}
+
+/** Thrown when the peer closed the connection or it failed. */
+export class LinkClosed extends Error {
+  /** Describe why. */
+  constructor(why: string) {
+    super(why);
+    this.name = "LinkClosed";
+  }
+}
+
+/** Frames over one nonblocking socket. */
+export class FrameConn implements Disposable {
+  #fd: number;
+  #in = new Uint8Array(64 * 1024);
+  #len = 0;
+  #fds: number[] = [];
+  #eof = false;
+  readonly #out: Out[] = [];
+
+  /**
+   * @param fd a connected nonblocking stream socket, now owned by this object
+   */
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  /** The socket descriptor (-1 once closed). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** True while frames wait to be sent. */
+  get pending(): boolean {
+    return this.#out.length > 0;
+  }
+
+  /** Queue a frame; `fds` stay the caller's (the kernel duplicates them). */
+  queue(type: number, payload: unknown, fds: readonly number[] = []): void {
+    this.#out.push({ bytes: encodeFrame(type, payload, fds.length), off: 0, fds });
+  }
+
+  /** Send what is queued; true when everything went out, false when the socket is full. */
+  flush(): boolean {
+    while (this.#out.length > 0) {
+      const o = this.#out[0] as Out;
+      const part = o.off === 0 ? o.bytes : o.bytes.subarray(o.off);
+      const n = o.off === 0 && o.fds.length > 0
+        ? sendMsg(this.#fd, part, o.fds)
+        : sendSome(this.#fd, part);
+      if (n === -EAGAIN) return false;
+      if (n <= 0) throw new LinkClosed(`shadow link send failed (${-n})`);
+      o.off += n;
+      if (o.off >= o.bytes.length) this.#out.shift();
+    }
+    return true;
+  }
+
+  /** Read what is available and return the complete frames. Throws LinkClosed at end. */
+  read(): FrameIn[] {
+    for (;;) {
+      if (this.#in.length - this.#len < 4096) {
+        const grown = new Uint8Array(this.#in.length * 2);
+        grown.set(this.#in.subarray(0, this.#len));
+        this.#in = grown;
+      }
+      const r = recvMsg(this.#fd, this.#in.subarray(this.#len));
+      if (typeof r === "number") {
+        if (r === -EAGAIN) break;
+        throw new LinkClosed(`shadow link receive failed (${-r})`);
+      }
+      this.#fds.push(...r.fds);
+      if (r.truncated) throw new LinkClosed("shadow link lost descriptors (MSG_CTRUNC)");
+      if (r.bytes === 0) {
+        this.#eof = true;
+        break;
+      }
+      this.#len += r.bytes;
+    }
+    const frames: FrameIn[] = [];
+    let off = 0;
+    for (;;) {
+      const f = decodeFrame(this.#in.subarray(off, this.#len));
+      if (f === null) break;
+      if (f.fdCount > this.#fds.length) break;
+      frames.push({ ...f, fds: this.#fds.splice(0, f.fdCount) });
+      off += f.length;
+    }
+    if (off > 0) {
+      this.#in.copyWithin(0, off, this.#len);
+      this.#len -= off;
+    }
+    if (this.#eof && frames.length === 0) throw new LinkClosed("shadow link closed");
+    return frames;
+  }
+
+  /** Block until readable or writable (used only where blocking is allowed). */
+  waitBlocking(write: boolean, timeoutMs: number): boolean {
+    const p = new Uint8Array(8);
+    const v = new DataView(p.buffer);
+    v.setInt32(0, this.#fd, true);
+    v.setInt16(4, write ? POLLOUT : POLLIN, true);
+    return libc.symbols.poll(p, 1n, timeoutMs) > 0;
+  }
+
+  /** Send everything queued, blocking up to `timeoutMs` in total. */
+  flushBlocking(timeoutMs: number): void {
+    const end = performance.now() + timeoutMs;
+    while (!this.flush()) {
+      const left = end - performance.now();
+      if (left <= 0 || !this.waitBlocking(true, Math.ceil(left))) {
+        throw new LinkClosed("shadow link stalled");
+      }
+    }
+  }
+
+  /** Wait for and return at least one frame, blocking up to `timeoutMs`. */
+  readBlocking(timeoutMs: number): FrameIn[] {
+    const end = performance.now() + timeoutMs;
+    for (;;) {
+      const frames = this.read();
+      if (frames.length > 0) return frames;
+      const left = end - performance.now();
+      if (left <= 0 || !this.waitBlocking(false, Math.ceil(left))) {
+        throw new LinkClosed("shadow link timed out");
+      }
+    }
+  }
+
+  /** Close the socket and any descriptor not handed out. */
+  close(): void {
+    closeAll(this.#fds);
+    this.#fds = [];
+    if (this.#fd >= 0) closeQuietly(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as close(). */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

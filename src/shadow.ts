@@ -1,0 +1,143 @@
+/**
+ * The shadow: a small process that holds one descriptor per live object (with its metadata and
+ * the next id) so that objects survive a broker crash or restart. It does no hashing and no
+ * policy; it stores what the broker mirrors to it and hands it all back on request.
+ *
+ * Run it with `memfdbus shadow --socket PATH`; a broker started with `--shadow PATH` starts one
+ * itself when none is listening. The shadow leaves the broker's session (setsid), so a Ctrl-C
+ * aimed at the broker does not take the objects with it. Stop it with SIGTERM.
+ *
+ * @module
+ */
+
+import { closeQuietly, libc } from "./ffi.ts";
+import { FDS_PER_FRAME, Frame, type WireObject } from "./shadow_wire.ts";
+import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
+import { Poller } from "./poller.ts";
+import { EPOLLIN } from "./linux.ts";
+import { openListener } from "./listener.ts";
+import { acceptUnix } from "./unix_socket.ts";
+
+interface Held {
+  readonly meta: WireObject;
+  readonly fd: number;
+}
+
+/** The shadow's state: objects by id and the next id. */
+export class ShadowState {
+  readonly objects = new Map<number, Held>();
+  nextId = 1;
+
+  /** Replace everything (a broker seeding a fresh shadow). */
+  clear(): void {
+    for (const h of this.objects.values()) closeQuietly(h.fd);
+    this.objects.clear();
+  }
+
+  /** Hold an object (its descriptor is now owned here). */
+  add(meta: WireObject, fd: number): void {
+    const old = this.objects.get(meta.id);
+    if (old !== undefined) closeQuietly(old.fd);
+    this.objects.set(meta.id, { meta, fd });
+    this.nextId = Math.max(this.nextId, meta.id + 1);
+  }
+
+  /** Forget an object. */
+  remove(id: number): void {
+    const h = this.objects.get(id);
+    if (h === undefined) return;
+    closeQuietly(h.fd);
+    this.objects.delete(id);
+  }
+
+  /** Queue the whole state on a link: OBJECTS batches, then `end` with the next id. */
+  send(link: FrameConn, end: number): void {
+    let batch: Held[] = [];
+    const emit = (): void => {
+      if (batch.length === 0) return;
+      link.queue(Frame.OBJECTS, batch.map((h) => h.meta), batch.map((h) => h.fd));
+      batch = [];
+    };
+    for (const h of [...this.objects.values()].sort((a, b) => a.meta.id - b.meta.id)) {
+      batch.push(h);
+      if (batch.length === FDS_PER_FRAME) emit();
+    }
+    emit();
+    link.queue(end, { nextId: this.nextId });
+  }
+}
+
+/** Apply one frame from a broker to the state; returns true when it must be acknowledged. */
+export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): void {
+  switch (f.type) {
+    case Frame.HELLO:
+      state.send(link, Frame.STATE_END);
+      return;
+    case Frame.SEED:
+      state.clear();
+      return;
+    case Frame.OBJECTS: {
+      const metas = f.payload as WireObject[];
+      metas.forEach((m, i) => state.add(m, f.fds[i] ?? -1));
+      return;
+    }
+    case Frame.SEED_END:
+      state.nextId = Math.max(state.nextId, (f.payload as { nextId: number }).nextId);
+      link.queue(Frame.ACK, null);
+      return;
+    case Frame.ADD: {
+      const p = f.payload as { object: WireObject; nextId: number };
+      state.add(p.object, f.fds[0] ?? -1);
+      state.nextId = Math.max(state.nextId, p.nextId);
+      link.queue(Frame.ACK, null);
+      return;
+    }
+    case Frame.REMOVE:
+      state.remove((f.payload as { id: number }).id);
+      link.queue(Frame.ACK, null);
+      return;
+    default:
+      for (const fd of f.fds) closeQuietly(fd);
+  }
+}
+
+/**
+ * Run a shadow on `path` until the process is killed. At most one broker is served at a time:
+ * a new connection replaces the previous one (the broker it belonged to is gone or handing
+ * over).
+ */
+export function runShadow(path: string, onReady: () => void = () => {}): never {
+  libc.symbols.setsid();
+  const listener = openListener(path, 0o600, 16, "shadow");
+  const poller = new Poller(16);
+  poller.add(listener.fd, EPOLLIN, 0);
+  const state = new ShadowState();
+  let link: FrameConn | null = null;
+  onReady();
+  for (;;) {
+    const events = poller.poll([], -1);
+    for (const ev of events) {
+      if (ev.token === 0) {
+        const fd = acceptUnix(listener.fd);
+        if (fd < 0) continue;
+        if (link !== null) {
+          poller.remove(link.fd);
+          link.close();
+        }
+        link = new FrameConn(fd);
+        poller.add(fd, EPOLLIN, 1);
+        continue;
+      }
+      if (link === null) continue;
+      try {
+        for (const f of link.read()) applyFrame(state, f, link);
+        link.flushBlocking(10_000);
+      } catch (e) {
+        if (!(e instanceof LinkClosed)) throw e;
+        poller.remove(link.fd);
+        link.close();
+        link = null;
+      }
+    }
+  }
+}

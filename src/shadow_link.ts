@@ -1,0 +1,264 @@
+/**
+ * The broker's link to its shadow: recovery at startup, mirroring of every committed PUT and
+ * DROP (the client's reply waits for the shadow's acknowledgement), and revival of a shadow that
+ * died while the broker runs (a new shadow is started and seeded with the broker's state).
+ *
+ * @module
+ */
+
+import { closeQuietly } from "./ffi.ts";
+import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
+import { ECONNREFUSED, ENOENT } from "./linux.ts";
+import { FDS_PER_FRAME, Frame, fromWire, toWire, type WireObject } from "./shadow_wire.ts";
+import type { StoredObject } from "./store.ts";
+import { connectUnix, sockaddrUn, socketPathTooLong, unixSocket } from "./unix_socket.ts";
+
+/** Where the shadow listens and how to start one. */
+export interface ShadowConfig {
+  /** The shadow's socket path. */
+  readonly path: string;
+  /** argv that starts a shadow on `path`, or null to never start one. */
+  readonly command: readonly string[] | null;
+}
+
+/** What attaching found. */
+export interface Attached {
+  /** The link. */
+  readonly link: ShadowLink;
+  /** Objects the shadow held, in id order (empty for a new shadow). */
+  readonly objects: StoredObject[];
+  /** The next id the shadow knew of. */
+  readonly nextId: number;
+  /** True when no shadow was listening and a new one was started. */
+  readonly started: boolean;
+}
+
+const START_TIMEOUT_MS = 10_000;
+
+function connectOnce(path: string): number {
+  const addr = sockaddrUn(path);
+  if (addr === null) throw new Error(socketPathTooLong(path));
+  const fd = unixSocket(true);
+  const r = connectUnix(fd, addr);
+  if (r === 0) return fd;
+  closeQuietly(fd);
+  return r;
+}
+
+function spawnShadow(command: readonly string[]): void {
+  const [cmd, ...args] = command;
+  if (cmd === undefined) throw new Error("empty shadow command");
+  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "inherit" })
+    .spawn();
+  child.unref();
+}
+
+/** Connect to the shadow on `path`, starting one when nobody listens there. */
+function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boolean } {
+  const first = connectOnce(config.path);
+  if (first >= 0) return { conn: new FrameConn(first), started: false };
+  if ((first !== -ENOENT && first !== -ECONNREFUSED) || config.command === null) {
+    throw new Error(`cannot reach the shadow at ${config.path} (errno ${-first})`);
+  }
+  spawnShadow(config.command);
+  const end = performance.now() + START_TIMEOUT_MS;
+  for (;;) {
+    const fd = connectOnce(config.path);
+    if (fd >= 0) return { conn: new FrameConn(fd), started: true };
+    if (performance.now() > end) throw new Error(`the shadow did not start on ${config.path}`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  }
+}
+
+/** Read OBJECTS frames until `end`; returns the objects and the next id. */
+function readState(conn: FrameConn, end: number): { objects: StoredObject[]; nextId: number } {
+  const objects: StoredObject[] = [];
+  for (;;) {
+    for (const f of conn.readBlocking(START_TIMEOUT_MS)) {
+      if (f.type === Frame.OBJECTS) {
+        (f.payload as WireObject[]).forEach((w, i) => objects.push(fromWire(w, f.fds[i] ?? -1)));
+      } else if (f.type === end) {
+        return { objects, nextId: (f.payload as { nextId: number }).nextId };
+      } else {
+        for (const fd of f.fds) closeQuietly(fd);
+      }
+    }
+  }
+}
+
+/** Queue objects in OBJECTS batches. */
+export function queueObjects(conn: FrameConn, objects: Iterable<StoredObject>): void {
+  let batch: StoredObject[] = [];
+  const emit = (): void => {
+    if (batch.length === 0) return;
+    conn.queue(Frame.OBJECTS, batch.map(toWire), batch.map((o) => o.fd));
+    batch = [];
+  };
+  for (const o of objects) {
+    batch.push(o);
+    if (batch.length === FDS_PER_FRAME) emit();
+  }
+  emit();
+}
+
+/** Answer a HELLO on `conn` with the given state (used by a broker handing over). */
+export function serveState(conn: FrameConn, objects: Iterable<StoredObject>, nextId: number): void {
+  queueObjects(conn, objects);
+  conn.queue(Frame.STATE_END, { nextId });
+}
+
+/** Ask the peer on `conn` for its state (a shadow, or a broker handing over). */
+export function fetchState(conn: FrameConn): { objects: StoredObject[]; nextId: number } {
+  conn.queue(Frame.HELLO, { version: 1 });
+  conn.flushBlocking(START_TIMEOUT_MS);
+  return readState(conn, Frame.STATE_END);
+}
+
+/**
+ * A live link. Mirroring calls take a callback that runs, on the broker's thread, once the
+ * shadow holds the change.
+ */
+export class ShadowLink {
+  readonly #config: ShadowConfig;
+  #conn: FrameConn | null;
+  #pending: (() => void)[] = [];
+  /** Called when the link's descriptor changes (to re-register it with epoll). */
+  onReconnect: (oldFd: number, newFd: number) => void = () => {};
+  /** Called with a message when the shadow had to be revived or could not be. */
+  onTrouble: (message: string) => void = () => {};
+
+  private constructor(config: ShadowConfig, conn: FrameConn) {
+    this.#config = config;
+    this.#conn = conn;
+  }
+
+  /** Connect (or start a shadow) and fetch its state. Blocks; use before serving clients. */
+  static attach(config: ShadowConfig): Attached {
+    const { conn, started } = connectOrStart(config);
+    try {
+      const state = fetchState(conn);
+      return { link: new ShadowLink(config, conn), ...state, started };
+    } catch (e) {
+      conn.close();
+      throw e;
+    }
+  }
+
+  /** The link's socket (-1 while down). */
+  get fd(): number {
+    return this.#conn?.fd ?? -1;
+  }
+
+  /** The shadow's path. */
+  get path(): string {
+    return this.#config.path;
+  }
+
+  /** Replace the shadow's state with `objects` (after recovery or revival). */
+  seed(objects: Iterable<StoredObject>, nextId: number, done: () => void): void {
+    const conn = this.#conn;
+    if (conn === null) return done();
+    conn.queue(Frame.SEED, null);
+    queueObjects(conn, objects);
+    conn.queue(Frame.SEED_END, { nextId });
+    this.#pending.push(done);
+    this.#flush();
+  }
+
+  /** Mirror a committed object. */
+  add(obj: StoredObject, nextId: number, done: () => void): void {
+    const conn = this.#conn;
+    if (conn === null) return done();
+    conn.queue(Frame.ADD, { object: toWire(obj), nextId }, [obj.fd]);
+    this.#pending.push(done);
+    this.#flush();
+  }
+
+  /** Mirror a drop. */
+  remove(id: number, done: () => void): void {
+    const conn = this.#conn;
+    if (conn === null) return done();
+    conn.queue(Frame.REMOVE, { id });
+    this.#pending.push(done);
+    this.#flush();
+  }
+
+  #flush(): void {
+    try {
+      this.#conn?.flush();
+    } catch (e) {
+      if (!(e instanceof LinkClosed)) throw e;
+      this.#lost = true;
+    }
+  }
+
+  #lost = false;
+
+  /** True when the link failed and {@link ShadowLink.revive} must run. */
+  get lost(): boolean {
+    return this.#lost;
+  }
+
+  /** The link's socket is ready: send what waits, read acknowledgements. */
+  onEvent(): void {
+    const conn = this.#conn;
+    if (conn === null) return;
+    let frames: FrameIn[];
+    try {
+      conn.flush();
+      frames = conn.read();
+    } catch (e) {
+      if (!(e instanceof LinkClosed)) throw e;
+      this.#lost = true;
+      return;
+    }
+    for (const f of frames) {
+      for (const fd of f.fds) closeQuietly(fd);
+      if (f.type === Frame.ACK) this.#pending.shift()?.();
+    }
+  }
+
+  /**
+   * The shadow is gone: start or reach a new one and seed it with `objects` (the broker's whole
+   * state, which covers every change still waiting for an acknowledgement). Blocks briefly.
+   * Returns false when no shadow could be reached (the broker then carries on unmirrored and
+   * retries later).
+   */
+  revive(objects: () => Iterable<StoredObject>, nextId: number): boolean {
+    const old = this.#conn;
+    const oldFd = old?.fd ?? -1;
+    old?.close();
+    this.#conn = null;
+    let conn: FrameConn;
+    try {
+      conn = connectOrStart(this.#config).conn;
+    } catch (e) {
+      // Nothing to wait for: answer the waiting clients rather than hang them.
+      const waiting = this.#pending;
+      this.#pending = [];
+      for (const done of waiting) done();
+      this.onTrouble(`shadow at ${this.#config.path} is unavailable: ${(e as Error).message}`);
+      this.onReconnect(oldFd, -1);
+      return false;
+    }
+    this.#conn = conn;
+    this.#lost = false;
+    const waiting = this.#pending;
+    this.#pending = [];
+    this.onReconnect(oldFd, conn.fd);
+    this.seed(objects(), nextId, () => {
+      for (const done of waiting) done();
+    });
+    this.onTrouble(`shadow at ${this.#config.path} was lost: started a new one and seeded it`);
+    return true;
+  }
+
+  /** Close the link (the shadow keeps its state for the next broker). */
+  close(): void {
+    this.#conn?.close();
+    this.#conn = null;
+    const waiting = this.#pending;
+    this.#pending = [];
+    for (const done of waiting) done();
+  }
+}

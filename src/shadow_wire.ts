@@ -1,0 +1,134 @@
+/**
+ * The framing between a broker and its shadow (and between an old and a new broker during a
+ * takeover). Not part of protocol v1: it only ever runs between two memfdbus processes. Pure.
+ *
+ * A frame is a 16-byte header (magic `MFDS`, type, payload length, descriptor count) followed by
+ * a JSON payload; its descriptors travel with the frame's first bytes (one sendmsg per frame).
+ * Names and job ids are raw bytes, so they travel base64-encoded.
+ *
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import type { StoredObject } from "./store.ts";
+
+/** `MFDS` as a little-endian u32. */
+export const SHADOW_MAGIC = 0x5344464d;
+/** Frame header size. */
+export const FRAME_HEADER = 16;
+/** Most descriptors one frame carries (one SCM_RIGHTS message holds at most 253). */
+export const FDS_PER_FRAME = 200;
+
+/** Frame types. */
+export const Frame = {
+  /** broker → shadow: send me your state. */
+  HELLO: 1,
+  /** Either way: a batch of objects; one descriptor per object, in order. */
+  OBJECTS: 2,
+  /** shadow → broker: end of state, with the next id. */
+  STATE_END: 3,
+  /** broker → shadow: forget everything, the OBJECTS that follow are the whole state. */
+  SEED: 4,
+  /** broker → shadow: end of a seed, with the next id. */
+  SEED_END: 5,
+  /** broker → shadow: one committed object (one descriptor). */
+  ADD: 6,
+  /** broker → shadow: an object was dropped. */
+  REMOVE: 7,
+  /** shadow → broker: the preceding ADD, REMOVE or SEED_END is held. */
+  ACK: 8,
+} as const;
+
+/** Object metadata as it travels (ids and times as decimal strings, bytes as base64). */
+export interface WireObject {
+  /** Id. */
+  readonly id: number;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Digest string. */
+  readonly digest: string;
+  /** Name bytes, base64. */
+  readonly name: string;
+  /** Owner job bytes, base64, or null. */
+  readonly owner: string | null;
+  /** Allowed job bytes, base64, or null. */
+  readonly allowed: string | null;
+  /** Publication time in ns, decimal. */
+  readonly created: string;
+}
+
+const b64 = (binary: string): string => Buffer.from(binary, "latin1").toString("base64");
+const unb64 = (s: string): string => Buffer.from(s, "base64").toString("latin1");
+
+/** Metadata of a stored object for the wire. */
+export function toWire(o: StoredObject): WireObject {
+  return {
+    id: o.id,
+    size: o.size,
+    digest: o.digest,
+    name: b64(o.name),
+    owner: o.owner === null ? null : b64(o.owner),
+    allowed: o.allowed === null ? null : b64(o.allowed),
+    created: String(o.createdNs),
+  };
+}
+
+/** A stored object from wire metadata and the descriptor that came with it. */
+export function fromWire(w: WireObject, fd: number): StoredObject {
+  return {
+    id: w.id,
+    size: w.size,
+    fd,
+    digest: w.digest,
+    name: unb64(w.name),
+    owner: w.owner === null ? null : unb64(w.owner),
+    allowed: w.allowed === null ? null : unb64(w.allowed),
+    createdNs: BigInt(w.created),
+  };
+}
+
+/** Encode one frame. */
+export function encodeFrame(type: number, payload: unknown, fdCount = 0): Uint8Array {
+  const body = new TextEncoder().encode(JSON.stringify(payload ?? null));
+  const out = new Uint8Array(FRAME_HEADER + body.length);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, SHADOW_MAGIC, true);
+  v.setUint16(4, type, true);
+  v.setUint32(8, body.length, true);
+  v.setUint32(12, fdCount, true);
+  out.set(body, FRAME_HEADER);
+  return out;
+}
+
+/** A decoded frame. */
+export interface DecodedFrame {
+  /** Frame type. */
+  readonly type: number;
+  /** Parsed JSON payload. */
+  readonly payload: unknown;
+  /** Descriptors the frame carries. */
+  readonly fdCount: number;
+  /** Bytes the frame occupied. */
+  readonly length: number;
+}
+
+/**
+ * Decode the frame at the start of `buf`, or return null when it is not complete yet. Throws on
+ * a corrupt header.
+ */
+export function decodeFrame(buf: Uint8Array): DecodedFrame | null {
+  if (buf.length < FRAME_HEADER) return null;
+  const v = new DataView(buf.buffer, buf.byteOffset, buf.length);
+  if (v.getUint32(0, true) !== SHADOW_MAGIC) throw new Error("corrupt shadow frame");
+  const len = v.getUint32(8, true);
+  if (buf.length < FRAME_HEADER + len) return null;
+  const payload = JSON.parse(
+    new TextDecoder().decode(buf.subarray(FRAME_HEADER, FRAME_HEADER + len)),
+  );
+  return {
+    type: v.getUint16(4, true),
+    payload,
+    fdCount: v.getUint32(12, true),
+    length: FRAME_HEADER + len,
+  };
+}
