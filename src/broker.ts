@@ -90,6 +90,7 @@ import {
   Cmd,
   decodeHeader,
   encodeHeader,
+  extFlags,
   Flag,
   type Header,
   HEADER_SIZE,
@@ -97,6 +98,7 @@ import {
   Off,
   requestBytes,
   Text,
+  withExt,
 } from "./wire.ts";
 
 /** Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere. */
@@ -878,7 +880,7 @@ export class Broker implements AsyncDisposable {
         if (answer instanceof Promise) conn.speculative = { fd: conn.reqFd, answer };
       }
     }
-    conn.keepAlive = (h.reserved & Flag.KEEP_ALIVE) !== 0;
+    conn.keepAlive = (extFlags(h.reserved) & Flag.KEEP_ALIVE) !== 0;
     conn.handler = handle(h, this.#context(conn));
     this.#resume(conn, null);
   }
@@ -980,7 +982,7 @@ export class Broker implements AsyncDisposable {
     const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0);
     conn.waited = false;
     if (flags !== 0) {
-      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, flags, true);
+      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);
     }
     conn.lingerLeft = h === null || inSync
       ? 0

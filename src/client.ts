@@ -35,6 +35,7 @@ import {
   decodeHeader,
   DIGEST_LEN,
   encodeHeader,
+  extFlags,
   Flag,
   type Header,
   HEADER_SIZE,
@@ -42,6 +43,7 @@ import {
   isValidHeader,
   JOB_MAX,
   NAME_HARD_MAX,
+  withExt,
 } from "./wire.ts";
 
 /** Options of a {@link Client}. */
@@ -540,7 +542,7 @@ export class Client implements AsyncDisposable, Disposable {
         // A broker that honoured the wait sets the bit in its reply: its "not found" is final.
         if (
           !(e instanceof BrokerError) || e.status !== Status.NOT_FOUND ||
-          (e.flags & Flag.WAIT) !== 0 || performance.now() + pause > deadline
+          (extFlags(e.flags) & Flag.WAIT) !== 0 || performance.now() + pause > deadline
         ) throw e;
       }
       await new Promise((r) => setTimeout(r, pause));
@@ -561,7 +563,7 @@ export class Client implements AsyncDisposable, Disposable {
       nameLen: name.length,
       jobLen: job.length,
       size: BigInt(waitMs ?? 0),
-      reserved: waitMs === null ? 0 : Flag.WAIT,
+      reserved: waitMs === null ? 0 : withExt(Flag.WAIT),
     });
     const r = await this.#request(
       [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
@@ -627,7 +629,7 @@ export class Client implements AsyncDisposable, Disposable {
       nameLen: name.length,
       jobLen: job.length,
       size: BigInt(waitMs ?? 0),
-      reserved: waitMs === null ? 0 : Flag.WAIT,
+      reserved: waitMs === null ? 0 : withExt(Flag.WAIT),
     });
     let r;
     try {
@@ -796,7 +798,7 @@ export class Client implements AsyncDisposable, Disposable {
     const first = parts[0]?.[0];
     if (first !== undefined && this.#keepAlive) {
       const v = new DataView(first.buffer, first.byteOffset);
-      v.setUint32(44, v.getUint32(44, true) | Flag.KEEP_ALIVE, true);
+      v.setUint32(44, withExt(extFlags(v.getUint32(44, true)) | Flag.KEEP_ALIVE), true);
     }
     let reply: Reply;
     try {
@@ -821,7 +823,7 @@ export class Client implements AsyncDisposable, Disposable {
       }
       throw e;
     }
-    const keep = this.#keepAlive && (reply.header.reserved & Flag.KEEP_ALIVE) !== 0;
+    const keep = this.#keepAlive && (extFlags(reply.header.reserved) & Flag.KEEP_ALIVE) !== 0;
     return {
       conn,
       reply,

@@ -33,6 +33,7 @@ import {
   Cmd,
   DIGEST_LEN,
   encodeHeader,
+  extFlags,
   Flag,
   type Header,
   HEADER_SIZE,
@@ -409,7 +410,10 @@ function* getOrDrop(
   // whole byte strings: one holding a NUL byte is never cut short (defect D11), and since no
   // stored name holds one, it is simply not found.
   let obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
-  if (obj === undefined && lookupName !== null && op !== "drop" && (h.reserved & Flag.WAIT) !== 0) {
+  if (
+    obj === undefined && lookupName !== null && op !== "drop" &&
+    (extFlags(h.reserved) & Flag.WAIT) !== 0
+  ) {
     const published = (yield { kind: "wait", name: lookupName, ms: Number(h.size) }) as boolean;
     if (published) obj = store.newestByName(lookupName);
   }

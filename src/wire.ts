@@ -44,18 +44,20 @@ export const Cmd = {
    * Extension: describe an object (JSON text: id, name, size, digest, owner, allowed,
    * created_ns, seals) without sending a descriptor. A C broker answers `unknown command`.
    */
-  STAT: 5,
+  STAT: 0x101,
   /**
    * Extension: hand this broker's listening socket and objects to the caller (a new broker
    * started with `--takeover`). Only a peer with the broker's own uid (or root) may ask; the
    * reply carries the listening socket, then the connection carries the objects.
    */
-  TAKEOVER: 6,
+  TAKEOVER: 0x102,
 } as const;
 
 /**
  * Extension bits carried in the header's `reserved` field. The C broker and clients ignore this
- * field, so setting them never changes what a C peer does.
+ * field, so setting them never changes what a C peer does. They count only together with
+ * {@link EXT_MARK} in the field's high 16 bits, so a peer that fills `reserved` with arbitrary
+ * bytes (which protocol v1 allows) never switches an extension on by accident.
  */
 export const Flag = {
   /**
@@ -72,6 +74,19 @@ export const Flag = {
    */
   WAIT: 0x2,
 } as const;
+
+/** The marker that must fill the high 16 bits of `reserved` for extension bits to count. */
+export const EXT_MARK = 0x4d460000;
+
+/** The extension bits of a `reserved` value (0 unless it carries {@link EXT_MARK}). */
+export function extFlags(reserved: number): number {
+  return ((reserved & 0xffff0000) >>> 0) === EXT_MARK ? reserved & 0xffff : 0;
+}
+
+/** The `reserved` value that carries extension bits `flags` (0 for none). */
+export function withExt(flags: number): number {
+  return flags === 0 ? 0 : (EXT_MARK | flags) >>> 0;
+}
 
 /** Length of a digest string: `sha256:` and 64 lowercase hex digits. */
 export const DIGEST_LEN = 71;

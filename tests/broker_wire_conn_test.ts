@@ -35,7 +35,7 @@ import {
   ST,
   T,
 } from "./broker_wire_support.ts";
-import { Cmd, Flag } from "../src/wire.ts";
+import { Cmd, Flag, withExt } from "../src/wire.ts";
 import { bindUnix, sockaddrUn, unixSocket } from "../src/unix_socket.ts";
 import { closeQuietly } from "../src/ffi.ts";
 
@@ -352,7 +352,7 @@ Deno.test("one request per connection, unless the keep-alive flag is set", async
   const s = new Session(broker);
   const data = enc("alive");
   const digest = digestOf(data);
-  const KA = Flag.KEEP_ALIVE;
+  const KA = withExt(Flag.KEEP_ALIVE);
   const line1 = listLine(1, null, null, 5, digest, "ka");
 
   await t.step("setup: object 1", async () => {
@@ -434,15 +434,19 @@ Deno.test("one request per connection, unless the keep-alive flag is set", async
   );
 
   await t.step(
-    "a request's status field and reserved bits other than KEEP_ALIVE are ignored",
+    "a request's status field and reserved bits without the extension marker are ignored",
     async () => {
-      using c = await RawClient.connect(s.socket);
-      await c.send(request({ cmd: Cmd.LIST, status: 12345, reserved: 0xfffffffe }));
-      const r = await c.reply();
-      assertEquals(r.header, replyHeader({ cmd: Cmd.LIST, textLen: line1.length }));
-      assertEquals(bin(r.body), line1);
-      assertEquals((await c.readToEnd()).bytes.length, 0);
-      await s.nextAudit();
+      // Arbitrary reserved values (even with the KEEP_ALIVE bit set) must not switch on an
+      // extension: the reply says reserved 0 and the connection closes after one reply.
+      for (const reserved of [0xfffffffe, 0xffffffff, 0xdeadbeef, Flag.KEEP_ALIVE]) {
+        using c = await RawClient.connect(s.socket);
+        await c.send(request({ cmd: Cmd.LIST, status: 12345, reserved }));
+        const r = await c.reply();
+        assertEquals(r.header, replyHeader({ cmd: Cmd.LIST, textLen: line1.length }));
+        assertEquals(bin(r.body), line1);
+        assertEquals((await c.readToEnd()).bytes.length, 0);
+        await s.nextAudit();
+      }
     },
   );
 

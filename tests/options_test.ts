@@ -1,3 +1,4 @@
+import { OPEN_POLICY } from "../src/policy.ts";
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import { UsageError } from "../src/errors.ts";
 import {
@@ -37,6 +38,7 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
   const d = defaultBrokerOptions();
   assertEquals([d.requestTimeoutMs, d.idleTimeoutMs], [10_000, 60_000]);
   assertEquals(Object.keys(d).sort(), [
+    "auditPeer",
     "idleTimeoutMs",
     "listenBacklog",
     "maxClients",
@@ -45,8 +47,13 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
     "maxObjects",
     "maxRequestBytes",
     "maxTotalBytes",
+    "maxWaitMs",
+    "maxWaiters",
+    "policy",
     "requestTimeoutMs",
+    "shadow",
     "socket",
+    "socketMode",
   ]);
 });
 
@@ -94,6 +101,12 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     maxClients: 16,
     requestTimeoutMs: 17,
     idleTimeoutMs: 18,
+    maxWaitMs: 3_600_000,
+    maxWaiters: 1024,
+    socketMode: 0o600,
+    auditPeer: false,
+    policy: OPEN_POLICY,
+    shadow: null,
   };
   assertEquals(o, want);
 });

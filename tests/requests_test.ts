@@ -153,8 +153,11 @@ function serve(gen: Handler, body: Uint8Array): Driven & { consumed: number } {
       } else {
         input = null;
       }
-    } else {
+    } else if (step.kind === "digest") {
       input = { digest: digestFd(step.fd, step.size) };
+    } else {
+      // A GET --wait that nobody answers: the wait ends without a publication.
+      input = false;
     }
     r = gen.next(input);
   }

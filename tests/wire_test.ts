@@ -6,6 +6,8 @@ import {
   DIGEST_PREFIX,
   emptyHeader,
   encodeHeader,
+  EXT_MARK,
+  extFlags,
   Flag,
   formatDigest,
   type Header,
@@ -19,6 +21,7 @@ import {
   requestBytes,
   Text,
   VERSION,
+  withExt,
 } from "../src/wire.ts";
 import { hex, unhex } from "./unit_support.ts";
 
@@ -50,8 +53,16 @@ Deno.test("the wire constants have the protocol v1 values", () => {
     [HEADER_SIZE, MAGIC, VERSION, DIGEST_LEN, DIGEST_PREFIX, NAME_HARD_MAX, JOB_MAX],
     [48, 0x4d464442, 1, 71, "sha256:", 65536, 256],
   );
-  assertEquals(Cmd, { PUT: 1, GET: 2, LIST: 3, DROP: 4 });
-  assertEquals(Flag.KEEP_ALIVE, 1);
+  // Protocol v1's commands, and the extensions far from them so no C test's "unknown" command
+  // (0, 5, 9, 99, 255, ...) is taken.
+  assertEquals(Cmd, { PUT: 1, GET: 2, LIST: 3, DROP: 4, STAT: 0x101, TAKEOVER: 0x102 });
+  assertEquals([Flag.KEEP_ALIVE, Flag.WAIT, EXT_MARK], [1, 2, 0x4d460000]);
+  assertEquals([withExt(0), withExt(1), extFlags(0x4d460003), extFlags(0xffffffff)], [
+    0,
+    0x4d460001,
+    3,
+    0,
+  ]);
 });
 
 Deno.test("Off names every field offset of the C header layout", () => {

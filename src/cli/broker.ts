@@ -137,27 +137,38 @@ export async function brokerCommand(argv: readonly string[]): Promise<number> {
   const takeoverFlag = argv.includes("--takeover");
   const args = argv.filter((a) => a !== "--takeover");
   const { shadow, ...options } = brokerOptionsFromArgs(args);
-  const inherited = inheritedTakeover() ??
-    (takeoverFlag ? await requestTakeover(options.socket) : undefined);
-  const listenFd = inherited?.listenFd ?? activationFd();
-  const broker = await Broker.start({
-    ...options,
-    blockingWait: true,
-    ...(listenFd === undefined ? {} : { listenFd }),
-    ...(inherited === undefined ? {} : { takeoverFd: inherited.takeoverFd }),
-    ...(shadow === null ? {} : {
-      shadow: { path: shadow, command: selfCommand(["shadow", "--socket", shadow]) },
-    }),
-  });
-  const stop = (): void => void broker.close();
+  // Signal handlers go in before the socket exists: a SIGTERM that arrives as soon as the
+  // listening line is out must stop the broker cleanly, not kill it.
+  let broker: Broker | null = null;
+  let stopRequested = false;
+  const stop = (): void => {
+    stopRequested = true;
+    void broker?.close();
+  };
   // SIGHUP: start a new broker (this same program and arguments) and hand everything to it.
-  const upgrade = (): void => void broker.handover(selfCommand(["broker", ...args]));
+  const upgrade = (): void => void broker?.handover(selfCommand(["broker", ...args]));
   Deno.addSignalListener("SIGINT", stop);
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGHUP", upgrade);
-  await broker.closed;
-  Deno.removeSignalListener("SIGINT", stop);
-  Deno.removeSignalListener("SIGTERM", stop);
-  Deno.removeSignalListener("SIGHUP", upgrade);
+  try {
+    const inherited = inheritedTakeover() ??
+      (takeoverFlag ? await requestTakeover(options.socket) : undefined);
+    const listenFd = inherited?.listenFd ?? activationFd();
+    broker = await Broker.start({
+      ...options,
+      blockingWait: true,
+      ...(listenFd === undefined ? {} : { listenFd }),
+      ...(inherited === undefined ? {} : { takeoverFd: inherited.takeoverFd }),
+      ...(shadow === null ? {} : {
+        shadow: { path: shadow, command: selfCommand(["shadow", "--socket", shadow]) },
+      }),
+    });
+    if (stopRequested) void broker.close();
+    await broker.closed;
+  } finally {
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGTERM", stop);
+    Deno.removeSignalListener("SIGHUP", upgrade);
+  }
   return 0;
 }
