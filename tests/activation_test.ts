@@ -10,8 +10,10 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { setCloexec } from "../src/fd.ts";
 import { closeQuietly } from "../src/ffi.ts";
+import { parseConfig } from "../src/config.ts";
+import { defaultBrokerOptions } from "../src/options.ts";
 import { bindUnix, listenUnix, sockaddrUn, unixSocket } from "../src/unix_socket.ts";
-import { BrokerProcess, cli, enc, fdTable, tempDir } from "./helpers.ts";
+import { BrokerProcess, cli, enc, fdTable, ROOT, tempDir, waitFor } from "./helpers.ts";
 
 /** A listening socket bound at `path`, as systemd would create it from memfdbus.socket. */
 function listeningSocket(path: string): number {
@@ -111,3 +113,87 @@ for (
     assertEquals(inode(path), ino);
   });
 }
+
+// ---- the operator files in contrib/ ---------------------------------------------------------
+
+const CONTRIB = `${ROOT}/contrib`;
+
+/** `Key=value` lines of a systemd unit (comments and sections skipped), last value wins. */
+function unitKeys(path: string): Map<string, string> {
+  const keys = new Map<string, string>();
+  for (const line of Deno.readTextFileSync(path).split("\n")) {
+    const m = /^([A-Za-z]+)=(.*)$/.exec(line.trim());
+    if (m !== null) keys.set(m[1] ?? "", m[2] ?? "");
+  }
+  return keys;
+}
+
+Deno.test("the contrib units and config agree on socket, config path and descriptor budget", () => {
+  const socket = unitKeys(`${CONTRIB}/memfdbus.socket`);
+  const service = unitKeys(`${CONTRIB}/memfdbus.service`);
+  assertEquals(socket.get("ListenStream"), "/run/memfdbus.sock");
+  assertEquals(
+    service.get("ExecStart"),
+    "/usr/local/bin/memfdbus broker --config /etc/memfdbus.jsonc",
+  );
+  assertEquals(service.get("MemoryDenyWriteExecute"), undefined, "V8 needs W+X memory");
+  const { options } = parseConfig(
+    Deno.readTextFileSync(`${CONTRIB}/memfdbus.jsonc`),
+    "memfdbus.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(options.socket, socket.get("ListenStream"));
+  const limit = BigInt(service.get("LimitNOFILE") ?? "0");
+  ok(
+    options.maxObjects + BigInt(options.maxClients) + 100n <= limit,
+    `maxObjects ${options.maxObjects} + maxClients ${options.maxClients} + 100 > ${limit}`,
+  );
+});
+
+const socketActivate = (() => {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    try {
+      if (Deno.statSync(`${dir}/systemd-socket-activate`).isFile) {
+        return `${dir}/systemd-socket-activate`;
+      }
+    } catch {
+      // Not in this directory.
+    }
+  }
+  return null;
+})();
+if (socketActivate === null) {
+  console.log("activation_test: systemd-socket-activate not found, its test is ignored");
+}
+
+Deno.test({
+  name: "under systemd-socket-activate the broker runs with the contrib config on systemd's socket",
+  ignore: socketActivate === null,
+  fn: async () => {
+    using dir = tempDir();
+    const path = `${dir.path}/systemd.sock`;
+    // systemd-socket-activate listens, then execs the broker (same pid) on the first connection.
+    const starting = BrokerProcess.start(
+      dir.path,
+      ["--config", `${CONTRIB}/memfdbus.jsonc`, "--socket", `${dir.path}/unused.sock`],
+      { wrap: [socketActivate ?? "", "-l", path] },
+    );
+    await waitFor(() => inode(path) !== null, 15_000, "systemd-socket-activate to listen");
+    Deno.writeFileSync(`${dir.path}/in.txt`, enc("from systemd"));
+    const put = await cli(["put", `${dir.path}/in.txt`, "--socket", path]);
+    await using broker = await starting;
+    assertEquals([put.code, put.stdout, put.stderr], [0, "1\n", ""]);
+    assertEquals(broker.lines[0], `memfdbus broker listening on ${path}`);
+    const get = await cli(["get", "1", "-", "--socket", path]);
+    assertEquals([get.code, get.stdout], [0, "from systemd"]);
+    const audit = await broker.waitAudit(2);
+    assertEquals(audit.map((r) => `${r.op} ${r.result} ${r.peer_uid === Deno.uid()}`), [
+      "put ok true",
+      "get ok true",
+    ]);
+    const status = await broker.stop("SIGTERM");
+    assertEquals(status.code, 0);
+    ok(inode(path) !== null, "the broker removed systemd's socket");
+    assertEquals(inode(`${dir.path}/unused.sock`), null);
+  },
+});
