@@ -54,6 +54,7 @@ export {
   UsageError,
 } from "./src/errors.ts";
 export { SocketPathError } from "./src/connection.ts";
+export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/policy.ts";
 export {
   brokerFdProblemText,
   describeFdProblem,

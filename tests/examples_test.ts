@@ -220,3 +220,37 @@ Deno.test("the HTTP example serves the newest version of a name with its digest 
   assertEquals(await server.stop("SIGTERM"), 0);
   assertEquals(server.stderr, "");
 });
+
+// ---- the examples in the JSDoc ----------------------------------------------------------------
+
+Deno.test("every JSDoc example type-checks, those marked ignore included", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-run",
+      "--allow-env",
+      `${ROOT}/scripts/check_doc_examples.ts`,
+    ],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  assertEquals(out.code, 0, dec(out.stderr));
+  ok(/^\d+ JSDoc examples type-check\n$/.test(dec(out.stdout)), dec(out.stdout));
+});
+
+Deno.test("the runnable JSDoc examples pass as documentation tests", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["test", "--doc", "--allow-all", "mod.ts", "cli.ts", "src/"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = dec(out.stdout) + dec(out.stderr);
+  assertEquals(out.code, 0, text);
+  ok(/^ok \| \d+ passed \| 0 failed/m.test(text), text);
+});
