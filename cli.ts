@@ -1,5 +1,6 @@
 /**
- * The `memfdbus` command: broker, put, get, exec, drop and list.
+ * The `memfdbus` command: broker, put, get, exec, drop and list (as the C memfdbus), plus stat,
+ * capture and shadow.
  *
  * ```sh
  * deno run --allow-ffi --allow-read --allow-write --allow-env cli.ts broker

@@ -38,6 +38,7 @@ export {
   type Selector,
 } from "./src/client.ts";
 export { type AuditSink, Broker, type BrokerStartOptions } from "./src/broker.ts";
+export { type ShadowConfig } from "./src/shadow_link.ts";
 export {
   type BrokerOptions,
   DEFAULT_SOCKET,
@@ -54,7 +55,7 @@ export {
   UsageError,
 } from "./src/errors.ts";
 export { SocketPathError } from "./src/connection.ts";
-export { type IdentityPolicy, type JobBinding } from "./src/policy.ts";
+export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/policy.ts";
 export {
   brokerFdProblemText,
   describeFdProblem,
@@ -72,4 +73,14 @@ export { ReadOnlyMapping } from "./src/mapping.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/fd.ts";
 export { DigestBuilder, digestBytes, digestFd } from "./src/digest.ts";
-export { Cmd, DIGEST_LEN, Flag, HEADER_SIZE, MAGIC, VERSION } from "./src/wire.ts";
+export {
+  Cmd,
+  DIGEST_LEN,
+  EXT_MARK,
+  extFlags,
+  Flag,
+  HEADER_SIZE,
+  MAGIC,
+  VERSION,
+  withExt,
+} from "./src/wire.ts";

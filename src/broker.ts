@@ -101,10 +101,47 @@ import {
   withExt,
 } from "./wire.ts";
 
-/** Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere. */
+/**
+ * Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere.
+ *
+ * @example Collecting the audit records of an in-process broker
+ * ```ts
+ * import { Broker, Client } from "@memfdbus/memfdbus";
+ * const dir = Deno.makeTempDirSync();
+ * const records: string[] = [];
+ * {
+ *   await using broker = await Broker.start({
+ *     socket: `${dir}/bus.sock`,
+ *     audit: (line) => records.push(line), // or 1 (stdout, the default), 2, or null
+ *   });
+ *   await using client = new Client({ socket: broker.socket });
+ *   await client.list();
+ * }
+ * console.log(records[0]); // memfdbus broker listening on .../bus.sock
+ * console.log(JSON.parse(records[1] ?? "{}").op); // "list"
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
 export type AuditSink = number | ((line: string) => void) | null;
 
-/** Options of {@link Broker.start}: the CLI options plus in-process conveniences. */
+/**
+ * Options of {@link Broker.start}: the CLI options plus in-process conveniences.
+ *
+ * @example A small, quiet broker for tests
+ * ```ts
+ * import { Broker } from "@memfdbus/memfdbus";
+ * const dir = Deno.makeTempDirSync();
+ * const broker = await Broker.start({
+ *   socket: `${dir}/bus.sock`,
+ *   maxObjects: 100n,
+ *   requestTimeoutMs: 2000,
+ *   audit: null,
+ *   hashWorkers: 2,
+ * });
+ * await broker.close();
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
+ */
 export interface BrokerStartOptions extends Partial<Omit<BrokerOptions, "shadow">> {
   /** Audit destination; stdout by default. */
   readonly audit?: AuditSink;
@@ -201,6 +238,20 @@ class Conn {
 /**
  * A running broker. Start one with {@link Broker.start}; stop it with {@link Broker.close} (the
  * socket file is unlinked and every stored descriptor closed).
+ *
+ * @example A broker and a client in one program
+ * ```ts
+ * import { Broker, Client } from "@memfdbus/memfdbus";
+ * const dir = Deno.makeTempDirSync();
+ * {
+ *   await using broker = await Broker.start({ socket: `${dir}/bus.sock`, audit: null });
+ *   await using client = new Client({ socket: broker.socket });
+ *   await client.put(new TextEncoder().encode("hello"), { name: "greeting" });
+ *   using obj = await client.get({ name: "greeting" });
+ *   console.log(obj.text(), broker.objectCount); // "hello" 1
+ * } // the client, then the broker, are closed here
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
  */
 export class Broker implements AsyncDisposable {
   readonly #options: BrokerOptions;
@@ -275,6 +326,16 @@ export class Broker implements AsyncDisposable {
    * start serving. Startup failures throw with the C broker's message (for example
    * `refusing to unlink non-socket path: /tmp/x`).
    *
+   * @example
+   * ```ts
+   * import { Broker } from "@memfdbus/memfdbus";
+   * const dir = Deno.makeTempDirSync();
+   * const broker = await Broker.start({ socket: `${dir}/bus.sock`, audit: null });
+   * console.log(broker.socket, broker.objectCount, broker.connectionCount);
+   * await broker.close();
+   * Deno.removeSync(dir, { recursive: true });
+   * ```
+   *
    * @param start options; anything left out takes the C broker's default
    */
   static start(start: BrokerStartOptions = {}): Promise<Broker> {
@@ -323,7 +384,22 @@ export class Broker implements AsyncDisposable {
     return this.#options.socket;
   }
 
-  /** Objects currently stored. */
+  /**
+   * Objects currently stored.
+   *
+   * @example
+   * ```ts
+   * import { Broker, Client } from "@memfdbus/memfdbus";
+   * const dir = Deno.makeTempDirSync();
+   * {
+   *   await using broker = await Broker.start({ socket: `${dir}/bus.sock`, audit: () => {} });
+   *   await using client = new Client({ socket: broker.socket });
+   *   await client.put(new Uint8Array([1]), { name: "one" });
+   *   console.log(broker.objectCount, broker.connectionCount >= 0); // 1 true
+   * }
+   * Deno.removeSync(dir, { recursive: true });
+   * ```
+   */
   get objectCount(): number {
     return this.#store.count;
   }
@@ -336,6 +412,14 @@ export class Broker implements AsyncDisposable {
   /**
    * Stop accepting, let requests in flight finish (up to two seconds), then close every
    * connection and stored descriptor and unlink the socket. Resolves when done.
+   *
+   * @example Stopping on SIGTERM
+   * ```ts ignore
+   * import { Broker } from "@memfdbus/memfdbus";
+   * const broker = await Broker.start({ socket: "/tmp/memfdbus.sock" });
+   * Deno.addSignalListener("SIGTERM", () => void broker.close());
+   * await broker.closed;
+   * ```
    */
   close(): Promise<void> {
     this.#beginStop();

@@ -46,7 +46,17 @@ import {
   withExt,
 } from "./wire.ts";
 
-/** Options of a {@link Client}. */
+/**
+ * Options of a {@link Client}.
+ *
+ * @example A client of the system broker, acting for one job, with a shorter timeout
+ * ```ts
+ * import { Client } from "@memfdbus/memfdbus";
+ * const client = new Client({ socket: "/run/memfdbus.sock", jobId: "trainer", timeoutMs: 5000 });
+ * console.log(client.socket, client.jobId); // nothing is connected until the first request
+ * client.close();
+ * ```
+ */
 export interface ClientOptions {
   /** Broker socket path; `/tmp/memfdbus.sock` by default. */
   readonly socket?: string;
@@ -67,20 +77,52 @@ export interface ClientOptions {
   readonly syncWaitUs?: number;
 }
 
-/** Which object: an id, `{ id }`, or `{ name }` for the newest object with that name. */
+/**
+ * Which object: an id, `{ id }`, or `{ name }` for the newest object with that name.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * using byId = await client.get(7n); // or 7, or { id: 7n }
+ * using newest = await client.get({ name: "model.bin" });
+ * ```
+ */
 export type Selector =
   | bigint
   | number
   | { readonly id: bigint | number }
   | { readonly name: string | Uint8Array };
 
-/** Per-call job override: a job id, or null for an unscoped request. */
+/**
+ * Per-call job override: a job id, or null for an unscoped request.
+ *
+ * @example Listing as another job than the client's
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client({ jobId: "trainer" });
+ * const mine = await client.list(); // as "trainer"
+ * const all = await client.list({ jobId: null }); // unscoped
+ * console.log(mine.length, all.length);
+ * ```
+ */
 export interface JobOption {
   /** The job id for this call; overrides the client's. */
   readonly jobId?: string | null;
 }
 
-/** Options of {@link Client.put}. */
+/**
+ * Options of {@link Client.put}.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client({ jobId: "trainer" });
+ * await client.put("./weights.bin", { name: "weights", allowJob: "inference" });
+ * const { name } = await client.put(new Uint8Array([1, 2, 3]), { contentAddressed: true });
+ * console.log(name); // sha256:039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81
+ * ```
+ */
 export interface PutOptions extends JobOption {
   /**
    * The object name. Defaults to the file's base name for a path source, else required
@@ -93,7 +135,17 @@ export interface PutOptions extends JobOption {
   readonly allowJob?: string;
 }
 
-/** Options of {@link Client.get}. */
+/**
+ * Options of {@link Client.get}.
+ *
+ * @example Waiting up to ten seconds for a name, and checking what arrived
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * using obj = await client.get({ name: "model.bin" }, { wait: 10_000, verify: true });
+ * console.log(obj.size);
+ * ```
+ */
 export interface GetOptions extends JobOption {
   /** Recompute the digest of what arrived and fail on a mismatch (costs one pass over it). */
   readonly verify?: boolean;
@@ -105,7 +157,17 @@ export interface GetOptions extends JobOption {
   readonly wait?: number | boolean;
 }
 
-/** What {@link Client.stat} reports about an object. */
+/**
+ * What {@link Client.stat} reports about an object.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * const st = await client.stat({ name: "model.bin" });
+ * console.log(st.id, st.size, st.digest, st.owner ?? "-", st.createdNs);
+ * ```
+ */
 export interface ObjectStat {
   /** Object id. */
   readonly id: bigint;
@@ -129,6 +191,14 @@ export interface ObjectStat {
  * An open descriptor to publish from. A regular file is read from offset 0 (its file offset
  * is left alone) unless `fromCurrentOffset` is set; a pipe or socket is read to its end. A memfd
  * that already carries the four seals is sent as is, without a copy.
+ *
+ * @example Publishing from an open descriptor
+ * ```ts ignore
+ * import { Client, FileDescriptor } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * using file = FileDescriptor.open("./model.bin");
+ * await client.put({ fd: file.fd }, { name: "model.bin" });
+ * ```
  */
 export interface FdSource {
   /** The descriptor; it stays the caller's. */
@@ -140,10 +210,33 @@ export interface FdSource {
 /**
  * What {@link Client.put} can publish: a file path, bytes, a stream of bytes, an open
  * descriptor, or a {@link Memfd}.
+ *
+ * @example Each kind of source
+ * ```ts ignore
+ * import { Client, Memfd } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * await client.put("./model.bin"); // a path: named "model.bin"
+ * await client.put(new TextEncoder().encode("hi"), { name: "greeting" });
+ * await client.put(Deno.stdin.readable, { name: "stdin" }); // a stream, read to its end
+ * using memfd = Memfd.create("scratch");
+ * memfd.writeAll(new Uint8Array(1024));
+ * memfd.seal();
+ * await client.put(memfd, { name: "zeros" }); // already sealed: sent without a copy
+ * ```
  */
 export type PutSource = string | Uint8Array | ReadableStream<Uint8Array> | FdSource | Memfd;
 
-/** The result of a successful PUT. */
+/**
+ * The result of a successful PUT.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * const { id, size, digest, name } = await client.put("./model.bin");
+ * console.log(`${id} ${size} ${digest} ${name}`);
+ * ```
+ */
 export interface PutResult {
   /** The new object id. */
   readonly id: bigint;
@@ -155,7 +248,17 @@ export interface PutResult {
   readonly name: string;
 }
 
-/** One line of a LIST reply. */
+/**
+ * One line of a LIST reply.
+ *
+ * @example The total size of what the caller may see
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * const entries = await client.list();
+ * console.log(entries.reduce((sum, e) => sum + e.size, 0));
+ * ```
+ */
 export interface ListEntry {
   /** Object id. */
   readonly id: bigint;
@@ -171,7 +274,17 @@ export interface ListEntry {
   readonly name: string;
 }
 
-/** The result of a successful DROP. */
+/**
+ * The result of a successful DROP.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * const { id, size } = await client.drop({ name: "model.bin" }); // the newest version
+ * console.log(`dropped ${id} (${size} bytes)`);
+ * ```
+ */
 export interface DropResult {
   /** The dropped id. */
   readonly id: bigint;
@@ -182,7 +295,16 @@ export interface DropResult {
 /** How long `wait: true` may take on the client's side (the broker's own limit usually ends it first). */
 const WAIT_FOREVER_MS = 7 * 24 * 3_600_000;
 
-/** The default per-request timeout. */
+/**
+ * The default per-request timeout.
+ *
+ * @example
+ * ```ts
+ * import { Client, DEFAULT_TIMEOUT_MS } from "@memfdbus/memfdbus";
+ * const patient = new Client({ timeoutMs: 4 * DEFAULT_TIMEOUT_MS }); // two minutes
+ * patient.close();
+ * ```
+ */
 export const DEFAULT_TIMEOUT_MS = 30_000;
 /** Extra time a PUT allows per byte, for the broker's digest check (100 MB/s). */
 const PUT_MS_PER_BYTE = 1 / 100_000;
@@ -191,6 +313,16 @@ const IDLE_POOL = 4;
 /**
  * A fetched object: its metadata, a sealed read-only descriptor, and a lazily mapped view.
  * Closing it unmaps the view (detaching every Uint8Array over it) and closes the descriptor.
+ *
+ * @example Reading an object in place
+ * ```ts ignore
+ * import { Client } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * using obj = await client.get({ name: "model.bin" });
+ * console.log(obj.id, obj.name, obj.size, obj.digest);
+ * const firstByte = obj.view[0]; // read from the shared pages, no copy
+ * console.log(firstByte);
+ * ```
  */
 export class BusObject implements Disposable {
   /** Object id. */
@@ -240,40 +372,122 @@ export class BusObject implements Disposable {
   /**
    * The contents, mapped read-only on first use. Valid until {@link BusObject.close}; after that
    * any kept reference reads as empty rather than touching unmapped memory.
+   *
+   * @example Counting lines without copying the object
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * using obj = await client.get({ name: "data.csv" });
+   * let lines = 0;
+   * for (const byte of obj.view) if (byte === 10) lines++;
+   * console.log(lines);
+   * ```
    */
   get view(): Uint8Array {
     this.#map ??= ReadOnlyMapping.of(this.fd, this.size);
     return this.#map.bytes;
   }
 
-  /** A separate mapping the caller owns (and closes). */
+  /**
+   * A separate mapping the caller owns (and closes).
+   *
+   * @example A mapping that outlives the object
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * const obj = await client.get({ name: "model.bin" });
+   * using map = obj.map();
+   * obj.close(); // the mapping stays valid until it is closed itself
+   * console.log(map.bytes.length);
+   * ```
+   */
   map(): ReadOnlyMapping {
     return ReadOnlyMapping.of(this.fd, this.size);
   }
 
-  /** A copy of the contents. */
+  /**
+   * A copy of the contents.
+   *
+   * @example Keeping the bytes after the object is closed
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * let kept: Uint8Array;
+   * {
+   *   using obj = await client.get({ name: "greeting" });
+   *   kept = obj.bytes();
+   * }
+   * console.log(kept.length);
+   * ```
+   */
   bytes(): Uint8Array {
     return this.view.slice();
   }
 
-  /** The contents decoded as UTF-8. */
+  /**
+   * The contents decoded as UTF-8.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * using obj = await client.get({ name: "config.json" });
+   * const config = JSON.parse(obj.text());
+   * console.log(config);
+   * ```
+   */
   text(): string {
     return fromUtf8(this.view);
   }
 
-  /** Recompute the digest and compare it with the one the broker sent. */
+  /**
+   * Recompute the digest and compare it with the one the broker sent.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * using obj = await client.get({ name: "model.bin" });
+   * if (!obj.verify()) throw new Error(`${obj.name} does not match ${obj.digest}`);
+   * ```
+   */
   verify(): boolean {
     return digestBytes(this.view) === this.digest;
   }
 
-  /** Give up ownership of the descriptor (for example to hand it to a child process). */
+  /**
+   * Give up ownership of the descriptor (for example to hand it to a child process).
+   *
+   * @example Keeping only the descriptor
+   * ```ts ignore
+   * import { Client, Memfd } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * const obj = await client.get({ name: "model.bin" });
+   * using memfd = Memfd.adopt(obj.releaseFd()); // obj no longer closes it
+   * console.log(memfd.size);
+   * ```
+   */
   releaseFd(): number {
     const fd = this.fd;
     this.#fd = -1;
     return fd;
   }
 
-  /** Unmap the view and close the descriptor. Safe to call more than once. */
+  /**
+   * Unmap the view and close the descriptor. Safe to call more than once.
+   *
+   * @example Without `using`
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * const obj = await client.get({ name: "model.bin" });
+   * try {
+   *   console.log(obj.view.length);
+   * } finally {
+   *   obj.close();
+   * }
+   * ```
+   */
   close(): void {
     this.#map?.close();
     this.#map = null;
@@ -287,7 +501,19 @@ export class BusObject implements Disposable {
   }
 }
 
-/** Read MEMFDBUS_JOB_ID, treating an empty value or a denied permission as unset. */
+/**
+ * Read MEMFDBUS_JOB_ID, treating an empty value or a denied permission as unset.
+ *
+ * @example
+ * ```ts
+ * import { jobIdFromEnv } from "@memfdbus/memfdbus";
+ * Deno.env.set("MEMFDBUS_JOB_ID", "trainer");
+ * console.log(jobIdFromEnv()); // "trainer"
+ * Deno.env.set("MEMFDBUS_JOB_ID", "");
+ * console.log(jobIdFromEnv()); // null
+ * Deno.env.delete("MEMFDBUS_JOB_ID");
+ * ```
+ */
 export function jobIdFromEnv(): string | null {
   try {
     const v = Deno.env.get("MEMFDBUS_JOB_ID");
@@ -391,6 +617,15 @@ export class Client implements AsyncDisposable, Disposable {
    * Publish an object: copy the source into a new memfd (in the kernel where possible), seal
    * it, and send the descriptor. Returns the new id.
    *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * const { id } = await client.put("./model.bin"); // named "model.bin"
+   * await client.put("./model-v2.bin", { name: "model.bin" }); // now the newest "model.bin"
+   * console.log(id);
+   * ```
+   *
    * @param source a path, bytes, a stream, `{ fd }` or a Memfd
    * @param options name, job, allowed job, content addressing
    */
@@ -483,6 +718,22 @@ export class Client implements AsyncDisposable, Disposable {
   /**
    * Send an already sealed memfd with known size and digest (the lowest-level PUT). The
    * descriptor stays the caller's.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client, digestBytes, Memfd } from "@memfdbus/memfdbus";
+   * const bytes = new TextEncoder().encode("hello");
+   * using memfd = Memfd.create("greeting");
+   * memfd.writeAll(bytes);
+   * memfd.seal();
+   * await using client = new Client();
+   * const id = await client.putSealed(memfd.fd, {
+   *   size: bytes.length,
+   *   digest: digestBytes(bytes),
+   *   name: new TextEncoder().encode("greeting"),
+   * });
+   * console.log(id);
+   * ```
    */
   async putSealed(
     fd: number,
@@ -527,6 +778,14 @@ export class Client implements AsyncDisposable, Disposable {
   /**
    * Fetch an object by id or newest by name. The result owns a fresh sealed descriptor; close
    * it (or use `using`) when done.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * using obj = await client.get({ name: "model.bin" }, { wait: 30_000 });
+   * console.log(obj.id, obj.size, obj.view.subarray(0, 4));
+   * ```
    */
   async get(selector: Selector, options: GetOptions = {}): Promise<BusObject> {
     const { id, name } = selectorParts(selector);
@@ -618,6 +877,14 @@ export class Client implements AsyncDisposable, Disposable {
   /**
    * Describe an object: size, digest, seals, owner, allowed job and publication time. A broker
    * without the STAT extension is answered from a GET and a LIST (no publication time).
+   *
+   * @example
+   * ```ts ignore
+   * import { Client, Seal } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * const st = await client.stat(3n);
+   * console.log(st.name, st.size, ((st.seals ?? 0) & Seal.IMMUTABLE) === Seal.IMMUTABLE);
+   * ```
    */
   async stat(selector: Selector, options: GetOptions = {}): Promise<ObjectStat> {
     const { id, name } = selectorParts(selector);
@@ -692,7 +959,16 @@ export class Client implements AsyncDisposable, Disposable {
 
   // ---- LIST --------------------------------------------------------------------------------
 
-  /** The LIST text exactly as the broker sent it (possibly empty). */
+  /**
+   * The LIST text exactly as the broker sent it (possibly empty).
+   *
+   * @example Passing the listing on untouched
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * await Deno.stdout.write(await client.listRaw());
+   * ```
+   */
   async listRaw(options: JobOption = {}): Promise<Uint8Array> {
     const job = this.#job(options);
     const header = encodeHeader({ cmd: Cmd.LIST, jobLen: job.length });
@@ -717,19 +993,48 @@ export class Client implements AsyncDisposable, Disposable {
     }
   }
 
-  /** The LIST text decoded as UTF-8. */
+  /**
+   * The LIST text decoded as UTF-8: one line per object, tab-separated
+   * (`ID owner=JOB allowed=JOB SIZE DIGEST NAME`).
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * console.log(await client.listText());
+   * ```
+   */
   async listText(options: JobOption = {}): Promise<string> {
     return fromUtf8(await this.listRaw(options));
   }
 
-  /** The visible objects, parsed, in ascending id order. */
+  /**
+   * The visible objects, parsed, in ascending id order.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * for (const e of await client.list()) console.log(e.id, e.name, e.size, e.owner ?? "-");
+   * ```
+   */
   async list(options: JobOption = {}): Promise<ListEntry[]> {
     return parseList(await this.listText(options));
   }
 
   // ---- DROP --------------------------------------------------------------------------------
 
-  /** Drop an object by id or newest by name; descriptors already handed out stay valid. */
+  /**
+   * Drop an object by id or newest by name; descriptors already handed out stay valid.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * await client.drop({ name: "model.bin" }); // the previous version becomes the newest
+   * await client.drop(3n);
+   * ```
+   */
   async drop(selector: Selector, options: JobOption = {}): Promise<DropResult> {
     const { id, name } = selectorParts(selector);
     const job = this.#job(options);
@@ -835,7 +1140,17 @@ export class Client implements AsyncDisposable, Disposable {
     };
   }
 
-  /** Close idle connections. Safe to call more than once. */
+  /**
+   * Close idle connections. Safe to call more than once. Objects already fetched stay valid.
+   *
+   * @example A client kept for a program's lifetime
+   * ```ts
+   * import { Client } from "@memfdbus/memfdbus";
+   * const client = new Client();
+   * // ... requests ...
+   * client.close();
+   * ```
+   */
   close(): void {
     this.#closed = true;
     for (const c of this.#idle) c.close();
@@ -928,7 +1243,17 @@ function toId(v: bigint | number): bigint {
   return id;
 }
 
-/** Parse LIST text into entries (a name may itself contain tabs; it is the last column). */
+/**
+ * Parse LIST text into entries (a name may itself contain tabs; it is the last column).
+ *
+ * @example
+ * ```ts
+ * import { parseList } from "@memfdbus/memfdbus";
+ * const digest = "sha256:" + "0".repeat(64);
+ * const [entry] = parseList(`7\towner=trainer\tallowed=-\t1024\t${digest}\tmodel.bin\n`);
+ * console.log(entry?.id, entry?.owner, entry?.allowed, entry?.name); // 7n trainer null model.bin
+ * ```
+ */
 export function parseList(text: string): ListEntry[] {
   const out: ListEntry[] = [];
   for (const line of text.split("\n")) {
@@ -993,11 +1318,18 @@ export async function prepareSealed(
   if (typeof source === "string") {
     const fd = libc.symbols.open(cstr(source), O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0) throw lastError("open", "open input");
+    let prepared: Prepared;
     try {
-      return prepareFromFd(fd, label, true);
-    } finally {
+      prepared = prepareFromFd(fd, label, true);
+    } catch (e) {
       closeQuietly(fd);
+      throw e;
     }
+    // A file that already carries the four seals is published through this very descriptor:
+    // it may only be closed once the publication is over.
+    if (prepared.fd === fd) return { ...prepared, release: () => closeQuietly(fd) };
+    closeQuietly(fd);
+    return prepared;
   }
   if (source instanceof Uint8Array) {
     return prepareFromBytes([source], label, !(deferHash && source.length >= EARLY_SEND_MIN));

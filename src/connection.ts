@@ -28,7 +28,20 @@ export interface Chunk {
   readonly fds: number[];
 }
 
-/** Thrown for a socket path that does not fit in sun_path. */
+/**
+ * Thrown for a socket path that does not fit in sun_path.
+ *
+ * @example
+ * ```ts
+ * import { Client, SocketPathError } from "@memfdbus/memfdbus";
+ * await using client = new Client({ socket: `/tmp/${"x".repeat(120)}.sock` });
+ * try {
+ *   await client.list();
+ * } catch (e) {
+ *   if (e instanceof SocketPathError) console.error(e.message); // socket path too long: ...
+ * }
+ * ```
+ */
 export class SocketPathError extends Error {
   /**
    * Describe a path too long for sun_path.

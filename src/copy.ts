@@ -8,7 +8,17 @@
 import { errno, errnoErrorOf, libc } from "./ffi.ts";
 import { EAGAIN, EBADF, EINTR, EINVAL, ENOSYS, EOPNOTSUPP, EXDEV } from "./linux.ts";
 
-/** How a copy labels its failures (the first word of `"<what>: <strerror>"`). */
+/**
+ * How a copy labels its failures (the first word of `"<what>: <strerror>"`).
+ *
+ * @example
+ * ```ts
+ * import { FileDescriptor, Memfd } from "@memfdbus/memfdbus";
+ * using src = FileDescriptor.open("/etc/hostname");
+ * using memfd = Memfd.create("copy");
+ * memfd.copyFrom(src.fd, undefined, { read: "read hostname", write: "write copy" });
+ * ```
+ */
 export interface CopyLabels {
   /** Label for a failing read, e.g. `read input`. */
   readonly read: string;
@@ -18,10 +28,32 @@ export interface CopyLabels {
   readonly copyFileRange?: string;
 }
 
-/** Which mechanism moved the bytes; reported for benchmarks and tests. */
+/**
+ * Which mechanism moved the bytes; reported for benchmarks and tests.
+ *
+ * @example
+ * ```ts
+ * import { type CopyMethod, FileDescriptor, Memfd } from "@memfdbus/memfdbus";
+ * using src = FileDescriptor.open("/etc/hostname");
+ * using memfd = Memfd.create("copy");
+ * const method: CopyMethod = memfd.copyFrom(src.fd).method;
+ * console.log(method === "read/write" ? "copied through user space" : `${method} in the kernel`);
+ * ```
+ */
 export type CopyMethod = "copy_file_range" | "sendfile" | "read/write" | "none";
 
-/** The result of {@link copyFd}. */
+/**
+ * The result of a copy (for example {@link Memfd.copyFrom}).
+ *
+ * @example
+ * ```ts
+ * import { FileDescriptor, Memfd } from "@memfdbus/memfdbus";
+ * using src = FileDescriptor.open("/etc/hostname");
+ * using memfd = Memfd.create("copy");
+ * const { bytes, method } = memfd.copyFrom(src.fd);
+ * console.log(bytes, method);
+ * ```
+ */
 export interface CopyResult {
   /** Bytes copied. */
   readonly bytes: number;

@@ -12,11 +12,31 @@ import { DIGEST_PREFIX } from "./wire.ts";
 /** Bytes fed to the hash per update call; large enough to amortise the call, small for cache. */
 export const HASH_SLICE = 4 << 20;
 
-/** An incremental SHA-256 that yields a protocol digest string. */
+/**
+ * An incremental SHA-256 that yields a protocol digest string.
+ *
+ * @example Hashing a stream piece by piece
+ * ```ts
+ * import { DigestBuilder, digestBytes } from "@memfdbus/memfdbus";
+ * const enc = new TextEncoder();
+ * const digest = new DigestBuilder().update(enc.encode("hel")).update(enc.encode("lo")).digest();
+ * console.log(digest === digestBytes(enc.encode("hello"))); // true
+ * ```
+ */
 export class DigestBuilder {
   readonly #hash: Hash = createHash("sha256");
 
-  /** Feed bytes (any size; large inputs are fed in slices without copying). */
+  /**
+   * Feed bytes (any size; large inputs are fed in slices without copying).
+   *
+   * @example
+   * ```ts
+   * import { DigestBuilder } from "@memfdbus/memfdbus";
+   * const hash = new DigestBuilder();
+   * for (const chunk of [new Uint8Array([1]), new Uint8Array([2, 3])]) hash.update(chunk);
+   * console.log(hash.digest()); // sha256:039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81
+   * ```
+   */
   update(bytes: Uint8Array): this {
     for (let off = 0; off < bytes.length; off += HASH_SLICE) {
       this.#hash.update(
@@ -26,13 +46,30 @@ export class DigestBuilder {
     return this;
   }
 
-  /** The digest string, `sha256:` and 64 lowercase hex digits. */
+  /**
+   * The digest string, `sha256:` and 64 lowercase hex digits. Call it once.
+   *
+   * @example
+   * ```ts
+   * import { DigestBuilder } from "@memfdbus/memfdbus";
+   * console.log(new DigestBuilder().digest().length); // 71
+   * ```
+   */
   digest(): string {
     return DIGEST_PREFIX + this.#hash.digest("hex");
   }
 }
 
-/** The digest string of some bytes. */
+/**
+ * The digest string of some bytes.
+ *
+ * @example
+ * ```ts
+ * import { digestBytes } from "@memfdbus/memfdbus";
+ * console.log(digestBytes(new TextEncoder().encode("hello")));
+ * // sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
+ * ```
+ */
 export function digestBytes(bytes: Uint8Array): string {
   return new DigestBuilder().update(bytes).digest();
 }
@@ -40,6 +77,16 @@ export function digestBytes(bytes: Uint8Array): string {
 /**
  * The digest string of the first `size` bytes of a descriptor, read through a read-only mapping.
  * The file must not shrink meanwhile (a sealed memfd cannot).
+ *
+ * @example The digest a broker will verify
+ * ```ts
+ * import { digestFd, Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("greeting");
+ * memfd.writeAll(new TextEncoder().encode("hello"));
+ * memfd.seal();
+ * console.log(digestFd(memfd.fd, memfd.size));
+ * // sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824
+ * ```
  */
 export function digestFd(fd: number, size: number): string {
   using map = ReadOnlyMapping.of(fd, size, "mmap object");

@@ -50,7 +50,16 @@ export class ErrnoError extends Error {
   }
 }
 
-/** Reply status codes of protocol v1. */
+/**
+ * Reply status codes of protocol v1.
+ *
+ * @example
+ * ```ts
+ * import { BrokerError, Status } from "@memfdbus/memfdbus";
+ * const e = new BrokerError(Status.NOT_FOUND, "object not found");
+ * console.log(e.status === Status.NOT_FOUND, e.message); // true "broker error: object not found"
+ * ```
+ */
 export const Status = {
   /** The request succeeded. */
   OK: 0,
@@ -64,7 +73,16 @@ export const Status = {
   FORBIDDEN: 4,
 } as const;
 
-/** One of the protocol v1 status codes (other values can arrive from a misbehaving broker). */
+/**
+ * One of the protocol v1 status codes (other values can arrive from a misbehaving broker).
+ *
+ * @example
+ * ```ts
+ * import { Status, type StatusCode } from "@memfdbus/memfdbus";
+ * const retryable = (s: StatusCode): boolean => s === Status.NOT_FOUND || s === Status.ERR;
+ * console.log(retryable(Status.FORBIDDEN)); // false
+ * ```
+ */
 export type StatusCode = (typeof Status)[keyof typeof Status];
 
 /**
@@ -72,7 +90,7 @@ export type StatusCode = (typeof Status)[keyof typeof Status];
  * `broker error: <text>` (or `broker error: request failed` when the broker sent no text).
  *
  * @example Retrying only when the object does not exist yet
- * ```ts
+ * ```ts ignore
  * import { BrokerError, Client, Status } from "@memfdbus/memfdbus";
  * await using client = new Client();
  * try {
@@ -108,6 +126,18 @@ export class BrokerError extends Error {
 /**
  * The broker (or a peer) sent something protocol v1 does not allow, for example a GET reply
  * without a descriptor (`broker did not send an object fd`).
+ *
+ * @example
+ * ```ts ignore
+ * import { Client, ProtocolError } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * try {
+ *   using obj = await client.get({ name: "model.bin" }, { verify: true });
+ * } catch (e) {
+ *   if (e instanceof ProtocolError) console.error(`broken broker: ${e.message}`);
+ *   else throw e;
+ * }
+ * ```
  */
 export class ProtocolError extends Error {
   /**
@@ -123,6 +153,18 @@ export class ProtocolError extends Error {
 
 /**
  * A request did not complete before its deadline, for example because the broker is hung.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client, TimeoutError } from "@memfdbus/memfdbus";
+ * await using client = new Client({ timeoutMs: 2000 });
+ * try {
+ *   await client.list();
+ * } catch (e) {
+ *   if (e instanceof TimeoutError) console.error(`no answer within ${e.timeoutMs} ms`);
+ *   else throw e;
+ * }
+ * ```
  */
 export class TimeoutError extends Error {
   /** The deadline that passed, in milliseconds. */
@@ -144,6 +186,16 @@ export class TimeoutError extends Error {
 /**
  * A command line or configuration mistake. The message is the exact line the CLI prints, for
  * example `invalid --max-objects: 0`.
+ *
+ * @example
+ * ```ts
+ * import { parseBrokerArgs, UsageError } from "@memfdbus/memfdbus";
+ * try {
+ *   parseBrokerArgs(["--max-objects", "0"]);
+ * } catch (e) {
+ *   if (e instanceof UsageError) console.error(e.message); // invalid --max-objects: 0
+ * }
+ * ```
  */
 export class UsageError extends Error {
   /**

@@ -33,7 +33,17 @@ import {
   STATX_UID,
 } from "./linux.ts";
 
-/** What stat tells about a file. */
+/**
+ * What stat tells about a file.
+ *
+ * @example
+ * ```ts
+ * import { FileDescriptor } from "@memfdbus/memfdbus";
+ * using fd = FileDescriptor.open("/etc/hostname");
+ * const st = fd.stat();
+ * console.log(st.size, (st.mode & 0o170000) === 0o100000); // size, and true: a regular file
+ * ```
+ */
 export interface FileStat {
   /** st_mode: type and permission bits. */
   readonly mode: number;
@@ -208,6 +218,13 @@ export class FileDescriptor implements Disposable {
   /**
    * Open a path (O_CLOEXEC is always added).
    *
+   * @example
+   * ```ts
+   * import { FileDescriptor } from "@memfdbus/memfdbus";
+   * using fd = FileDescriptor.open("/etc/hostname"); // O_RDONLY
+   * console.log(fd.fd >= 0);
+   * ```
+   *
    * @param path the file to open
    * @param flags open(2) flags, O_RDONLY by default
    * @param mode permission bits for O_CREAT
@@ -228,19 +245,49 @@ export class FileDescriptor implements Disposable {
     return this.#fd < 0;
   }
 
-  /** fstat(2) of the descriptor. */
+  /**
+   * fstat(2) of the descriptor.
+   *
+   * @example
+   * ```ts
+   * import { FileDescriptor } from "@memfdbus/memfdbus";
+   * using fd = FileDescriptor.open("/etc/hostname");
+   * const { size, ino, dev } = fd.stat();
+   * console.log(size, ino, dev);
+   * ```
+   */
   stat(): FileStat {
     return fstat(this.#number());
   }
 
-  /** Give up ownership and return the raw number; the caller must close it. */
+  /**
+   * Give up ownership and return the raw number; the caller must close it.
+   *
+   * @example
+   * ```ts
+   * import { FileDescriptor, Memfd } from "@memfdbus/memfdbus";
+   * const fd = FileDescriptor.open("/etc/hostname");
+   * using again = new FileDescriptor(fd.release()); // now this object closes it
+   * console.log(fd.closed, again.closed); // true false
+   * ```
+   */
   release(): number {
     const fd = this.#number();
     this.#fd = -1;
     return fd;
   }
 
-  /** Close the descriptor. Safe to call more than once. */
+  /**
+   * Close the descriptor. Safe to call more than once.
+   *
+   * @example
+   * ```ts
+   * import { FileDescriptor } from "@memfdbus/memfdbus";
+   * const fd = FileDescriptor.open("/etc/hostname");
+   * fd.close();
+   * console.log(fd.closed, fd.fd); // true -1
+   * ```
+   */
   close(): void {
     const fd = this.#fd;
     if (fd < 0) return;

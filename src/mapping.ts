@@ -45,6 +45,16 @@ export class ReadOnlyMapping implements Disposable {
    * The caller must make sure the file cannot shrink below `length` while mapped (a memfd with
    * F_SEAL_SHRINK), or reading past the new end raises SIGBUS.
    *
+   * @example Mapping a descriptor directly
+   * ```ts
+   * import { Memfd, ReadOnlyMapping } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("raw");
+   * memfd.writeAll(new Uint8Array([7, 8, 9]));
+   * memfd.seal();
+   * using map = ReadOnlyMapping.of(memfd.fd, memfd.size);
+   * console.log(map.length, map.bytes[2]); // 3 9
+   * ```
+   *
    * @param fd the descriptor to map (it may be closed afterwards; the mapping stays valid)
    * @param length bytes to map; 0 gives an empty mapping without a system call
    * @param context error context, `mmap` by default
@@ -63,7 +73,19 @@ export class ReadOnlyMapping implements Disposable {
     return new ReadOnlyMapping(ptr, length);
   }
 
-  /** The mapped bytes. Throws once the mapping is closed. */
+  /**
+   * The mapped bytes. Throws once the mapping is closed.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("x");
+   * memfd.writeAll(new TextEncoder().encode("abc"));
+   * memfd.seal();
+   * using map = memfd.map();
+   * console.log(new TextDecoder().decode(map.bytes.subarray(1))); // "bc"
+   * ```
+   */
   get bytes(): Uint8Array {
     if (this.#bytes === null) throw new TypeError("Mapping is closed");
     return this.#bytes;
@@ -83,12 +105,38 @@ export class ReadOnlyMapping implements Disposable {
    * True when close() found the buffer already detached or transferred elsewhere (for example by
    * `ArrayBuffer.prototype.transfer` or `postMessage`), so it left the pages mapped rather than
    * risk a dangling view. The pages are released when the process exits.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("x");
+   * memfd.writeAll(new Uint8Array(16));
+   * memfd.seal();
+   * const map = memfd.map();
+   * (map.bytes.buffer as ArrayBuffer).transfer(); // its memory moved out of the mapping's hands
+   * map.close();
+   * console.log(map.leaked); // true: left mapped rather than unmapped under a live buffer
+   * ```
    */
   get leaked(): boolean {
     return this.#leaked;
   }
 
-  /** Detach every view of the buffer, then unmap. Safe to call more than once. */
+  /**
+   * Detach every view of the buffer, then unmap. Safe to call more than once.
+   *
+   * @example A kept view reads as empty after close
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("x");
+   * memfd.writeAll(new Uint8Array(8));
+   * memfd.seal();
+   * const map = memfd.map();
+   * const view = map.bytes;
+   * map.close();
+   * console.log(view.length, map.closed); // 0 true
+   * ```
+   */
   close(): void {
     const buffer = this.#buffer;
     if (buffer === null) return;

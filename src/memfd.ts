@@ -39,7 +39,17 @@ import {
 } from "./linux.ts";
 import { ReadOnlyMapping } from "./mapping.ts";
 
-/** File seals (fcntl(2) F_ADD_SEALS). Combine them with `|`. */
+/**
+ * File seals (fcntl(2) F_ADD_SEALS). Combine them with `|`.
+ *
+ * @example A file that may still be appended to, but never shrink
+ * ```ts
+ * import { Memfd, Seal } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("log");
+ * memfd.addSeals(Seal.SHRINK);
+ * console.log((memfd.seals() & Seal.SHRINK) !== 0, (memfd.seals() & Seal.IMMUTABLE) === Seal.IMMUTABLE); // true false
+ * ```
+ */
 export const Seal = {
   /** No more seals can be added. */
   SEAL: F_SEAL_SEAL,
@@ -55,7 +65,16 @@ export const Seal = {
   IMMUTABLE: SEALS_IMMUTABLE,
 } as const;
 
-/** Options for {@link Memfd.create}. */
+/**
+ * Options for {@link Memfd.create}.
+ *
+ * @example Non-executable where the kernel supports it
+ * ```ts
+ * import { Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("data", { noexecSeal: "auto", closeOnExec: true });
+ * console.log(memfd.size); // 0
+ * ```
+ */
 export interface MemfdOptions {
   /** Set close-on-exec (default true). */
   readonly closeOnExec?: boolean;
@@ -70,7 +89,17 @@ export interface MemfdOptions {
   readonly noexecSeal?: boolean | "auto";
 }
 
-/** The bytes memfd_create(2) accepts in a name, excluding the terminating NUL. */
+/**
+ * The bytes memfd_create(2) accepts in a name, excluding the terminating NUL. Longer names are
+ * cut to fit (the name is only a label in /proc).
+ *
+ * @example
+ * ```ts
+ * import { Memfd, MEMFD_NAME_MAX } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("n".repeat(MEMFD_NAME_MAX + 10)); // no error: the label is cut
+ * console.log(MEMFD_NAME_MAX); // 249
+ * ```
+ */
 export const MEMFD_NAME_MAX = 249;
 
 let wrapperMissing = libc.symbols.memfd_create === null;
@@ -104,7 +133,17 @@ export function memfdLabel(name: string | Uint8Array): Uint8Array {
   return bytes.subarray(0, end);
 }
 
-/** Why a descriptor failed {@link inspectSealedFd}. */
+/**
+ * Why a descriptor failed {@link inspectSealedFd}.
+ *
+ * @example
+ * ```ts
+ * import { inspectSealedFd, isFdProblem, Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("unsealed");
+ * const r = inspectSealedFd(memfd.fd);
+ * if (isFdProblem(r)) console.log(r.kind); // "seals"
+ * ```
+ */
 export type FdProblem =
   | { readonly kind: "bad-fd" }
   | { readonly kind: "fstat"; readonly errno: number }
@@ -113,7 +152,19 @@ export type FdProblem =
   | { readonly kind: "get-seals"; readonly errno: number }
   | { readonly kind: "seals"; readonly seals: number };
 
-/** What {@link inspectSealedFd} learned about an acceptable descriptor. */
+/**
+ * What {@link inspectSealedFd} learned about an acceptable descriptor.
+ *
+ * @example
+ * ```ts
+ * import { inspectSealedFd, isFdProblem, Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("ok");
+ * memfd.writeAll(new Uint8Array(10));
+ * memfd.seal();
+ * const info = inspectSealedFd(memfd.fd, 10n);
+ * if (!isFdProblem(info)) console.log(info.size, info.seals); // 10n 15
+ * ```
+ */
 export interface SealedFdInfo {
   /** The file size. */
   readonly size: bigint;
@@ -125,6 +176,15 @@ export interface SealedFdInfo {
  * Check that a descriptor is a regular file of `expectedSize` bytes (when given) carrying all four
  * immutability seals. The checks run in the order of the C broker and library: fstat, type, size,
  * F_GET_SEALS, seal bits. Returns the problem instead of throwing so callers can word it.
+ *
+ * @example Checking a descriptor before publishing it
+ * ```ts
+ * import { describeFdProblem, inspectSealedFd, isFdProblem, Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("blob");
+ * memfd.writeAll(new Uint8Array(4));
+ * const r = inspectSealedFd(memfd.fd, 4n);
+ * console.log(isFdProblem(r) ? describeFdProblem(r, 4n) : "ready"); // fd is not fully immutable-sealed
+ * ```
  */
 export function inspectSealedFd(
   fd: number,
@@ -145,7 +205,15 @@ export function inspectSealedFd(
   return { size: st.size, seals };
 }
 
-/** Type guard for the failure side of {@link inspectSealedFd}. */
+/**
+ * Type guard for the failure side of {@link inspectSealedFd}.
+ *
+ * @example
+ * ```ts
+ * import { inspectSealedFd, isFdProblem } from "@memfdbus/memfdbus";
+ * console.log(isFdProblem(inspectSealedFd(-1))); // true: { kind: "bad-fd" }
+ * ```
+ */
 export function isFdProblem(r: SealedFdInfo | FdProblem): r is FdProblem {
   return "kind" in r;
 }
@@ -153,6 +221,12 @@ export function isFdProblem(r: SealedFdInfo | FdProblem): r is FdProblem {
 /**
  * The C library's wording of a descriptor problem (memfdbus_validate_fd), e.g.
  * `size mismatch: expected=5 fd=4`.
+ *
+ * @example
+ * ```ts
+ * import { describeFdProblem } from "@memfdbus/memfdbus";
+ * console.log(describeFdProblem({ kind: "size", actual: 4n }, 5n)); // size mismatch: expected=5 fd=4
+ * ```
  */
 export function describeFdProblem(p: FdProblem, expectedSize: bigint | undefined): string {
   switch (p.kind) {
@@ -176,6 +250,12 @@ export function describeFdProblem(p: FdProblem, expectedSize: bigint | undefined
 /**
  * The broker's wording of a descriptor problem (also what the C CLI prints after
  * `broker sent an invalid object fd: `), e.g. `size mismatch: header=5 fd=4`.
+ *
+ * @example
+ * ```ts
+ * import { brokerFdProblemText } from "@memfdbus/memfdbus";
+ * console.log(brokerFdProblemText({ kind: "size", actual: 4n }, 5n)); // size mismatch: header=5 fd=4
+ * ```
  */
 export function brokerFdProblemText(p: FdProblem, claimed: bigint): string {
   switch (p.kind) {
@@ -218,6 +298,13 @@ export class Memfd implements Disposable {
   /**
    * Create a memfd.
    *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("model.bin"); // shows as /memfd:model.bin in /proc/PID/fd
+   * console.log(memfd.fd >= 0, memfd.size); // true 0
+   * ```
+   *
    * @param name a label shown in /proc (cut to 249 bytes; it does not need to be unique)
    * @param options creation flags; sealing is allowed and close-on-exec set by default
    */
@@ -237,6 +324,14 @@ export class Memfd implements Disposable {
   /**
    * Adopt an existing descriptor (for example one received from the broker). The Memfd closes it.
    *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * const raw = Memfd.create("raw").release(); // a bare descriptor number
+   * using memfd = Memfd.adopt(raw); // closed again at the end of the scope
+   * console.log(memfd.fd === raw); // true
+   * ```
+   *
    * @param fd an open descriptor of a memfd
    */
   static adopt(fd: number): Memfd {
@@ -255,12 +350,33 @@ export class Memfd implements Disposable {
     return this.#fd < 0;
   }
 
-  /** The current size in bytes. */
+  /**
+   * The current size in bytes.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("x");
+   * memfd.writeAll(new Uint8Array(3));
+   * console.log(memfd.size); // 3
+   * ```
+   */
   get size(): number {
     return Number(fstat(this.fd).size);
   }
 
-  /** Write all of `bytes` at the current offset. */
+  /**
+   * Write all of `bytes` at the current offset.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("parts");
+   * memfd.writeAll(new TextEncoder().encode("head,"));
+   * memfd.writeAll(new TextEncoder().encode("tail"));
+   * console.log(memfd.size); // 9
+   * ```
+   */
   writeAll(bytes: Uint8Array): void {
     writeAll(this.fd, bytes, "write memfd");
   }
@@ -268,6 +384,15 @@ export class Memfd implements Disposable {
   /**
    * Copy from another descriptor, at its current offset, until end of file or `length` bytes.
    * Uses copy_file_range where both ends allow it, then sendfile, then read/write.
+   *
+   * @example Copying a file in the kernel
+   * ```ts
+   * import { FileDescriptor, Memfd } from "@memfdbus/memfdbus";
+   * using src = FileDescriptor.open("/etc/hostname");
+   * using memfd = Memfd.create("hostname");
+   * const { bytes, method } = memfd.copyFrom(src.fd);
+   * console.log(bytes === memfd.size, method); // true, and how: copy_file_range, sendfile...
+   * ```
    *
    * @param src the source descriptor (blocking)
    * @param length bytes to copy; everything up to end of file when omitted
@@ -284,28 +409,91 @@ export class Memfd implements Disposable {
     return copyFd(src, this.fd, length, labels, isRegular(st.mode), srcOffset);
   }
 
-  /** Set the file size (ftruncate). */
+  /**
+   * Set the file size (ftruncate); new bytes read as zeros.
+   *
+   * @example One MiB of zeros without writing them
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("zeros");
+   * memfd.truncate(1 << 20);
+   * memfd.seal();
+   * console.log(memfd.size); // 1048576
+   * ```
+   */
   truncate(size: number): void {
     check(libc.symbols.ftruncate(this.fd, BigInt(size)), "ftruncate");
   }
 
-  /** Move the file offset (lseek). */
+  /**
+   * Move the file offset (lseek); returns the new offset.
+   *
+   * @example Overwriting the start
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("patch");
+   * memfd.writeAll(new TextEncoder().encode("hello"));
+   * memfd.seek(0);
+   * memfd.writeAll(new TextEncoder().encode("J"));
+   * memfd.seal();
+   * using map = memfd.map();
+   * console.log(new TextDecoder().decode(map.bytes)); // "Jello"
+   * ```
+   */
   seek(offset: number): number {
     return seek(this.fd, offset, SEEK_SET, "lseek memfd");
   }
 
-  /** Add seals, for example `Seal.WRITE | Seal.SHRINK`. */
+  /**
+   * Add seals, for example `Seal.WRITE | Seal.SHRINK`.
+   *
+   * @example
+   * ```ts
+   * import { Memfd, Seal } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("fixed-size");
+   * memfd.truncate(4096);
+   * memfd.addSeals(Seal.GROW | Seal.SHRINK); // contents may change, the size may not
+   * console.log(memfd.seals() === (Seal.GROW | Seal.SHRINK)); // true
+   * ```
+   */
   addSeals(seals: number): void {
     const r = libc.symbols.fcntl(this.fd, F_ADD_SEALS, seals);
     if (r < 0) throw lastError("fcntl", "F_ADD_SEALS");
   }
 
-  /** The current seal bits. */
+  /**
+   * The current seal bits.
+   *
+   * @example
+   * ```ts
+   * import { Memfd, Seal } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("x");
+   * console.log(memfd.seals()); // 0
+   * memfd.seal();
+   * console.log(memfd.seals() === Seal.IMMUTABLE); // true
+   * ```
+   */
   seals(): number {
     return check(libc.symbols.fcntl(this.fd, F_GET_SEALS, 0), "fcntl", "F_GET_SEALS");
   }
 
-  /** Make the memfd immutable: rewind and add SEAL, SHRINK, GROW and WRITE. */
+  /**
+   * Make the memfd immutable: rewind and add SEAL, SHRINK, GROW and WRITE. This is what the
+   * broker requires of a published object.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("final");
+   * memfd.writeAll(new Uint8Array([1]));
+   * memfd.seal();
+   * try {
+   *   memfd.writeAll(new Uint8Array([2]));
+   * } catch (e) {
+   *   console.log((e as Error).message); // write memfd: Operation not permitted
+   * }
+   * ```
+   */
   seal(): void {
     this.seek(0);
     this.addSeals(SEALS_IMMUTABLE);
@@ -314,6 +502,16 @@ export class Memfd implements Disposable {
   /**
    * Map the whole file read-only. The file must carry F_SEAL_SHRINK (so the mapping can never
    * fault with SIGBUS) unless `allowUnsealed` is set.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("table");
+   * memfd.writeAll(new Uint8Array([3, 1, 2]));
+   * memfd.seal();
+   * using map = memfd.map();
+   * console.log(Math.max(...map.bytes)); // 3
+   * ```
    *
    * @param allowUnsealed map even without the shrink seal
    */
@@ -325,14 +523,36 @@ export class Memfd implements Disposable {
     return ReadOnlyMapping.of(fd, this.size);
   }
 
-  /** Give up ownership and return the raw descriptor; the caller must close it. */
+  /**
+   * Give up ownership and return the raw descriptor; the caller must close it.
+   *
+   * @example Handing the descriptor to an owner that closes it
+   * ```ts
+   * import { FileDescriptor, Memfd } from "@memfdbus/memfdbus";
+   * const memfd = Memfd.create("handoff");
+   * using owned = new FileDescriptor(memfd.release());
+   * console.log(memfd.closed, owned.stat().size); // true 0n
+   * ```
+   */
   release(): number {
     const fd = this.fd;
     this.#fd = -1;
     return fd;
   }
 
-  /** Close the descriptor. Safe to call more than once. */
+  /**
+   * Close the descriptor. Safe to call more than once; mappings made from it stay valid.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * const memfd = Memfd.create("x");
+   * memfd.seal();
+   * using map = memfd.map();
+   * memfd.close();
+   * console.log(memfd.closed, map.length); // true 0
+   * ```
+   */
   close(): void {
     const fd = this.#fd;
     if (fd < 0) return;
@@ -346,7 +566,18 @@ export class Memfd implements Disposable {
   }
 }
 
-/** The current seal bits of any descriptor (F_GET_SEALS). */
+/**
+ * The current seal bits of any descriptor (F_GET_SEALS); throws ErrnoError (EINVAL) for a
+ * descriptor that cannot be sealed, such as a regular file on disk.
+ *
+ * @example
+ * ```ts
+ * import { getSeals, Memfd, Seal } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("x");
+ * memfd.seal();
+ * console.log(getSeals(memfd.fd) === Seal.IMMUTABLE); // true
+ * ```
+ */
 export function getSeals(fd: number): number {
   return checkBig(libc.symbols.fcntl(fd, F_GET_SEALS, 0), "fcntl", "F_GET_SEALS");
 }

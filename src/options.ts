@@ -8,14 +8,33 @@ import { UsageError } from "./errors.ts";
 import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "./wire.ts";
 
-/** The socket every command uses unless told otherwise. */
+/**
+ * The socket every command uses unless told otherwise.
+ *
+ * @example
+ * ```ts
+ * import { Client, DEFAULT_SOCKET } from "@memfdbus/memfdbus";
+ * const client = new Client();
+ * console.log(client.socket === DEFAULT_SOCKET); // true: "/tmp/memfdbus.sock"
+ * client.close();
+ * ```
+ */
 export const DEFAULT_SOCKET = "/tmp/memfdbus.sock";
 
 const U32_MAX = 4294967295n;
 const U64_MAX = 18446744073709551615n;
 const INT_MAX = 2147483647n;
 
-/** Everything that configures a broker. */
+/**
+ * Everything that configures a broker.
+ *
+ * @example Defaults with a few changes
+ * ```ts
+ * import { type BrokerOptions, defaultBrokerOptions } from "@memfdbus/memfdbus";
+ * const options: BrokerOptions = { ...defaultBrokerOptions(), maxObjects: 65_000n, maxClients: 256 };
+ * console.log(options.socket, options.socketMode.toString(8)); // /tmp/memfdbus.sock 600
+ * ```
+ */
 export interface BrokerOptions {
   /** Socket path (--socket). */
   socket: string;
@@ -51,7 +70,16 @@ export interface BrokerOptions {
   shadow: string | null;
 }
 
-/** The defaults of the C broker, plus this broker's timeouts. */
+/**
+ * The defaults of the C broker, plus this broker's timeouts.
+ *
+ * @example
+ * ```ts
+ * import { defaultBrokerOptions } from "@memfdbus/memfdbus";
+ * const d = defaultBrokerOptions();
+ * console.log(d.maxClients, d.listenBacklog, d.requestTimeoutMs); // 128 128 10000
+ * ```
+ */
 export function defaultBrokerOptions(): BrokerOptions {
   return {
     socket: DEFAULT_SOCKET,
@@ -139,6 +167,13 @@ export function lastFlagValue(args: readonly string[], flag: string): string | u
 /**
  * Parse the arguments after `broker`. Flags may repeat (the last wins); the first bad one ends
  * parsing with a {@link UsageError}, as in the C broker.
+ *
+ * @example
+ * ```ts
+ * import { parseBrokerArgs } from "@memfdbus/memfdbus";
+ * const o = parseBrokerArgs(["--socket", "/run/memfdbus.sock", "--max-objects", "1000"]);
+ * console.log(o.socket, o.maxObjects); // /run/memfdbus.sock 1000n
+ * ```
  */
 export function parseBrokerArgs(
   args: readonly string[],

@@ -29,7 +29,16 @@ export function droppable(obj: Owned, caller: string | null): boolean {
   return obj.owner === null || caller === null || obj.owner === caller;
 }
 
-/** Which peers may claim a job id: any listed uid or any listed gid. */
+/**
+ * Which peers may claim a job id: any listed uid or any listed gid.
+ *
+ * @example
+ * ```ts
+ * import type { JobBinding } from "@memfdbus/memfdbus";
+ * const trainer: JobBinding = { uids: [1001], gids: [] }; // only uid 1001 may say "trainer"
+ * console.log(trainer.uids);
+ * ```
+ */
 export interface JobBinding {
   /** User ids allowed to claim the job. */
   readonly uids: readonly number[];
@@ -40,6 +49,20 @@ export interface JobBinding {
 /**
  * Identity rules beyond protocol v1, all off by default: job ids bound to kernel-reported
  * credentials, a job required on every request, and names reserved for their first publisher.
+ *
+ * @example A broker whose "trainer" job only uid 1001 may claim
+ * ```ts
+ * import { Broker, type IdentityPolicy } from "@memfdbus/memfdbus";
+ * const policy: IdentityPolicy = {
+ *   requireJob: false,
+ *   protectNames: true,
+ *   jobs: new Map([["trainer", { uids: [1001], gids: [] }]]),
+ * };
+ * const dir = Deno.makeTempDirSync();
+ * const broker = await Broker.start({ socket: `${dir}/bus.sock`, policy, audit: null });
+ * await broker.close();
+ * Deno.removeSync(dir, { recursive: true });
+ * ```
  */
 export interface IdentityPolicy {
   /** Refuse requests that carry no job id. */
@@ -50,7 +73,16 @@ export interface IdentityPolicy {
   readonly protectNames: boolean;
 }
 
-/** The policy of protocol v1: nothing beyond the claimed job id. */
+/**
+ * The policy of protocol v1: nothing beyond the claimed job id.
+ *
+ * @example Starting from it
+ * ```ts
+ * import { type IdentityPolicy, OPEN_POLICY } from "@memfdbus/memfdbus";
+ * const strict: IdentityPolicy = { ...OPEN_POLICY, requireJob: true };
+ * console.log(OPEN_POLICY.requireJob, strict.requireJob); // false true
+ * ```
+ */
 export const OPEN_POLICY: IdentityPolicy = {
   requireJob: false,
   jobs: new Map(),

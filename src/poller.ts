@@ -35,11 +35,13 @@ export interface PollEvent {
 /**
  * An epoll instance plus a wake-up eventfd.
  *
- * @example
- * ```ts ignore
- * const poller = new Poller();
- * poller.add(fd, EPOLLIN, fd);
- * const events = await poller.wait(1000);
+ * @example Waiting off-thread, woken early
+ * ```ts
+ * import { Poller } from "./poller.ts";
+ * using poller = new Poller();
+ * setTimeout(() => poller.wake(), 10);
+ * const events = await poller.wait(5000); // register descriptors with poller.add(fd, EPOLLIN)
+ * console.log(events.length); // 0: the wake-up is not reported as an event
  * ```
  */
 export class Poller implements Disposable {

@@ -8,11 +8,39 @@
  * @module
  */
 
-/** Header size in bytes. */
+/**
+ * Header size in bytes.
+ *
+ * @example Recognising a protocol v1 header
+ * ```ts
+ * import { HEADER_SIZE, MAGIC, VERSION } from "@memfdbus/memfdbus";
+ * const header = new Uint8Array(HEADER_SIZE);
+ * const view = new DataView(header.buffer);
+ * view.setUint32(0, MAGIC, true);
+ * view.setUint16(4, VERSION, true);
+ * console.log(new TextDecoder().decode(header.subarray(0, 4))); // "BDFM": MFDB as a u32
+ * ```
+ */
 export const HEADER_SIZE = 48;
-/** `MFDB` read as a little-endian u32. */
+/**
+ * `MFDB` read as a little-endian u32: the first four bytes of every header.
+ *
+ * @example
+ * ```ts
+ * import { MAGIC } from "@memfdbus/memfdbus";
+ * console.log(MAGIC.toString(16)); // 4d464442
+ * ```
+ */
 export const MAGIC = 0x4d464442;
-/** The only protocol version. */
+/**
+ * The only protocol version (a u16 at offset 4).
+ *
+ * @example
+ * ```ts
+ * import { VERSION } from "@memfdbus/memfdbus";
+ * console.log(VERSION); // 1
+ * ```
+ */
 export const VERSION = 1;
 
 /** Field offsets within the header. */
@@ -30,7 +58,16 @@ export const Off = {
   reserved: 44,
 } as const;
 
-/** Command codes. */
+/**
+ * Command codes (a u16 at offset 6, echoed in replies).
+ *
+ * @example
+ * ```ts
+ * import { Cmd } from "@memfdbus/memfdbus";
+ * const names = Object.fromEntries(Object.entries(Cmd).map(([k, v]) => [v, k]));
+ * console.log(names[2]); // "GET"
+ * ```
+ */
 export const Cmd = {
   /** Publish a sealed memfd. */
   PUT: 1,
@@ -58,6 +95,13 @@ export const Cmd = {
  * field, so setting them never changes what a C peer does. They count only together with
  * {@link EXT_MARK} in the field's high 16 bits, so a peer that fills `reserved` with arbitrary
  * bytes (which protocol v1 allows) never switches an extension on by accident.
+ *
+ * @example Reading the extension bits of a reply's reserved field (offset 44)
+ * ```ts
+ * import { extFlags, Flag, withExt } from "@memfdbus/memfdbus";
+ * const reserved = withExt(Flag.KEEP_ALIVE | Flag.WAIT);
+ * console.log((extFlags(reserved) & Flag.WAIT) !== 0, extFlags(0xffffffff)); // true 0
+ * ```
  */
 export const Flag = {
   /**
@@ -88,7 +132,15 @@ export function withExt(flags: number): number {
   return flags === 0 ? 0 : (EXT_MARK | flags) >>> 0;
 }
 
-/** Length of a digest string: `sha256:` and 64 lowercase hex digits. */
+/**
+ * Length of a digest string: `sha256:` and 64 lowercase hex digits.
+ *
+ * @example
+ * ```ts
+ * import { DIGEST_LEN, digestBytes } from "@memfdbus/memfdbus";
+ * console.log(digestBytes(new Uint8Array()).length === DIGEST_LEN); // true
+ * ```
+ */
 export const DIGEST_LEN = 71;
 /** The fixed prefix of a digest string. */
 export const DIGEST_PREFIX = "sha256:";

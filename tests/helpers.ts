@@ -21,6 +21,7 @@ export const CLI_PERMS: readonly string[] = [
   "--allow-read",
   "--allow-write",
   "--allow-env",
+  "--allow-run",
 ];
 
 const encoder = new TextEncoder();

@@ -29,7 +29,23 @@ const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<num
   capture: captureCommand,
 };
 
-/** Run the CLI with `args` (without the program name); resolves with the exit code. */
+/**
+ * Run the CLI with `args` (without the program name); resolves with the exit code. Output goes
+ * to this process's stdout and stderr, exactly as the `memfdbus` command prints it.
+ *
+ * @example
+ * ```ts
+ * import { main } from "@memfdbus/memfdbus/cli";
+ * const code = await main(["--help"]); // prints the usage
+ * console.log(code); // 0
+ * ```
+ *
+ * @example Listing the objects of a broker
+ * ```ts ignore
+ * import { main } from "@memfdbus/memfdbus/cli";
+ * Deno.exitCode = await main(["list", "--socket", "/run/memfdbus.sock"]);
+ * ```
+ */
 export async function main(args: readonly string[]): Promise<number> {
   const cmd = args[0];
   if (cmd === undefined) {

@@ -26,6 +26,10 @@ broker options beyond the C memfdbus:
   --socket-mode MODE      permissions of the socket file (0600)
   --request-timeout-ms N  close a connection that has not completed its request (10000)
   --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
+  --max-wait-ms N         longest a get --wait is parked by the broker (3600000)
+  --max-waiters N         most get --wait requests parked at once (1024)
+  --shadow PATH           mirror objects to a shadow process so they survive a restart
+  --takeover              take the socket and objects over from the broker running on it
   --audit-peer            add the peer's pid, uid and gid to every audit record
   --require-job           refuse requests without a job id
   --protect-names         only the job that first published a name may publish it again
@@ -36,6 +40,9 @@ commands beyond the C memfdbus:
   memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
                    [--json] [--always] -- COMMAND [ARG...]
     stat: id, name, size, digest, seals, owner, allowed job and creation time
+  memfdbus shadow --socket PATH
+    shadow: hold the objects of a broker started with --shadow PATH (it starts
+      one itself when none is running); stop it with SIGTERM
     capture: run COMMAND with its stdout in a new memfd, then publish that
       memfd; it publishes only if COMMAND exits 0 (--always: whatever its
       status) and exits with COMMAND's status (128+N if signal N killed it)
