@@ -1030,6 +1030,8 @@ export class Broker implements AsyncDisposable {
       if (conn.state !== State.Hash) return;
       this.#resume(conn, a);
       this.#pump(conn);
+      // This runs between loop turns: write the audit record now, not at the next wake-up.
+      this.#flush();
     });
   }
 
