@@ -8,8 +8,8 @@ import { Buffer } from "node:buffer";
 import { type BusObject, Client } from "../src/client.ts";
 import { ReadOnlyMapping } from "../src/mapping.ts";
 import { getSeals, Seal } from "../src/memfd.ts";
-import { BrokerProcess, tempDir } from "./helpers.ts";
-import { accessMode, readAllAt } from "./fault_support.ts";
+import { tempDir } from "./helpers.ts";
+import { accessMode, readAllAt, startBroker } from "./fault_support.ts";
 
 /** A few MiB of patterned bytes, so a stale or wrong page would show. */
 function pattern(size: number, salt: number): Uint8Array {
@@ -40,7 +40,7 @@ function assertReadable(
 for (const signal of ["SIGTERM", "SIGKILL"] as const) {
   Deno.test(`a fetched descriptor and its mapping stay valid after a drop and after the broker dies by ${signal}`, async () => {
     using dir = tempDir();
-    const broker = await BrokerProcess.start(dir.path);
+    const broker = await startBroker(dir.path);
     try {
       const small = new TextEncoder().encode("tiny object");
       const big = pattern(3 << 20, signal.length);

@@ -27,8 +27,15 @@ import {
   requestBytes,
   VERSION,
 } from "../src/wire.ts";
-import { BrokerProcess, sealedMemfd, tempDir } from "./helpers.ts";
-import { alive, expectFdCount, isKnownText, makePipe, storedCount } from "./fault_support.ts";
+import { type BrokerProcess, sealedMemfd, tempDir } from "./helpers.ts";
+import {
+  alive,
+  expectFdCount,
+  isKnownText,
+  makePipe,
+  startBroker,
+  storedCount,
+} from "./fault_support.ts";
 import { caseRng, dropAll, type Rng, runRange } from "./fuzz_engine.ts";
 import { cstr } from "../src/ffi.ts";
 import { O_CLOEXEC, O_RDONLY } from "../src/linux.ts";
@@ -59,7 +66,7 @@ async function warmBaseline(broker: BrokerProcess): Promise<number> {
 
 Deno.test(`the live broker answers or cleanly closes 2,000 seeded fuzz cases without leaking descriptors (seed ${SEED})`, async () => {
   using dir = tempDir();
-  await using broker = await BrokerProcess.start(dir.path, [
+  await using broker = await startBroker(dir.path, [
     "--request-timeout-ms",
     "300",
     "--max-wait-ms",

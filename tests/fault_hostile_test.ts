@@ -12,7 +12,7 @@ import { O_CLOEXEC, O_RDONLY, O_WRONLY } from "../src/linux.ts";
 import { Memfd, Seal } from "../src/memfd.ts";
 import { closeAll } from "../src/unix_socket.ts";
 import { Cmd, DIGEST_LEN, encodeHeader, Text } from "../src/wire.ts";
-import { BrokerProcess, enc, request, sealedMemfd, tempDir } from "./helpers.ts";
+import { enc, request, sealedMemfd, tempDir } from "./helpers.ts";
 import {
   exchange,
   expectFdCount,
@@ -22,6 +22,7 @@ import {
   openDirectory,
   openPath,
   readOneReply,
+  startBroker,
   statusText,
   storedCount,
 } from "./fault_support.ts";
@@ -71,7 +72,7 @@ async function fsType(path: string): Promise<string> {
 
 Deno.test("hostile descriptors are refused with the exact texts and leave nothing behind", async (t) => {
   using dir = tempDir();
-  await using broker = await BrokerProcess.start(dir.path);
+  await using broker = await startBroker(dir.path);
   const size = BigInt(CONTENT.length);
   // Warm up the PUT path once (store, digest, drop), then take the baseline.
   {
@@ -277,7 +278,7 @@ Deno.test("hostile descriptors are refused with the exact texts and leave nothin
 // (PROTOCOL.md 3.2 step 15: "pread error -> digest verification read failed: <strerror>").
 Deno.test("a write-only descriptor of a sealed memfd fails digest verification with the C broker's text", async () => {
   using dir = tempDir();
-  await using broker = await BrokerProcess.start(dir.path);
+  await using broker = await startBroker(dir.path);
   const fd = (() => {
     using m = sealedMemfd(CONTENT);
     return libc.symbols.open(cstr(`/proc/self/fd/${m.fd}`), O_WRONLY | O_CLOEXEC, 0);

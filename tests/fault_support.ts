@@ -12,7 +12,7 @@ import { EFD_CLOEXEC, F_GETFL, O_CLOEXEC, O_DIRECTORY, O_RDONLY, SHUT_WR } from 
 import { PolicyText } from "../src/policy.ts";
 import { closeAll, unixSocket } from "../src/unix_socket.ts";
 import { Cmd, decodeHeader, type Header, HEADER_SIZE, isValidHeader, Text } from "../src/wire.ts";
-import { type BrokerProcess, dec, waitFor } from "./helpers.ts";
+import { BrokerProcess, dec, waitFor } from "./helpers.ts";
 
 /** A pipe: [read end, write end], both close-on-exec. */
 export function makePipe(): [number, number] {
@@ -260,6 +260,21 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Start a broker subprocess and give it a moment after its listening line. The broker prints
+ * that line before it installs its SIGTERM handler, so a signal sent at once kills it with the
+ * default action (tested on its own in fault_sigterm_test.ts); the other suites stay clear of it.
+ */
+export async function startBroker(
+  dir: string,
+  args: readonly string[] = [],
+  opts: { env?: Record<string, string>; wrap?: readonly string[] } = {},
+): Promise<BrokerProcess> {
+  const broker = await BrokerProcess.start(dir, args, opts);
+  await sleep(200);
+  return broker;
 }
 
 /** Close quietly, for cleanup paths. */
