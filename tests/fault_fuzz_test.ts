@@ -27,16 +27,23 @@ import {
   requestBytes,
   VERSION,
 } from "../src/wire.ts";
-import { type BrokerProcess, sealedMemfd, tempDir } from "./helpers.ts";
+import {
+  AUDIT_KEYS,
+  type AuditLine,
+  type BrokerProcess,
+  sealedMemfd,
+  tempDir,
+  waitFor,
+} from "./helpers.ts";
 import {
   alive,
+  countListLines,
   expectFdCount,
   isKnownText,
   makePipe,
   startBroker,
-  storedCount,
 } from "./fault_support.ts";
-import { caseRng, dropAll, type Rng, runRange } from "./fuzz_engine.ts";
+import { caseRng, dropIds, listText, liveIds, type Rng, runRange } from "./fuzz_engine.ts";
 import { cstr } from "../src/ffi.ts";
 import { O_CLOEXEC, O_RDONLY } from "../src/linux.ts";
 
@@ -86,22 +93,27 @@ Deno.test(`the live broker answers or cleanly closes 2,000 seeded fuzz cases wit
   ok(alive(broker.pid), "the broker is still running");
   assertEquals(broker.stderr, "");
 
-  // One descriptor per stored object plus the fixed set, once every connection is gone.
-  const stored = await storedCount(broker.socket);
-  ok(stored > 0, "some fuzz cases stored objects");
-  await expectFdCount(broker, baseline + stored);
-
   // Every audit line is a complete JSON record; every delivered header got at least one record
   // (minus parked waits whose client left, which the broker drops; see the slow-client suite).
-  await new Promise((r) => setTimeout(r, 300));
-  const lines = broker.lines.slice(before);
-  for (const line of lines) JSON.parse(line);
+  const lines = await waitFor(() => {
+    const l = broker.lines.slice(before);
+    return l.length >= result.headers - result.abandoned ? l : null;
+  }).catch(() => broker.lines.slice(before));
   ok(
     lines.length >= result.headers - result.abandoned,
     `${lines.length} audit records for ${result.headers} headers (${result.abandoned} parked waits left)`,
   );
+  const records = lines.map((l) => JSON.parse(l) as AuditLine);
+  for (const r of records) assertEquals(Object.keys(r), AUDIT_KEYS);
 
-  assertEquals(await dropAll(broker.socket), stored);
+  // One descriptor per stored object plus the fixed set, once every connection is gone.
+  const live = liveIds(records);
+  ok(live.size > 0, "some fuzz cases stored objects");
+  await expectFdCount(broker, baseline + live.size);
+  ok(countListLines(await listText(broker.socket)) <= live.size);
+
+  assertEquals(await dropIds(broker.socket, live), live.size);
+  assertEquals(await listText(broker.socket), "", "nothing is left after dropping every object");
   await expectFdCount(broker, baseline);
   assertEquals((await broker.stop()).code, 0);
 });

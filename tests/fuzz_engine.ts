@@ -34,7 +34,6 @@ import {
 } from "../src/wire.ts";
 import {
   accessMode,
-  countListLines,
   type Exchange,
   exchange,
   isKnownText,
@@ -809,23 +808,41 @@ export async function runRange(
   return { ran, headers, abandoned, violations };
 }
 
-/** The ids of every stored object (from an unscoped LIST). */
-export async function storedIds(socket: string): Promise<bigint[]> {
+/** The unscoped LIST text. */
+export async function listText(socket: string): Promise<string> {
   const x = await exchange(socket, listRequest());
   closeAll(x.fds);
-  if (x.kind !== "reply" || x.header?.status !== 0) throw new Error("LIST failed");
-  const ids: bigint[] = [];
-  const re = /(?:^|\n)(\d+)\towner=[^\t\n]*\tallowed=[^\t\n]*\t\d+\tsha256:[0-9a-f]{64}\t/g;
-  for (let m = re.exec(x.text); m !== null; m = re.exec(x.text)) ids.push(BigInt(m[1] ?? "0"));
-  if (ids.length !== countListLines(x.text)) throw new Error("LIST parse mismatch");
-  return ids;
+  if (x.kind !== "reply" || x.header?.status !== 0) throw new Error(`LIST failed: ${x.text}`);
+  return x.text;
 }
 
-/** Drop every stored object by id (unscoped); returns how many were dropped. */
-export async function dropAll(socket: string): Promise<number> {
+/** A parsed audit record, as far as object accounting needs it. */
+export interface AuditIds {
+  readonly op: unknown;
+  readonly result: unknown;
+  readonly object_id: unknown;
+}
+
+/**
+ * The ids of the stored objects by the broker's own account: each `put ok` record adds its id,
+ * each `drop ok` record removes it. (LIST text cannot be parsed back in general: names and job
+ * ids may hold tabs and newlines, defect D12.)
+ */
+export function liveIds(records: Iterable<AuditIds>): Set<number> {
+  const live = new Set<number>();
+  for (const r of records) {
+    if (r.result !== "ok" || typeof r.object_id !== "number") continue;
+    if (r.op === "put") live.add(r.object_id);
+    else if (r.op === "drop") live.delete(r.object_id);
+  }
+  return live;
+}
+
+/** Drop objects by id (unscoped); returns how many were dropped. */
+export async function dropIds(socket: string, ids: Iterable<number>): Promise<number> {
   let n = 0;
-  for (const id of await storedIds(socket)) {
-    const x = await exchange(socket, encodeHeader({ cmd: Cmd.DROP, objectId: id }));
+  for (const id of ids) {
+    const x = await exchange(socket, encodeHeader({ cmd: Cmd.DROP, objectId: BigInt(id) }));
     closeAll(x.fds);
     if (x.header?.status !== 0) throw new Error(`DROP ${id} failed: ${x.text}`);
     n++;
