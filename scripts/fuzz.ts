@@ -110,7 +110,7 @@ async function checkpoint(): Promise<void> {
     failures.push(`${broker.records} audit records for ${headers - abandoned} requests`);
   }
   if (broker.badLines.length > 0) failures.push(`bad audit lines: ${broker.badLines.slice(0, 3)}`);
-  const ids = [...broker.live];
+  const ids = [...broker.live.keys()];
   const stored = ids.length;
   const withObjects = await settleFds(baseline + stored);
   if (withObjects !== baseline + stored) {

@@ -16,7 +16,7 @@ export class StreamingBroker {
   /** Audit records seen (lines after the listening line). */
   records = 0;
   /** Stored object ids by the audit log's account (`put ok` adds, `drop ok` removes). */
-  readonly live = new Set<number>();
+  readonly live = new Map<number, string>();
   /** Lines that were not a valid twelve-key record. */
   readonly badLines: string[] = [];
   /** The last few lines, for reports. */
@@ -64,7 +64,7 @@ export class StreamingBroker {
       const keys = Object.keys(r).slice(0, 12);
       if (keys.join() !== AUDIT_KEYS.join()) this.badLines.push(line);
       if (r.result === "ok" && typeof r.object_id === "number") {
-        if (r.op === "put") this.live.add(r.object_id);
+        if (r.op === "put") this.live.set(r.object_id, String(r.name));
         else if (r.op === "drop") this.live.delete(r.object_id);
       }
     } catch {
