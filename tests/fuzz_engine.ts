@@ -562,8 +562,8 @@ export interface CaseOutcome {
   /** A whole header reached the broker, so it owes one audit record. */
   readonly headerSent: boolean;
   /**
-   * A parked GET/STAT --wait whose client half-closed: the broker hangs up on it without a
-   * reply (see {@link isParkedWait}).
+   * A GET/STAT --wait whose client half-closed or closed: if the broker parked it, it hangs up
+   * without a reply or an audit record (see {@link isParkedWait} and fault_slow_test.ts).
    */
   readonly abandonedWait: boolean;
 }
