@@ -435,6 +435,42 @@ async function cliWall(): Promise<void> {
   });
 }
 
+// ---- g. cost of the shadow per PUT -----------------------------------------------------------
+
+async function shadowCost(): Promise<void> {
+  console.error("g. PUT latency with and without --shadow");
+  const n = quick ? 300 : 2000;
+  const bytes = patternBytes(4 * KiB);
+  const measure = async (args: string[]): Promise<number> => {
+    await using broker = await BrokerProcess.start(dir, args);
+    const client = new Client({ socket: broker.socket, jobId: null });
+    await timeIt(100, async () => void (await client.put(bytes, { name: "warm" })));
+    const s = stats(await timeIt(n, async () => void (await client.put(bytes, { name: "p" }))));
+    client.close();
+    return s.p50;
+  };
+  const plain = await measure([]);
+  const shadowPath = `${dir}/shadow-${crypto.randomUUID().slice(0, 8)}.sock`;
+  let mirrored: number;
+  try {
+    mirrored = await measure(["--shadow", shadowPath]);
+  } finally {
+    // The shadow outlives its broker by design: stop it.
+    const ps = new Deno.Command("pkill", { args: ["-f", `shadow --socket ${shadowPath}`] });
+    await ps.output().catch(() => undefined);
+  }
+  row({ section: "g", metric: "put 4 KiB, kept connection p50", value: plain, unit: "us" });
+  row({
+    section: "g",
+    metric: "put 4 KiB with --shadow p50",
+    value: mirrored,
+    unit: "us",
+    floor: plain,
+    ratio: mirrored / plain,
+  });
+  row({ section: "g", metric: "shadow cost per put", value: mirrored - plain, unit: "us" });
+}
+
 const sections: Record<string, () => Promise<void>> = {
   a: latency,
   b: throughput,
@@ -442,8 +478,9 @@ const sections: Record<string, () => Promise<void>> = {
   d: duringBigPut,
   e: concurrent,
   f: cliWall,
+  g: shadowCost,
 };
-const only = Deno.args.filter((a) => /^[a-f]$/.test(a));
+const only = Deno.args.filter((a) => /^[a-g]$/.test(a));
 try {
   for (const [name, run] of Object.entries(sections)) {
     if (only.length === 0 || only.includes(name)) await run();
