@@ -227,6 +227,8 @@ class Conn {
   speculative: { fd: number; answer: Promise<HashOutcome> } | null = null;
   /** The request was parked by Flag.WAIT: the reply carries the bit to say it was honoured. */
   waited = false;
+  /** The peer closed both directions (EPOLLHUP), not just its writing side. */
+  hup = false;
 
   constructor(token: number, fd: number, deadline: number) {
     this.token = token;
@@ -559,15 +561,30 @@ export class Broker implements AsyncDisposable {
     } else this.#audit.record(rec);
   }
 
-  #record(o: Outcome, conn: Conn | null, override?: { error: string }): void {
+  /** The peer's credentials when the audit log wants them. */
+  #peerOf(fd: number): AuditPeer | undefined {
+    if (!this.#audit.withPeer) return undefined;
+    try {
+      return peerCredentials(fd);
+    } catch {
+      return undefined;
+    }
+  }
+
+  #record(
+    o: Outcome,
+    conn: Conn | null,
+    override?: { error: string },
+    peer: AuditPeer | undefined = conn?.peer,
+  ): void {
     const rec = override === undefined
       ? o.audit
       : { ...o.audit, result: "error" as const, error: override.error };
     if (this.#auditCallback !== null) {
-      const line = formatRecord(realtimeNs(), rec, this.#audit.withPeer ? conn?.peer : undefined);
+      const line = formatRecord(realtimeNs(), rec, this.#audit.withPeer ? peer : undefined);
       this.#auditCallback(line.slice(0, -1));
     } else {
-      this.#audit.record(rec, conn?.peer);
+      this.#audit.record(rec, peer);
     }
   }
 
@@ -628,6 +645,7 @@ export class Broker implements AsyncDisposable {
     }
     const conn = this.#conns.get(ev.token);
     if (conn === undefined) return;
+    if (ev.events & (EPOLLHUP | EPOLLERR)) conn.hup = true;
     if (ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT)) this.#pump(conn);
   }
 
@@ -711,7 +729,7 @@ export class Broker implements AsyncDisposable {
     const fd = acceptUnix(this.#listenFd);
     if (fd >= 0) {
       const o = fdLimitOutcome();
-      this.#record(o, null);
+      this.#record(o, null, undefined, this.#peerOf(fd));
       for (const s of o.segments) sendSome(fd, s.bytes);
       closeQuietly(fd);
     }
@@ -725,7 +743,7 @@ export class Broker implements AsyncDisposable {
     const active = this.#conns.size - this.#lingering - this.#waiters;
     if (active >= this.#options.maxClients && !this.#evictIdle()) {
       const o = clientQuotaOutcome();
-      this.#record(o, null);
+      this.#record(o, null, undefined, this.#peerOf(fd));
       if (this.#lingering >= MAX_LINGERING) {
         for (const s of o.segments) sendSome(fd, s.bytes);
         closeQuietly(fd);
@@ -851,10 +869,14 @@ export class Broker implements AsyncDisposable {
         case State.Handover:
           return;
         case State.Wait:
-          // Only watch for the client going away; anything it sends waits in the buffer.
+          // Only watch for the client going away; anything it sends waits in the buffer. A
+          // client that only half-closed can still read its answer, so it keeps waiting; one
+          // that is gone ends the wait, which then gets its reply attempt and audit record.
           if (conn.eof) {
-            this.#close(conn);
-            return;
+            if (!conn.hup) return;
+            this.#unpark(conn);
+            this.#resume(conn, false);
+            continue;
           }
           if (conn.len >= READ_CHUNK || !this.#fill(conn, conn.len + 1)) return;
           continue;
@@ -1298,7 +1320,7 @@ export class Broker implements AsyncDisposable {
         conn.fd = -1;
       }
       setNonblocking(link.fd, true);
-      const hello = link.readBlocking(30_000);
+      const hello = link.readBlocking(5_000);
       if (hello[0]?.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
       serveState(link, this.#store.values(), this.#store.nextId);
       link.flushBlocking(30_000);

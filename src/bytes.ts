@@ -5,17 +5,23 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
+const CHUNK = 8192;
 
 /** Bytes to a binary string (one character per byte). */
 export function toBinary(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("latin1");
+  if (bytes.length <= CHUNK) return String.fromCharCode.apply(null, bytes as unknown as number[]);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += CHUNK) {
+    s += String.fromCharCode.apply(null, bytes.subarray(i, i + CHUNK) as unknown as number[]);
+  }
+  return s;
 }
 
-/** A binary string back to its bytes. */
+/** A binary string back to its bytes (each character's code is one byte). */
 export function fromBinary(s: string): Uint8Array {
-  const b = Buffer.from(s, "latin1");
-  return new Uint8Array(b.buffer, b.byteOffset, b.length);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
 }
 
 const encoder = new TextEncoder();

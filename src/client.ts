@@ -18,10 +18,9 @@
  * @module
  */
 
-import { setImmediate } from "node:timers";
 import { fromUtf8, toBinary, utf8 } from "./bytes.ts";
+import type { DigestBuilder as DigestBuilderType } from "./digest.ts";
 import { Connection, isPeerGone } from "./connection.ts";
-import { DigestBuilder, digestBytes } from "./digest.ts";
 import { BrokerError, ErrnoError, ProtocolError, Status } from "./errors.ts";
 import { closeQuietly, cstr, lastError, libc } from "./ffi.ts";
 import { fstat, isRegular } from "./fd.ts";
@@ -448,10 +447,11 @@ export class BusObject implements Disposable {
    * import { Client } from "@memfdbus/memfdbus";
    * await using client = new Client();
    * using obj = await client.get({ name: "model.bin" });
-   * if (!obj.verify()) throw new Error(`${obj.name} does not match ${obj.digest}`);
+   * if (!(await obj.verify())) throw new Error(`${obj.name} does not match ${obj.digest}`);
    * ```
    */
-  verify(): boolean {
+  async verify(): Promise<boolean> {
+    const { digestBytes } = await digests();
     return digestBytes(this.view) === this.digest;
   }
 
@@ -860,7 +860,7 @@ export class Client implements AsyncDisposable, Disposable {
         toBinary(digestChunk.bytes),
         fd,
       );
-      if (options.verify && !obj.verify()) {
+      if (options.verify && !(await obj.verify())) {
         obj.close();
         throw new ProtocolError("object contents do not match the digest");
       }
@@ -1285,6 +1285,13 @@ interface Prepared {
   release(): void;
 }
 
+// node:crypto costs a CLI command about 20 ms to load: only PUT and verification need it.
+let digestModule: typeof import("./digest.ts") | null = null;
+async function digests(): Promise<typeof import("./digest.ts")> {
+  digestModule ??= await import("./digest.ts");
+  return digestModule;
+}
+
 /** Objects at least this large are sent early and hashed while the broker verifies them. */
 export const EARLY_SEND_MIN = 4 << 20;
 const HASH_SLICE_BYTES = 8 << 20;
@@ -1294,6 +1301,8 @@ const HASH_SLICE_BYTES = 8 << 20;
  * slices, yielding to the event loop between slices so a large object never freezes it.
  */
 export async function digestFdSliced(fd: number, size: number): Promise<string> {
+  const { DigestBuilder } = await digests();
+  const { setImmediate } = await import("node:timers");
   using map = ReadOnlyMapping.of(fd, size, "mmap object");
   const hash = new DigestBuilder();
   const bytes = map.bytes;
@@ -1332,9 +1341,12 @@ export async function prepareSealed(
     return prepared;
   }
   if (source instanceof Uint8Array) {
-    return prepareFromBytes([source], label, !(deferHash && source.length >= EARLY_SEND_MIN));
+    const hashNow = !(deferHash && source.length >= EARLY_SEND_MIN);
+    return prepareFromBytes([source], label, hashNow ? (await digests()).DigestBuilder : null);
   }
-  if (source instanceof ReadableStream) return await prepareFromStream(source, label);
+  if (source instanceof ReadableStream) {
+    return await prepareFromStream(source, label, (await digests()).DigestBuilder);
+  }
   return prepareFromFd(source.fd, label, source.fromCurrentOffset ?? false);
 }
 
@@ -1346,11 +1358,11 @@ function sealedResult(memfd: Memfd, size: number, digest: string | null): Prepar
 function prepareFromBytes(
   chunks: Iterable<Uint8Array>,
   label: string | Uint8Array,
-  hashNow: boolean,
+  Builder: typeof DigestBuilderType | null,
 ): Prepared {
   const memfd = Memfd.create(memfdLabel(label));
   try {
-    const hash = hashNow ? new DigestBuilder() : null;
+    const hash = Builder === null ? null : new Builder();
     let size = 0;
     for (const chunk of chunks) {
       memfd.writeAll(chunk);
@@ -1367,10 +1379,11 @@ function prepareFromBytes(
 async function prepareFromStream(
   stream: ReadableStream<Uint8Array>,
   label: string | Uint8Array,
+  Builder: typeof DigestBuilderType,
 ): Promise<Prepared> {
   const memfd = Memfd.create(memfdLabel(label));
   try {
-    const hash = new DigestBuilder();
+    const hash = new Builder();
     let size = 0;
     for await (const chunk of stream) {
       memfd.writeAll(chunk);

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { type Node, type ParseError, parseTree, printParseErrorCode } from "jsonc-parser";
+import type { Node, ParseError } from "jsonc-parser";
 import { utf8Binary } from "./bytes.ts";
 import { UsageError } from "./errors.ts";
 import type { BrokerOptions } from "./options.ts";
@@ -137,12 +137,14 @@ function lineOf(text: string, offset: number): number {
  * @param base the options the file's values override
  * @param policyOnly accept only the policy keys
  */
-export function parseConfig(
+export async function parseConfig(
   text: string,
   path: string,
   base: BrokerOptions,
   policyOnly = false,
-): FileConfig {
+): Promise<FileConfig> {
+  // Loaded only when a file is given: the npm loader costs every other command start-up time.
+  const { parseTree, printParseErrorCode } = await import("jsonc-parser");
   const errors: ParseError[] = [];
   const tree = parseTree(text, errors, { allowTrailingComma: true, disallowComments: false });
   const first = errors[0];

@@ -189,7 +189,80 @@ const symbols = {
 export type LibcSymbols = typeof symbols;
 
 /** The opened libc. `libc.symbols.memfd_create` and `copy_file_range` are null on old libcs. */
-export const libc: Deno.DynamicLibrary<LibcSymbols> = Deno.dlopen("libc.so.6", symbols);
+/** The symbol table of {@link libc}, as Deno.dlopen types it. */
+export type LibcBindings = Deno.DynamicLibrary<LibcSymbols>["symbols"];
+
+// Binding a symbol costs about 0.2 ms (Deno builds a trampoline for each), and most commands
+// use few of them, so symbols are bound by group on first use. Each group is one dlopen of
+// libc; afterwards a symbol is a plain property, with no cost on the hot path.
+const GROUPS: readonly (readonly (keyof LibcSymbols)[])[] = [
+  ["__errno_location", "strerror", "socket", "connect", "sendmsg", "recvmsg", "send", "close"],
+  ["fcntl", "statx", "ppoll"],
+  [
+    "open",
+    "openat",
+    "read",
+    "write",
+    "write_ptr",
+    "pread",
+    "lseek",
+    "ftruncate",
+    "chmod",
+    "fchmod",
+    "unlink",
+    "rename",
+    "umask",
+    "dup",
+    "dup3",
+    "pipe2",
+  ],
+  [
+    "memfd_create",
+    "syscall_memfd_create",
+    "mmap",
+    "munmap",
+    "madvise",
+    "copy_file_range",
+    "sendfile",
+  ],
+  ["epoll_create1", "epoll_ctl", "epoll_wait", "epoll_wait_async", "eventfd", "poll"],
+];
+
+const bindings = {} as LibcBindings;
+const opened: Deno.DynamicLibrary<Deno.ForeignLibraryInterface>[] = [];
+
+function bindGroup(names: readonly (keyof LibcSymbols)[]): void {
+  const defs: Record<string, Deno.ForeignFunction | Deno.ForeignStatic> = {};
+  for (const n of names) defs[n] = symbols[n];
+  const lib = Deno.dlopen("libc.so.6", defs);
+  opened.push(lib);
+  for (const n of names) {
+    Object.defineProperty(bindings, n, { value: lib.symbols[n], enumerable: true });
+  }
+}
+
+{
+  const grouped = new Set<string>(GROUPS.flat());
+  const rest = (Object.keys(symbols) as (keyof LibcSymbols)[]).filter((n) => !grouped.has(n));
+  for (const group of [...GROUPS, rest]) {
+    for (const n of group) {
+      Object.defineProperty(bindings, n, {
+        configurable: true,
+        enumerable: true,
+        get(): unknown {
+          bindGroup(group);
+          return bindings[n];
+        },
+      });
+    }
+  }
+}
+
+/**
+ * The libc binding. `libc.symbols.memfd_create` and `copy_file_range` are null on old libcs.
+ * Symbols are bound lazily, a group at a time.
+ */
+export const libc: { readonly symbols: LibcBindings } = { symbols: bindings };
 
 const errnoPtr = libc.symbols.__errno_location();
 if (errnoPtr === null) throw new Error("__errno_location returned NULL");

@@ -7,6 +7,7 @@
 
 import { digestFd } from "./digest.ts";
 import { ErrnoError } from "./errors.ts";
+import { errno, libc, strerror } from "./ffi.ts";
 
 /** A request to hash `size` bytes of descriptor `fd`. */
 export interface HashJob {
@@ -28,6 +29,12 @@ export function digestOrError(fd: number, size: number): HashOutcome {
   } catch (e) {
     if (e instanceof ErrnoError) {
       if (e.code === "ENOMEM") return { error: "digest verification allocation failed" };
+      // The C broker reads with pread: report what pread says about this descriptor (a
+      // write-only one gives EBADF, where mmap says EACCES).
+      const probe = new Uint8Array(1);
+      const n = libc.symbols.pread(fd, probe, 1n, 0n);
+      if (n < 0) return { error: `digest verification read failed: ${strerror(errno())}` };
+      if (n === 0n) return { error: "digest verification short read" };
       return { error: `digest verification read failed: ${e.description}` };
     }
     return { error: `digest verification read failed: ${(e as Error).message}` };

@@ -9,7 +9,6 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
 import type { StoredObject } from "./store.ts";
 
 /** `MFDS` as a little-endian u32. */
@@ -57,8 +56,9 @@ export interface WireObject {
   readonly created: string;
 }
 
-const b64 = (binary: string): string => Buffer.from(binary, "latin1").toString("base64");
-const unb64 = (s: string): string => Buffer.from(s, "base64").toString("latin1");
+// btoa and atob work on binary strings, which is what names and job ids are.
+const b64 = (binary: string): string => btoa(binary);
+const unb64 = (s: string): string => atob(s);
 
 /** Metadata of a stored object for the wire. */
 export function toWire(o: StoredObject): WireObject {

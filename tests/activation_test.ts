@@ -128,7 +128,7 @@ function unitKeys(path: string): Map<string, string> {
   return keys;
 }
 
-Deno.test("the contrib units and config agree on socket, config path and descriptor budget", () => {
+Deno.test("the contrib units and config agree on socket, config path and descriptor budget", async () => {
   const socket = unitKeys(`${CONTRIB}/memfdbus.socket`);
   const service = unitKeys(`${CONTRIB}/memfdbus.service`);
   assertEquals(socket.get("ListenStream"), "/run/memfdbus.sock");
@@ -137,7 +137,7 @@ Deno.test("the contrib units and config agree on socket, config path and descrip
     "/usr/local/bin/memfdbus broker --config /etc/memfdbus.jsonc",
   );
   assertEquals(service.get("MemoryDenyWriteExecute"), undefined, "V8 needs W+X memory");
-  const { options } = parseConfig(
+  const { options } = await parseConfig(
     Deno.readTextFileSync(`${CONTRIB}/memfdbus.jsonc`),
     "memfdbus.jsonc",
     defaultBrokerOptions(),

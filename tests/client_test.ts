@@ -303,7 +303,7 @@ brokerTest(
       assertEquals(obj.nameBytes, enc("n"));
       assertEquals(obj.view, enc("hello"));
       assertEquals(obj.text(), "hello");
-      assertEquals(obj.verify(), true);
+      assertEquals(await obj.verify(), true);
       assertEquals(obj.closed, false);
     }
     using old = await client.get(1);
@@ -388,7 +388,7 @@ brokerTest("an object fetched before a drop stays readable after it", {}, async 
   using obj = await client.get(1);
   assertEquals(await client.drop(1), { id: 1n, size: 5 });
   assertEquals(obj.text(), "hello");
-  assertEquals(obj.verify(), true);
+  assertEquals(await obj.verify(), true);
 });
 
 // ---- list and drop --------------------------------------------------------------------------

@@ -18,12 +18,12 @@ function pattern(size: number, salt: number): Uint8Array {
   return out;
 }
 
-function assertReadable(
+async function assertReadable(
   obj: BusObject,
   map: ReadOnlyMapping,
   expected: Uint8Array,
   when: string,
-): void {
+): Promise<void> {
   // Through the mapping made before the event...
   ok(map.bytes.length === expected.length, `${when}: mapping length`);
   ok(Buffer.compare(map.bytes, expected) === 0, `${when}: mapping content`);
@@ -34,7 +34,7 @@ function assertReadable(
   ok(Buffer.compare(readAllAt(obj.fd, obj.size), expected) === 0, `${when}: pread content`);
   assertEquals(getSeals(obj.fd) & Seal.IMMUTABLE, Seal.IMMUTABLE, `${when}: seals`);
   assertEquals(accessMode(obj.fd), 0, `${when}: O_RDONLY`);
-  ok(obj.verify(), `${when}: digest`);
+  ok(await obj.verify(), `${when}: digest`);
 }
 
 for (const signal of ["SIGTERM", "SIGKILL"] as const) {
@@ -56,22 +56,22 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
       const c = await client.put(kept, { name: "kept" });
       using objC = await client.get(c.id);
       using mapC = objC.map();
-      assertReadable(objA, mapA, small, "before the drop");
-      assertReadable(objB, mapB, big, "before the drop");
+      await assertReadable(objA, mapA, small, "before the drop");
+      await assertReadable(objB, mapB, big, "before the drop");
 
       assertEquals((await client.drop(a.id)).id, a.id);
       assertEquals((await client.drop(b.id)).id, b.id);
       assertEquals((await client.list()).map((e) => e.id), [c.id]);
-      assertReadable(objA, mapA, small, "after the drop");
-      assertReadable(objB, mapB, big, "after the drop");
+      await assertReadable(objA, mapA, small, "after the drop");
+      await assertReadable(objB, mapB, big, "after the drop");
 
       client.close();
       const status = await broker.stop(signal);
       if (signal === "SIGTERM") assertEquals(status.code, 0);
       else assertEquals(status.signal, "SIGKILL");
-      assertReadable(objA, mapA, small, `after ${signal}`);
-      assertReadable(objB, mapB, big, `after ${signal}`);
-      assertReadable(objC, mapC, kept, `after ${signal} (never dropped)`);
+      await assertReadable(objA, mapA, small, `after ${signal}`);
+      await assertReadable(objB, mapB, big, `after ${signal}`);
+      await assertReadable(objC, mapC, kept, `after ${signal} (never dropped)`);
       // The view the object maps lazily works too, after everything else is gone.
       ok(Buffer.compare(objB.view, big) === 0);
     } finally {

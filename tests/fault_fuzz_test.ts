@@ -56,7 +56,7 @@ async function warmBaseline(broker: BrokerProcess): Promise<number> {
     await using c = new Client({ socket: broker.socket, jobId: null });
     const { id } = await c.put(enc.encode("warm-up"), { name: "warm" });
     using obj = await c.get(id);
-    ok(obj.verify());
+    ok(await obj.verify());
     await c.list();
     await c.drop(id);
   }

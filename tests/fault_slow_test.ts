@@ -10,7 +10,7 @@ import { Connection } from "../src/connection.ts";
 import { BrokerError } from "../src/errors.ts";
 import { libc } from "../src/ffi.ts";
 import { SHUT_WR } from "../src/linux.ts";
-import { Cmd, DIGEST_LEN, encodeHeader, Flag, Text } from "../src/wire.ts";
+import { Cmd, DIGEST_LEN, encodeHeader, Flag, Text, withExt } from "../src/wire.ts";
 import { cli, enc, sealedMemfd, tempDir, waitFor } from "./helpers.ts";
 import {
   type Exchange,
@@ -248,7 +248,7 @@ for (const how of ["half-closes", "closes"] as const) {
           cmd: Cmd.GET,
           nameLen: name.length,
           size: 1500n,
-          reserved: Flag.WAIT,
+          reserved: withExt(Flag.WAIT),
         }),
         ...enc(name),
       ]),
@@ -275,7 +275,12 @@ Deno.test("a parked GET --wait that runs out of time is answered `object not fou
   const x = await exchange(
     broker.socket,
     new Uint8Array([
-      ...encodeHeader({ cmd: Cmd.GET, nameLen: name.length, size: 500n, reserved: Flag.WAIT }),
+      ...encodeHeader({
+        cmd: Cmd.GET,
+        nameLen: name.length,
+        size: 500n,
+        reserved: withExt(Flag.WAIT),
+      }),
       ...enc(name),
     ]),
   );

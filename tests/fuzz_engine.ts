@@ -23,6 +23,7 @@ import {
   decodeHeader,
   DIGEST_LEN,
   encodeHeader,
+  extFlags,
   Flag,
   type Header,
   HEADER_SIZE,
@@ -31,6 +32,7 @@ import {
   MAGIC,
   Text,
   VERSION,
+  withExt,
 } from "../src/wire.ts";
 import {
   accessMode,
@@ -203,9 +205,36 @@ function maybeJob(r: Rng, p: number): Uint8Array {
   return r.chance(0.1) ? r.bytes(1 + r.int(20)) : r.pick(JOBS);
 }
 
+/**
+ * A TAKEOVER from a peer with the broker's uid (the fuzzer runs as the broker's user) makes the
+ * broker pause accepting until the handover times out: a legitimate privileged operation, not a
+ * fuzz target, so it is never generated.
+ */
+function notTakeover(cmd: number): number {
+  return cmd === Cmd.TAKEOVER ? cmd + 1 : cmd;
+}
+
+/** Rewrite a TAKEOVER command that bit flips produced in an encoded request. */
+function avoidTakeover(bytes: Uint8Array): void {
+  if (bytes.length >= 8 && ((bytes[6] ?? 0) | ((bytes[7] ?? 0) << 8)) === Cmd.TAKEOVER) {
+    bytes[6] = 3;
+  }
+}
+
+/** Commands the broker knows (TAKEOVER is never generated: see notTakeover). */
+const KNOWN = new Set<number>([Cmd.PUT, Cmd.GET, Cmd.LIST, Cmd.DROP, Cmd.STAT]);
+
 function flags(r: Rng): number {
   if (r.chance(0.75)) return 0;
-  return r.chance(0.5) ? Flag.KEEP_ALIVE : r.chance(0.5) ? Flag.WAIT : r.u32();
+  // Extension bits count only with the marker; random values (almost never the marker) must be
+  // ignored like any reserved value.
+  return r.chance(0.5)
+    ? withExt(Flag.KEEP_ALIVE)
+    : r.chance(0.5)
+    ? withExt(Flag.WAIT)
+    : r.chance(0.5)
+    ? r.u32()
+    : Flag.KEEP_ALIVE;
 }
 
 interface Built {
@@ -250,7 +279,7 @@ function validRequest(r: Rng, index: number): Built {
         textLen: DIGEST_LEN,
         jobLen: job.length,
         allowLen: allow.length,
-        reserved: r.chance(0.2) ? Flag.KEEP_ALIVE : 0,
+        reserved: r.chance(0.2) ? withExt(Flag.KEEP_ALIVE) : 0,
       }),
       body: concat(name, digest, job, allow),
       fds: [{ kind: "memfd", content, seals: Seal.IMMUTABLE }],
@@ -264,14 +293,21 @@ function validRequest(r: Rng, index: number): Built {
   const byName = r.chance(0.5);
   const name = byName ? pickName(r) : new Uint8Array(0);
   const id = byName ? 0n : BigInt(1 + r.int(Math.max(4, index / 3)));
-  let reserved = r.chance(0.2) ? Flag.KEEP_ALIVE : 0;
+  let flagBits = r.chance(0.2) ? Flag.KEEP_ALIVE : 0;
   let size = 0n;
   if (byName && cmd !== Cmd.DROP && r.chance(0.1)) {
-    reserved |= Flag.WAIT;
+    flagBits |= Flag.WAIT;
     size = BigInt(r.int(60));
   }
   return {
-    header: header({ cmd, objectId: id, nameLen: name.length, jobLen: job.length, reserved, size }),
+    header: header({
+      cmd,
+      objectId: id,
+      nameLen: name.length,
+      jobLen: job.length,
+      reserved: withExt(flagBits),
+      size,
+    }),
     body: concat(name, job),
     fds: [],
     clean: false,
@@ -303,7 +339,7 @@ function randomFds(r: Rng): FdSpec[] {
 function setField(h: Header, r: Rng): void {
   switch (r.int(10)) {
     case 0:
-      h.cmd = r.chance(0.5) ? r.int(8) : r.u32() & 0xffff;
+      h.cmd = notTakeover(r.chance(0.5) ? r.int(8) : r.u32() & 0xffff);
       break;
     case 1:
       h.jobLen = r.pick(LENGTHS);
@@ -419,6 +455,7 @@ export function makeCase(seed: number, index: number): FuzzCase {
       const pos = r.chance(0.7) ? r.int(HEADER_SIZE) : r.int(bytes.length);
       bytes[pos] = (bytes[pos] ?? 0) ^ (1 << r.int(8));
     }
+    avoidTakeover(bytes);
     const h = decodeHeader(bytes);
     const complete = bytes.length - HEADER_SIZE >= h.nameLen + h.textLen + h.jobLen + h.allowLen;
     return {
@@ -447,7 +484,7 @@ export function makeCase(seed: number, index: number): FuzzCase {
   if (strategy < 72) {
     // Valid magic and version, random command and lengths, structured or random body.
     const h = header({
-      cmd: r.chance(0.8) ? r.int(8) : r.u32() & 0xffff,
+      cmd: notTakeover(r.chance(0.8) ? r.int(8) : r.u32() & 0xffff),
       status: r.chance(0.9) ? 0 : r.u32(),
       jobLen: r.chance(0.5) ? r.pick(LENGTHS) : r.int(300),
       objectId: r.chance(0.5) ? r.pick(U64S) : r.u64(),
@@ -458,7 +495,7 @@ export function makeCase(seed: number, index: number): FuzzCase {
       reserved: flags(r),
     });
     const { body, complete } = bodyFor(r, h);
-    const unknown = h.cmd < Cmd.PUT || h.cmd > Cmd.STAT;
+    const unknown = !KNOWN.has(h.cmd);
     const ending = endingFor(r, complete);
     return {
       index,
@@ -576,7 +613,7 @@ export function isParkedWait(req: Uint8Array, sent: number): boolean {
   if (sent < HEADER_SIZE) return false;
   const h = decodeHeader(req);
   return isValidHeader(h) && (h.cmd === Cmd.GET || h.cmd === Cmd.STAT) && h.nameLen > 0 &&
-    h.objectId === 0n && (h.reserved & Flag.WAIT) !== 0;
+    h.objectId === 0n && (extFlags(h.reserved) & Flag.WAIT) !== 0;
 }
 
 /** Run one case against the broker at `socket`. */
@@ -663,7 +700,7 @@ async function runCaseInner(
         const want = `${c.expect.status}/${c.expect.text}/cmd=${c.expect.cmd}`;
         if (got !== want) return `expected ${want}, got ${got}`;
       }
-      if ((h.reserved & Flag.KEEP_ALIVE) === 0) {
+      if ((extFlags(h.reserved) & Flag.KEEP_ALIVE) === 0) {
         // Without keep-alive the reply is the last thing on the connection.
         try {
           const more = await readOneReply(conn, performance.now() + bounds.closeMs);
@@ -712,7 +749,7 @@ export function checkReply(req: Uint8Array, sent: number, x: Exchange): string |
       return `unexpected ${x.text} (a leak of connections or descriptors?)`;
     }
     if (h.cmd !== rq.cmd) return `reply cmd ${h.cmd} to request cmd ${rq.cmd}`;
-    const unknown = rq.cmd < Cmd.PUT || rq.cmd > Cmd.STAT;
+    const unknown = !KNOWN.has(rq.cmd);
     if (unknown !== (x.text === Text.unknownCommand)) {
       return `cmd ${rq.cmd} answered ${JSON.stringify(x.text)}`;
     }

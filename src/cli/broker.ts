@@ -32,13 +32,15 @@ function readFile(flag: string, path: string): string {
 }
 
 /** Options from the files named on the command line, then the flags over them. */
-export function brokerOptionsFromArgs(args: readonly string[]): BrokerOptions {
+export async function brokerOptionsFromArgs(args: readonly string[]): Promise<BrokerOptions> {
   let base = defaultBrokerOptions();
   const config = lastFlagValue(args, "--config");
-  if (config !== undefined) base = parseConfig(readFile("--config", config), config, base).options;
+  if (config !== undefined) {
+    base = (await parseConfig(readFile("--config", config), config, base)).options;
+  }
   const policy = lastFlagValue(args, "--policy");
   if (policy !== undefined) {
-    base = parseConfig(readFile("--policy", policy), policy, base, true).options;
+    base = (await parseConfig(readFile("--policy", policy), policy, base, true)).options;
   }
   return parseBrokerArgs(args, base);
 }
@@ -136,7 +138,7 @@ async function requestTakeover(socket: string): Promise<{ listenFd: number; take
 export async function brokerCommand(argv: readonly string[]): Promise<number> {
   const takeoverFlag = argv.includes("--takeover");
   const args = argv.filter((a) => a !== "--takeover");
-  const { shadow, ...options } = brokerOptionsFromArgs(args);
+  const { shadow, ...options } = await brokerOptionsFromArgs(args);
   // Signal handlers go in before the socket exists: a SIGTERM that arrives as soon as the
   // listening line is out must stop the broker cleanly, not kill it.
   let broker: Broker | null = null;

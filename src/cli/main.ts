@@ -5,28 +5,23 @@
  * @module
  */
 
-import { brokerCommand } from "./broker.ts";
-import { captureCommand } from "./capture.ts";
-import { dropCommand } from "./drop.ts";
-import { execCommand } from "./exec.ts";
-import { getCommand } from "./get.ts";
-import { listCommand } from "./list.ts";
 import { err, out } from "./output.ts";
-import { putCommand } from "./put.ts";
-import { shadowCommand } from "./shadow.ts";
-import { statCommand } from "./stat.ts";
 import { USAGE } from "./usage.ts";
 
-const COMMANDS: Readonly<Record<string, (args: readonly string[]) => Promise<number>>> = {
-  broker: brokerCommand,
-  put: putCommand,
-  get: getCommand,
-  exec: execCommand,
-  drop: dropCommand,
-  list: listCommand,
-  shadow: shadowCommand,
-  stat: statCommand,
-  capture: captureCommand,
+type Command = (args: readonly string[]) => Promise<number>;
+
+// Each subcommand is loaded when it runs: a `list` should not pay for the broker, the hashing
+// code or the process-spawning bindings at start-up.
+const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
+  broker: async () => (await import("./broker.ts")).brokerCommand,
+  put: async () => (await import("./put.ts")).putCommand,
+  get: async () => (await import("./get.ts")).getCommand,
+  exec: async () => (await import("./exec.ts")).execCommand,
+  drop: async () => (await import("./drop.ts")).dropCommand,
+  list: async () => (await import("./list.ts")).listCommand,
+  shadow: async () => (await import("./shadow.ts")).shadowCommand,
+  stat: async () => (await import("./stat.ts")).statCommand,
+  capture: async () => (await import("./capture.ts")).captureCommand,
 };
 
 /**
@@ -56,12 +51,13 @@ export async function main(args: readonly string[]): Promise<number> {
     out(USAGE);
     return 0;
   }
-  const run = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
-  if (run === undefined) {
+  const load = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+  if (load === undefined) {
     err(USAGE);
     return 1;
   }
   try {
+    const run = await load();
     return await run(args.slice(1));
   } catch (e) {
     err(`${e instanceof Error ? e.message : String(e)}\n`);
