@@ -230,8 +230,9 @@ export class ShadowLink {
     old?.close();
     this.#conn = null;
     let conn: FrameConn;
+    let started: boolean;
     try {
-      conn = connectOrStart(this.#config).conn;
+      ({ conn, started } = connectOrStart(this.#config));
     } catch (e) {
       // Nothing to wait for: answer the waiting clients rather than hang them.
       const waiting = this.#pending;
@@ -249,7 +250,13 @@ export class ShadowLink {
     this.seed(objects(), nextId, () => {
       for (const done of waiting) done();
     });
-    this.onTrouble(`shadow at ${this.#config.path} was lost: started a new one and seeded it`);
+    // A shadow that is still listening (one that dropped the link, or one still exiting when
+    // the link broke) is reached again rather than replaced: say which.
+    this.onTrouble(
+      `shadow at ${this.#config.path} was lost: ${
+        started ? "started a new one" : "reconnected to it"
+      } and seeded it`,
+    );
     return true;
   }
 
