@@ -18,6 +18,9 @@ import { EPOLLIN } from "./linux.ts";
 import { openListener } from "./listener.ts";
 import { acceptUnix } from "./unix_socket.ts";
 
+const LISTEN_TOKEN = 0;
+const LINK_TOKEN = 1;
+
 interface Held {
   readonly meta: WireObject;
   readonly fd: number;
@@ -104,40 +107,78 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
 /**
  * Run a shadow on `path` until the process is killed. At most one broker is served at a time:
  * a new connection replaces the previous one (the broker it belonged to is gone or handing
- * over).
+ * over) once it sends its first frame. Until then it is only a candidate, so a connection that
+ * says nothing (the liveness probe of a second `memfdbus shadow` or broker on the same path)
+ * does not cost the attached broker its link.
  */
 export function runShadow(path: string, onReady: () => void = () => {}): never {
   libc.symbols.setsid();
   const listener = openListener(path, 0o600, 16, "shadow");
   const poller = new Poller(16);
-  poller.add(listener.fd, EPOLLIN, 0);
+  poller.add(listener.fd, EPOLLIN, LISTEN_TOKEN);
   const state = new ShadowState();
   let link: FrameConn | null = null;
+  const candidates = new Map<number, FrameConn>();
+  let nextToken = LINK_TOKEN + 1;
+  const drop = (conn: FrameConn): void => {
+    poller.remove(conn.fd);
+    conn.close();
+  };
+  const serve = (conn: FrameConn, frames: readonly FrameIn[]): void => {
+    try {
+      for (const f of frames) applyFrame(state, f, conn);
+      conn.flushBlocking(10_000);
+    } catch (e) {
+      if (!(e instanceof LinkClosed)) throw e;
+      drop(conn);
+      if (link === conn) link = null;
+    }
+  };
   onReady();
   for (;;) {
     const events = poller.poll([], -1);
     for (const ev of events) {
-      if (ev.token === 0) {
+      if (ev.token === LISTEN_TOKEN) {
         const fd = acceptUnix(listener.fd);
         if (fd < 0) continue;
-        if (link !== null) {
-          poller.remove(link.fd);
-          link.close();
-        }
-        link = new FrameConn(fd);
-        poller.add(fd, EPOLLIN, 1);
+        const token = nextToken++;
+        candidates.set(token, new FrameConn(fd));
+        poller.add(fd, EPOLLIN, token);
         continue;
       }
-      if (link === null) continue;
+      if (ev.token === LINK_TOKEN) {
+        if (link === null) continue;
+        let frames: FrameIn[];
+        try {
+          frames = link.read();
+        } catch (e) {
+          if (!(e instanceof LinkClosed)) throw e;
+          drop(link);
+          link = null;
+          continue;
+        }
+        serve(link, frames);
+        continue;
+      }
+      const conn = candidates.get(ev.token);
+      if (conn === undefined) continue;
+      let frames: FrameIn[];
       try {
-        for (const f of link.read()) applyFrame(state, f, link);
-        link.flushBlocking(10_000);
+        frames = conn.read();
       } catch (e) {
         if (!(e instanceof LinkClosed)) throw e;
-        poller.remove(link.fd);
-        link.close();
-        link = null;
+        candidates.delete(ev.token);
+        drop(conn);
+        continue;
       }
+      if (frames.length === 0) continue;
+      // A broker: it replaces the previous one.
+      candidates.delete(ev.token);
+      poller.remove(conn.fd);
+      if (link !== null) drop(link);
+      link = conn;
+      poller.add(conn.fd, EPOLLIN, LINK_TOKEN);
+      serve(conn, frames);
     }
   }
 }

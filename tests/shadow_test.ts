@@ -13,6 +13,7 @@ import {
   type AuditLine,
   type BrokerProcess,
   CLI,
+  cli,
   CLI_PERMS,
   digestOf,
   enc,
@@ -694,5 +695,30 @@ Deno.test(
     // Every one of them is held by the shadow.
     assertEquals(memfdCount(shadowPid), 50 + 6 * N);
     ok(m > 0 && p > 0);
+  },
+);
+
+Deno.test(
+  "a second shadow started on a running shadow's path refuses, and the running shadow keeps its broker and objects",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    const socket = `${dir.path}/bus.sock`;
+    const shadowPath = `${dir.path}/shadow.sock`;
+    const { b } = await shadowed(t, dir.path, socket, shadowPath);
+    await putMany(socket, 2, [10, 20], 1);
+    const shadowPid = await theShadow(shadowPath);
+    t.shadowPaths.add(shadowPath);
+    const second = await cli(["shadow", "--socket", shadowPath]);
+    assertEquals(
+      [second.code, second.stderr],
+      [1, `refusing to replace the socket of a running shadow: ${shadowPath}\n`],
+    );
+    const more = await putMany(socket, 1, [30], 10);
+    assertEquals(more[0]?.id, 3n);
+    await new Promise((r) => setTimeout(r, 200));
+    assertEquals(recoverRecords(b).map((r) => r.result), ["not_found"], "no revival was needed");
+    assertEquals(await theShadow(shadowPath), shadowPid);
+    assertEquals(memfdCount(shadowPid), 3);
   },
 );
