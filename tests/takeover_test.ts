@@ -9,7 +9,7 @@ import { Client } from "../src/client.ts";
 import { Cmd } from "../src/wire.ts";
 import {
   type AuditLine,
-  type BrokerProcess,
+  BrokerProcess,
   digestOf,
   fdCount,
   RawClient,
@@ -161,6 +161,14 @@ async function checkAfterLoad(
   );
 }
 
+/**
+ * Give a broker that just printed its first line time to install its signal handlers: until
+ * then a SIGHUP or SIGTERM kills it (see "a SIGHUP sent right after a broker starts serving").
+ */
+function settle(): Promise<void> {
+  return new Promise((r) => setTimeout(r, 300));
+}
+
 /** The one live broker process on `socket` other than `not`. */
 async function successor(socket: string, not: number): Promise<number> {
   const pids = await waitFor(
@@ -182,6 +190,7 @@ Deno.test(
     await using t = new Tracker();
     const socket = `${dir.path}/bus.sock`;
     const old = await t.broker(dir.path, ["--socket", socket]);
+    await settle();
     const load = new Load(socket, CLIENTS);
     try {
       await load.more(20, "20 operations before the SIGHUP");
@@ -217,6 +226,7 @@ Deno.test(
     await using t = new Tracker();
     const socket = `${dir.path}/bus.sock`;
     const old = await t.broker(dir.path, ["--socket", socket]);
+    await settle();
     const load = new Load(socket, CLIENTS);
     try {
       await load.more(20, "20 operations before the takeover");
@@ -284,6 +294,7 @@ Deno.test(
     }
     const shadowPid = await theShadow(shadowPath);
     assertEquals(memfdCount(shadowPid), 6);
+    await settle();
 
     // SIGHUP: the successor takes over and seeds the same shadow.
     signal(b1.pid, "SIGHUP");
@@ -341,6 +352,7 @@ async function requestDuringHandover(
   old: BrokerProcess,
   begin: () => Promise<unknown>,
 ): Promise<string> {
+  await settle();
   const before = fdCount(old.pid);
   using raw = await RawClient.connect(old.socket);
   await waitFor(() => fdCount(old.pid) > before, 5000, "the broker to accept");
@@ -386,5 +398,114 @@ Deno.test(
       () => t.broker(dir.path, ["--socket", socket, "--takeover"]),
     );
     assertEquals(outcome, "status 0", "the request was dropped by the handover");
+  },
+);
+
+Deno.test(
+  "a GET waiting for a name in the old broker is answered by the new one when the name is published after a SIGHUP",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    const socket = `${dir.path}/bus.sock`;
+    const old = await t.broker(dir.path, ["--socket", socket]);
+    await using waiter = new Client({ socket, jobId: null });
+    const waiting = waiter.get({ name: "later" }, { wait: 30_000 });
+    await settle(); // and the GET is parked in the old broker
+    assertEquals(old.audit(), [], "nothing answered yet");
+    signal(old.pid, "SIGHUP");
+    assertEquals((await old.child.status).code, 0);
+    await successor(socket, old.pid);
+    await using c = new Client({ socket, jobId: null });
+    const r = await c.put(payload(1, 100), { name: "later" });
+    using got = await waiting;
+    assertEquals([got.id, got.digest], [r.id, r.digest]);
+  },
+);
+
+Deno.test(
+  "a SIGHUP whose successor cannot start (no --allow-run) leaves the old broker serving, with an error record",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    const socket = `${dir.path}/bus.sock`;
+    // The harness's permissions, like `deno task broker`: no --allow-run.
+    const b = await BrokerProcess.start(dir.path, ["--socket", socket]);
+    t.brokers.push(b);
+    t.sockets.add(socket);
+    const first = await putOne(socket, 1, 10, null);
+    await settle();
+    signal(b.pid, "SIGHUP");
+    await waitFor(() => takeoverRecords(b.lines).length > 0 || !alive(b.pid), 15_000);
+    ok(alive(b.pid), `the broker died: ${b.stderr}`);
+    const [rec] = takeoverRecords(b.lines);
+    assertEquals(rec?.result, "error");
+    ok(String(rec?.error).startsWith("handover failed: "), String(rec?.error));
+    const second = await putOne(socket, 2, 10, null);
+    assertEquals([first.id, second.id], [1n, 2n]);
+    assertEquals(listenerPids(socket), [b.pid]);
+    const st = await b.stop("SIGTERM");
+    assertEquals(st.code, 0);
+    ok(!exists(socket));
+  },
+);
+
+Deno.test(
+  "a SIGHUP sent right after a broker starts serving hands over instead of killing the broker",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    // The window is a few milliseconds wide: try a few times, as an operator's script would.
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const socket = `${dir.path}/bus-${attempt}.sock`;
+      const old = await t.broker(dir.path, ["--socket", socket]);
+      const obj = await putOne(socket, attempt, 100, null);
+      signal(old.pid, "SIGHUP");
+      const status = await old.child.status;
+      assertEquals(
+        [status.code, status.signal],
+        [0, null],
+        `attempt ${attempt}: the broker died of the SIGHUP (its object ${obj.id} with it)`,
+      );
+      await successor(socket, old.pid);
+      await using c = new Client({ socket, jobId: null });
+      assertEquals((await c.list()).map((e) => e.id), [obj.id]);
+    }
+  },
+);
+
+Deno.test(
+  "a second SIGHUP sent as soon as the new broker has logged its takeover hands over again and loses nothing",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const socket = `${dir.path}/bus-${attempt}.sock`;
+      const old = await t.broker(dir.path, ["--socket", socket]);
+      await settle();
+      const objs = [
+        await putOne(socket, 1, 100, null),
+        await putOne(socket, 2, 2 * MiB, null),
+      ];
+      signal(old.pid, "SIGHUP");
+      await waitFor(() => takeoverRecords(old.lines).length > 0, 15_000, "the first takeover");
+      const second = await successor(socket, old.pid);
+      signal(second, "SIGHUP"); // an operator upgrading twice in a row
+      assertEquals((await old.child.status).code, 0);
+      await waitFor(() => !alive(second), 15_000, "the second broker to go");
+      const third = brokerPids(socket).filter(alive);
+      assertEquals(
+        third.length,
+        1,
+        `attempt ${attempt}: no broker serves the socket after the second SIGHUP (` +
+          `${takeoverRecords(old.lines).length} takeover records): the objects are gone`,
+      );
+      await waitFor(() => takeoverRecords(old.lines).length > 1, 5000, "the second record");
+      assertEquals(takeoverRecords(old.lines).map((r) => r.count), [2, 2]);
+      await using c = new Client({ socket, jobId: null });
+      assertEquals(
+        (await c.list()).map((e) => [e.id, e.digest]),
+        objs.map((o) => [o.id, o.digest]),
+      );
+    }
   },
 );
