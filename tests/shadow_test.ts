@@ -722,3 +722,52 @@ Deno.test(
     assertEquals(memfdCount(shadowPid), 3);
   },
 );
+
+Deno.test(
+  "a shadow that cannot be restarted does not stall the broker: requests are served promptly, and the shadow is revived and seeded once it can start again",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    const socket = `${dir.path}/bus.sock`;
+    const shadowDir = `${dir.path}/shadow`;
+    Deno.mkdirSync(shadowDir);
+    const shadowPath = `${shadowDir}/shadow.sock`;
+    const { b } = await shadowed(t, dir.path, socket, shadowPath);
+    await using c = new Client({ socket, jobId: null, timeoutMs: 60_000 });
+    const first = await c.put(enc("before"), { name: "a" });
+    const shadowPid = await theShadow(shadowPath);
+    // Take the shadow away together with its directory, so a new one cannot bind there.
+    signal(b.pid, "SIGSTOP");
+    try {
+      await killAndWait(shadowPid);
+      Deno.removeSync(shadowDir, { recursive: true });
+    } finally {
+      signal(b.pid, "SIGCONT");
+    }
+    let slowest = 0;
+    const timed = async <T>(p: () => Promise<T>): Promise<T> => {
+      const t0 = performance.now();
+      const v = await p();
+      const ms = performance.now() - t0;
+      slowest = Math.max(slowest, ms);
+      ok(ms < 3000, `the broker stalled for ${ms.toFixed(0)} ms`);
+      return v;
+    };
+    for (let i = 0; i < 6; i++) {
+      assertEquals((await timed(() => c.list())).length, 1);
+      await new Promise((r) => setTimeout(r, 400));
+    }
+    const second = await timed(() => c.put(enc("while down"), { name: "b" }));
+    console.log(`slowest request while the shadow could not start: ${slowest.toFixed(0)} ms`);
+    await waitFor(
+      () => recoverRecords(b).some((r) => String(r.error).includes("is unavailable")),
+      5000,
+      "an 'unavailable' record",
+    );
+    // Once the directory is back, the broker starts a shadow and seeds it with both objects.
+    Deno.mkdirSync(shadowDir);
+    const revived = await theShadow(shadowPath, 40_000);
+    await waitFor(() => memfdCount(revived) === 2, 10_000, "the revived shadow to hold both");
+    assertEquals([first.id, second.id], [1n, 2n]);
+  },
+);
