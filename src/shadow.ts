@@ -26,31 +26,59 @@ interface Held {
   readonly fd: number;
 }
 
-/** The shadow's state: objects by id and the next id. */
+/**
+ * The shadow's state: objects by id and the next id. A seed (SEED, OBJECTS..., SEED_END) is
+ * gathered aside and replaces the objects only at its end, so a broker that dies while seeding
+ * leaves the state as it was.
+ */
 export class ShadowState {
   readonly objects = new Map<number, Held>();
   nextId = 1;
+  #seed: Map<number, Held> | null = null;
 
-  /** Replace everything (a broker seeding a fresh shadow). */
-  clear(): void {
-    for (const h of this.objects.values()) closeQuietly(h.fd);
-    this.objects.clear();
+  /** A seed begins: the objects that follow replace everything, once it ends. */
+  beginSeed(): void {
+    this.abortSeed();
+    this.#seed = new Map();
   }
 
-  /** Hold an object (its descriptor is now owned here). */
+  /** The seed is complete: its objects become the state. */
+  endSeed(nextId: number): void {
+    const seed = this.#seed;
+    this.#seed = null;
+    if (seed !== null) {
+      for (const h of this.objects.values()) closeQuietly(h.fd);
+      this.objects.clear();
+      for (const [id, h] of seed) {
+        this.objects.set(id, h);
+        this.nextId = Math.max(this.nextId, id + 1);
+      }
+    }
+    this.nextId = Math.max(this.nextId, nextId);
+  }
+
+  /** The seeding broker is gone before the seed's end: forget what it sent. */
+  abortSeed(): void {
+    for (const h of this.#seed?.values() ?? []) closeQuietly(h.fd);
+    this.#seed = null;
+  }
+
+  /** Hold an object (its descriptor is now owned here); into the seed while one runs. */
   add(meta: WireObject, fd: number): void {
-    const old = this.objects.get(meta.id);
+    const into = this.#seed ?? this.objects;
+    const old = into.get(meta.id);
     if (old !== undefined) closeQuietly(old.fd);
-    this.objects.set(meta.id, { meta, fd });
-    this.nextId = Math.max(this.nextId, meta.id + 1);
+    into.set(meta.id, { meta, fd });
+    if (into === this.objects) this.nextId = Math.max(this.nextId, meta.id + 1);
   }
 
   /** Forget an object. */
   remove(id: number): void {
-    const h = this.objects.get(id);
+    const from = this.#seed ?? this.objects;
+    const h = from.get(id);
     if (h === undefined) return;
     closeQuietly(h.fd);
-    this.objects.delete(id);
+    from.delete(id);
   }
 
   /** Queue the whole state on a link: OBJECTS batches, then `end` with the next id. */
@@ -77,7 +105,7 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
       state.send(link, Frame.STATE_END);
       return;
     case Frame.SEED:
-      state.clear();
+      state.beginSeed();
       return;
     case Frame.OBJECTS: {
       const metas = f.payload as WireObject[];
@@ -85,7 +113,7 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
       return;
     }
     case Frame.SEED_END:
-      state.nextId = Math.max(state.nextId, (f.payload as { nextId: number }).nextId);
+      state.endSeed((f.payload as { nextId: number }).nextId);
       link.queue(Frame.ACK, null);
       return;
     case Frame.ADD: {
@@ -121,6 +149,7 @@ export function runShadow(path: string, onReady: () => void = () => {}): never {
   const candidates = new Map<number, FrameConn>();
   let nextToken = LINK_TOKEN + 1;
   const drop = (conn: FrameConn): void => {
+    if (conn === link) state.abortSeed();
     poller.remove(conn.fd);
     conn.close();
   };

@@ -7,7 +7,10 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client, type ListEntry } from "../src/client.ts";
 import { BrokerError, Status } from "../src/errors.ts";
+import { FrameConn } from "../src/frame_conn.ts";
 import { ShadowLink } from "../src/shadow_link.ts";
+import { Frame, toWire } from "../src/shadow_wire.ts";
+import { connectUnix, sockaddrUn, unixSocket } from "../src/unix_socket.ts";
 import type { StoredObject } from "../src/store.ts";
 import {
   type AuditLine,
@@ -769,5 +772,47 @@ Deno.test(
     const revived = await theShadow(shadowPath, 40_000);
     await waitFor(() => memfdCount(revived) === 2, 10_000, "the revived shadow to hold both");
     assertEquals([first.id, second.id], [1n, 2n]);
+  },
+);
+
+Deno.test(
+  "a seed cut off before its end (the seeding broker died) leaves the shadow's objects as they were",
+  async () => {
+    using dir = tempDir();
+    await using t = new Tracker();
+    const socket = `${dir.path}/bus.sock`;
+    const shadowPath = `${dir.path}/shadow.sock`;
+    const first = await shadowed(t, dir.path, socket, shadowPath);
+    const objs = await putMany(socket, 5, [10, 1000], 1);
+    const shadowPid = await theShadow(shadowPath);
+    await kill9(first.b);
+    // A broker that begins to seed (as after a takeover or a revival) and dies after one batch.
+    const addr = sockaddrUn(shadowPath);
+    ok(addr !== null);
+    const fd = unixSocket(true);
+    assertEquals(connectUnix(fd, addr), 0);
+    {
+      using conn = new FrameConn(fd);
+      using m = sealedMemfd(enc("partial"));
+      const partial: StoredObject = {
+        id: 99,
+        size: 7,
+        fd: m.fd,
+        digest: digestOf(enc("partial")),
+        name: "partial",
+        owner: null,
+        allowed: null,
+        createdNs: 1n,
+      };
+      conn.queue(Frame.SEED, null);
+      conn.queue(Frame.OBJECTS, [toWire(partial)], [m.fd]);
+      conn.flushBlocking(5000);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    assertEquals(memfdCount(shadowPid), 5, "the shadow dropped its objects for a partial seed");
+    const second = await shadowed(t, dir.path, socket, shadowPath);
+    assertEquals([second.rec.result, second.rec.count], ["ok", 5]);
+    await assertHolds(socket, objs);
   },
 );
