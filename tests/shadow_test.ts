@@ -520,7 +520,15 @@ Deno.test(
     ok(alive(shadowPid), "the shadow outlives a graceful stop");
     assertEquals(memfdCount(shadowPid), 452);
 
-    const second = await shadowed(t, dir.path, socket, shadowPath);
+    // Recovery happens before any client is served: a LIST sent as soon as the broker prints
+    // its listening line already sees every object.
+    const restarted = await t.broker(dir.path, ["--socket", socket, "--shadow", shadowPath]);
+    {
+      await using early = new Client({ socket, jobId: null });
+      assertEquals((await early.list()).length, 452);
+    }
+    await waitFor(() => recoverRecords(restarted).length > 0, 15_000, "the recover record");
+    const second = { b: restarted, rec: recoverRecords(restarted)[0] as AuditLine };
     assertEquals([second.rec.result, second.rec.count], ["ok", 452]);
     assertEquals(second.rec.size, objs.reduce((n, a) => n + a.size, 0));
     assertEquals(await theShadow(shadowPath), shadowPid);
