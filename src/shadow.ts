@@ -18,36 +18,67 @@ import { EPOLLIN } from "./linux.ts";
 import { openListener } from "./listener.ts";
 import { acceptUnix } from "./unix_socket.ts";
 
+const LISTEN_TOKEN = 0;
+const LINK_TOKEN = 1;
+
 interface Held {
   readonly meta: WireObject;
   readonly fd: number;
 }
 
-/** The shadow's state: objects by id and the next id. */
+/**
+ * The shadow's state: objects by id and the next id. A seed (SEED, OBJECTS..., SEED_END) is
+ * gathered aside and replaces the objects only at its end, so a broker that dies while seeding
+ * leaves the state as it was.
+ */
 export class ShadowState {
   readonly objects = new Map<number, Held>();
   nextId = 1;
+  #seed: Map<number, Held> | null = null;
 
-  /** Replace everything (a broker seeding a fresh shadow). */
-  clear(): void {
-    for (const h of this.objects.values()) closeQuietly(h.fd);
-    this.objects.clear();
+  /** A seed begins: the objects that follow replace everything, once it ends. */
+  beginSeed(): void {
+    this.abortSeed();
+    this.#seed = new Map();
   }
 
-  /** Hold an object (its descriptor is now owned here). */
+  /** The seed is complete: its objects become the state. */
+  endSeed(nextId: number): void {
+    const seed = this.#seed;
+    this.#seed = null;
+    if (seed !== null) {
+      for (const h of this.objects.values()) closeQuietly(h.fd);
+      this.objects.clear();
+      for (const [id, h] of seed) {
+        this.objects.set(id, h);
+        this.nextId = Math.max(this.nextId, id + 1);
+      }
+    }
+    this.nextId = Math.max(this.nextId, nextId);
+  }
+
+  /** The seeding broker is gone before the seed's end: forget what it sent. */
+  abortSeed(): void {
+    for (const h of this.#seed?.values() ?? []) closeQuietly(h.fd);
+    this.#seed = null;
+  }
+
+  /** Hold an object (its descriptor is now owned here); into the seed while one runs. */
   add(meta: WireObject, fd: number): void {
-    const old = this.objects.get(meta.id);
+    const into = this.#seed ?? this.objects;
+    const old = into.get(meta.id);
     if (old !== undefined) closeQuietly(old.fd);
-    this.objects.set(meta.id, { meta, fd });
-    this.nextId = Math.max(this.nextId, meta.id + 1);
+    into.set(meta.id, { meta, fd });
+    if (into === this.objects) this.nextId = Math.max(this.nextId, meta.id + 1);
   }
 
   /** Forget an object. */
   remove(id: number): void {
-    const h = this.objects.get(id);
+    const from = this.#seed ?? this.objects;
+    const h = from.get(id);
     if (h === undefined) return;
     closeQuietly(h.fd);
-    this.objects.delete(id);
+    from.delete(id);
   }
 
   /** Queue the whole state on a link: OBJECTS batches, then `end` with the next id. */
@@ -74,7 +105,7 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
       state.send(link, Frame.STATE_END);
       return;
     case Frame.SEED:
-      state.clear();
+      state.beginSeed();
       return;
     case Frame.OBJECTS: {
       const metas = f.payload as WireObject[];
@@ -82,7 +113,7 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
       return;
     }
     case Frame.SEED_END:
-      state.nextId = Math.max(state.nextId, (f.payload as { nextId: number }).nextId);
+      state.endSeed((f.payload as { nextId: number }).nextId);
       link.queue(Frame.ACK, null);
       return;
     case Frame.ADD: {
@@ -104,40 +135,79 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
 /**
  * Run a shadow on `path` until the process is killed. At most one broker is served at a time:
  * a new connection replaces the previous one (the broker it belonged to is gone or handing
- * over).
+ * over) once it sends its first frame. Until then it is only a candidate, so a connection that
+ * says nothing (the liveness probe of a second `memfdbus shadow` or broker on the same path)
+ * does not cost the attached broker its link.
  */
 export function runShadow(path: string, onReady: () => void = () => {}): never {
   libc.symbols.setsid();
   const listener = openListener(path, 0o600, 16, "shadow");
   const poller = new Poller(16);
-  poller.add(listener.fd, EPOLLIN, 0);
+  poller.add(listener.fd, EPOLLIN, LISTEN_TOKEN);
   const state = new ShadowState();
   let link: FrameConn | null = null;
+  const candidates = new Map<number, FrameConn>();
+  let nextToken = LINK_TOKEN + 1;
+  const drop = (conn: FrameConn): void => {
+    if (conn === link) state.abortSeed();
+    poller.remove(conn.fd);
+    conn.close();
+  };
+  const serve = (conn: FrameConn, frames: readonly FrameIn[]): void => {
+    try {
+      for (const f of frames) applyFrame(state, f, conn);
+      conn.flushBlocking(10_000);
+    } catch (e) {
+      if (!(e instanceof LinkClosed)) throw e;
+      drop(conn);
+      if (link === conn) link = null;
+    }
+  };
   onReady();
   for (;;) {
     const events = poller.poll([], -1);
     for (const ev of events) {
-      if (ev.token === 0) {
+      if (ev.token === LISTEN_TOKEN) {
         const fd = acceptUnix(listener.fd);
         if (fd < 0) continue;
-        if (link !== null) {
-          poller.remove(link.fd);
-          link.close();
-        }
-        link = new FrameConn(fd);
-        poller.add(fd, EPOLLIN, 1);
+        const token = nextToken++;
+        candidates.set(token, new FrameConn(fd));
+        poller.add(fd, EPOLLIN, token);
         continue;
       }
-      if (link === null) continue;
+      if (ev.token === LINK_TOKEN) {
+        if (link === null) continue;
+        let frames: FrameIn[];
+        try {
+          frames = link.read();
+        } catch (e) {
+          if (!(e instanceof LinkClosed)) throw e;
+          drop(link);
+          link = null;
+          continue;
+        }
+        serve(link, frames);
+        continue;
+      }
+      const conn = candidates.get(ev.token);
+      if (conn === undefined) continue;
+      let frames: FrameIn[];
       try {
-        for (const f of link.read()) applyFrame(state, f, link);
-        link.flushBlocking(10_000);
+        frames = conn.read();
       } catch (e) {
         if (!(e instanceof LinkClosed)) throw e;
-        poller.remove(link.fd);
-        link.close();
-        link = null;
+        candidates.delete(ev.token);
+        drop(conn);
+        continue;
       }
+      if (frames.length === 0) continue;
+      // A broker: it replaces the previous one.
+      candidates.delete(ev.token);
+      poller.remove(conn.fd);
+      if (link !== null) drop(link);
+      link = conn;
+      poller.add(conn.fd, EPOLLIN, LINK_TOKEN);
+      serve(conn, frames);
     }
   }
 }

@@ -34,6 +34,8 @@ export interface Attached {
 }
 
 const START_TIMEOUT_MS = 10_000;
+/** Longest pause between attempts to start a shadow that keeps failing. */
+const MAX_RETRY_MS = 30_000;
 
 function connectOnce(path: string): number {
   const addr = sockaddrUn(path);
@@ -45,12 +47,36 @@ function connectOnce(path: string): number {
   return r;
 }
 
-function spawnShadow(command: readonly string[]): void {
+/** Start a shadow; returns its pid. */
+function spawnShadow(command: readonly string[]): number {
   const [cmd, ...args] = command;
   if (cmd === undefined) throw new Error("empty shadow command");
   const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "inherit" })
     .spawn();
   child.unref();
+  return child.pid;
+}
+
+const WAITID = {
+  waitid: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
+} as const;
+let waitidLib: Deno.DynamicLibrary<typeof WAITID> | null = null;
+const P_PID = 1;
+const WNOHANG = 1;
+const WEXITED = 4;
+const WNOWAIT = 0x01000000;
+
+/**
+ * True once child `pid` has exited. waitid(WNOWAIT) looks without reaping it (Deno still
+ * collects its status); the child's own status promise cannot be used here because the thread
+ * that waits for the shadow blocks the event loop.
+ */
+function hasExited(pid: number): boolean {
+  waitidLib ??= Deno.dlopen("libc.so.6", WAITID);
+  const info = new Uint8Array(128);
+  const r = waitidLib.symbols.waitid(P_PID, pid, info, WEXITED | WNOHANG | WNOWAIT);
+  // ECHILD: already reaped. Otherwise si_pid (offset 16) is set once the child has exited.
+  return r !== 0 || new DataView(info.buffer).getInt32(16, true) === pid;
 }
 
 /** Connect to the shadow on `path`, starting one when nobody listens there. */
@@ -60,11 +86,13 @@ function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boole
   if ((first !== -ENOENT && first !== -ECONNREFUSED) || config.command === null) {
     throw new Error(`cannot reach the shadow at ${config.path} (errno ${-first})`);
   }
-  spawnShadow(config.command);
+  const pid = spawnShadow(config.command);
   const end = performance.now() + START_TIMEOUT_MS;
   for (;;) {
     const fd = connectOnce(config.path);
     if (fd >= 0) return { conn: new FrameConn(fd), started: true };
+    // A shadow that failed (it says why on stderr) is not waited for: the broker is blocked.
+    if (hasExited(pid)) throw new Error(`the shadow exited without listening on ${config.path}`);
     if (performance.now() > end) throw new Error(`the shadow did not start on ${config.path}`);
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
   }
@@ -193,6 +221,8 @@ export class ShadowLink {
   }
 
   #lost = false;
+  #failures = 0;
+  #retryAt = 0;
 
   /** True when the link failed and {@link ShadowLink.revive} must run. */
   get lost(): boolean {
@@ -225,13 +255,17 @@ export class ShadowLink {
    * retries later).
    */
   revive(objects: () => Iterable<StoredObject>, nextId: number): boolean {
+    // After a failed attempt, wait (1 s, 2 s, 4 s ... 30 s) before starting yet another shadow:
+    // each attempt blocks the broker while a process starts, and every PUT would cause one.
+    if (this.#conn === null && performance.now() < this.#retryAt) return false;
     const old = this.#conn;
     const oldFd = old?.fd ?? -1;
     old?.close();
     this.#conn = null;
     let conn: FrameConn;
+    let started: boolean;
     try {
-      conn = connectOrStart(this.#config).conn;
+      ({ conn, started } = connectOrStart(this.#config));
     } catch (e) {
       // Nothing to wait for: answer the waiting clients rather than hang them.
       const waiting = this.#pending;
@@ -239,8 +273,11 @@ export class ShadowLink {
       for (const done of waiting) done();
       this.onTrouble(`shadow at ${this.#config.path} is unavailable: ${(e as Error).message}`);
       this.onReconnect(oldFd, -1);
+      this.#retryAt = performance.now() + Math.min(MAX_RETRY_MS, 1000 * 2 ** this.#failures++);
       return false;
     }
+    this.#failures = 0;
+    this.#retryAt = 0;
     this.#conn = conn;
     this.#lost = false;
     const waiting = this.#pending;
@@ -249,7 +286,13 @@ export class ShadowLink {
     this.seed(objects(), nextId, () => {
       for (const done of waiting) done();
     });
-    this.onTrouble(`shadow at ${this.#config.path} was lost: started a new one and seeded it`);
+    // A shadow that is still listening (one that dropped the link, or one still exiting when
+    // the link broke) is reached again rather than replaced: say which.
+    this.onTrouble(
+      `shadow at ${this.#config.path} was lost: ${
+        started ? "started a new one" : "reconnected to it"
+      } and seeded it`,
+    );
     return true;
   }
 
