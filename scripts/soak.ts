@@ -146,7 +146,7 @@ async function oneOp(r: Rng, client: Client): Promise<void> {
     else o = await client.get({ name: target.name }, { jobId: job });
     try {
       if (o.id === target.id && o.digest !== target.digest) fail(`GET ${o.id}: wrong digest`);
-      if (r.chance(0.1) && !o.verify()) fail(`GET ${o.id}: bytes do not match the digest`);
+      if (r.chance(0.1) && !(await o.verify())) fail(`GET ${o.id}: bytes do not match the digest`);
     } finally {
       o.close();
     }

@@ -28,7 +28,7 @@ import {
 } from "./audit.ts";
 import { fetchState, serveState, type ShadowConfig, ShadowLink } from "./shadow_link.ts";
 import { FrameConn } from "./frame_conn.ts";
-import { Frame } from "./shadow_wire.ts";
+import { FDS_PER_FRAME, Frame } from "./shadow_wire.ts";
 import { Status } from "./errors.ts";
 import { check, closeQuietly, cstr, errno, libc } from "./ffi.ts";
 import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./fd.ts";
@@ -187,6 +187,8 @@ const enum State {
 
 const LISTEN_TOKEN = 0xfffffffe;
 const SHADOW_TOKEN = 0xfffffffd;
+/** Longest a PUT or DROP reply waits for the shadow before going out unmirrored. */
+const SHADOW_ACK_MS = 5000;
 const EMPTY = new Uint8Array(0);
 const CONN_BUF = 4096;
 const SWEEP_MS = 100;
@@ -442,6 +444,14 @@ export class Broker implements AsyncDisposable {
   #takeOver(fd: number, shadow: ShadowConfig | undefined): void {
     using link = new FrameConn(fd);
     const { objects, nextId } = fetchState(link);
+    // Then the connections the old broker accepted but had not read from.
+    const conns: number[] = [];
+    for (;;) {
+      const f = link.nextBlocking(10_000);
+      if (f.type === Frame.CONNS) conns.push(...f.fds);
+      else closeAll(f.fds);
+      if (f.type === Frame.CONNS_END) break;
+    }
     let bytes = 0;
     for (const obj of objects) {
       this.#store.restore(obj, nextId);
@@ -455,6 +465,10 @@ export class Broker implements AsyncDisposable {
     this.#recordRaw(rec);
     link.queue(Frame.ACK, null);
     link.flushBlocking(10_000);
+    for (const c of conns) {
+      setNonblocking(c, true);
+      this.#admit(c);
+    }
   }
 
   /**
@@ -652,6 +666,9 @@ export class Broker implements AsyncDisposable {
   #sweep(now: number): void {
     this.#nextSweep = now + SWEEP_MS;
     const shadow = this.#shadow;
+    if (shadow !== null && shadow.stalled(now, SHADOW_ACK_MS)) {
+      shadow.abandon(`did not acknowledge within ${SHADOW_ACK_MS} ms`);
+    }
     if (shadow !== null && shadow.fd < 0 && now >= this.#nextShadowRetry) this.#reviveShadow();
     if (this.#acceptBlocked && !this.#stopping) {
       this.#acceptBlocked = false;
@@ -1300,7 +1317,7 @@ export class Broker implements AsyncDisposable {
         try {
           child = new Deno.Command(cmd ?? "", {
             args,
-            env: { MEMFDBUS_TAKEOVER: `${this.#listenFd},${theirs}` },
+            env: { MEMFDBUS_TAKEOVER: `${this.#listenFd},${theirs}`, DENO_NO_UPDATE_CHECK: "1" },
             stdin: "null",
             stdout: "inherit",
             stderr: "inherit",
@@ -1320,12 +1337,22 @@ export class Broker implements AsyncDisposable {
         conn.fd = -1;
       }
       setNonblocking(link.fd, true);
-      const hello = link.readBlocking(5_000);
-      if (hello[0]?.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
+      const hello = link.nextBlocking(5_000);
+      if (hello.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
       serveState(link, this.#store.values(), this.#store.nextId);
+      // Connections accepted but not read from yet go to the new broker too: their clients may
+      // be sending a request right now, and it must be answered, not dropped.
+      const idle = [...this.#conns.values()].filter((c) =>
+        c.state === State.Header && c.len === 0 && !c.eof
+      );
+      for (let i = 0; i < idle.length; i += FDS_PER_FRAME) {
+        const batch = idle.slice(i, i + FDS_PER_FRAME);
+        link.queue(Frame.CONNS, { count: batch.length }, batch.map((c) => c.fd));
+      }
+      link.queue(Frame.CONNS_END, null);
       link.flushBlocking(30_000);
-      const ack = link.readBlocking(60_000);
-      if (ack[0]?.type !== Frame.ACK) throw new Error("no ACK from the new broker");
+      const ack = link.nextBlocking(60_000);
+      if (ack.type !== Frame.ACK) throw new Error("no ACK from the new broker");
       child?.unref();
       return true;
     } catch (e) {
@@ -1353,8 +1380,10 @@ export class Broker implements AsyncDisposable {
       this.#unlinkSocket();
     }
     for (const conn of [...this.#conns.values()]) {
-      if (conn.state === State.Header && conn.len === 0) this.#close(conn);
-      else if (conn.state === State.Wait) {
+      // Idle connections are closed on a stop, but handed to the new broker on a handover.
+      if (conn.state === State.Header && conn.len === 0) {
+        if (!handover) this.#close(conn);
+      } else if (conn.state === State.Wait) {
         // A waiting client asks again after a handover: answer as a broker that does not wait.
         if (handover) conn.waited = false;
         this.#expire(conn);

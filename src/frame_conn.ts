@@ -39,6 +39,8 @@ export class FrameConn implements Disposable {
   #len = 0;
   #fds: number[] = [];
   #eof = false;
+  /** Frames decoded but not handed out yet (see {@link FrameConn.nextBlocking}). */
+  #ready: FrameIn[] = [];
   readonly #out: Out[] = [];
 
   /**
@@ -81,6 +83,7 @@ export class FrameConn implements Disposable {
 
   /** Read what is available and return the complete frames. Throws LinkClosed at end. */
   read(): FrameIn[] {
+    if (this.#ready.length > 0) return this.#ready.splice(0);
     for (;;) {
       if (this.#in.length - this.#len < 4096) {
         const grown = new Uint8Array(this.#in.length * 2);
@@ -150,8 +153,16 @@ export class FrameConn implements Disposable {
     }
   }
 
+  /** The next frame, blocking up to `timeoutMs`; later frames of the same read stay queued. */
+  nextBlocking(timeoutMs: number): FrameIn {
+    if (this.#ready.length === 0) this.#ready = this.readBlocking(timeoutMs);
+    return this.#ready.shift() as FrameIn;
+  }
+
   /** Close the socket and any descriptor not handed out. */
   close(): void {
+    for (const f of this.#ready) closeAll(f.fds);
+    this.#ready = [];
     closeAll(this.#fds);
     this.#fds = [];
     if (this.#fd >= 0) closeQuietly(this.#fd);

@@ -51,7 +51,15 @@ function connectOnce(path: string): number {
 function spawnShadow(command: readonly string[]): number {
   const [cmd, ...args] = command;
   if (cmd === undefined) throw new Error("empty shadow command");
-  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "null", stderr: "inherit" })
+  // The shadow outlives the broker: it must not hold the broker's stdout or stderr open.
+  const child = new Deno.Command(cmd, {
+    args,
+    // Deno's background update check would reach for the network from a long-lived process.
+    env: { DENO_NO_UPDATE_CHECK: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  })
     .spawn();
   child.unref();
   return child.pid;
@@ -102,14 +110,14 @@ function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boole
 function readState(conn: FrameConn, end: number): { objects: StoredObject[]; nextId: number } {
   const objects: StoredObject[] = [];
   for (;;) {
-    for (const f of conn.readBlocking(START_TIMEOUT_MS)) {
-      if (f.type === Frame.OBJECTS) {
-        (f.payload as WireObject[]).forEach((w, i) => objects.push(fromWire(w, f.fds[i] ?? -1)));
-      } else if (f.type === end) {
-        return { objects, nextId: (f.payload as { nextId: number }).nextId };
-      } else {
-        for (const fd of f.fds) closeQuietly(fd);
-      }
+    // One frame at a time: frames after `end` (a takeover's connections) stay queued.
+    const f = conn.nextBlocking(START_TIMEOUT_MS);
+    if (f.type === Frame.OBJECTS) {
+      (f.payload as WireObject[]).forEach((w, i) => objects.push(fromWire(w, f.fds[i] ?? -1)));
+    } else if (f.type === end) {
+      return { objects, nextId: (f.payload as { nextId: number }).nextId };
+    } else {
+      for (const fd of f.fds) closeQuietly(fd);
     }
   }
 }
@@ -189,7 +197,7 @@ export class ShadowLink {
     conn.queue(Frame.SEED, null);
     queueObjects(conn, objects);
     conn.queue(Frame.SEED_END, { nextId });
-    this.#pending.push(done);
+    this.#push(done);
     this.#flush();
   }
 
@@ -198,7 +206,7 @@ export class ShadowLink {
     const conn = this.#conn;
     if (conn === null) return done();
     conn.queue(Frame.ADD, { object: toWire(obj), nextId }, [obj.fd]);
-    this.#pending.push(done);
+    this.#push(done);
     this.#flush();
   }
 
@@ -207,8 +215,37 @@ export class ShadowLink {
     const conn = this.#conn;
     if (conn === null) return done();
     conn.queue(Frame.REMOVE, { id });
-    this.#pending.push(done);
+    this.#push(done);
     this.#flush();
+  }
+
+  #pendingSince = 0;
+
+  #push(done: () => void): void {
+    if (this.#pending.length === 0) this.#pendingSince = performance.now();
+    this.#pending.push(done);
+  }
+
+  /** True when the oldest change has waited longer than `limitMs` for the shadow. */
+  stalled(now: number, limitMs: number): boolean {
+    return this.#pending.length > 0 && now - this.#pendingSince > limitMs;
+  }
+
+  /**
+   * Stop waiting for a shadow that does not answer: the clients waiting for it get their
+   * replies now (unmirrored), the link is dropped, and the broker revives a shadow later.
+   */
+  abandon(reason: string): void {
+    const old = this.#conn;
+    const oldFd = old?.fd ?? -1;
+    old?.close();
+    this.#conn = null;
+    this.#lost = false;
+    const waiting = this.#pending;
+    this.#pending = [];
+    for (const done of waiting) done();
+    this.onReconnect(oldFd, -1);
+    this.onTrouble(`shadow at ${this.#config.path} ${reason}: replies no longer wait for it`);
   }
 
   #flush(): void {
@@ -244,7 +281,10 @@ export class ShadowLink {
     }
     for (const f of frames) {
       for (const fd of f.fds) closeQuietly(fd);
-      if (f.type === Frame.ACK) this.#pending.shift()?.();
+      if (f.type === Frame.ACK) {
+        this.#pending.shift()?.();
+        this.#pendingSince = performance.now();
+      }
     }
   }
 

@@ -36,6 +36,13 @@ export const Frame = {
   REMOVE: 7,
   /** shadow → broker: the preceding ADD, REMOVE or SEED_END is held. */
   ACK: 8,
+  /**
+   * old broker → new broker during a takeover: accepted connections nothing was read from yet
+   * (one descriptor each), so no waiting client is dropped by the handover.
+   */
+  CONNS: 9,
+  /** old broker → new broker: no more CONNS. */
+  CONNS_END: 10,
 } as const;
 
 /** Object metadata as it travels (ids and times as decimal strings, bytes as base64). */

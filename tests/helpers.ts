@@ -173,14 +173,14 @@ export class BrokerProcess implements AsyncDisposable {
         stdout: "piped",
         stderr: "piped",
         stdin: "null",
-        env: opts.env ?? {},
+        env: { DENO_NO_UPDATE_CHECK: "1", ...opts.env },
       })
       : new Deno.Command(Deno.execPath(), {
         args: denoArgs,
         stdout: "piped",
         stderr: "piped",
         stdin: "null",
-        env: opts.env ?? {},
+        env: { DENO_NO_UPDATE_CHECK: "1", ...opts.env },
       });
     const b = new BrokerProcess(socket, cmd.spawn());
     await waitFor(
@@ -272,7 +272,7 @@ export async function cli(
     stdin: opts.stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
-    env: opts.env ?? {},
+    env: { DENO_NO_UPDATE_CHECK: "1", ...opts.env },
     clearEnv: opts.clearEnv ?? false,
     ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
   }).spawn();

@@ -169,7 +169,9 @@ async function publishLoop(
       try {
         using n = await client.get({ name });
         gets++;
-        if (n.name !== name || !n.verify()) throw new Mismatch(`GET by name ${name} is wrong`);
+        if (n.name !== name || !(await n.verify())) {
+          throw new Mismatch(`GET by name ${name} is wrong`);
+        }
       } catch (e) {
         // The newest version may belong to a job this one may not read.
         if (!(e instanceof BrokerError && e.status === Status.FORBIDDEN)) throw e;

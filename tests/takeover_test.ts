@@ -423,23 +423,27 @@ Deno.test(
 );
 
 Deno.test(
-  "a SIGHUP whose successor cannot start (no --allow-run) leaves the old broker serving, with an error record",
+  "a SIGHUP whose successor cannot start (its config file broke meanwhile) leaves the old broker serving, with an error record",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
     const socket = `${dir.path}/bus.sock`;
-    // The harness's permissions, like `deno task broker`: no --allow-run.
-    const b = await BrokerProcess.start(dir.path, ["--socket", socket]);
+    const config = `${dir.path}/memfdbus.jsonc`;
+    Deno.writeTextFileSync(config, `{ "maxObjects": 10 }\n`);
+    const b = await BrokerProcess.start(dir.path, ["--socket", socket, "--config", config]);
     t.brokers.push(b);
     t.sockets.add(socket);
     const first = await putOne(socket, 1, 10, null);
     await settle();
+    // An upgrade with a broken configuration: the new process exits before taking over.
+    Deno.writeTextFileSync(config, `{ "maxObjects": 0 }\n`);
     signal(b.pid, "SIGHUP");
     await waitFor(() => takeoverRecords(b.lines).length > 0 || !alive(b.pid), 15_000);
     ok(alive(b.pid), `the broker died: ${b.stderr}`);
     const [rec] = takeoverRecords(b.lines);
     assertEquals(rec?.result, "error");
     ok(String(rec?.error).startsWith("handover failed: "), String(rec?.error));
+    ok(b.stderr.includes("maxObjects"), `the successor said why: ${b.stderr}`);
     const second = await putOne(socket, 2, 10, null);
     assertEquals([first.id, second.id], [1n, 2n]);
     assertEquals(listenerPids(socket), [b.pid]);

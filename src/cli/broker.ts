@@ -97,7 +97,12 @@ function inheritedTakeover(): { listenFd: number; takeoverFd: number } | undefin
 
 /** Ask the broker on `socket` to hand over (`--takeover`). */
 async function requestTakeover(socket: string): Promise<{ listenFd: number; takeoverFd: number }> {
-  const conn = await Connection.connect(socket, 10_000);
+  let conn: Connection;
+  try {
+    conn = await Connection.connect(socket, 10_000);
+  } catch (e) {
+    throw new UsageError(`no broker to take over from on ${socket}: ${(e as Error).message}`);
+  }
   try {
     await conn.send(
       encodeHeader({ cmd: Cmd.TAKEOVER }),
