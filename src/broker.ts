@@ -231,6 +231,8 @@ class Conn {
   waited = false;
   /** The peer closed both directions (EPOLLHUP), not just its writing side. */
   hup = false;
+  /** The last read came back short: nothing more is queued until epoll reports an edge. */
+  drained = false;
 
   constructor(token: number, fd: number, deadline: number) {
     this.token = token;
@@ -614,25 +616,29 @@ export class Broker implements AsyncDisposable {
     try {
       for (;;) {
         if (this.#stopping && this.#finishStopIfDone()) return;
-        let events = this.#poller.poll(this.#events);
-        if (events.length === 0) {
-          this.#flush();
-          const now = performance.now();
-          const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS;
-          if (busy && now - lastYield < YIELD_MS) {
-            // Block on this thread: the kernel wakes it directly, without a pool-thread hop.
-            const slice = Math.max(1, Math.ceil(YIELD_MS - (now - lastYield)));
-            events = this.#poller.poll(this.#events, Math.min(slice, this.#waitTimeout() >>> 0));
-          } else {
-            // Let the event loop run (signals, Worker messages), then wait off-thread.
+        const now = performance.now();
+        const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS;
+        let events: PollEvent[];
+        if (busy && now - lastYield < YIELD_MS) {
+          // Block on this thread: the kernel wakes it directly, without a pool-thread hop. While
+          // busy, audit lines are written at every yield (at most YIELD_MS apart), not after
+          // every request.
+          const slice = Math.max(1, Math.ceil(YIELD_MS - (now - lastYield)));
+          events = this.#poller.poll(this.#events, Math.min(slice, this.#waitTimeout() >>> 0));
+        } else {
+          events = this.#blocking ? [] : this.#poller.poll(this.#events);
+          if (events.length === 0) {
+            // Write the audit log, let the event loop run (signals, Worker messages), then
+            // wait off-thread.
+            this.#flush();
             lastYield = now;
             events = await this.#poller.wait(busy ? 0 : this.#waitTimeout(), this.#events);
           }
         }
         if (events.length > 0) lastEvent = performance.now();
         for (const ev of events) this.#dispatch(ev);
-        const now = performance.now();
-        if (now >= this.#nextSweep) this.#sweep(now);
+        const after = performance.now();
+        if (after >= this.#nextSweep) this.#sweep(after);
       }
     } catch (e) {
       // A bug, not a client's doing: report it and stop cleanly rather than hang.
@@ -660,6 +666,7 @@ export class Broker implements AsyncDisposable {
     const conn = this.#conns.get(ev.token);
     if (conn === undefined) return;
     if (ev.events & (EPOLLHUP | EPOLLERR)) conn.hup = true;
+    conn.drained = false;
     if (ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT)) this.#pump(conn);
   }
 
@@ -675,6 +682,12 @@ export class Broker implements AsyncDisposable {
       this.#poller.add(this.#listenFd, EPOLLIN, LISTEN_TOKEN);
     }
     for (const conn of this.#conns.values()) {
+      if (conn.drained && (conn.state === State.Header || conn.state === State.Body)) {
+        // A short read normally means the socket is empty, but the kernel also stops a read at
+        // data from another writing process: look again now and then, so that case cannot stall.
+        conn.drained = false;
+        this.#pump(conn);
+      }
       if (conn.state === State.Hash || conn.state === State.Mirror || now < conn.deadline) continue;
       this.#expire(conn);
     }
@@ -914,6 +927,12 @@ export class Broker implements AsyncDisposable {
    * bounded read-ahead. Returns false when nothing more can be read now.
    */
   #fill(conn: Conn, need: number): boolean {
+    if (conn.drained) {
+      // A short read emptied the socket: wait for the next edge instead of a recvmsg that
+      // would only say EAGAIN.
+      this.#watch(conn);
+      return false;
+    }
     const want = Math.max(need, HEADER_SIZE) - conn.len;
     if (conn.buf.length < conn.len + Math.max(want, 1)) {
       const size = Math.max(conn.buf.length * 2, conn.len + want, CONN_BUF);
@@ -941,6 +960,7 @@ export class Broker implements AsyncDisposable {
       conn.eof = true;
       return true;
     }
+    if (r.bytes < limit && r.fds.length === 0) conn.drained = true;
     if (conn.len === 0 && conn.served > 0 && conn.state === State.Header) {
       // The next request on a kept-alive connection has begun.
       conn.deadline = performance.now() + this.#options.requestTimeoutMs;

@@ -81,6 +81,10 @@ class Load {
         this.slowest = Math.max(this.slowest, performance.now() - t0);
       } catch (e) {
         this.failures.push(`${name}: ${(e as Error).name}: ${(e as Error).message}`);
+        // A broker that is gone must fail the test, not spin this loop: pause, and give up
+        // after many failures.
+        if (this.failures.length > 200) this.#stop = true;
+        await new Promise((r) => setTimeout(r, 10));
       }
     }
   }
