@@ -617,7 +617,11 @@ export class Broker implements AsyncDisposable {
       for (;;) {
         if (this.#stopping && this.#finishStopIfDone()) return;
         const now = performance.now();
-        const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS;
+        // While a Worker verifies a digest, wait off-thread: the event loop then takes the
+        // Worker's answer the moment it comes (a thread blocked in epoll_wait would only see it
+        // at its next yield, which measured up to tens of milliseconds late).
+        const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS &&
+          this.#hash.inFlight === 0;
         let events: PollEvent[];
         if (busy && now - lastYield < YIELD_MS) {
           // Block on this thread: the kernel wakes it directly, without a pool-thread hop. While
