@@ -54,6 +54,7 @@ import {
   O_CLOEXEC,
   O_DIRECTORY,
   O_RDONLY,
+  O_RDWR,
   RLIMIT_NOFILE,
   SHUT_WR,
   SOCK_CLOEXEC,
@@ -849,8 +850,9 @@ export class Broker implements AsyncDisposable {
 
   /**
    * A fresh descriptor for a consumer: a new open file description of the same memfd (its own
-   * offset), read-only (defect D21), by opening /proc/self/fd/N relative to a held directory
-   * descriptor. Without /proc it falls back to a duplicate, which shares the file offset.
+   * offset), by opening /proc/self/fd/N relative to a held directory descriptor. O_RDWR like the
+   * C broker (the seals refuse writes with EPERM, which C programs check), or O_RDONLY with
+   * --read-only-fds. Without /proc it falls back to a duplicate, which shares the file offset.
    */
   #reopen(obj: StoredObject): number {
     if (this.#procDirFd < 0) {
@@ -862,7 +864,8 @@ export class Broker implements AsyncDisposable {
       path = cstr(String(obj.fd));
       this.#fdNames.set(obj, path);
     }
-    const fd = libc.symbols.openat(this.#procDirFd, path, O_RDONLY | O_CLOEXEC, 0);
+    const mode = this.#options.readOnlyFds ? O_RDONLY : O_RDWR;
+    const fd = libc.symbols.openat(this.#procDirFd, path, mode | O_CLOEXEC, 0);
     return fd >= 0 ? fd : -errno();
   }
 

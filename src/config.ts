@@ -6,7 +6,7 @@
  *
  * Keys (all optional): socket, socketMode ("0600"), maxNameBytes, maxObjects, maxRequestBytes,
  * maxListBytes, maxTotalBytes, listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
- * maxWaitMs, maxWaiters,
+ * maxWaitMs, maxWaiters, readOnlyFds,
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow. A policy file (--policy) may hold only auditPeer, requireJob, protectNames and jobs.
  *
@@ -85,6 +85,7 @@ const KEYS: Readonly<Record<string, Apply>> = {
   maxWaitMs: integer(INT_MAX, (o, v) => (o.maxWaitMs = Number(v))),
   maxWaiters: integer(INT_MAX, (o, v) => (o.maxWaiters = Number(v))),
   auditPeer: boolean((o, v) => (o.auditPeer = v)),
+  readOnlyFds: boolean((o, v) => (o.readOnlyFds = v)),
   requireJob: boolean((o, v) => (o.policy = { ...o.policy, requireJob: v })),
   protectNames: boolean((o, v) => (o.policy = { ...o.policy, protectNames: v })),
   jobs: (o, node, fail) => {

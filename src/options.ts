@@ -60,6 +60,12 @@ export interface BrokerOptions {
   maxWaitMs: number;
   /** Most GET --wait requests parked at once. */
   maxWaiters: number;
+  /**
+   * Hand consumers O_RDONLY descriptors (--read-only-fds). Off by default: the C broker hands
+   * out O_RDWR ones, and C programs check that a write fails with EPERM (the seals), where an
+   * O_RDONLY descriptor fails with EBADF (defect D21, kept unless asked).
+   */
+  readOnlyFds: boolean;
   /** Permission bits of the socket file (--socket-mode, octal; 0600 by default). */
   socketMode: number;
   /** Add the peer's pid, uid and gid to every audit record (--audit-peer). */
@@ -94,6 +100,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     idleTimeoutMs: 60_000,
     maxWaitMs: 3_600_000,
     maxWaiters: 1024,
+    readOnlyFds: false,
     socketMode: 0o600,
     auditPeer: false,
     policy: OPEN_POLICY,
@@ -149,6 +156,7 @@ const FLAGS: Readonly<Record<string, Setter>> = {
 /** Flags without a value. */
 const SWITCHES: Readonly<Record<string, (o: BrokerOptions) => void>> = {
   "--audit-peer": (o) => (o.auditPeer = true),
+  "--read-only-fds": (o) => (o.readOnlyFds = true),
   "--protect-names": (o) => (o.policy = { ...o.policy, protectNames: true }),
   "--require-job": (o) => (o.policy = { ...o.policy, requireJob: true }),
 };

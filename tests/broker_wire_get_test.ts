@@ -40,9 +40,11 @@ import { tryFstat } from "../src/fd.ts";
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+const O_RDWR = 2;
 const EBADF = 9;
+const EPERM = 1;
 
-Deno.test("GET hands out the object with a new read-only sealed descriptor", async (t) => {
+Deno.test("GET hands out the object with a new sealed descriptor of its own", async (t) => {
   using dir = tempDir();
   await using broker = await BrokerProcess.start(dir.path);
   const s = new Session(broker);
@@ -88,11 +90,11 @@ Deno.test("GET hands out the object with a new read-only sealed descriptor", asy
     );
 
     await t.step(
-      "the descriptor is opened O_RDONLY, writing fails with EBADF, and it carries the four seals",
+      "the descriptor is opened O_RDWR like the C broker's, writing fails with EPERM (the seals), and it carries the four seals",
       () => {
         const fd = fds[0] ?? -1;
-        assertEquals(fdInfo(fd).flags & O_ACCMODE, O_RDONLY);
-        assertEquals(tryWrite(fd), { result: -1, errno: EBADF });
+        assertEquals(fdInfo(fd).flags & O_ACCMODE, O_RDWR);
+        assertEquals(tryWrite(fd), { result: -1, errno: EPERM });
         assertEquals(sealsOf(fd) & 0xf, 0xf);
       },
     );
@@ -164,6 +166,26 @@ Deno.test("GET hands out the object with a new read-only sealed descriptor", asy
     );
   } finally {
     closeFds(fds);
+  }
+});
+
+Deno.test("with --read-only-fds GET hands out an O_RDONLY descriptor (writes fail with EBADF)", async () => {
+  using dir = tempDir();
+  await using broker = await BrokerProcess.start(dir.path, ["--read-only-fds"]);
+  const s = new Session(broker);
+  const data = enc("0123456789");
+  using publisher = sealedMemfd(data);
+  const { reply } = await s.exchange(putRequest("obj", data), [publisher.fd]);
+  assertIdReply(reply, Cmd.PUT, 1, 10);
+  const got = await s.exchange(selectRequest(Cmd.GET, { id: 1 }));
+  const fd = got.reply.fds[0] ?? -1;
+  try {
+    assertEquals(got.reply.fds.length, 1);
+    assertEquals(fdInfo(fd).flags & O_ACCMODE, O_RDONLY);
+    assertEquals(tryWrite(fd), { result: -1, errno: EBADF });
+    assertEquals(sealsOf(fd) & 0xf, 0xf);
+  } finally {
+    closeFds(got.reply.fds);
   }
 });
 

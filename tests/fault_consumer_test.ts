@@ -33,7 +33,7 @@ async function assertReadable(
   // ...and through read(2).
   ok(Buffer.compare(readAllAt(obj.fd, obj.size), expected) === 0, `${when}: pread content`);
   assertEquals(getSeals(obj.fd) & Seal.IMMUTABLE, Seal.IMMUTABLE, `${when}: seals`);
-  assertEquals(accessMode(obj.fd), 0, `${when}: O_RDONLY`);
+  assertEquals(accessMode(obj.fd), 2, `${when}: O_RDWR (writes are refused by the seals)`);
   ok(await obj.verify(), `${when}: digest`);
 }
 

@@ -31,6 +31,7 @@ broker options beyond the C memfdbus:
   --shadow PATH           mirror objects to a shadow process so they survive a restart
   --takeover              take the socket and objects over from the broker running on it
   --audit-peer            add the peer's pid, uid and gid to every audit record
+  --read-only-fds         hand consumers O_RDONLY descriptors (C: O_RDWR, writes fail EPERM)
   --require-job           refuse requests without a job id
   --protect-names         only the job that first published a name may publish it again
 commands beyond the C memfdbus:
