@@ -767,7 +767,8 @@ export function checkReply(req: Uint8Array, sent: number, x: Exchange): string |
       const st = fstat(fd);
       if (st.size !== h.size) return `GET fd size ${st.size} != reply size ${h.size}`;
       if ((getSeals(fd) & SEALS_IMMUTABLE) !== SEALS_IMMUTABLE) return "GET fd is not sealed";
-      if (accessMode(fd) !== 0) return "GET fd is not O_RDONLY";
+      // O_RDWR as from the C broker: the seals, not the access mode, refuse writes.
+      if (accessMode(fd) !== 2) return "GET fd is not O_RDWR";
       const got = digestBytes(readAllAt(fd, Number(h.size)));
       if (got !== new TextDecoder("latin1").decode(digest)) return "GET fd content != digest";
       return null;
