@@ -310,7 +310,7 @@ const PUT_MS_PER_BYTE = 1 / 100_000;
 const IDLE_POOL = 4;
 
 /**
- * A fetched object: its metadata, a sealed read-only descriptor, and a lazily mapped view.
+ * A fetched object: its metadata, a sealed descriptor of its own, and a lazily mapped view.
  * Closing it unmaps the view (detaching every Uint8Array over it) and closes the descriptor.
  *
  * @example Reading an object in place
@@ -357,7 +357,10 @@ export class BusObject implements Disposable {
     return fromUtf8(this.nameBytes);
   }
 
-  /** The sealed descriptor (read-only, close-on-exec). Throws once closed. */
+  /**
+   * The sealed descriptor (close-on-exec; O_RDWR as from the C broker, but the seals make every
+   * write fail, or O_RDONLY from a broker run with --read-only-fds). Throws once closed.
+   */
   get fd(): number {
     if (this.#fd < 0) throw new TypeError("Object is closed");
     return this.#fd;

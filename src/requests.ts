@@ -101,7 +101,7 @@ export interface RequestContext {
   readonly fdLost: boolean;
   /** The peer's credentials when the broker looked them up (identity policy, audit). */
   readonly peer?: PeerIdentity | undefined;
-  /** A fresh read-only descriptor for an object, or -errno. */
+  /** A fresh descriptor for an object (its own open file description), or -errno. */
   reopen(obj: StoredObject): number;
   /** Close the broker's descriptor of a dropped object. */
   release(obj: StoredObject): void;
