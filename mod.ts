@@ -38,13 +38,13 @@ export {
   type Selector,
 } from "./src/client.ts";
 export { type AuditSink, Broker, type BrokerStartOptions } from "./src/broker.ts";
-export { type ShadowConfig } from "./src/shadow_link.ts";
+export { type ShadowConfig } from "./src/shadow/link.ts";
 export {
   type BrokerOptions,
   DEFAULT_SOCKET,
   defaultBrokerOptions,
   parseBrokerArgs,
-} from "./src/options.ts";
+} from "./src/core/options.ts";
 export {
   BrokerError,
   ErrnoError,
@@ -54,8 +54,8 @@ export {
   TimeoutError,
   UsageError,
 } from "./src/errors.ts";
-export { SocketPathError } from "./src/connection.ts";
-export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/policy.ts";
+export { SocketPathError } from "./src/client/connection.ts";
+export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export {
   brokerFdProblemText,
   describeFdProblem,
@@ -68,11 +68,11 @@ export {
   type MemfdOptions,
   Seal,
   type SealedFdInfo,
-} from "./src/memfd.ts";
-export { ReadOnlyMapping } from "./src/mapping.ts";
-export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/copy.ts";
-export { FileDescriptor, type FileStat } from "./src/fd.ts";
-export { DigestBuilder, digestBytes, digestFd } from "./src/digest.ts";
+} from "./src/sys/memfd.ts";
+export { ReadOnlyMapping } from "./src/sys/mapping.ts";
+export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
+export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
+export { DigestBuilder, digestBytes, digestFd } from "./src/hash/digest.ts";
 export {
   Cmd,
   DIGEST_LEN,
@@ -83,4 +83,4 @@ export {
   MAGIC,
   VERSION,
   withExt,
-} from "./src/wire.ts";
+} from "./src/protocol/wire.ts";

@@ -11,8 +11,8 @@
  */
 
 import { Client } from "../src/client.ts";
-import { DigestBuilder } from "../src/digest.ts";
-import { Memfd } from "../src/memfd.ts";
+import { DigestBuilder } from "../src/hash/digest.ts";
+import { Memfd } from "../src/sys/memfd.ts";
 import { BrokerProcess, CLI, CLI_PERMS, ROOT, waitFor } from "../tests/helpers.ts";
 import { floorRoundTrips } from "./floor.ts";
 

@@ -8,8 +8,8 @@
  */
 
 import { closeQuietly, cstr, libc } from "../src/ffi.ts";
-import { POLLIN } from "../src/linux.ts";
-import { Memfd } from "../src/memfd.ts";
+import { POLLIN } from "../src/sys/linux.ts";
+import { Memfd } from "../src/sys/memfd.ts";
 import {
   acceptUnix,
   bindUnix,
@@ -20,7 +20,7 @@ import {
   sendMsg,
   sockaddrUn,
   unixSocket,
-} from "../src/unix_socket.ts";
+} from "../src/sys/unix_socket.ts";
 
 const pollBuf = new Uint8Array(8);
 const pollView = new DataView(pollBuf.buffer);

@@ -9,8 +9,8 @@
 
 import { Broker } from "../src/broker.ts";
 import { Client } from "../src/client.ts";
-import { digestBytes } from "../src/digest.ts";
-import { Memfd } from "../src/memfd.ts";
+import { digestBytes } from "../src/hash/digest.ts";
+import { Memfd } from "../src/sys/memfd.ts";
 
 const count = Number(Deno.args[0] ?? "10000");
 const gc = (globalThis as { gc?: () => void }).gc;

@@ -51,9 +51,9 @@ export const COMPILE_PERMISSIONS: readonly string[] = [
 
 /**
  * Modules `deno compile` cannot find by itself: the broker's digest Worker is loaded with
- * `new Worker(new URL("./hash_worker.ts", import.meta.url))`, which is not a static import.
+ * `new Worker(new URL("./worker.ts", import.meta.url))`, which is not a static import.
  */
-export const COMPILE_INCLUDES: readonly string[] = ["src/hash_worker.ts"];
+export const COMPILE_INCLUDES: readonly string[] = ["src/hash/worker.ts"];
 
 /** The `deno compile` arguments that build the CLI into `output` (run from {@link ROOT}). */
 export function compileArgs(output: string): string[] {

@@ -11,13 +11,13 @@
  */
 
 import { type BusObject, Client } from "../src/client.ts";
-import { Connection } from "../src/connection.ts";
-import { digestBytes } from "../src/digest.ts";
+import { Connection } from "../src/client/connection.ts";
+import { digestBytes } from "../src/hash/digest.ts";
 import { BrokerError } from "../src/errors.ts";
 import { libc } from "../src/ffi.ts";
-import { SHUT_WR } from "../src/linux.ts";
-import { Memfd } from "../src/memfd.ts";
-import { Cmd, DIGEST_LEN, encodeHeader, Flag } from "../src/wire.ts";
+import { SHUT_WR } from "../src/sys/linux.ts";
+import { Memfd } from "../src/sys/memfd.ts";
+import { Cmd, DIGEST_LEN, encodeHeader, Flag } from "../src/protocol/wire.ts";
 import { rssKiB, sleep } from "../tests/fault_support.ts";
 import { Rng } from "../tests/fuzz_engine.ts";
 import { numberFlags, StreamingBroker } from "../tests/long_support.ts";

@@ -25,17 +25,17 @@ import {
   blankRecord,
   formatRecord,
   realtimeNs,
-} from "./audit.ts";
-import { fetchState, serveState, type ShadowConfig, ShadowLink } from "./shadow_link.ts";
-import { FrameConn } from "./frame_conn.ts";
-import { FDS_PER_FRAME, Frame } from "./shadow_wire.ts";
+} from "./core/audit.ts";
+import { fetchState, serveState, type ShadowConfig, ShadowLink } from "./shadow/link.ts";
+import { FrameConn } from "./shadow/frame_conn.ts";
+import { FDS_PER_FRAME, Frame } from "./protocol/shadow_frames.ts";
 import { Status } from "./errors.ts";
 import { check, closeQuietly, cstr, errno, libc } from "./ffi.ts";
-import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./fd.ts";
-import { type HashOutcome, HashPool } from "./hashing.ts";
-import { inspectSealedFd, isFdProblem } from "./memfd.ts";
-import { inProcess } from "./inprocess.ts";
-import { openListener } from "./listener.ts";
+import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./sys/fd.ts";
+import { type HashOutcome, HashPool } from "./hash/verifier.ts";
+import { inspectSealedFd, isFdProblem } from "./sys/memfd.ts";
+import { inProcess } from "./sys/inprocess.ts";
+import { openListener } from "./sys/listener.ts";
 import {
   AF_UNIX,
   EAGAIN,
@@ -59,9 +59,9 @@ import {
   SHUT_WR,
   SOCK_CLOEXEC,
   SOCK_STREAM,
-} from "./linux.ts";
-import { type BrokerOptions, defaultBrokerOptions } from "./options.ts";
-import { Poller, type PollEvent } from "./poller.ts";
+} from "./sys/linux.ts";
+import { type BrokerOptions, defaultBrokerOptions } from "./core/options.ts";
+import { Poller, type PollEvent } from "./sys/poller.ts";
 import {
   badHeaderOutcome,
   clientQuotaOutcome,
@@ -75,8 +75,8 @@ import {
   type Step,
   type StepInput,
   unknownCommandOutcome,
-} from "./requests.ts";
-import { Store, type StoredObject } from "./store.ts";
+} from "./core/handlers.ts";
+import { Store, type StoredObject } from "./core/store.ts";
 import {
   acceptUnix,
   closeAll,
@@ -86,7 +86,7 @@ import {
   sendMsg,
   sendSome,
   shutdownQuietly,
-} from "./unix_socket.ts";
+} from "./sys/unix_socket.ts";
 import {
   Cmd,
   decodeHeader,
@@ -100,7 +100,7 @@ import {
   requestBytes,
   Text,
   withExt,
-} from "./wire.ts";
+} from "./protocol/wire.ts";
 
 /**
  * Where audit records go: a descriptor (stdout is 1), a callback per line, or nowhere.

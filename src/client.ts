@@ -18,17 +18,23 @@
  * @module
  */
 
-import { fromUtf8, toBinary, utf8 } from "./bytes.ts";
-import type { DigestBuilder as DigestBuilderType } from "./digest.ts";
-import { Connection, isPeerGone } from "./connection.ts";
+import { fromUtf8, toBinary, utf8 } from "./protocol/bytes.ts";
+import type { DigestBuilder as DigestBuilderType } from "./hash/digest.ts";
+import { Connection, isPeerGone } from "./client/connection.ts";
 import { BrokerError, ErrnoError, ProtocolError, Status } from "./errors.ts";
 import { closeQuietly, cstr, lastError, libc } from "./ffi.ts";
-import { fstat, isRegular } from "./fd.ts";
-import { F_GET_SEALS, O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "./linux.ts";
-import { ReadOnlyMapping } from "./mapping.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem, Memfd, memfdLabel } from "./memfd.ts";
-import { DEFAULT_SOCKET } from "./options.ts";
-import { closeAll } from "./unix_socket.ts";
+import { fstat, isRegular } from "./sys/fd.ts";
+import { F_GET_SEALS, O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "./sys/linux.ts";
+import { ReadOnlyMapping } from "./sys/mapping.ts";
+import {
+  brokerFdProblemText,
+  inspectSealedFd,
+  isFdProblem,
+  Memfd,
+  memfdLabel,
+} from "./sys/memfd.ts";
+import { DEFAULT_SOCKET } from "./core/options.ts";
+import { closeAll } from "./sys/unix_socket.ts";
 import {
   Cmd,
   decodeHeader,
@@ -43,7 +49,7 @@ import {
   JOB_MAX,
   NAME_HARD_MAX,
   withExt,
-} from "./wire.ts";
+} from "./protocol/wire.ts";
 
 /**
  * Options of a {@link Client}.
@@ -1294,9 +1300,9 @@ interface Prepared {
 }
 
 // node:crypto costs a CLI command about 20 ms to load: only PUT and verification need it.
-let digestModule: typeof import("./digest.ts") | null = null;
-async function digests(): Promise<typeof import("./digest.ts")> {
-  digestModule ??= await import("./digest.ts");
+let digestModule: typeof import("./hash/digest.ts") | null = null;
+async function digests(): Promise<typeof import("./hash/digest.ts")> {
+  digestModule ??= await import("./hash/digest.ts");
   return digestModule;
 }
 

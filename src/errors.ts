@@ -5,7 +5,7 @@
  * @module
  */
 
-import { ERRNO_NAMES } from "./linux.ts";
+import { ERRNO_NAMES } from "./sys/linux.ts";
 
 /**
  * A system call failed. The message has the C memfdbus form `"<what>: <strerror>"`, for example

@@ -8,11 +8,11 @@
  */
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { setCloexec } from "../src/fd.ts";
+import { setCloexec } from "../src/sys/fd.ts";
 import { closeQuietly } from "../src/ffi.ts";
-import { parseConfig } from "../src/config.ts";
-import { defaultBrokerOptions } from "../src/options.ts";
-import { bindUnix, listenUnix, sockaddrUn, unixSocket } from "../src/unix_socket.ts";
+import { parseConfig } from "../src/core/config.ts";
+import { defaultBrokerOptions } from "../src/core/options.ts";
+import { bindUnix, listenUnix, sockaddrUn, unixSocket } from "../src/sys/unix_socket.ts";
 import { BrokerProcess, cli, enc, fdTable, ROOT, tempDir, waitFor } from "./helpers.ts";
 
 /** A listening socket bound at `path`, as systemd would create it from memfdbus.socket. */

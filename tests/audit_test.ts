@@ -6,10 +6,10 @@ import {
   formatRecord,
   jsonString,
   realtimeNs,
-} from "../src/audit.ts";
-import { toBinary } from "../src/bytes.ts";
+} from "../src/core/audit.ts";
+import { toBinary } from "../src/protocol/bytes.ts";
 import { libc } from "../src/ffi.ts";
-import { setNonblocking } from "../src/fd.ts";
+import { setNonblocking } from "../src/sys/fd.ts";
 import { AUDIT_KEYS, dec, enc, waitFor } from "./helpers.ts";
 import { fdGuard, hex, ownTempDir, pipe, tryReadFd } from "./unit_support.ts";
 

@@ -35,8 +35,8 @@ import {
   ST,
   T,
 } from "./broker_wire_support.ts";
-import { Cmd, Flag, withExt } from "../src/wire.ts";
-import { bindUnix, sockaddrUn, unixSocket } from "../src/unix_socket.ts";
+import { Cmd, Flag, withExt } from "../src/protocol/wire.ts";
+import { bindUnix, sockaddrUn, unixSocket } from "../src/sys/unix_socket.ts";
 import { closeQuietly } from "../src/ffi.ts";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -32,7 +32,7 @@ import {
   ST,
   T,
 } from "./broker_wire_support.ts";
-import { Cmd } from "../src/wire.ts";
+import { Cmd } from "../src/protocol/wire.ts";
 
 Deno.test("extra descriptors in one SCM_RIGHTS message are closed and the request is handled (D7)", async (t) => {
   using dir = tempDir();

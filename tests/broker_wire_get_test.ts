@@ -35,8 +35,8 @@ import {
   T,
   tryWrite,
 } from "./broker_wire_support.ts";
-import { Cmd, MAGIC } from "../src/wire.ts";
-import { tryFstat } from "../src/fd.ts";
+import { Cmd, MAGIC } from "../src/protocol/wire.ts";
+import { tryFstat } from "../src/sys/fd.ts";
 
 const O_ACCMODE = 3;
 const O_RDONLY = 0;

@@ -22,7 +22,7 @@ import {
   T,
   unbin,
 } from "./broker_wire_support.ts";
-import { Cmd } from "../src/wire.ts";
+import { Cmd } from "../src/protocol/wire.ts";
 
 Deno.test("the job policy of §3.7 decides GET, LIST and DROP for every owner and caller", async (t) => {
   using dir = tempDir();

@@ -32,8 +32,8 @@ import {
   ST,
   T,
 } from "./broker_wire_support.ts";
-import { Cmd } from "../src/wire.ts";
-import { Seal } from "../src/memfd.ts";
+import { Cmd } from "../src/protocol/wire.ts";
+import { Seal } from "../src/sys/memfd.ts";
 
 const DATA = enc("hello");
 const DIG = digestOf(DATA);

@@ -21,9 +21,9 @@ import {
   sealedMemfd,
   waitFor,
 } from "./helpers.ts";
-import { Cmd, type Header, MAGIC, VERSION } from "../src/wire.ts";
+import { Cmd, type Header, MAGIC, VERSION } from "../src/protocol/wire.ts";
 import { closeQuietly, cstr, errno, libc } from "../src/ffi.ts";
-import { Seal } from "../src/memfd.ts";
+import { Seal } from "../src/sys/memfd.ts";
 
 /** Reply status codes (PROTOCOL.md §2.1). */
 export const ST = { OK: 0, ERR: 1, NOT_FOUND: 2, BAD_REQUEST: 3, FORBIDDEN: 4 } as const;

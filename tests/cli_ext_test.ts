@@ -4,7 +4,7 @@ import { cliOnTerminal, scriptPath, sleep, timed } from "./cli_ext_support.ts";
 import { parseWaitFlag } from "../src/cli/args.ts";
 import { jsonLine } from "../src/cli/output.ts";
 import { formatBytes, formatEta, PROGRESS_MIN_BYTES, renderProgress } from "../src/cli/progress.ts";
-import { decodeWaitStatus, describeExit, exitCodeOf } from "../src/cli/spawn.ts";
+import { decodeWaitStatus, describeExit, exitCodeOf } from "../src/sys/spawn.ts";
 import { describeSeals, isoFromNs, sealNames, statText } from "../src/cli/stat.ts";
 import { CAPTURE_USAGE, STAT_USAGE } from "../src/cli/usage.ts";
 

@@ -1,14 +1,14 @@
 import { deepStrictEqual as assertEquals, ok, rejects, throws } from "node:assert/strict";
 import { Broker, type BrokerStartOptions } from "../src/broker.ts";
 import { BusObject, Client, type ClientOptions, parseList } from "../src/client.ts";
-import { SocketPathError } from "../src/connection.ts";
-import { digestBytes } from "../src/digest.ts";
+import { SocketPathError } from "../src/client/connection.ts";
+import { digestBytes } from "../src/hash/digest.ts";
 import { BrokerError, ErrnoError, ProtocolError, TimeoutError } from "../src/errors.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
-import { FileDescriptor, fstat, statusFlags } from "../src/fd.ts";
-import { O_NONBLOCK } from "../src/linux.ts";
-import { getSeals, Memfd, Seal } from "../src/memfd.ts";
-import { waitReady } from "../src/reactor.ts";
+import { FileDescriptor, fstat, statusFlags } from "../src/sys/fd.ts";
+import { O_NONBLOCK } from "../src/sys/linux.ts";
+import { getSeals, Memfd, Seal } from "../src/sys/memfd.ts";
+import { waitReady } from "../src/sys/reactor.ts";
 import {
   acceptUnix,
   bindUnix,
@@ -19,8 +19,8 @@ import {
   sendSome,
   sockaddrUn,
   unixSocket,
-} from "../src/unix_socket.ts";
-import { decodeHeader, encodeHeader, Flag, type Header, withExt } from "../src/wire.ts";
+} from "../src/sys/unix_socket.ts";
+import { decodeHeader, encodeHeader, Flag, type Header, withExt } from "../src/protocol/wire.ts";
 import { dec, enc, waitFor } from "./helpers.ts";
 import {
   fdGuard,

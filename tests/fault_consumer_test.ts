@@ -6,8 +6,8 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { type BusObject, Client } from "../src/client.ts";
-import { ReadOnlyMapping } from "../src/mapping.ts";
-import { getSeals, Seal } from "../src/memfd.ts";
+import { ReadOnlyMapping } from "../src/sys/mapping.ts";
+import { getSeals, Seal } from "../src/sys/memfd.ts";
 import { tempDir } from "./helpers.ts";
 import { accessMode, readAllAt, startBroker } from "./fault_support.ts";
 

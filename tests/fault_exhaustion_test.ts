@@ -5,10 +5,10 @@
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client } from "../src/client.ts";
-import { Connection } from "../src/connection.ts";
+import { Connection } from "../src/client/connection.ts";
 import { BrokerError } from "../src/errors.ts";
-import { closeAll } from "../src/unix_socket.ts";
-import { Cmd, DIGEST_LEN, encodeHeader, Text } from "../src/wire.ts";
+import { closeAll } from "../src/sys/unix_socket.ts";
+import { Cmd, DIGEST_LEN, encodeHeader, Text } from "../src/protocol/wire.ts";
 import { digestOf, enc, request, sealedMemfd, tempDir, waitFor } from "./helpers.ts";
 import { alive, exchange, listRequest, rssKiB, startBroker, statusText } from "./fault_support.ts";
 

@@ -6,13 +6,13 @@
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client } from "../src/client.ts";
-import { digestBytes } from "../src/digest.ts";
+import { digestBytes } from "../src/hash/digest.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
-import { Seal } from "../src/memfd.ts";
-import { type BrokerOptions, defaultBrokerOptions } from "../src/options.ts";
-import { OPEN_POLICY } from "../src/policy.ts";
-import { handle, type Outcome, type RequestContext, type StepInput } from "../src/requests.ts";
-import { Store, type StoredObject } from "../src/store.ts";
+import { Seal } from "../src/sys/memfd.ts";
+import { type BrokerOptions, defaultBrokerOptions } from "../src/core/options.ts";
+import { OPEN_POLICY } from "../src/core/policy.ts";
+import { handle, type Outcome, type RequestContext, type StepInput } from "../src/core/handlers.ts";
+import { Store, type StoredObject } from "../src/core/store.ts";
 import {
   Cmd,
   decodeHeader,
@@ -26,7 +26,7 @@ import {
   MAGIC,
   requestBytes,
   VERSION,
-} from "../src/wire.ts";
+} from "../src/protocol/wire.ts";
 import {
   AUDIT_KEYS,
   type AuditLine,
@@ -45,7 +45,7 @@ import {
 } from "./fault_support.ts";
 import { caseRng, dropIds, listText, liveIds, type Rng, runRange } from "./fuzz_engine.ts";
 import { cstr } from "../src/ffi.ts";
-import { O_CLOEXEC, O_RDONLY } from "../src/linux.ts";
+import { O_CLOEXEC, O_RDONLY } from "../src/sys/linux.ts";
 
 const SEED = Number(Deno.env.get("MEMFDBUS_FUZZ_SEED") ?? "20240611") >>> 0;
 const enc = new TextEncoder();

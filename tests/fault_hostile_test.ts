@@ -5,13 +5,13 @@
  */
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { Connection } from "../src/connection.ts";
-import { digestBytes } from "../src/digest.ts";
+import { Connection } from "../src/client/connection.ts";
+import { digestBytes } from "../src/hash/digest.ts";
 import { closeQuietly, cstr, libc } from "../src/ffi.ts";
-import { O_CLOEXEC, O_RDONLY, O_WRONLY } from "../src/linux.ts";
-import { Memfd, Seal } from "../src/memfd.ts";
-import { closeAll } from "../src/unix_socket.ts";
-import { Cmd, DIGEST_LEN, encodeHeader, Text } from "../src/wire.ts";
+import { O_CLOEXEC, O_RDONLY, O_WRONLY } from "../src/sys/linux.ts";
+import { Memfd, Seal } from "../src/sys/memfd.ts";
+import { closeAll } from "../src/sys/unix_socket.ts";
+import { Cmd, DIGEST_LEN, encodeHeader, Text } from "../src/protocol/wire.ts";
 import { enc, request, sealedMemfd, tempDir } from "./helpers.ts";
 import {
   exchange,

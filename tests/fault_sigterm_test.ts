@@ -5,9 +5,9 @@
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client } from "../src/client.ts";
-import { Connection } from "../src/connection.ts";
+import { Connection } from "../src/client/connection.ts";
 import { BrokerError, ErrnoError, TimeoutError } from "../src/errors.ts";
-import { Cmd, DIGEST_LEN, encodeHeader } from "../src/wire.ts";
+import { Cmd, DIGEST_LEN, encodeHeader } from "../src/protocol/wire.ts";
 import { AUDIT_KEYS, CLI, CLI_PERMS, tempDir, waitFor } from "./helpers.ts";
 import { readOneReply, sleep } from "./fault_support.ts";
 

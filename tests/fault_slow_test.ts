@@ -6,11 +6,11 @@
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client } from "../src/client.ts";
-import { Connection } from "../src/connection.ts";
+import { Connection } from "../src/client/connection.ts";
 import { BrokerError } from "../src/errors.ts";
 import { libc } from "../src/ffi.ts";
-import { SHUT_WR } from "../src/linux.ts";
-import { Cmd, DIGEST_LEN, encodeHeader, Flag, Text, withExt } from "../src/wire.ts";
+import { SHUT_WR } from "../src/sys/linux.ts";
+import { Cmd, DIGEST_LEN, encodeHeader, Flag, Text, withExt } from "../src/protocol/wire.ts";
 import { cli, enc, sealedMemfd, tempDir, waitFor } from "./helpers.ts";
 import {
   type Exchange,

@@ -5,13 +5,27 @@
  * @module
  */
 
-import { Connection } from "../src/connection.ts";
+import { Connection } from "../src/client/connection.ts";
 import { TimeoutError } from "../src/errors.ts";
 import { check, closeQuietly, cstr, libc } from "../src/ffi.ts";
-import { EFD_CLOEXEC, F_GETFL, O_CLOEXEC, O_DIRECTORY, O_RDONLY, SHUT_WR } from "../src/linux.ts";
-import { PolicyText } from "../src/policy.ts";
-import { closeAll, unixSocket } from "../src/unix_socket.ts";
-import { Cmd, decodeHeader, type Header, HEADER_SIZE, isValidHeader, Text } from "../src/wire.ts";
+import {
+  EFD_CLOEXEC,
+  F_GETFL,
+  O_CLOEXEC,
+  O_DIRECTORY,
+  O_RDONLY,
+  SHUT_WR,
+} from "../src/sys/linux.ts";
+import { PolicyText } from "../src/core/policy.ts";
+import { closeAll, unixSocket } from "../src/sys/unix_socket.ts";
+import {
+  Cmd,
+  decodeHeader,
+  type Header,
+  HEADER_SIZE,
+  isValidHeader,
+  Text,
+} from "../src/protocol/wire.ts";
 import { BrokerProcess, dec, waitFor } from "./helpers.ts";
 
 /** A pipe: [read end, write end], both close-on-exec. */

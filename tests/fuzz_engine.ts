@@ -11,13 +11,13 @@
  * @module
  */
 
-import { Connection } from "../src/connection.ts";
-import { digestBytes } from "../src/digest.ts";
+import { Connection } from "../src/client/connection.ts";
+import { digestBytes } from "../src/hash/digest.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
-import { fstat } from "../src/fd.ts";
-import { SEALS_IMMUTABLE, SHUT_WR } from "../src/linux.ts";
-import { getSeals, Memfd, Seal } from "../src/memfd.ts";
-import { closeAll } from "../src/unix_socket.ts";
+import { fstat } from "../src/sys/fd.ts";
+import { SEALS_IMMUTABLE, SHUT_WR } from "../src/sys/linux.ts";
+import { getSeals, Memfd, Seal } from "../src/sys/memfd.ts";
+import { closeAll } from "../src/sys/unix_socket.ts";
 import {
   Cmd,
   decodeHeader,
@@ -33,7 +33,7 @@ import {
   Text,
   VERSION,
   withExt,
-} from "../src/wire.ts";
+} from "../src/protocol/wire.ts";
 import {
   accessMode,
   type Exchange,

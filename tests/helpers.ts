@@ -5,11 +5,11 @@
  * @module
  */
 
-import { Connection } from "../src/connection.ts";
-import { closeAll } from "../src/unix_socket.ts";
-import { digestBytes } from "../src/digest.ts";
-import { Memfd, Seal } from "../src/memfd.ts";
-import { decodeHeader, encodeHeader, type Header, HEADER_SIZE } from "../src/wire.ts";
+import { Connection } from "../src/client/connection.ts";
+import { closeAll } from "../src/sys/unix_socket.ts";
+import { digestBytes } from "../src/hash/digest.ts";
+import { Memfd, Seal } from "../src/sys/memfd.ts";
+import { decodeHeader, encodeHeader, type Header, HEADER_SIZE } from "../src/protocol/wire.ts";
 
 /** The repository root. */
 export const ROOT: string = new URL("..", import.meta.url).pathname.replace(/\/$/, "");

@@ -6,10 +6,10 @@
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client } from "../src/client.ts";
-import { Connection } from "../src/connection.ts";
+import { Connection } from "../src/client/connection.ts";
 import { BrokerError } from "../src/errors.ts";
-import { PolicyText } from "../src/policy.ts";
-import { Text } from "../src/wire.ts";
+import { PolicyText } from "../src/core/policy.ts";
+import { Text } from "../src/protocol/wire.ts";
 import { AUDIT_KEYS, type BrokerProcess, cli, enc, ROOT, tempDir, waitFor } from "./helpers.ts";
 import { exchange, listRequest, sleep, startBroker, statusText } from "./fault_support.ts";
 

@@ -1,9 +1,9 @@
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import { ErrnoError } from "../src/errors.ts";
 import { cstr, libc } from "../src/ffi.ts";
-import { FileDescriptor, fstat } from "../src/fd.ts";
-import { O_CLOEXEC, O_RDONLY, O_RDWR } from "../src/linux.ts";
-import { ReadOnlyMapping } from "../src/mapping.ts";
+import { FileDescriptor, fstat } from "../src/sys/fd.ts";
+import { O_CLOEXEC, O_RDONLY, O_RDWR } from "../src/sys/linux.ts";
+import { ReadOnlyMapping } from "../src/sys/mapping.ts";
 import {
   brokerFdProblemText,
   describeFdProblem,
@@ -15,7 +15,7 @@ import {
   MEMFD_NAME_MAX,
   memfdLabel,
   Seal,
-} from "../src/memfd.ts";
+} from "../src/sys/memfd.ts";
 import { dec, enc } from "./helpers.ts";
 import {
   fdGuard,

@@ -1,4 +1,4 @@
-import { OPEN_POLICY } from "../src/policy.ts";
+import { OPEN_POLICY } from "../src/core/policy.ts";
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import { UsageError } from "../src/errors.ts";
 import {
@@ -7,7 +7,7 @@ import {
   defaultBrokerOptions,
   parseBrokerArgs,
   parsePositive,
-} from "../src/options.ts";
+} from "../src/core/options.ts";
 
 const U64_MAX = 18446744073709551615n;
 

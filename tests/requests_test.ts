@@ -1,12 +1,12 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { blankRecord, formatRecord } from "../src/audit.ts";
-import { fromBinary, toBinary } from "../src/bytes.ts";
-import { digestBytes, digestFd } from "../src/digest.ts";
+import { blankRecord, formatRecord } from "../src/core/audit.ts";
+import { fromBinary, toBinary } from "../src/protocol/bytes.ts";
+import { digestBytes, digestFd } from "../src/hash/digest.ts";
 import { cstr, errno, libc } from "../src/ffi.ts";
-import { fstat, statusFlags } from "../src/fd.ts";
-import { O_CLOEXEC, O_RDONLY } from "../src/linux.ts";
-import { type Memfd, Seal } from "../src/memfd.ts";
-import { type BrokerOptions, defaultBrokerOptions } from "../src/options.ts";
+import { fstat, statusFlags } from "../src/sys/fd.ts";
+import { O_CLOEXEC, O_RDONLY } from "../src/sys/linux.ts";
+import { type Memfd, Seal } from "../src/sys/memfd.ts";
+import { type BrokerOptions, defaultBrokerOptions } from "../src/core/options.ts";
 import {
   badHeaderOutcome,
   buildListText,
@@ -21,9 +21,9 @@ import {
   type Step,
   type StepInput,
   unknownCommandOutcome,
-} from "../src/requests.ts";
-import { Store, type StoredObject } from "../src/store.ts";
-import { Cmd, decodeHeader, emptyHeader, type Header, HEADER_SIZE } from "../src/wire.ts";
+} from "../src/core/handlers.ts";
+import { Store, type StoredObject } from "../src/core/store.ts";
+import { Cmd, decodeHeader, emptyHeader, type Header, HEADER_SIZE } from "../src/protocol/wire.ts";
 import { enc } from "./helpers.ts";
 import { fdGuard, hasCloexec, ownSealedMemfd, ownTempDir, pipe } from "./unit_support.ts";
 

@@ -7,11 +7,11 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client, type ListEntry } from "../src/client.ts";
 import { BrokerError, Status } from "../src/errors.ts";
-import { FrameConn } from "../src/frame_conn.ts";
-import { ShadowLink } from "../src/shadow_link.ts";
-import { Frame, toWire } from "../src/shadow_wire.ts";
-import { connectUnix, sockaddrUn, unixSocket } from "../src/unix_socket.ts";
-import type { StoredObject } from "../src/store.ts";
+import { FrameConn } from "../src/shadow/frame_conn.ts";
+import { ShadowLink } from "../src/shadow/link.ts";
+import { Frame, toWire } from "../src/protocol/shadow_frames.ts";
+import { connectUnix, sockaddrUn, unixSocket } from "../src/sys/unix_socket.ts";
+import type { StoredObject } from "../src/core/store.ts";
 import {
   type AuditLine,
   type BrokerProcess,

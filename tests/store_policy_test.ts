@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
-import { droppable, type Owned, visible } from "../src/policy.ts";
-import { type NewObject, Store, type StoredObject } from "../src/store.ts";
+import { droppable, type Owned, visible } from "../src/core/policy.ts";
+import { type NewObject, Store, type StoredObject } from "../src/core/store.ts";
 
 const U64_MAX = 18446744073709551615n;
 

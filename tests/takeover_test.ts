@@ -6,7 +6,7 @@
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { Client } from "../src/client.ts";
-import { Cmd } from "../src/wire.ts";
+import { Cmd } from "../src/protocol/wire.ts";
 import {
   type AuditLine,
   BrokerProcess,

@@ -7,8 +7,8 @@
 
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { closeQuietly, libc } from "../src/ffi.ts";
-import { F_GETFD, FD_CLOEXEC, O_CLOEXEC } from "../src/linux.ts";
-import { Memfd, Seal } from "../src/memfd.ts";
+import { F_GETFD, FD_CLOEXEC, O_CLOEXEC } from "../src/sys/linux.ts";
+import { Memfd, Seal } from "../src/sys/memfd.ts";
 import { fdCount, fdTable } from "./helpers.ts";
 
 // ---- attributing descriptors to this test module ---------------------------------------------

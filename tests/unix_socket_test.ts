@@ -1,9 +1,9 @@
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import { ErrnoError } from "../src/errors.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
-import { fstat, statusFlags } from "../src/fd.ts";
-import { O_NONBLOCK, SHUT_WR } from "../src/linux.ts";
-import { Memfd } from "../src/memfd.ts";
+import { fstat, statusFlags } from "../src/sys/fd.ts";
+import { O_NONBLOCK, SHUT_WR } from "../src/sys/linux.ts";
+import { Memfd } from "../src/sys/memfd.ts";
 import {
   acceptUnix,
   bindUnix,
@@ -21,7 +21,7 @@ import {
   socketPathTooLong,
   unixSocket,
   wouldBlock,
-} from "../src/unix_socket.ts";
+} from "../src/sys/unix_socket.ts";
 import { dec, enc } from "./helpers.ts";
 import {
   fdGuard,

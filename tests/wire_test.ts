@@ -22,7 +22,7 @@ import {
   Text,
   VERSION,
   withExt,
-} from "../src/wire.ts";
+} from "../src/protocol/wire.ts";
 import { hex, unhex } from "./unit_support.ts";
 
 // Expected bytes produced by Python: struct.pack("<IHHIIQQIIII", ...).

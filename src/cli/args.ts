@@ -7,7 +7,7 @@
 
 import { UsageError } from "../errors.ts";
 import { DEFAULT_TIMEOUT_MS, jobIdFromEnv } from "../client.ts";
-import { JOB_MAX, NAME_HARD_MAX } from "../wire.ts";
+import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
 
 /**
  * A CLI process has nothing else to do while it waits, so its replies are awaited on the main

@@ -7,19 +7,19 @@
  */
 
 import { Broker } from "../broker.ts";
-import { parseConfig } from "../config.ts";
+import { parseConfig } from "../core/config.ts";
 import { UsageError } from "../errors.ts";
-import { Connection } from "../connection.ts";
+import { Connection } from "../client/connection.ts";
 import { closeQuietly, libc } from "../ffi.ts";
-import { setCloexec } from "../fd.ts";
-import { closeAll } from "../unix_socket.ts";
-import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE } from "../wire.ts";
+import { setCloexec } from "../sys/fd.ts";
+import { closeAll } from "../sys/unix_socket.ts";
+import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE } from "../protocol/wire.ts";
 import {
   type BrokerOptions,
   defaultBrokerOptions,
   lastFlagValue,
   parseBrokerArgs,
-} from "../options.ts";
+} from "../core/options.ts";
 
 function readFile(flag: string, path: string): string {
   try {

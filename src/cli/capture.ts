@@ -19,15 +19,21 @@
 
 import { Client, jobIdFromEnv, type PutOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { tryLstat } from "../fd.ts";
+import { tryLstat } from "../sys/fd.ts";
 import { errnoErrorOf } from "../ffi.ts";
-import { ENOENT } from "../linux.ts";
-import { Memfd } from "../memfd.ts";
-import { DEFAULT_SOCKET } from "../options.ts";
+import { ENOENT } from "../sys/linux.ts";
+import { Memfd } from "../sys/memfd.ts";
+import { DEFAULT_SOCKET } from "../core/options.ts";
 import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkJob, checkName, flagValue } from "./args.ts";
 import { err, jsonLine, out } from "./output.ts";
-import { type ChildExit, describeExit, exitCodeOf, spawnWithStdout, waitChild } from "./spawn.ts";
+import {
+  type ChildExit,
+  describeExit,
+  exitCodeOf,
+  spawnWithStdout,
+  waitChild,
+} from "../sys/spawn.ts";
 import { CAPTURE_USAGE } from "./usage.ts";
 
 /** Run `capture`; returns the exit code (COMMAND's own status on success). */

@@ -10,8 +10,8 @@
 import { Client, type GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
-import { setCloexec } from "../fd.ts";
-import { DEFAULT_SOCKET } from "../options.ts";
+import { setCloexec } from "../sys/fd.ts";
+import { DEFAULT_SOCKET } from "../core/options.ts";
 import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
 import { EXEC_USAGE } from "./usage.ts";

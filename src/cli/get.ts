@@ -8,7 +8,7 @@
 
 import { Client, type GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_SOCKET } from "../options.ts";
+import { DEFAULT_SOCKET } from "../core/options.ts";
 import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
 import { jsonLine, out, writeObject } from "./output.ts";

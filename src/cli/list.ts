@@ -8,7 +8,7 @@
 
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_SOCKET } from "../options.ts";
+import { DEFAULT_SOCKET } from "../core/options.ts";
 import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { flagValue, resolveJob } from "./args.ts";
 import { jsonLine, out } from "./output.ts";

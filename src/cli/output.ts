@@ -5,10 +5,10 @@
  * @module
  */
 
-import { copyFd } from "../copy.ts";
+import { copyFd } from "../sys/copy.ts";
 import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
-import { isRegular, tryFstat, tryLstat } from "../fd.ts";
-import { ENOENT, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC, O_WRONLY, S_IFMT } from "../linux.ts";
+import { isRegular, tryFstat, tryLstat } from "../sys/fd.ts";
+import { ENOENT, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC, O_WRONLY, S_IFMT } from "../sys/linux.ts";
 import { PROGRESS_STEP_BYTES } from "./progress.ts";
 
 const encoder = new TextEncoder();

@@ -9,11 +9,11 @@
 import { Client, type PutOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
-import { fstat, isRegular, seek, trySeals } from "../fd.ts";
-import { O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "../linux.ts";
-import { copyFd } from "../copy.ts";
-import { Memfd } from "../memfd.ts";
-import { DEFAULT_SOCKET } from "../options.ts";
+import { fstat, isRegular, seek, trySeals } from "../sys/fd.ts";
+import { O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "../sys/linux.ts";
+import { copyFd } from "../sys/copy.ts";
+import { Memfd } from "../sys/memfd.ts";
+import { DEFAULT_SOCKET } from "../core/options.ts";
 import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { jobIdFromEnv } from "../client.ts";
 import { checkJob, checkName, flagValue } from "./args.ts";

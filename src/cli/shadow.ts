@@ -6,7 +6,7 @@
  */
 
 import { UsageError } from "../errors.ts";
-import { runShadow } from "../shadow.ts";
+import { runShadow } from "../shadow/server.ts";
 import { flagValue } from "./args.ts";
 import { out } from "./output.ts";
 

@@ -10,8 +10,8 @@
 
 import { Client, type GetOptions, type ObjectStat } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { Seal } from "../memfd.ts";
-import { DEFAULT_SOCKET } from "../options.ts";
+import { Seal } from "../sys/memfd.ts";
+import { DEFAULT_SOCKET } from "../core/options.ts";
 import { CLI_SYNC_WAIT_US } from "./args.ts";
 import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
 import { jsonLine, out } from "./output.ts";

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { TimeoutError } from "./errors.ts";
+import { TimeoutError } from "../errors.ts";
 import { EPOLLERR, EPOLLHUP, EPOLLONESHOT } from "./linux.ts";
 import { Poller, type PollEvent } from "./poller.ts";
 

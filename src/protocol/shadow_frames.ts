@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { StoredObject } from "./store.ts";
+import type { StoredObject } from "../core/store.ts";
 
 /** `MFDS` as a little-endian u32. */
 export const SHADOW_MAGIC = 0x5344464d;

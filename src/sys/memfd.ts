@@ -16,7 +16,7 @@
  */
 
 import { copyFd, type CopyLabels, type CopyResult } from "./copy.ts";
-import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "./ffi.ts";
+import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "../ffi.ts";
 import { fstat, isRegular, seek, tryFstat, trySeals, writeAll } from "./fd.ts";
 import {
   EBADF,

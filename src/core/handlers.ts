@@ -16,9 +16,9 @@ import {
   blankRecord,
   jsonString,
 } from "./audit.ts";
-import { fromBinary, toBinary } from "./bytes.ts";
-import { trySeals } from "./fd.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "./memfd.ts";
+import { fromBinary, toBinary } from "../protocol/bytes.ts";
+import { trySeals } from "../sys/fd.ts";
+import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
 import type { BrokerOptions } from "./options.ts";
 import {
   checkJobClaim,
@@ -42,8 +42,8 @@ import {
   NAME_HARD_MAX,
   requestBytes,
   Text,
-} from "./wire.ts";
-import { Status } from "./errors.ts";
+} from "../protocol/wire.ts";
+import { Status } from "../errors.ts";
 
 /** A handler's request for more input. */
 export type Step =

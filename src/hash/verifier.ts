@@ -6,8 +6,8 @@
  */
 
 import { digestFd } from "./digest.ts";
-import { ErrnoError } from "./errors.ts";
-import { errno, libc, strerror } from "./ffi.ts";
+import { ErrnoError } from "../errors.ts";
+import { errno, libc, strerror } from "../ffi.ts";
 
 /** A request to hash `size` bytes of descriptor `fd`. */
 export interface HashJob {
@@ -100,7 +100,7 @@ export class HashPool {
   }
 
   #spawn(): number {
-    const worker = new Worker(new URL("./hash_worker.ts", import.meta.url), { type: "module" });
+    const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
     const index = this.#workers.length;
     this.#workers.push(worker);
     this.#busy.push(0);

@@ -7,7 +7,7 @@
 
 import { constants } from "node:os";
 import { errno, errnoErrorOf, libc } from "../ffi.ts";
-import { EINTR, F_DUPFD_CLOEXEC } from "../linux.ts";
+import { EINTR, F_DUPFD_CLOEXEC } from "./linux.ts";
 
 /** sizeof(posix_spawn_file_actions_t) on LP64 glibc (x86_64 and aarch64). */
 const FILE_ACTIONS_SIZE = 80;

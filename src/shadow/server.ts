@@ -10,13 +10,13 @@
  * @module
  */
 
-import { closeQuietly, libc } from "./ffi.ts";
-import { FDS_PER_FRAME, Frame, type WireObject } from "./shadow_wire.ts";
+import { closeQuietly, libc } from "../ffi.ts";
+import { FDS_PER_FRAME, Frame, type WireObject } from "../protocol/shadow_frames.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
-import { Poller } from "./poller.ts";
-import { EPOLLIN } from "./linux.ts";
-import { openListener } from "./listener.ts";
-import { acceptUnix } from "./unix_socket.ts";
+import { Poller } from "../sys/poller.ts";
+import { EPOLLIN } from "../sys/linux.ts";
+import { openListener } from "../sys/listener.ts";
+import { acceptUnix } from "../sys/unix_socket.ts";
 
 const LISTEN_TOKEN = 0;
 const LINK_TOKEN = 1;

@@ -14,11 +14,11 @@
  */
 
 import type { Node, ParseError } from "jsonc-parser";
-import { utf8Binary } from "./bytes.ts";
-import { UsageError } from "./errors.ts";
+import { utf8Binary } from "../protocol/bytes.ts";
+import { UsageError } from "../errors.ts";
 import type { BrokerOptions } from "./options.ts";
 import type { JobBinding } from "./policy.ts";
-import { JOB_MAX, NAME_HARD_MAX } from "./wire.ts";
+import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
 
 const U32_MAX = 4294967295n;
 const U64_MAX = 18446744073709551615n;

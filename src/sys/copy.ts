@@ -5,7 +5,7 @@
  * @module
  */
 
-import { errno, errnoErrorOf, libc } from "./ffi.ts";
+import { errno, errnoErrorOf, libc } from "../ffi.ts";
 import { EAGAIN, EBADF, EINTR, EINVAL, ENOSYS, EOPNOTSUPP, EXDEV } from "./linux.ts";
 
 /**

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { digestOrError, type HashJob } from "./hashing.ts";
+import { digestOrError, type HashJob } from "./verifier.ts";
 
 /** The worker's global scope, typed narrowly. */
 interface WorkerScope {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "./ffi.ts";
+import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "../ffi.ts";
 import {
   AT_EMPTY_PATH,
   AT_FDCWD,

@@ -5,11 +5,11 @@
  * @module
  */
 
-import { ErrnoError, TimeoutError } from "./errors.ts";
-import { closeQuietly, errnoErrorOf, libc } from "./ffi.ts";
-import { inProcess } from "./inprocess.ts";
-import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT, POLLIN } from "./linux.ts";
-import { waitReady } from "./reactor.ts";
+import { ErrnoError, TimeoutError } from "../errors.ts";
+import { closeQuietly, errnoErrorOf, libc } from "../ffi.ts";
+import { inProcess } from "../sys/inprocess.ts";
+import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT, POLLIN } from "../sys/linux.ts";
+import { waitReady } from "../sys/reactor.ts";
 import {
   closeAll,
   connectUnix,
@@ -18,7 +18,7 @@ import {
   sockaddrUn,
   socketPathTooLong,
   unixSocket,
-} from "./unix_socket.ts";
+} from "../sys/unix_socket.ts";
 
 /** What {@link Connection.recvExact} returns: the bytes and any descriptors that came with them. */
 export interface Chunk {

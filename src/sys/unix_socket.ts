@@ -8,7 +8,7 @@
  * @module
  */
 
-import { check, closeQuietly, errno, errnoErrorOf, libc } from "./ffi.ts";
+import { check, closeQuietly, errno, errnoErrorOf, libc } from "../ffi.ts";
 import {
   AF_UNIX,
   cmsgAlign,

@@ -6,10 +6,10 @@
  * @module
  */
 
-import { closeQuietly, libc } from "./ffi.ts";
-import { EAGAIN, POLLIN, POLLOUT } from "./linux.ts";
-import { type DecodedFrame, decodeFrame, encodeFrame } from "./shadow_wire.ts";
-import { closeAll, recvMsg, sendMsg, sendSome } from "./unix_socket.ts";
+import { closeQuietly, libc } from "../ffi.ts";
+import { EAGAIN, POLLIN, POLLOUT } from "../sys/linux.ts";
+import { type DecodedFrame, decodeFrame, encodeFrame } from "../protocol/shadow_frames.ts";
+import { closeAll, recvMsg, sendMsg, sendSome } from "../sys/unix_socket.ts";
 
 /** A received frame with its descriptors (owned by the receiver). */
 export interface FrameIn extends DecodedFrame {

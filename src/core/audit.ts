@@ -6,9 +6,9 @@
  * @module
  */
 
-import { fromBinary } from "./bytes.ts";
-import { errno, libc } from "./ffi.ts";
-import { CLOCK_REALTIME, EAGAIN, EINTR } from "./linux.ts";
+import { fromBinary } from "../protocol/bytes.ts";
+import { errno, libc } from "../ffi.ts";
+import { CLOCK_REALTIME, EAGAIN, EINTR } from "../sys/linux.ts";
 
 /** What happened to a request. */
 export type AuditResult = "ok" | "bad_request" | "not_found" | "forbidden" | "error";

@@ -4,8 +4,8 @@
  * @module
  */
 
-import { ErrnoError } from "./errors.ts";
-import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "./ffi.ts";
+import { ErrnoError } from "../errors.ts";
+import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "../ffi.ts";
 import { tryLstat } from "./fd.ts";
 import { EAGAIN, ENOENT, S_IFMT, S_IFSOCK } from "./linux.ts";
 import {

@@ -4,9 +4,9 @@
  * @module
  */
 
-import { UsageError } from "./errors.ts";
+import { UsageError } from "../errors.ts";
 import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
-import { NAME_HARD_MAX } from "./wire.ts";
+import { NAME_HARD_MAX } from "../protocol/wire.ts";
 
 /**
  * The socket every command uses unless told otherwise.

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { check, closeQuietly, libc } from "./ffi.ts";
+import { check, closeQuietly, libc } from "../ffi.ts";
 import {
   EFD_CLOEXEC,
   EFD_NONBLOCK,

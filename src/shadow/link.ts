@@ -6,12 +6,18 @@
  * @module
  */
 
-import { closeQuietly } from "./ffi.ts";
+import { closeQuietly } from "../ffi.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
-import { ECONNREFUSED, ENOENT } from "./linux.ts";
-import { FDS_PER_FRAME, Frame, fromWire, toWire, type WireObject } from "./shadow_wire.ts";
-import type { StoredObject } from "./store.ts";
-import { connectUnix, sockaddrUn, socketPathTooLong, unixSocket } from "./unix_socket.ts";
+import { ECONNREFUSED, ENOENT } from "../sys/linux.ts";
+import {
+  FDS_PER_FRAME,
+  Frame,
+  fromWire,
+  toWire,
+  type WireObject,
+} from "../protocol/shadow_frames.ts";
+import type { StoredObject } from "../core/store.ts";
+import { connectUnix, sockaddrUn, socketPathTooLong, unixSocket } from "../sys/unix_socket.ts";
 
 /** Where the shadow listens and how to start one. */
 export interface ShadowConfig {

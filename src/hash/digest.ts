@@ -6,8 +6,8 @@
  */
 
 import { createHash, type Hash } from "node:crypto";
-import { ReadOnlyMapping } from "./mapping.ts";
-import { DIGEST_PREFIX } from "./wire.ts";
+import { ReadOnlyMapping } from "../sys/mapping.ts";
+import { DIGEST_PREFIX } from "../protocol/wire.ts";
 
 /** Bytes fed to the hash per update call; large enough to amortise the call, small for cache. */
 export const HASH_SLICE = 4 << 20;

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { lastError, libc } from "./ffi.ts";
+import { lastError, libc } from "../ffi.ts";
 import { MADV_SEQUENTIAL, MAP_SHARED, PROT_READ } from "./linux.ts";
 
 /**
