@@ -9,14 +9,10 @@
  * @module
  */
 
-import {
-  type AuditOp,
-  type AuditRecord,
-  type AuditResult,
-  blankRecord,
-  jsonString,
-} from "./audit.ts";
+import { type AuditOp, type AuditRecord, type AuditResult, blankRecord } from "./audit.ts";
 import { fromBinary, toBinary } from "../protocol/bytes.ts";
+import { formatListLine } from "../protocol/list.ts";
+import { formatStat } from "../protocol/stat.ts";
 import { trySeals } from "../sys/fd.ts";
 import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
 import type { BrokerOptions } from "./options.ts";
@@ -433,13 +429,7 @@ function* getOrDrop(
 
   if (op === "stat") {
     rec.result = "ok";
-    const seals = trySeals(obj.fd);
-    const body = fromBinary(
-      `{"id":${obj.id},"name":${jsonString(obj.name)},"size":${obj.size},` +
-        `"digest":${jsonString(obj.digest)},"owner":${jsonString(obj.owner)},` +
-        `"allowed":${jsonString(obj.allowed)},"created_ns":${obj.createdNs},` +
-        `"seals":${seals < 0 ? "null" : seals}}`,
-    );
+    const body = fromBinary(formatStat({ ...obj, seals: trySeals(obj.fd) }));
     const wire = new Uint8Array(HEADER_SIZE + body.length);
     encodeHeader(
       { cmd, objectId: BigInt(obj.id), size: BigInt(obj.size), textLen: body.length },
@@ -534,9 +524,7 @@ export function buildListText(
   let count = 0;
   for (const obj of store.values()) {
     if (!visible(obj, caller)) continue;
-    const line = `${obj.id}\towner=${obj.owner ?? "-"}\tallowed=${
-      obj.allowed ?? "-"
-    }\t${obj.size}\t${obj.digest}\t${obj.name}\n`;
+    const line = formatListLine(obj);
     if (text.length + line.length > maxBytes) return null;
     text += line;
     count++;
