@@ -4,7 +4,9 @@
  *
  * This module is the public API: a {@link Client} to publish and fetch objects, a {@link Broker}
  * to run one in-process, {@link Memfd} and {@link ReadOnlyMapping} for sealed memory files, and
- * the error types. It speaks protocol v1 of the C memfdbus byte for byte.
+ * the error types. It speaks protocol v1 of the C memfdbus byte for byte; the protocol itself
+ * (header codec, codes, texts, LIST and STAT formats) is exported from
+ * `@memfdbus/memfdbus/protocol` for programs that speak it themselves.
  *
  * @example Publish a file and map it back
  * ```ts ignore
@@ -31,7 +33,6 @@ export {
   type JobOption,
   type ListEntry,
   type ObjectStat,
-  parseList,
   type PutOptions,
   type PutResult,
   type PutSource,
@@ -57,9 +58,7 @@ export {
 export { SocketPathError } from "./src/client/connection.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export {
-  brokerFdProblemText,
   describeFdProblem,
-  type FdProblem,
   getSeals,
   inspectSealedFd,
   isFdProblem,
@@ -69,18 +68,8 @@ export {
   Seal,
   type SealedFdInfo,
 } from "./src/sys/memfd.ts";
+export { type FdProblem } from "./src/protocol/fd_problem.ts";
 export { ReadOnlyMapping } from "./src/sys/mapping.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
 export { DigestBuilder, digestBytes, digestFd } from "./src/hash/digest.ts";
-export {
-  Cmd,
-  DIGEST_LEN,
-  EXT_MARK,
-  extFlags,
-  Flag,
-  HEADER_SIZE,
-  MAGIC,
-  VERSION,
-  withExt,
-} from "./src/protocol/wire.ts";

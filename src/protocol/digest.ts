@@ -48,12 +48,6 @@ export function formatDigest(raw: Uint8Array): string {
 /**
  * A digest string from the 64 lowercase hex digits of a SHA-256 (as node:crypto's
  * `digest("hex")` gives them).
- *
- * @example
- * ```ts
- * import { digestFromHex } from "@memfdbus/memfdbus/protocol";
- * console.log(digestFromHex("ab".repeat(32)).length); // 71
- * ```
  */
 export function digestFromHex(hex: string): string {
   return DIGEST_PREFIX + hex;

@@ -32,12 +32,6 @@ export type FdProblem =
  * The broker's reply text for a refused descriptor (also what the C CLI prints after
  * `broker sent an invalid object fd: `), e.g. `size mismatch: header=5 fd=4`.
  *
- * @example
- * ```ts
- * import { fdRejectionText } from "@memfdbus/memfdbus/protocol";
- * console.log(fdRejectionText({ kind: "size", actual: 4n }, 5n, String)); // size mismatch: header=5 fd=4
- * ```
- *
  * @param p the problem
  * @param claimed the size the header claimed
  * @param describeErrno strerror(3) of an errno value

@@ -8,12 +8,6 @@
 /**
  * Escape a binary string as a JSON string the way the C broker does: `\\ \" \b \f \n \r \t`,
  * other bytes below 0x20 as `\u00xx`, every other byte raw, and the string ends at the first NUL.
- *
- * @example
- * ```ts
- * import { jsonString } from "@memfdbus/memfdbus/protocol";
- * console.log(jsonString('a"b\n'), jsonString(null)); // "a\"b\n" null
- * ```
  */
 export function jsonString(s: string | null): string {
   if (s === null) return "null";

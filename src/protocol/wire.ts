@@ -306,13 +306,6 @@ export const Text = {
 
 /**
  * The broker's text for a digest verification read that failed for `reason` (a strerror text).
- *
- * @example
- * ```ts
- * import { digestReadFailedText } from "@memfdbus/memfdbus/protocol";
- * console.log(digestReadFailedText("Bad file descriptor"));
- * // digest verification read failed: Bad file descriptor
- * ```
  */
 export function digestReadFailedText(reason: string): string {
   return `digest verification read failed: ${reason}`;
