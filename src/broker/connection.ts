@@ -12,7 +12,9 @@ import type { Handler, Outcome, Step } from "../core/handlers.ts";
 import type { HashOutcome } from "../hash/verifier.ts";
 import type { Header } from "../protocol/wire.ts";
 import { closeQuietly } from "../ffi.ts";
-import { closeAll } from "../sys/unix_socket.ts";
+import { HEADER_SIZE } from "../protocol/wire.ts";
+import { EAGAIN } from "../sys/linux.ts";
+import { closeAll, recvMsg } from "../sys/unix_socket.ts";
 
 /** Where a connection is in its request cycle. */
 export const enum State {
@@ -40,6 +42,8 @@ const EMPTY = new Uint8Array(0);
 /** Size of a pooled input buffer. */
 export const CONN_BUF = 4096;
 const POOL_MAX = 64;
+/** Most bytes one read takes beyond what the current step needs. */
+export const READ_CHUNK = 64 * 1024;
 
 /** Input buffers of {@link CONN_BUF} bytes, reused across connections. */
 export class BufferPool {
@@ -155,6 +159,56 @@ export class Conn {
     this.speculative = null;
     if (spec !== null && spec.fd === fd) void spec.answer.finally(() => closeQuietly(fd));
     else closeQuietly(fd);
+  }
+
+  /**
+   * Read what is available into the buffer, up to what the current step needs (`need` bytes
+   * buffered) plus a bounded read-ahead; descriptors that arrive are taken or closed. False when
+   * nothing can be read now (the caller waits for readiness); true when bytes or the end of the
+   * stream arrived (a reset counts as the end).
+   */
+  read(need: number, pool: BufferPool): boolean {
+    // After a short read the socket is empty: wait for the next edge instead of a recvmsg that
+    // would only say EAGAIN.
+    if (this.drained) return false;
+    const want = Math.max(need, HEADER_SIZE) - this.len;
+    this.reserve(want, pool);
+    const space = this.buf.length - this.len;
+    const limit = Math.min(space, Math.max(want, READ_CHUNK));
+    const headerPhase = this.state === State.Header && this.len < HEADER_SIZE;
+    const r = recvMsg(this.fd, this.buf.subarray(this.len, this.len + limit));
+    if (typeof r === "number") {
+      if (r === -EAGAIN) return false;
+      this.eof = true; // ECONNRESET and friends end the request like an end of stream.
+      return true;
+    }
+    if (r.fds.length > 0 || r.truncated) this.takeFds(r.fds, r.truncated, headerPhase);
+    if (r.bytes === 0) {
+      this.eof = true;
+      return true;
+    }
+    if (r.bytes < limit && r.fds.length === 0) this.drained = true;
+    this.len += r.bytes;
+    return true;
+  }
+
+  /**
+   * In State.Linger: read and discard what the client still sends, up to `lingerLeft` bytes.
+   * True when done (end of stream or enough read); false when the socket is empty for now.
+   */
+  drainLinger(scratch: Uint8Array): boolean {
+    for (;;) {
+      if (this.eof || this.lingerLeft <= 0) return true;
+      const r = recvMsg(this.fd, scratch.subarray(0, Math.min(scratch.length, this.lingerLeft)));
+      if (typeof r === "number") {
+        if (r === -EAGAIN) return false;
+        this.eof = true;
+        continue;
+      }
+      closeAll(r.fds);
+      if (r.bytes === 0) this.eof = true;
+      this.lingerLeft -= r.bytes;
+    }
   }
 
   /** Forget the reply and close a descriptor it did not send. */

@@ -52,9 +52,9 @@ import {
   SHUT_WR,
 } from "../sys/linux.ts";
 import type { Poller, PollEvent } from "../sys/poller.ts";
-import { closeAll, recvMsg, sendMsg, sendSome, shutdownQuietly } from "../sys/unix_socket.ts";
+import { sendMsg, sendSome, shutdownQuietly } from "../sys/unix_socket.ts";
 import type { AuditOutput } from "./audit_sink.ts";
-import { BufferPool, Conn, State } from "./connection.ts";
+import { BufferPool, Conn, READ_CHUNK, State } from "./connection.ts";
 import { checkSealedFd, type ObjectDescriptors, sealsOf } from "./descriptors.ts";
 import type { PeerLedger } from "./admission.ts";
 import type { ObjectEvents } from "./events.ts";
@@ -63,7 +63,6 @@ import type { ParkedWaits } from "./waits.ts";
 
 const LINGER_MS = 1000;
 const LINGER_BYTES = 1 << 20;
-const READ_CHUNK = 64 * 1024;
 
 /** Flags shared by the broker's parts. */
 export interface RunState {
@@ -273,42 +272,15 @@ export class Sessions {
     }
   }
 
-  /**
-   * Read what is available into the connection buffer, up to what the current step needs plus a
-   * bounded read-ahead. Returns false when nothing more can be read now.
-   */
+  /** Read what is available for the current step; false when nothing can be read now. */
   #fill(conn: Conn, need: number): boolean {
-    if (conn.drained) {
-      // A short read emptied the socket: wait for the next edge instead of a recvmsg that
-      // would only say EAGAIN.
+    const next = conn.len === 0 && conn.served > 0 && conn.state === State.Header;
+    if (!conn.read(need, this.#pool)) {
       this.#watch(conn);
       return false;
     }
-    const want = Math.max(need, HEADER_SIZE) - conn.len;
-    conn.reserve(want, this.#pool);
-    const space = conn.buf.length - conn.len;
-    const limit = Math.min(space, Math.max(want, READ_CHUNK));
-    const headerPhase = conn.state === State.Header && conn.len < HEADER_SIZE;
-    const r = recvMsg(conn.fd, conn.buf.subarray(conn.len, conn.len + limit));
-    if (typeof r === "number") {
-      if (r === -EAGAIN) {
-        this.#watch(conn);
-        return false;
-      }
-      conn.eof = true; // ECONNRESET and friends end the request like an end of stream.
-      return true;
-    }
-    if (r.fds.length > 0 || r.truncated) conn.takeFds(r.fds, r.truncated, headerPhase);
-    if (r.bytes === 0) {
-      conn.eof = true;
-      return true;
-    }
-    if (r.bytes < limit && r.fds.length === 0) conn.drained = true;
-    if (conn.len === 0 && conn.served > 0 && conn.state === State.Header) {
-      // The next request on a kept-alive connection has begun.
-      conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
-    }
-    conn.len += r.bytes;
+    // The next request on a kept-alive connection has begun.
+    if (next && conn.len > 0) conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
     return true;
   }
 
@@ -565,24 +537,8 @@ export class Sessions {
   }
 
   #linger(conn: Conn): void {
-    for (;;) {
-      if (conn.eof || conn.lingerLeft <= 0) {
-        this.close(conn);
-        return;
-      }
-      const r = recvMsg(conn.fd, this.#scratch.subarray(0, Math.min(READ_CHUNK, conn.lingerLeft)));
-      if (typeof r === "number") {
-        if (r === -EAGAIN) {
-          this.#watch(conn);
-          return;
-        }
-        conn.eof = true;
-        continue;
-      }
-      closeAll(r.fds);
-      if (r.bytes === 0) conn.eof = true;
-      conn.lingerLeft -= r.bytes;
-    }
+    if (conn.drainLinger(this.#scratch)) this.close(conn);
+    else this.#watch(conn);
   }
 
   /** Close a connection and everything it holds. */
