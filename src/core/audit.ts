@@ -1,15 +1,12 @@
 /**
- * The JSONL audit log: one compact JSON object per request with the twelve keys of the C broker
- * in their order, strings escaped exactly as it escapes them, and a buffered writer that flushes
- * before the broker sleeps.
+ * The JSONL audit record: one compact JSON object per request with the twelve keys of the C
+ * broker in their order, strings escaped exactly as it escapes them. Pure: the time stamp is
+ * passed in, and writing the lines is the broker's audit sink (`src/broker/audit_sink.ts`).
  *
  * @module
  */
 
-import { fromBinary } from "../protocol/bytes.ts";
 import { jsonString } from "../protocol/json.ts";
-import { errno, libc } from "../ffi.ts";
-import { CLOCK_REALTIME, EAGAIN, EINTR } from "../sys/linux.ts";
 
 /** Re-exported: the escaping is the protocol's (see src/protocol/json.ts). */
 export { jsonString };
@@ -97,78 +94,4 @@ export function formatRecord(tsNs: bigint, r: AuditRecord, peer?: AuditPeer): st
     line += `,"peer_pid":${peer.pid},"peer_uid":${peer.uid},"peer_gid":${peer.gid}`;
   }
   return line + "}\n";
-}
-
-const tsBuf = new BigInt64Array(2);
-const tsBytes = new Uint8Array(tsBuf.buffer);
-
-/** CLOCK_REALTIME in nanoseconds (0 if the clock call fails, like the C broker). */
-export function realtimeNs(): bigint {
-  if (libc.symbols.clock_gettime(CLOCK_REALTIME, tsBytes) !== 0) return 0n;
-  const sec = tsBuf[0] ?? 0n;
-  const nsec = tsBuf[1] ?? 0n;
-  if (sec < 0n || nsec < 0n) return 0n;
-  return sec * 1_000_000_000n + nsec;
-}
-
-/**
- * Buffers audit lines and writes them to a descriptor (stdout by default) in one write per
- * {@link AuditLog.flush}. A closed or broken output never kills the broker (defect D22): the
- * first failure is reported once on stderr and logging stops.
- */
-export class AuditLog {
-  readonly #fd: number;
-  #pending = "";
-  #broken = false;
-  /** When set, each record carries the peer's pid, uid and gid. */
-  withPeer = false;
-  /** Lines handed to the log (whether or not they could be written). */
-  records = 0;
-
-  /**
-   * @param fd the descriptor to write to; negative for no log at all
-   */
-  constructor(fd = 1) {
-    this.#fd = fd;
-  }
-
-  /** Queue one record, time-stamped now. */
-  record(r: AuditRecord, peer?: AuditPeer): void {
-    this.records++;
-    if (this.#broken || this.#fd < 0) return;
-    this.#pending += formatRecord(realtimeNs(), r, this.withPeer ? peer : undefined);
-  }
-
-  /** Queue a raw line (the startup line). */
-  line(text: string): void {
-    if (!this.#broken && this.#fd >= 0) this.#pending += text + "\n";
-  }
-
-  /** Write what is queued. Blocks only as long as the output itself blocks. */
-  flush(): void {
-    if (this.#pending === "" || this.#broken) return;
-    const bytes = fromBinary(this.#pending);
-    this.#pending = "";
-    let off = 0;
-    while (off < bytes.length) {
-      const n = libc.symbols.write(this.#fd, bytes.subarray(off), BigInt(bytes.length - off));
-      if (n >= 0) {
-        off += Number(n);
-        continue;
-      }
-      const e = errno();
-      if (e === EINTR) continue;
-      if (e === EAGAIN) {
-        // A nonblocking output that is full: wait briefly rather than drop the audit trail.
-        const pollfd = new Uint8Array(8);
-        new DataView(pollfd.buffer).setInt32(0, this.#fd, true);
-        new DataView(pollfd.buffer).setInt16(4, 0x4, true);
-        libc.symbols.poll(pollfd, 1n, 100);
-        continue;
-      }
-      this.#broken = true;
-      console.error(`memfdbus: audit log write failed (errno ${e}); audit records are dropped`);
-      return;
-    }
-  }
 }

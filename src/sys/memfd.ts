@@ -179,7 +179,7 @@ export function inspectSealedFd(
   if (fd < 0) return { kind: "bad-fd" };
   const st = tryFstat(fd);
   if (typeof st === "number") {
-    return st === EBADF ? { kind: "bad-fd" } : { kind: "fstat", errno: st };
+    return st === -EBADF ? { kind: "bad-fd" } : { kind: "fstat", errno: -st };
   }
   if (!isRegular(st.mode)) return { kind: "not-regular" };
   if (expectedSize !== undefined && st.size !== expectedSize) {
