@@ -56,6 +56,8 @@ export {
 } from "./src/errors.ts";
 export { SocketPathError } from "./src/client/connection.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
+export { type MetricsAddress, parseMetricsAddress } from "./src/core/options.ts";
+export { type QuotaLimits, type Quotas, type RetentionRule } from "./src/core/governance.ts";
 export {
   brokerFdProblemText,
   describeFdProblem,
