@@ -149,7 +149,9 @@ export class Watch implements AsyncIterable<BusEvent>, Disposable {
     this.newestId = newestId;
     this.queueLength = queueLength;
     this.#signal = signal;
-    signal?.addEventListener("abort", this.#onAbort, { once: true });
+    // An abort that landed while the broker was answering stops the watch at once.
+    if (signal?.aborted === true) this.#stopping = true;
+    else signal?.addEventListener("abort", this.#onAbort, { once: true });
   }
 
   /**
