@@ -115,16 +115,9 @@ function selectorOf(target: WatchTarget): WatchSelector {
 
 /**
  * A running watch: iterate it for events. Iterate it once; the connection closes when the
- * iteration ends, on abort, and on {@link Watch.close}.
- *
- * @example
- * ```ts ignore
- * using watch = await Watch.open(connection, { prefix: "model/" });
- * for await (const ev of watch) {
- *   console.log(ev.kind, ev.id, ev.name);
- *   if (ev.kind === "publish") break; // closes the stream
- * }
- * ```
+ * iteration ends, on abort, and on {@link Watch.close}. Typical use: `using watch = await
+ * Watch.open(connection, { prefix: "model/" })`, then `for await (const ev of watch)`, where a
+ * `break` closes the stream.
  */
 export class Watch implements AsyncIterable<BusEvent>, Disposable {
   readonly #transport: WatchTransport;

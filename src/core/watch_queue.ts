@@ -44,13 +44,7 @@ const costOf = (ev: WatchEvent): number => 64 + ev.name.length;
 /**
  * A bounded FIFO of watch events that coalesces per name when full (see the module text).
  *
- * @example
- * ```ts ignore
- * const q = new WatchQueue({ events: 2, bytes: 1 << 20 });
- * q.push(a1); q.push(b1); q.push(a2); // full: a2 replaces a1, with missed 1
- * q.shift(); // b1
- * q.shift(); // a2 (missed: 1)
- * ```
+ * With room for 2 events: after a1, b1, a2 the queue holds b1 then a2 (missed 1).
  */
 export class WatchQueue {
   readonly #limits: WatchQueueLimits;
