@@ -57,6 +57,8 @@ export {
 } from "./src/errors.ts";
 export { SocketPathError } from "./src/client/connection.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
+export type { MetricsAddress } from "./src/core/options.ts";
+export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
 export {
   describeFdProblem,
   getSeals,

@@ -23,6 +23,8 @@ export type AuditOp =
   | "stat"
   | "recover"
   | "takeover"
+  | "release"
+  | "evict"
   | "unknown";
 
 /** One audit record. Strings are binary strings (raw bytes); null prints as JSON null. */
@@ -47,6 +49,11 @@ export interface AuditRecord {
   jobId: string | null;
   /** The exact error text, or null on success. */
   error: string | null;
+  /**
+   * Why the broker let an object go on its own (`release` and `evict` records only): written
+   * after the twelve keys as `reason`, with the id of the PUT that caused it as `cause_id`.
+   */
+  reason?: { readonly why: string; readonly causeId: number } | undefined;
 }
 
 /** The kernel-reported identity of the peer, added after the twelve keys when enabled. */
@@ -75,6 +82,39 @@ export function blankRecord(op: AuditOp, result: AuditResult, error: string | nu
   };
 }
 
+/**
+ * The record of an object the broker released on its own: op `release` for retention, `evict`
+ * for eviction under pressure (never `drop`, which is a client's request). The twelve keys carry
+ * the object as a DROP record would (id, name, size, digest, and its owner job as `job_id`);
+ * `reason` and `cause_id` follow them.
+ *
+ * @param obj the object released
+ * @param op `release` (retention) or `evict` (pressure)
+ * @param reason the retention or the limit, e.g. `retention`, `broker_bytes`, `job_objects`
+ * @param causeId the id of the PUT that caused it
+ */
+export function releaseRecord(
+  obj: {
+    readonly id: number;
+    readonly name: string;
+    readonly size: number;
+    readonly digest: string;
+    readonly owner: string | null;
+  },
+  op: "release" | "evict",
+  reason: string,
+  causeId: number,
+): AuditRecord {
+  const rec = blankRecord(op, "ok", null);
+  rec.objectId = obj.id;
+  rec.name = obj.name;
+  rec.size = obj.size;
+  rec.digest = obj.digest;
+  rec.jobId = obj.owner;
+  rec.reason = { why: reason, causeId };
+  return rec;
+}
+
 function u64OrNull(v: bigint | number | null): string {
   return v === null || v === 0 || v === 0n ? "null" : String(v);
 }
@@ -90,6 +130,9 @@ export function formatRecord(tsNs: bigint, r: AuditRecord, peer?: AuditPeer): st
     `,"name":${jsonString(r.name)},"size":${countOrNull(r.size)},"count":${countOrNull(r.count)}` +
     `,"digest":${jsonString(r.digest)},"job_id":${jsonString(r.jobId)}` +
     `,"error":${jsonString(r.error)}`;
+  if (r.reason !== undefined) {
+    line += `,"reason":${jsonString(r.reason.why)},"cause_id":${r.reason.causeId}`;
+  }
   if (peer !== undefined) {
     line += `,"peer_pid":${peer.pid},"peer_uid":${peer.uid},"peer_gid":${peer.gid}`;
   }

@@ -90,6 +90,12 @@ export const Cmd = {
    * reply carries the listening socket, then the connection carries the objects.
    */
   TAKEOVER: 0x102,
+  /**
+   * Extension: subscribe to events (publish, drop, release, eviction) for a name, a name prefix
+   * or every name the caller may list. After the OK reply the connection carries watch event
+   * frames (see `src/protocol/watch.ts`). A C broker answers `unknown command`.
+   */
+  WATCH: 0x103,
 } as const;
 
 /**
