@@ -12,6 +12,7 @@ import {
   AT_SYMLINK_NOFOLLOW,
   EAGAIN,
   EINTR,
+  F_DUPFD_CLOEXEC,
   F_GET_SEALS,
   F_GETFD,
   F_GETFL,
@@ -135,6 +136,11 @@ export function isCloexec(fd: number): boolean {
 /** The file status flags (O_APPEND, O_NONBLOCK, access mode). */
 export function statusFlags(fd: number): number {
   return check(libc.symbols.fcntl(fd, F_GETFL, 0), "fcntl", "F_GETFL");
+}
+
+/** A new close-on-exec descriptor for the same open file (fcntl F_DUPFD_CLOEXEC). */
+export function dupCloexec(fd: number, context = "dup"): number {
+  return check(libc.symbols.fcntl(fd, F_DUPFD_CLOEXEC, 0), "fcntl", context);
 }
 
 /** Set or clear O_NONBLOCK. */
