@@ -18,6 +18,7 @@ import {
 } from "../src/cluster/options.ts";
 import {
   type ClusterEntry,
+  type ClusterVersion,
   decodeRecord,
   encodeDrop,
   encodePut,
@@ -100,7 +101,7 @@ async function tier(
 }
 
 /** Publish `bytes` under `name` from `t` and wait for the commit. */
-async function put(t: ClusterTier, name: string, bytes: Uint8Array) {
+async function put(t: ClusterTier, name: string, bytes: Uint8Array): Promise<ClusterVersion> {
   using m = sealed(bytes);
   return await t.publish(entryFor(name, bytes, t.hostId), m.fd);
 }
@@ -507,4 +508,21 @@ natsTest("one node of three killed: work continues after retry", async () => {
   }, 60_000);
   using pulled = got as unknown as Memfd;
   assertEquals(digestOf(contents(pulled)), v2.digest);
+});
+
+natsTest("back-to-back publishes all commit (none is left waiting in the queue)", async () => {
+  await using node = await NatsNode.single();
+  await using a = await tier([node.url], "host-a", `t${bucketSeq++}`);
+  const fds = Array.from({ length: 20 }, (_, i) => sealed(enc.encode(`v${i}`)));
+  try {
+    let last = 0;
+    for (const [i, m] of fds.entries()) {
+      const v = await a.publish(entryFor("seq", enc.encode(`v${i}`), "host-a"), m.fd);
+      assert(v.revision > last);
+      last = v.revision;
+    }
+    assertEquals((await a.resolve("seq"))?.digest, digestOf(enc.encode("v19")));
+  } finally {
+    for (const m of fds) m.close();
+  }
 });

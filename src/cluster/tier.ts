@@ -290,6 +290,8 @@ export class ClusterTier implements AsyncDisposable {
     if (this.#draining !== null || this.#closed) return;
     this.#draining = this.#track(this.#drain()).finally(() => {
       this.#draining = null;
+      // A job added after the loop found the queue empty, but before this ran, needs a new run.
+      if (this.#queue.length > 0 && this.#connected) this.#kick();
     });
   }
 
