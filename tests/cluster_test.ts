@@ -80,8 +80,17 @@ function contents(m: Memfd): Uint8Array {
   return map.bytes.slice();
 }
 
+/** Descriptors of pulled memfds (labelled `cluster:<digest>`) this process holds. */
 function openFds(): number {
-  return [...Deno.readDirSync("/proc/self/fd")].length;
+  let n = 0;
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${e.name}`).startsWith("/memfd:cluster:")) n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
 }
 
 let bucketSeq = 0;
