@@ -482,13 +482,17 @@ async function shadowCost(): Promise<void> {
   }).spawn();
   let mirrored: number;
   try {
-    await waitFor(() => {
-      try {
-        return Deno.lstatSync(shadowPath).isSocket;
-      } catch {
-        return false;
-      }
-    }, 30_000, `the shadow's socket ${shadowPath}`);
+    await waitFor(
+      () => {
+        try {
+          return Deno.lstatSync(shadowPath).isSocket;
+        } catch {
+          return false;
+        }
+      },
+      30_000,
+      `the shadow's socket ${shadowPath}`,
+    );
     mirrored = await measure(["--shadow", shadowPath]);
   } finally {
     shadow.kill("SIGTERM");

@@ -559,7 +559,11 @@ Deno.test("capture of a missing command exits 127, of one it cannot execute 126,
     "--",
     "/nonexistent/command",
   ]);
-  assertEquals([r.code, r.stdout, r.stderr], [127, "", "command not found: /nonexistent/command\n"]);
+  assertEquals([r.code, r.stdout, r.stderr], [
+    127,
+    "",
+    "command not found: /nonexistent/command\n",
+  ]);
   const notExec = await cli(["capture", "--name", "x", "--socket", broker.socket, "--", dir.path]);
   assertEquals([notExec.code, notExec.stderr], [
     126,
@@ -693,6 +697,8 @@ Deno.test({
       ).test(put.screen),
       JSON.stringify(put.screen),
     );
+    // After 100% the line says the broker is verifying instead of going blank.
+    ok(put.screen.includes("\rput verifying…\x1b[K"), JSON.stringify(put.screen));
     ok(put.screen.endsWith("\r\x1b[K1\r\n"), JSON.stringify(put.screen));
     const get = await cliOnTerminal(["get", "1", "copy.bin", "--socket", broker.socket], dir.path);
     assertEquals(get.code, 0);

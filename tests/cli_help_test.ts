@@ -65,7 +65,13 @@ Deno.test("--flag value and --flag=value work alike for every valued flag, the b
   await using broker = await BrokerProcess.start(dir.path, ["--max-objects=2"]);
   const sock = broker.socket;
   Deno.writeFileSync(`${dir.path}/a.txt`, enc("alpha"));
-  const put1 = await cli(["put", `${dir.path}/a.txt`, "--name=a", `--socket=${sock}`, "--job-id=j"]);
+  const put1 = await cli([
+    "put",
+    `${dir.path}/a.txt`,
+    "--name=a",
+    `--socket=${sock}`,
+    "--job-id=j",
+  ]);
   const put2 = await cli(["put", `${dir.path}/a.txt`, "--name", "b", "--socket", sock]);
   assertEquals([put1.code, put1.stdout, put2.code, put2.stdout], [0, "1\n", 0, "2\n"]);
   // The broker took --max-objects=2: a third object is refused.
@@ -143,7 +149,12 @@ Deno.test("MEMFDBUS_SOCKET is the default socket of the client commands and of t
     Deno.writeFileSync(`${dir.path}/e.txt`, enc("env"));
     const put = await cli(["put", `${dir.path}/e.txt`], { env: { MEMFDBUS_SOCKET: sock } });
     const list = await cli(["list", "--json"], { env: { MEMFDBUS_SOCKET: sock } });
-    assertEquals([put.code, put.stdout, list.code, JSON.parse(list.stdout).length], [0, "1\n", 0, 1]);
+    assertEquals([put.code, put.stdout, list.code, JSON.parse(list.stdout).length], [
+      0,
+      "1\n",
+      0,
+      1,
+    ]);
   } finally {
     child.kill("SIGTERM");
     await child.status;
