@@ -34,18 +34,18 @@ Deno.test("connection errors name the socket and say whether a broker could be t
   assertEquals([a.code, a.stdout, a.stderr], [1, "", noBrokerLine(missing)]);
   assertEquals([b.code, b.stderr], [
     1,
-    `cannot connect to memfdbus broker at ${dir.path}/file.sock: a file is there, not a socket — ` +
+    `connect: Connection refused (socket ${dir.path}/file.sock) — a file is there, not a socket; ` +
     "check --socket (or MEMFDBUS_SOCKET)\n",
   ]);
   assertEquals([c.code, c.stderr], [
     1,
-    `cannot connect to memfdbus broker at ${dir.path}/dir.sock: a directory is there, not a ` +
-    "socket — check --socket (or MEMFDBUS_SOCKET)\n",
+    `connect: Connection refused (socket ${dir.path}/dir.sock) — a directory is there, not a ` +
+    "socket; check --socket (or MEMFDBUS_SOCKET)\n",
   ]);
   if (staleLeft) {
     assertEquals([d.code, d.stderr], [
       1,
-      `cannot connect to memfdbus broker at ${stale}: Connection refused — no broker is listening ` +
+      `connect: Connection refused (socket ${stale}) — no broker is listening ` +
       `on it (a broker that died left it behind?); start one with \`memfdbus broker --socket ${stale}\`\n`,
     ]);
   } else {
@@ -59,7 +59,7 @@ Deno.test("at the default socket the hint is plain `memfdbus broker`", async () 
   const r = await cli(["drop", "1"], { env: { MEMFDBUS_SOCKET: sock } });
   assertEquals([r.code, r.stderr], [
     1,
-    `cannot connect to memfdbus broker at ${sock}: No such file or directory — is the broker ` +
+    `connect: No such file or directory (socket ${sock}) — is the broker ` +
     "running? start it with `memfdbus broker`\n",
   ]);
 });

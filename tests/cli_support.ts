@@ -275,7 +275,7 @@ export function probeTmpfs(): string | null {
  * how to start a broker there.
  */
 export function noBrokerLine(path: string): string {
-  return `cannot connect to memfdbus broker at ${path}: No such file or directory — ` +
+  return `connect: No such file or directory (socket ${path}) — ` +
     `is the broker running? start it with \`memfdbus broker --socket ${path}\`\n`;
 }
 

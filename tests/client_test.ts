@@ -591,7 +591,7 @@ Deno.test("a missing socket rejects with a ConnectError (an ErrnoError ENOENT) n
         "ENOENT",
         2,
         "connect",
-        `cannot connect to memfdbus broker at ${dir.path}/none.sock: No such file or directory`,
+        `connect: No such file or directory (socket ${dir.path}/none.sock)`,
         `${dir.path}/none.sock`,
       ]);
       return true;

@@ -81,32 +81,33 @@ const S_IFSOCK = 0o140000;
 const S_IFDIR = 0o040000;
 
 /**
- * The line for a failed connection: the socket path, why, and what to do, for example
- * `cannot connect to memfdbus broker at /tmp/x.sock: No such file or directory — is the broker
- * running? start it with \`memfdbus broker\``.
+ * The line for a failed connection. It starts as the C CLI's does (`connect: <strerror>`, so
+ * scripts that match that prefix keep working), then names the socket and what to do, for
+ * example `connect: No such file or directory (socket /tmp/x.sock) — is the broker running?
+ * start it with \`memfdbus broker\``.
  */
 export function connectMessage(e: ConnectError): string {
   const start = e.socket === defaultSocket()
     ? "`memfdbus broker`"
     : `\`memfdbus broker --socket ${e.socket}\``;
-  const head = `cannot connect to memfdbus broker at ${e.socket}`;
+  const head = `connect: ${e.description} (socket ${e.socket})`;
   const st = tryLstat(e.socket);
   if (st === -ENOENT || e.code === "ENOENT") {
-    return `${head}: ${e.description} — is the broker running? start it with ${start}`;
+    return `${head} — is the broker running? start it with ${start}`;
   }
   if (typeof st !== "number" && (st.mode & S_IFMT) !== S_IFSOCK) {
     const what = (st.mode & S_IFMT) === S_IFDIR ? "a directory" : "a file";
-    return `${head}: ${what} is there, not a socket — check --socket (or MEMFDBUS_SOCKET)`;
+    return `${head} — ${what} is there, not a socket; check --socket (or MEMFDBUS_SOCKET)`;
   }
   if (e.code === "ECONNREFUSED") {
-    return `${head}: ${e.description} — no broker is listening on it (a broker that died left ` +
+    return `${head} — no broker is listening on it (a broker that died left ` +
       `it behind?); start one with ${start}`;
   }
   if (e.code === "EACCES") {
-    return `${head}: ${e.description} — the socket's mode (broker --socket-mode) does not ` +
+    return `${head} — the socket's mode (broker --socket-mode) does not ` +
       `let this user connect`;
   }
-  return e.message;
+  return head;
 }
 
 /** The line the CLI prints for an error. */

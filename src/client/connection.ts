@@ -57,7 +57,7 @@ export class SocketPathError extends Error {
 /**
  * connect(2) to the broker socket failed. An {@link ErrnoError} (`code` tells why, for example
  * `ENOENT` when nothing is at the path) whose message names the socket:
- * `cannot connect to memfdbus broker at /tmp/x.sock: No such file or directory`.
+ * `connect: No such file or directory (socket /tmp/x.sock)`.
  *
  * @example
  * ```ts
@@ -81,7 +81,8 @@ export class ConnectError extends ErrnoError {
    * @param errno the errno value connect left
    */
   constructor(socket: string, errno: number) {
-    super("connect", errno, strerror(errno), `cannot connect to memfdbus broker at ${socket}`);
+    super("connect", errno, strerror(errno));
+    this.message = `connect: ${strerror(errno)} (socket ${socket})`;
     this.name = "ConnectError";
     this.socket = socket;
   }
