@@ -22,6 +22,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   shadow: async () => (await import("./shadow.ts")).shadowCommand,
   stat: async () => (await import("./stat.ts")).statCommand,
   capture: async () => (await import("./capture.ts")).captureCommand,
+  watch: async () => (await import("./watch.ts")).watchCommand,
 };
 
 /**

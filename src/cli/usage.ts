@@ -34,6 +34,11 @@ broker options beyond the C memfdbus:
   --read-only-fds         hand consumers O_RDONLY descriptors (C: O_RDWR, writes fail EPERM)
   --require-job           refuse requests without a job id
   --protect-names         only the job that first published a name may publish it again
+  --keep-versions N       keep the N newest versions of each name, release older ones
+  --evict superseded      over a limit, release superseded versions (least recently
+                          fetched first) instead of refusing (none: refuse)
+  --no-dedup              keep a memfd per PUT even for identical contents
+  --metrics ADDRESS       serve Prometheus metrics at /metrics (HOST:PORT or a path)
 commands beyond the C memfdbus:
   memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
   memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json]
@@ -41,6 +46,9 @@ commands beyond the C memfdbus:
   memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
                    [--json] [--always] -- COMMAND [ARG...]
     stat: id, name, size, digest, seals, owner, allowed job and creation time
+  memfdbus watch [--name NAME | --prefix PREFIX] [--job-id JOB] [--socket PATH]
+                 [--json] [--once]
+    watch: one line per publish, drop, release or eviction until interrupted
   memfdbus shadow --socket PATH
     shadow: hold the objects of a broker started with --shadow PATH (it starts
       one itself when none is running); stop it with SIGTERM
