@@ -58,7 +58,7 @@ import {
 } from "./client/put_source.ts";
 import { Requester } from "./client/request.ts";
 import type { Connection } from "./client/connection.ts";
-import { type BusEvent, Watch, type WatchTarget } from "./client/watch.ts";
+import { Watch, type WatchTarget } from "./client/watch.ts";
 
 /** Options of {@link Client.watch}. */
 export interface ClientWatchOptions {
