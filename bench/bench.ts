@@ -530,9 +530,9 @@ async function governanceCost(): Promise<void> {
   const client = new Client({ socket: broker.socket, jobId: null });
   const watchClient = new Client({ socket: broker.socket, jobId: null });
   using watch = await watchClient.watch({ name: "w" });
-  let arrived: (() => void) | null = null;
+  let arrived = (): void => {};
   const loop = (async () => {
-    for await (const ev of watch) if (ev.kind === "publish") arrived?.();
+    for await (const ev of watch) if (ev.kind === "publish") arrived();
   })();
   await client.put(fresh(), { name: "w" });
   const events: number[] = [];
