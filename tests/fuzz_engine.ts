@@ -222,7 +222,8 @@ const UNKNOWN_CMD = 0x1ff;
 /** Rewrite a TAKEOVER or WATCH command that bit flips produced in an encoded request. */
 function avoidTakeover(bytes: Uint8Array): void {
   const cmd = bytes.length >= 8 ? (bytes[6] ?? 0) | ((bytes[7] ?? 0) << 8) : -1;
-  if (cmd === Cmd.TAKEOVER || cmd === Cmd.WATCH) bytes[6] = 3;
+  // Clearing the high byte leaves GET (0x002) or LIST (0x003).
+  if (cmd === Cmd.TAKEOVER || cmd === Cmd.WATCH) bytes[7] = 0;
 }
 
 /** Commands the broker knows (TAKEOVER and WATCH are never generated: see notTakeover). */
