@@ -25,6 +25,7 @@ export {
   BusObject,
   Client,
   type ClientOptions,
+  type ClientWatchOptions,
   DEFAULT_TIMEOUT_MS,
   defaultSocket,
   type DropResult,
@@ -57,6 +58,14 @@ export {
   UsageError,
 } from "./src/errors.ts";
 export { ConnectError, SocketPathError } from "./src/client/connection.ts";
+export {
+  type BusEvent,
+  Watch,
+  type WatchOptions,
+  type WatchTarget,
+  type WatchTransport,
+} from "./src/client/watch.ts";
+export type { WatchKindName } from "./src/protocol/watch.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";

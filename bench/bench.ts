@@ -510,6 +510,80 @@ async function shadowCost(): Promise<void> {
   row({ section: "g", metric: "shadow cost per put", value: mirrored - plain, unit: "us" });
 }
 
+async function governanceCost(): Promise<void> {
+  console.error("h. cost of retention and dedup per PUT; publish -> watcher event latency");
+  const n = quick ? 300 : 2000;
+  const bytes = patternBytes(4 * KiB);
+  let seq = 0;
+  const fresh = (): Uint8Array => {
+    // Distinct contents (no dedup hit) unless asked otherwise.
+    new DataView(bytes.buffer, bytes.byteOffset).setUint32(0, ++seq, true);
+    return bytes;
+  };
+  const measure = async (args: string[], same: boolean): Promise<number> => {
+    await using broker = await BrokerProcess.start(dir, ["--max-objects", "1000000", ...args]);
+    const client = new Client({ socket: broker.socket, jobId: null });
+    const data = (): Uint8Array => (same ? bytes : fresh());
+    await timeIt(100, async () => void (await client.put(data(), { name: "warm" })));
+    const s = stats(await timeIt(n, async () => void (await client.put(data(), { name: "p" }))));
+    client.close();
+    return s.p50;
+  };
+  const plain = await measure(["--no-dedup"], false);
+  const dedupMiss = await measure([], false);
+  const dedupHit = await measure([], true);
+  const retention = await measure(["--no-dedup", "--keep-versions", "2"], false);
+  row({ section: "h", metric: "put 4 KiB, no dedup, keep all p50", value: plain, unit: "us" });
+  for (
+    const [metric, value] of [
+      ["put 4 KiB, dedup on, new content p50", dedupMiss],
+      ["put 4 KiB, dedup hit (same content) p50", dedupHit],
+      ["put 4 KiB, --keep-versions 2 (one release each) p50", retention],
+    ] as const
+  ) {
+    row({ section: "h", metric, value, unit: "us", floor: plain, ratio: value / plain });
+  }
+
+  await using broker = await BrokerProcess.start(dir, ["--keep-versions", "1"]);
+  const client = new Client({ socket: broker.socket, jobId: null });
+  const watchClient = new Client({ socket: broker.socket, jobId: null });
+  using watch = await watchClient.watch({ name: "w" });
+  let arrived = (): void => {};
+  const loop = (async () => {
+    for await (const ev of watch) if (ev.kind === "publish") arrived();
+  })();
+  await client.put(fresh(), { name: "w" });
+  const events: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const got = new Promise<void>((resolve) => (arrived = resolve));
+    const t0 = performance.now();
+    await Promise.all([got, client.put(fresh(), { name: "w" })]);
+    events.push((performance.now() - t0) * 1000);
+  }
+  const gets = await timeIt(n, async () => void (await client.get({ name: "w" })).close());
+  watch.close();
+  await loop;
+  client.close();
+  watchClient.close();
+  const e = stats(events);
+  const g = stats(gets);
+  row({
+    section: "h",
+    metric: "get round trip, kept connection p50 (floor)",
+    value: g.p50,
+    unit: "us",
+  });
+  row({
+    section: "h",
+    metric: "publish -> watcher event p50",
+    value: e.p50,
+    unit: "us",
+    floor: g.p50,
+    ratio: e.p50 / g.p50,
+  });
+  row({ section: "h", metric: "publish -> watcher event p99", value: e.p99, unit: "us" });
+}
+
 const sections: Record<string, () => Promise<void>> = {
   a: latency,
   b: throughput,
@@ -518,8 +592,9 @@ const sections: Record<string, () => Promise<void>> = {
   e: concurrent,
   f: cliWall,
   g: shadowCost,
+  h: governanceCost,
 };
-const only = Deno.args.filter((a) => /^[a-g]$/.test(a));
+const only = Deno.args.filter((a) => /^[a-h]$/.test(a));
 try {
   for (const [name, run] of Object.entries(sections)) {
     if (only.length === 0 || only.includes(name)) await run();

@@ -39,13 +39,15 @@ export const RUNTIME_UNAVAILABLE = 2;
  * processes the broker starts from its own executable (the `--shadow` process and, on SIGHUP,
  * its successor), and only the environment variables it reads: socket activation's LISTEN_*,
  * MEMFDBUS_JOB_ID and the MEMFDBUS_TAKEOVER handover. `exec` and `capture` start their command
- * through libc (execvp, posix_spawnp); no network, no sys.
+ * through libc (execvp, posix_spawnp). Network only for `broker --metrics` (its HTTP server on a
+ * TCP address or a Unix socket path); no sys.
  */
 export const COMPILE_PERMISSIONS: readonly string[] = [
   "--allow-ffi",
   "--allow-read",
   "--allow-write",
   "--allow-run",
+  "--allow-net",
   "--allow-env=LISTEN_PID,LISTEN_FDS,LISTEN_FDNAMES,MEMFDBUS_JOB_ID,MEMFDBUS_TAKEOVER",
 ];
 

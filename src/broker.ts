@@ -52,6 +52,12 @@ import { ShadowMirror } from "./broker/mirror.ts";
 import { type RunState, Sessions } from "./broker/session.ts";
 import { Handover, receiveTakeover } from "./broker/takeover.ts";
 import { ParkedWaits } from "./broker/waits.ts";
+import { Governor } from "./core/governance.ts";
+import { GovernorHooks } from "./broker/governor_hooks.ts";
+import { Watchers } from "./broker/watchers.ts";
+import { type BrokerMetrics, type MetricsServer, serveMetrics } from "./broker/metrics.ts";
+import { brokerMetrics } from "./broker/observe.ts";
+import type { MetricsAddress } from "./core/options.ts";
 
 export type { AuditSink } from "./broker/audit_sink.ts";
 
@@ -153,6 +159,10 @@ export class Broker implements AsyncDisposable {
   readonly #admission: Admission;
   readonly #mirror: ShadowMirror;
   readonly #handover: Handover;
+  readonly #governor: Governor;
+  readonly #watchers: Watchers;
+  readonly #metrics: BrokerMetrics | null;
+  #metricsServer: MetricsServer | null = null;
   #graceDeadline = 0;
   #stopped = false;
   #resolveClosed: () => void = () => {};
@@ -179,6 +189,12 @@ export class Broker implements AsyncDisposable {
     const poller = loop.poller;
     const waits = this.#waits;
     const descriptors = this.#descriptors = new ObjectDescriptors(options.readOnlyFds, events);
+    const governor = this.#governor = new Governor(options, store);
+    const watchers = this.#watchers = new Watchers({
+      events,
+      clock: realtimeNs,
+      lost: (n) => (counters.watchLost += n),
+    });
     const mirror = this.#mirror = new ShadowMirror({
       store,
       poller,
@@ -187,6 +203,21 @@ export class Broker implements AsyncDisposable {
       events,
       run,
       diagnostics,
+      governor,
+    });
+    const hooks = new GovernorHooks({
+      store,
+      governor,
+      descriptors,
+      events,
+      audit,
+      counters,
+      unmirror: (id) => mirror.removed(id),
+    });
+    const metrics = this.#metrics = options.metrics === null ? null : brokerMetrics({
+      store,
+      governor,
+      counters,
     });
     const sessions = this.#sessions = new Sessions({
       options,
@@ -202,6 +233,10 @@ export class Broker implements AsyncDisposable {
       inlineHashLimit,
       takeover: (conn) => this.#handover.request(conn),
       ledger: null,
+      governor: { rules: governor, hooks },
+      watchers,
+      latency: metrics === null ? null : (s) => metrics.latency.observe(s),
+      deduped: () => counters.dedupHits++,
     }, realtimeNs);
     this.#admission = new Admission(listener, {
       options,
@@ -212,7 +247,9 @@ export class Broker implements AsyncDisposable {
       counters,
       run,
       ledger: null,
-      needPeer: options.auditPeer || options.policy.jobs.size > 0,
+      // Uid quotas need the publisher's uid (SO_PEERCRED) at PUT.
+      needPeer: options.auditPeer || options.policy.jobs.size > 0 ||
+        options.quotas.perUid !== null || options.quotas.uids.size > 0,
     });
     this.#handover = new Handover({
       store,
@@ -226,6 +263,7 @@ export class Broker implements AsyncDisposable {
       connections: () => sessions.size,
       parkedWaits: () => waits.count,
       hashQueue: () => hash.inFlight,
+      watchers: () => watchers.count,
     });
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
@@ -285,6 +323,7 @@ export class Broker implements AsyncDisposable {
           events: broker.#events,
           mirror: broker.#mirror,
           admit: (fd) => broker.#admission.admit(fd),
+          governor: broker.#governor,
         });
       } else {
         broker.#audit.line(`memfdbus broker listening on ${options.socket}`);
@@ -296,6 +335,16 @@ export class Broker implements AsyncDisposable {
       throw e;
     }
     broker.#audit.flush();
+    if (options.metrics !== null && broker.#metrics !== null) {
+      const metrics = broker.#metrics;
+      try {
+        broker.#metricsServer = await serveMetrics(options.metrics, () => metrics.render());
+      } catch (e) {
+        broker.#beginStop();
+        broker.#finishStop();
+        throw e;
+      }
+    }
     void broker.#loop.run(broker.#driver());
     return broker;
   }
@@ -325,9 +374,27 @@ export class Broker implements AsyncDisposable {
     return this.#store.count;
   }
 
-  /** Connections currently open. */
+  /** Connections currently open (watchers included). */
   get connectionCount(): number {
     return this.#sessions.size;
+  }
+
+  /** Watch streams currently open. */
+  get watcherCount(): number {
+    return this.#watchers.count;
+  }
+
+  /**
+   * Where `/metrics` is served (with the real port when port 0 was asked for), or null without
+   * `metrics`.
+   */
+  get metricsAddress(): MetricsAddress | null {
+    return this.#metricsServer?.address ?? null;
+  }
+
+  /** The Prometheus text a scrape of `/metrics` would return now, or null without `metrics`. */
+  metricsText(): string | null {
+    return this.#metrics?.render() ?? null;
   }
 
   /**
@@ -420,7 +487,8 @@ export class Broker implements AsyncDisposable {
 
   #finishStopIfDone(): boolean {
     const busy = this.#sessions.all().some((c) =>
-      c.state !== State.Linger && c.state !== State.Handover && !c.idle
+      c.state !== State.Linger && c.state !== State.Handover && c.state !== State.Watch &&
+      !c.idle
     );
     if (busy && performance.now() < this.#graceDeadline) return false;
     const handed = this.#handover.perform();
@@ -438,8 +506,14 @@ export class Broker implements AsyncDisposable {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#admission.closeListener();
+    // Watchers get what their sockets take now; after a takeover they reconnect.
+    this.#watchers.flushAll();
     for (const conn of this.#sessions.all()) this.#sessions.close(conn);
+    const closedFds = new Set<number>();
     for (const obj of this.#store.values()) {
+      // Objects that share a memfd share its descriptor: close it once.
+      if (closedFds.has(obj.fd)) continue;
+      closedFds.add(obj.fd);
       closeQuietly(obj.fd);
       this.#events.emit("release", obj);
     }
@@ -450,6 +524,9 @@ export class Broker implements AsyncDisposable {
     this.#audit.flush();
     this.#loop.close();
     inProcess.brokers--;
-    this.#resolveClosed();
+    const server = this.#metricsServer;
+    this.#metricsServer = null;
+    if (server === null) this.#resolveClosed();
+    else void server.close().finally(() => this.#resolveClosed());
   }
 }

@@ -57,6 +57,18 @@ import {
   type PutSource,
 } from "./client/put_source.ts";
 import { Requester } from "./client/request.ts";
+import type { Connection } from "./client/connection.ts";
+import { Watch, type WatchTarget } from "./client/watch.ts";
+
+/** Options of {@link Client.watch}. */
+export interface ClientWatchOptions {
+  /** The job whose view to watch (default: the client's job id; null: unscoped). */
+  readonly jobId?: string | null;
+  /** Ends the watch (the iteration stops without an error). */
+  readonly signal?: AbortSignal;
+  /** How long the broker has to accept the watch, in ms (default: the client's timeout). */
+  readonly timeoutMs?: number;
+}
 import {
   jobBytesOf,
   nameBytesOf,
@@ -427,6 +439,8 @@ export class Client implements AsyncDisposable, Disposable {
       allowed: entry?.allowed ?? null,
       createdNs: null,
       seals: seals < 0 ? null : seals,
+      shared: null,
+      ownerUsage: null,
     };
   }
 
@@ -540,6 +554,45 @@ export class Client implements AsyncDisposable, Disposable {
    */
   close(): void {
     this.#requester.close();
+  }
+
+  // ---- WATCH -------------------------------------------------------------------------------
+
+  /**
+   * Follow what happens to objects: publishes, drops, retention releases and evictions of one
+   * name (`{ name }`), of names under a prefix (`{ prefix }`), or of every name the job may list
+   * (`{}`), pushed by the broker on a connection of their own. The result is an `AsyncIterable`
+   * of {@link BusEvent}s; a `break`, `options.signal` or `using` closes it. A watcher that reads
+   * too slowly loses events, never delays the broker: they coalesce per name (`missed` counts
+   * them) or arrive as one `missed` event. After a `--takeover` the watch reconnects by itself
+   * (see {@link WatchOptions.reconnect}). A C broker refuses with a {@link BrokerError}
+   * (`unknown command`).
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * using watch = await client.watch({ prefix: "model/" });
+   * for await (const ev of watch) {
+   *   console.log(ev.kind, ev.id, ev.name);
+   *   if (ev.kind === "publish") break;
+   * }
+   * ```
+   *
+   * @param target a name, a prefix, or `{}`
+   * @param options job (default: the client's), abort signal, accept timeout
+   */
+  async watch(target: WatchTarget = {}, options: ClientWatchOptions = {}): Promise<Watch> {
+    const job = options.jobId === undefined ? this.#jobId : options.jobId;
+    const timeoutMs = options.timeoutMs ?? this.#timeoutMs;
+    const connect = (): Promise<Connection> => this.#requester.connect(timeoutMs);
+    const conn = await connect();
+    return await Watch.open(conn, target, {
+      job,
+      timeoutMs,
+      reconnect: connect,
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
+    });
   }
 
   /** Same as {@link Client.close}. */

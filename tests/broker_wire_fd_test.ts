@@ -36,7 +36,8 @@ import { Cmd } from "../src/protocol/wire.ts";
 
 Deno.test("extra descriptors in one SCM_RIGHTS message are closed and the request is handled (D7)", async (t) => {
   using dir = tempDir();
-  await using broker = await BrokerProcess.start(dir.path);
+  // One descriptor per stored object: identical contents are not shared (dedup has its own tests).
+  await using broker = await BrokerProcess.start(dir.path, ["--no-dedup"]);
   const s = new Session(broker);
   const baseline = await s.settledFdCount();
   const first = enc("first");
@@ -334,7 +335,7 @@ Deno.test("a broker at its descriptor limit answers with an error, stays up and 
     ? ["prlimit", "--nofile=40:40", "--"]
     : ["sh", "-c", 'ulimit -n 40; exec "$0" "$@"'];
   using dir = tempDir();
-  await using broker = await BrokerProcess.start(dir.path, [], { wrap });
+  await using broker = await BrokerProcess.start(dir.path, ["--no-dedup"], { wrap });
   const s = new Session(broker);
   const data = enc("limit");
   const acked: number[] = [];

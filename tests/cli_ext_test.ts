@@ -159,7 +159,8 @@ Deno.test("stat prints id, name, size, digest, seals, owner, allowed and created
   ok(created !== null, `created line: ${lines[7]}`);
   const ms = Date.parse(created[1] ?? "");
   ok(ms >= before - 1000 && ms <= after + 1000, `created ${created[1]} not near the put`);
-  assertEquals(lines.length, 9); // eight lines and the final newline
+  // The extension row (this broker says whether the object shares its memory), then the newline.
+  assertEquals(lines.slice(8), ["shared:  no", ""]);
 });
 
 Deno.test("stat --name --json describes the newest object of that name", async () => {
@@ -183,6 +184,10 @@ Deno.test("stat --name --json describes the newest object of that name", async (
     owner: "alpha",
     allowed: "beta",
     created: "",
+    // Extensions: the second PUT of the same bytes shares the first one's memfd, and alpha
+    // holds one object of 5 bytes.
+    shared: true,
+    owner_usage: { objects: 1, bytes: 5 },
   });
   assertEquals(Object.keys(v), [
     "id",
@@ -194,6 +199,8 @@ Deno.test("stat --name --json describes the newest object of that name", async (
     "owner",
     "allowed",
     "created",
+    "shared",
+    "owner_usage",
   ]);
 });
 

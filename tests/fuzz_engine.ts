@@ -211,17 +211,22 @@ function maybeJob(r: Rng, p: number): Uint8Array {
  * fuzz target, so it is never generated.
  */
 function notTakeover(cmd: number): number {
-  return cmd === Cmd.TAKEOVER ? cmd + 1 : cmd;
+  // WATCH (0x103, right after TAKEOVER) is left out too: an accepted watch keeps its connection
+  // open for events instead of answering once. 0x1ff is a command no broker knows.
+  return cmd === Cmd.TAKEOVER || cmd === Cmd.WATCH ? UNKNOWN_CMD : cmd;
 }
 
-/** Rewrite a TAKEOVER command that bit flips produced in an encoded request. */
+/** A command number no broker knows (answered `unknown command`). */
+const UNKNOWN_CMD = 0x1ff;
+
+/** Rewrite a TAKEOVER or WATCH command that bit flips produced in an encoded request. */
 function avoidTakeover(bytes: Uint8Array): void {
-  if (bytes.length >= 8 && ((bytes[6] ?? 0) | ((bytes[7] ?? 0) << 8)) === Cmd.TAKEOVER) {
-    bytes[6] = 3;
-  }
+  const cmd = bytes.length >= 8 ? (bytes[6] ?? 0) | ((bytes[7] ?? 0) << 8) : -1;
+  // Clearing the high byte leaves GET (0x002) or LIST (0x003).
+  if (cmd === Cmd.TAKEOVER || cmd === Cmd.WATCH) bytes[7] = 0;
 }
 
-/** Commands the broker knows (TAKEOVER is never generated: see notTakeover). */
+/** Commands the broker knows (TAKEOVER and WATCH are never generated: see notTakeover). */
 const KNOWN = new Set<number>([Cmd.PUT, Cmd.GET, Cmd.LIST, Cmd.DROP, Cmd.STAT]);
 
 function flags(r: Rng): number {

@@ -165,8 +165,20 @@ Deno.test("parseStat reads back what formatStat wrote, created_ns with every dig
       allowed: o.allowed === null ? null : fromUtf8(fromBinary(o.allowed)),
       createdNs: o.createdNs,
       seals: o.seals < 0 ? null : o.seals,
+      shared: null,
+      ownerUsage: null,
     });
   });
+  // The extension keys after the C-compatible ones: sharing and the owner's usage.
+  const ext = formatStat({
+    ...sample("x", 0),
+    seals: 15,
+    shared: true,
+    ownerUsage: { objects: 2, bytes: 7 },
+  });
+  ok(ext.endsWith(`"seals":15,"shared":true,"owner_objects":2,"owner_bytes":7}`), ext);
+  const back = parseStat(ext);
+  assertEquals([back.shared, back.ownerUsage], [true, { objects: 2, bytes: 7 }]);
   const big = parseStat(`{"name":"n","digest":"d","created_ns":18446744073709551615}`);
   assertEquals(big.createdNs, 18446744073709551615n);
   assertEquals([big.owner, big.allowed, big.seals], [null, null, null]);
@@ -297,6 +309,7 @@ Deno.test("mod.ts and the ./protocol entry export exactly the documented names",
     "Status",
     "TimeoutError",
     "UsageError",
+    "Watch",
     "defaultBrokerOptions",
     "defaultSocket",
     "describeFdProblem",

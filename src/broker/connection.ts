@@ -34,6 +34,8 @@ export const enum State {
   Send,
   /** Reply sent; draining what the client still sends before closing. */
   Linger,
+  /** A watcher: the connection carries watch events (see `watchers.ts`). */
+  Watch,
   /** Closed. */
   Closed,
 }
@@ -98,6 +100,8 @@ export class Conn {
   hup = false;
   /** The last read came back short: nothing more is queued until epoll reports an edge. */
   drained = false;
+  /** When the current request's header was read (performance.now()), or -1 when not timed. */
+  startedAt = -1;
 
   /**
    * @param token the poller token

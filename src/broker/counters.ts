@@ -19,6 +19,9 @@ const OPS: readonly AuditOp[] = [
   "stat",
   "recover",
   "takeover",
+  "release",
+  "evict",
+  "watch",
   "unknown",
 ];
 const RESULTS: readonly AuditResult[] = ["ok", "bad_request", "not_found", "forbidden", "error"];
@@ -34,6 +37,8 @@ export interface Gauges {
   parkedWaits(): number;
   /** Digests handed to Workers and not answered yet. */
   hashQueue(): number;
+  /** Watch streams open now. */
+  watchers?(): number;
 }
 
 /** A point-in-time copy of the counters. */
@@ -50,6 +55,14 @@ export interface CounterSnapshot {
   readonly parkedWaits: number;
   /** Digests queued for Workers now. */
   readonly hashQueue: number;
+  /** Watch streams open now. */
+  readonly watchers: number;
+  /** Objects the broker released on its own, by reason (retention, or the limit that evicted). */
+  readonly releases: Readonly<Record<string, number>>;
+  /** PUTs stored on the memfd of identical content. */
+  readonly dedupHits: number;
+  /** Watch events slow watchers did not receive one by one. */
+  readonly watchLost: number;
 }
 
 function zeroCounts(): RequestCounts {
@@ -70,6 +83,12 @@ export class BrokerCounters {
   accepted = 0;
   /** Connections refused at the door. */
   refused = 0;
+  /** Objects released by the broker on its own, by reason. */
+  readonly releases: Record<string, number> = {};
+  /** PUTs stored on the memfd of identical content. */
+  dedupHits = 0;
+  /** Watch events slow watchers lost. */
+  watchLost = 0;
   #gauges: Gauges | null = null;
 
   /** Connect the live gauges (the facade does, once its parts exist). */
@@ -80,6 +99,11 @@ export class BrokerCounters {
   /** Count one audit record. */
   count(rec: AuditRecord): void {
     this.requests[rec.op][rec.result]++;
+  }
+
+  /** Count an object released by retention or evicted, by its reason. */
+  released(reason: string): void {
+    this.releases[reason] = (this.releases[reason] ?? 0) + 1;
   }
 
   /** A copy of every counter and gauge. */
@@ -94,6 +118,10 @@ export class BrokerCounters {
       connections: g?.connections() ?? 0,
       parkedWaits: g?.parkedWaits() ?? 0,
       hashQueue: g?.hashQueue() ?? 0,
+      watchers: g?.watchers?.() ?? 0,
+      releases: { ...this.releases },
+      dedupHits: this.dedupHits,
+      watchLost: this.watchLost,
     };
   }
 }

@@ -1,8 +1,9 @@
 /**
  * The broker announces what happens to objects, whatever brought them in (a PUT, recovery from
  * the shadow, a takeover): `publish` when an object enters the store, `drop` when it leaves it
- * (DROP, or a recovered object whose digest did not match), `release` when the broker closes its
- * descriptor of it. Watch streams, metrics and a cluster tier subscribe here instead of reaching
+ * (DROP, a recovered object whose digest did not match, or the broker's own retention release or
+ * eviction, which carry a {@link DropCause}), `release` when the broker closes its descriptor of
+ * it (with shared contents, only when the last object on that memfd goes). Watch streams, metrics and a cluster tier subscribe here instead of reaching
  * into the session code.
  *
  * Listeners run synchronously on the event loop: they must not block, and a listener that throws
@@ -16,8 +17,25 @@ import type { StoredObject } from "../core/store.ts";
 /** What happened to an object. */
 export type ObjectEventType = "publish" | "drop" | "release";
 
-/** A listener: the event type and the object (its descriptor is the broker's; do not close it). */
-export type ObjectListener = (type: ObjectEventType, obj: StoredObject) => void;
+/** Why the broker itself let an object go: retention, or eviction under a limit's pressure. */
+export interface DropCause {
+  /** `release` (retention kept newer versions) or `evict` (room was needed). */
+  readonly kind: "release" | "evict";
+  /** The retention or limit reason (see `ReleaseReason` in `src/core/governance.ts`). */
+  readonly reason: string;
+  /** The id of the PUT that caused it. */
+  readonly causeId: number;
+}
+
+/**
+ * A listener: the event type, the object (its descriptor is the broker's; do not close it) and,
+ * for a `drop` the broker made on its own, why.
+ */
+export type ObjectListener = (
+  type: ObjectEventType,
+  obj: StoredObject,
+  cause?: DropCause,
+) => void;
 
 /** A typed listener list. */
 export class ObjectEvents {
@@ -40,12 +58,12 @@ export class ObjectEvents {
   }
 
   /** Tell every listener. */
-  emit(type: ObjectEventType, obj: StoredObject): void {
+  emit(type: ObjectEventType, obj: StoredObject, cause?: DropCause): void {
     const list = this.#listeners;
     if (list.length === 0) return;
     for (const l of list) {
       try {
-        l(type, obj);
+        l(type, obj, cause);
       } catch {
         this.off(l);
       }

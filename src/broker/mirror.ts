@@ -9,6 +9,7 @@
 
 import { type AuditResult, blankRecord } from "../core/audit.ts";
 import type { Outcome } from "../core/handlers.ts";
+import type { Governor } from "../core/governance.ts";
 import type { Store, StoredObject } from "../core/store.ts";
 import { closeQuietly } from "../ffi.ts";
 import type { HashOutcome, HashPool } from "../hash/verifier.ts";
@@ -34,6 +35,8 @@ export interface MirrorParts {
   readonly events: ObjectEvents;
   readonly run: RunState;
   readonly diagnostics: Diagnostics;
+  /** Told of recovered objects added and removed. */
+  readonly governor?: Governor;
 }
 
 /** The shadow mirror; inactive (replies never wait) until {@link ShadowMirror.attach}. */
@@ -79,6 +82,7 @@ export class ShadowMirror implements Commit {
     let bytes = 0;
     for (const obj of objects) {
       store.restore(obj, nextId);
+      p.governor?.added(obj);
       p.events.emit("publish", obj);
       bytes += obj.size;
     }
@@ -108,11 +112,14 @@ export class ShadowMirror implements Commit {
     if ("digest" in answer && answer.digest === obj.digest) return;
     const p = this.#p;
     if (p.store.byId(obj.id) !== obj) return;
-    p.store.remove(obj);
+    const last = p.store.remove(obj);
+    p.governor?.removed(obj);
     this.#link?.remove(obj.id, () => {});
     p.events.emit("drop", obj);
-    closeQuietly(obj.fd);
-    p.events.emit("release", obj);
+    if (last) {
+      closeQuietly(obj.fd);
+      p.events.emit("release", obj);
+    }
     const rec = blankRecord("recover", "error", "digest mismatch after recovery: object removed");
     rec.objectId = obj.id;
     rec.name = obj.name;
@@ -141,6 +148,11 @@ export class ShadowMirror implements Commit {
     if (obj !== undefined) link.add(obj, store.nextId, done);
     else link.remove(id, done);
     if (link.lost) this.#revive();
+  }
+
+  /** An object left the store without a request of its own (retention, eviction). */
+  removed(id: number): void {
+    this.#link?.remove(id, () => {});
   }
 
   /** The shadow link's socket is ready. */

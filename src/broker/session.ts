@@ -60,6 +60,9 @@ import type { PeerLedger } from "./admission.ts";
 import type { ObjectEvents } from "./events.ts";
 import { FIRST_RESERVED_TOKEN } from "./loop.ts";
 import type { ParkedWaits } from "./waits.ts";
+import type { Governor } from "../core/governance.ts";
+import type { GovernorHooks } from "./governor_hooks.ts";
+import type { Watchers } from "./watchers.ts";
 
 const LINGER_MS = 1000;
 const LINGER_BYTES = 1 << 20;
@@ -96,6 +99,14 @@ export interface SessionParts {
   readonly takeover: (conn: Conn) => void;
   /** Per-peer accounting, told when a connection closes (see `admission.ts`). */
   readonly ledger: PeerLedger | null;
+  /** Memory governance, and who carries out its releases. */
+  readonly governor?: { readonly rules: Governor; readonly hooks: GovernorHooks };
+  /** Watch streams. */
+  readonly watchers?: Watchers;
+  /** Told each request's time from its header to its reply, in seconds (metrics). */
+  readonly latency?: ((seconds: number) => void) | null;
+  /** Told of each PUT stored on the memfd of identical content (metrics). */
+  readonly deduped?: () => void;
 }
 
 /** Every open connection and the state machine that drives them. */
@@ -105,7 +116,7 @@ export class Sessions {
   readonly #pool = new BufferPool();
   readonly #scratch = new Uint8Array(READ_CHUNK);
   readonly #reopen: (obj: StoredObject) => number;
-  readonly #release: (obj: StoredObject) => void;
+  readonly #release: (obj: StoredObject, last: boolean) => void;
   readonly #now: () => bigint;
   #nextToken = 1;
   /** Connections in State.Linger. */
@@ -119,9 +130,9 @@ export class Sessions {
     this.#p = parts;
     const { descriptors, events } = parts;
     this.#reopen = (obj) => descriptors.reopen(obj);
-    this.#release = (obj) => {
+    this.#release = (obj, last) => {
       events.emit("drop", obj);
-      descriptors.release(obj);
+      if (last) descriptors.release(obj);
     };
     this.#now = clock;
   }
@@ -174,7 +185,12 @@ export class Sessions {
         conn.drained = false;
         this.pump(conn);
       }
-      if (conn.state === State.Hash || conn.state === State.Mirror || now < conn.deadline) continue;
+      if (
+        conn.state === State.Hash || conn.state === State.Mirror || conn.state === State.Watch ||
+        now < conn.deadline
+      ) {
+        continue;
+      }
       this.expire(conn);
     }
   }
@@ -266,6 +282,9 @@ export class Sessions {
         case State.Linger:
           this.#linger(conn);
           return;
+        case State.Watch:
+          if (this.#p.watchers?.pump(conn) !== true) this.close(conn);
+          return;
         case State.Closed:
           return;
       }
@@ -299,7 +318,7 @@ export class Sessions {
       this.#p.takeover(conn);
       return;
     }
-    if (h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) {
+    if ((h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) && (h.cmd !== Cmd.WATCH || !this.#p.watchers)) {
       conn.dropReqFd();
       this.finish(conn, unknownCommandOutcome(h.cmd));
       return;
@@ -321,6 +340,7 @@ export class Sessions {
       }
     }
     conn.keepAlive = (extFlags(h.reserved) & Flag.KEEP_ALIVE) !== 0;
+    if (this.#p.latency) conn.startedAt = performance.now();
     conn.handler = handle(h, this.#context(conn));
     this.#resume(conn, null);
   }
@@ -338,6 +358,8 @@ export class Sessions {
       checkSealed: checkSealedFd,
       seals: sealsOf,
       now: this.#now,
+      governor: p.governor?.rules,
+      watchQueueLength: p.watchers?.queueLength ?? 0,
     };
   }
 
@@ -416,7 +438,7 @@ export class Sessions {
   /** A request is done: audit it, mirror it if it changed the store, and start the reply. */
   finish(conn: Conn, o: Outcome): void {
     const p = this.#p;
-    if (!o.keptFd) conn.dropReqFd();
+    if (!o.keptFd || o.deduped === true) conn.dropReqFd();
     conn.reqFd = -1;
     const h = conn.header;
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
@@ -433,6 +455,10 @@ export class Sessions {
     if (o.keptFd && p.events.active) {
       const obj = p.store.byId(Number(o.audit.objectId ?? 0));
       if (obj !== undefined) p.events.emit("publish", obj);
+    }
+    if (o.deduped === true) p.deduped?.();
+    if (o.retire !== undefined && o.retire.length > 0) {
+      p.governor?.hooks.retire(o.retire, Number(o.audit.objectId ?? 0));
     }
     if (p.mirror.active && o.ok && (o.keptFd || o.audit.op === "drop")) {
       conn.state = State.Mirror;
@@ -513,6 +539,23 @@ export class Sessions {
     if (o !== null && o.auditAfterSend) this.#record(o, conn, null);
     conn.clearReply();
     conn.served++;
+    if (conn.startedAt >= 0) {
+      this.#p.latency?.((performance.now() - conn.startedAt) / 1000);
+      conn.startedAt = -1;
+    }
+    const watchers = this.#p.watchers;
+    if (o?.watch !== undefined && watchers !== undefined) {
+      // Accepted: from now on the connection carries events until either side closes.
+      if (this.#p.run.stopping || conn.len > 0 || conn.eof) {
+        this.close(conn);
+        return;
+      }
+      conn.state = State.Watch;
+      conn.deadline = Infinity;
+      watchers.add(conn, o.watch.selector, o.watch.caller);
+      this.#watch(conn);
+      return;
+    }
     const options = this.#p.options;
     if (conn.keepAlive && !this.#p.run.stopping) {
       conn.header = null;
@@ -546,6 +589,7 @@ export class Sessions {
     if (conn.state === State.Closed) return;
     if (conn.state === State.Wait) this.#unpark(conn);
     if (conn.state === State.Linger) this.lingering--;
+    if (conn.state === State.Watch) this.#p.watchers?.remove(conn);
     conn.state = State.Closed;
     this.#conns.delete(conn.token);
     conn.dropReqFd();

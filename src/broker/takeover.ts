@@ -12,6 +12,7 @@
 
 import { blankRecord } from "../core/audit.ts";
 import { errorOutcome } from "../core/handlers.ts";
+import type { Governor } from "../core/governance.ts";
 import type { Store } from "../core/store.ts";
 import { Status } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
@@ -36,6 +37,8 @@ export interface ReceiveParts {
   readonly mirror: ShadowMirror;
   /** Give a taken-over connection a session. */
   readonly admit: (fd: number) => void;
+  /** Told of every object taken over (quotas count them). */
+  readonly governor?: Governor;
 }
 
 /**
@@ -58,8 +61,19 @@ export function receiveTakeover(
     if (f.type === Frame.CONNS_END) break;
   }
   let bytes = 0;
-  for (const obj of objects) {
+  for (const taken of objects) {
+    // Objects that shared a memfd in the old broker arrive on separate descriptors of the same
+    // memfd: share them again (with dedup on), so charges and descriptor counts stay the same.
+    const shared = parts.governor?.rules.dedup === true
+      ? parts.store.contentOf(taken.digest, taken.size)
+      : undefined;
+    let obj = taken;
+    if (shared !== undefined) {
+      closeQuietly(taken.fd);
+      obj = { ...taken, fd: shared.fd };
+    }
     parts.store.restore(obj, nextId);
+    parts.governor?.added(obj);
     parts.events.emit("publish", obj);
     bytes += obj.size;
   }

@@ -34,6 +34,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   stat: async () => (await import("./stat.ts")).statCommand,
   capture: async () => (await import("./capture.ts")).captureCommand,
   help: () => Promise.resolve(helpCommand),
+  watch: async () => (await import("./watch.ts")).watchCommand,
 };
 
 /** The version of this CLI, from deno.json. */

@@ -83,6 +83,13 @@ export function statText(s: ObjectStat): string {
     ["allowed", s.allowed ?? "-"],
     ["created", isoFromNs(s.createdNs) ?? "-"],
   ];
+  // Extensions, shown only when the broker tells them.
+  if (s.shared !== undefined && s.shared !== null) {
+    rows.push(["shared", s.shared ? "yes (identical content stored once)" : "no"]);
+  }
+  if (s.ownerUsage !== undefined && s.ownerUsage !== null) {
+    rows.push(["owner holds", `${s.ownerUsage.objects} objects, ${s.ownerUsage.bytes} bytes`]);
+  }
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
   return rows.map(([k, v]) => `${`${k}:`.padEnd(width)}${v}\n`).join("");
 }
@@ -99,6 +106,8 @@ export function statJson(s: ObjectStat): Record<string, unknown> {
     owner: s.owner,
     allowed: s.allowed,
     created: isoFromNs(s.createdNs),
+    shared: s.shared ?? null,
+    owner_usage: s.ownerUsage ?? null,
   };
 }
 

@@ -34,19 +34,27 @@ broker options beyond the C memfdbus:
   --read-only-fds         hand consumers O_RDONLY descriptors (C: O_RDWR, writes fail EPERM)
   --require-job           refuse requests without a job id
   --protect-names         only the job that first published a name may publish it again
+  --keep-versions N       keep the N newest versions of each name, release older ones
+  --evict superseded      over a limit, release superseded versions (least recently
+                          fetched first) instead of refusing (none: refuse)
+  --no-dedup              keep a memfd per PUT even for identical contents
+  --metrics ADDRESS       serve Prometheus metrics at /metrics (HOST:PORT or a path)
 commands beyond the C memfdbus:
   memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
   memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json]
                 [--wait SECONDS]
+    stat: id, name, size, digest, seals, owner, allowed job and creation time
   memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
                    [--json] [--always] -- COMMAND [ARG...]
-    stat: id, name, size, digest, seals, owner, allowed job and creation time
-  memfdbus shadow --socket PATH
-    shadow: hold the objects of a broker started with --shadow PATH (it starts
-      one itself when none is running); stop it with SIGTERM
     capture: run COMMAND with its stdout in a new memfd, then publish that
       memfd; it publishes only if COMMAND exits 0 (--always: whatever its
       status) and exits with COMMAND's status (128+N if signal N killed it)
+  memfdbus watch [--name NAME | --prefix PREFIX] [--job-id JOB] [--socket PATH]
+                 [--json] [--once]
+    watch: one line per publish, drop, release or eviction until interrupted
+  memfdbus shadow --socket PATH
+    shadow: hold the objects of a broker started with --shadow PATH (it starts
+      one itself when none is running); stop it with SIGTERM
 client options beyond the C memfdbus:
   --json            put, get, drop, list, stat, capture: print the result as
                     JSON; get cannot combine it with OUT -
@@ -127,6 +135,11 @@ options (default):
   --read-only-fds            hand consumers O_RDONLY descriptors
   --require-job              refuse requests without a job id
   --protect-names            only the job that first published a name may publish it again
+  --keep-versions N          keep the N newest versions of each name (no limit)
+  --evict superseded|none    over a limit, release superseded versions, least recently
+                             fetched first, instead of refusing (none)
+  --no-dedup                 keep a memfd per PUT even for identical contents (dedup on)
+  --metrics ADDRESS          serve Prometheus metrics at /metrics (HOST:PORT or a path; off)
   -h, --help                 show this help
 
 signals: SIGINT, SIGTERM stop; SIGUSR2 hands over to a new broker process (binary
@@ -254,6 +267,24 @@ options:
 
 example:
   memfdbus shadow --socket /tmp/memfdbus.shadow
+`,
+  watch: `usage: memfdbus watch [--name NAME | --prefix PREFIX] [--json] [--once]
+                      [OPTION...]
+
+Print one line per event the broker announces (publish, drop, release, evict) until
+interrupted: time, kind, id, size, digest, missed count and name. Without --name or
+--prefix, every name this job may list. A watcher that falls behind gets a "missed"
+event with a count instead of the events it lost.
+
+options:
+  --name NAME            only events of NAME
+  --prefix PREFIX        only events of names starting with PREFIX
+  --json                 one JSON object per line
+  --once                 exit after the first event
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus watch --prefix model/ --json
 `,
   help: `usage: memfdbus help [COMMAND]
 

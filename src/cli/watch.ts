@@ -128,8 +128,14 @@ export async function watchCommand(
   for (const s of signals) Deno.addSignalListener(s, onSignal);
   signal?.addEventListener("abort", onSignal, { once: true });
   try {
-    const conn = await Connection.connect(parsed.socket, 30_000);
-    using watch = await Watch.open(conn, parsed.target, { job, signal: stop.signal });
+    const connect = (): Promise<Connection> => Connection.connect(parsed.socket, 30_000);
+    const conn = await connect();
+    // After a broker's --takeover the watch reconnects to its successor by itself.
+    using watch = await Watch.open(conn, parsed.target, {
+      job,
+      signal: stop.signal,
+      reconnect: connect,
+    });
     for await (const e of watch) {
       write(parsed.json ? eventJson(e) : eventLine(e));
       if (parsed.once) break;

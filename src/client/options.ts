@@ -129,6 +129,13 @@ export interface ObjectStat {
   readonly createdNs: bigint | null;
   /** Its seals (F_GET_SEALS bits), or null when unknown. */
   readonly seals: number | null;
+  /**
+   * True when the broker stores it on the same memory as an identical object (dedup); null when
+   * the broker does not say (a C broker, or an older one).
+   */
+  readonly shared?: boolean | null;
+  /** What the owner job holds in the broker (objects, bytes of distinct contents), or null. */
+  readonly ownerUsage?: { readonly objects: number; readonly bytes: number } | null;
 }
 
 /**

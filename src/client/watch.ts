@@ -10,7 +10,7 @@
  * @module
  */
 
-import { BrokerError, ProtocolError } from "../errors.ts";
+import { BrokerError, ErrnoError, ProtocolError } from "../errors.ts";
 import { fromBinary, fromUtf8, toBinary } from "../protocol/bytes.ts";
 import {
   decodeWatchHead,
@@ -22,6 +22,7 @@ import {
   type WatchSelector,
 } from "../protocol/watch.ts";
 import { Cmd, decodeHeader, HEADER_SIZE, isValidHeader } from "../protocol/wire.ts";
+import { realtimeNs } from "../sys/clock.ts";
 import { SHUT_RD, SHUT_WR } from "../sys/linux.ts";
 import { closeAll, shutdownQuietly } from "../sys/unix_socket.ts";
 
@@ -55,6 +56,15 @@ export interface WatchOptions {
   readonly signal?: AbortSignal;
   /** How long the broker has to accept the watch (ms); events themselves may take forever. */
   readonly timeoutMs?: number;
+  /**
+   * Opens a new connection to the broker when the stream ends without the watch being closed
+   * (a broker handing over with `--takeover` closes its watchers; its successor serves the same
+   * socket). The watch asks again for the same events and goes on; when the successor's newest
+   * id shows that objects were published in between, it first yields a `missed` event (empty
+   * name) counting those ids, since it cannot tell which of them it would have seen. Without it,
+   * or when reconnecting fails, the stream's end is an error as before.
+   */
+  readonly reconnect?: () => Promise<WatchTransport>;
 }
 
 /** One event of a watch. */
@@ -120,8 +130,14 @@ function selectorOf(target: WatchTarget): WatchSelector {
  * `break` closes the stream.
  */
 export class Watch implements AsyncIterable<BusEvent>, Disposable {
-  readonly #transport: WatchTransport;
+  #transport: WatchTransport;
   readonly #signal: AbortSignal | undefined;
+  readonly #selector: WatchSelector;
+  readonly #job: string | null;
+  readonly #timeoutMs: number;
+  readonly #reconnect: (() => Promise<WatchTransport>) | undefined;
+  /** The newest object id this watch knows the broker had. */
+  #known: number;
   readonly #onAbort = (): void => this.#stop();
   #closed = false;
   #stopping = false;
@@ -134,14 +150,21 @@ export class Watch implements AsyncIterable<BusEvent>, Disposable {
 
   private constructor(
     transport: WatchTransport,
-    newestId: number,
-    queueLength: number,
-    signal: AbortSignal | undefined,
+    accepted: { readonly newestId: number; readonly queueLength: number },
+    selector: WatchSelector,
+    job: string | null,
+    options: WatchOptions,
   ) {
+    const signal = options.signal;
     this.#transport = transport;
-    this.newestId = newestId;
-    this.queueLength = queueLength;
+    this.newestId = accepted.newestId;
+    this.#known = accepted.newestId;
+    this.queueLength = accepted.queueLength;
     this.#signal = signal;
+    this.#selector = selector;
+    this.#job = job;
+    this.#timeoutMs = options.timeoutMs ?? DEFAULT_ACCEPT_MS;
+    this.#reconnect = options.reconnect;
     // An abort that landed while the broker was answering stops the watch at once.
     if (signal?.aborted === true) this.#stopping = true;
     else signal?.addEventListener("abort", this.#onAbort, { once: true });
@@ -167,28 +190,8 @@ export class Watch implements AsyncIterable<BusEvent>, Disposable {
         ? null
         : toBinary(new TextEncoder().encode(options.job));
       options.signal?.throwIfAborted();
-      const deadline = performance.now() + (options.timeoutMs ?? DEFAULT_ACCEPT_MS);
-      await transport.send(encodeWatchRequest(selector, job), deadline, "send watch request");
-      const reply = await transport.recvExact(HEADER_SIZE, deadline, "receive response");
-      closeAll(reply.fds);
-      const h = decodeHeader(reply.bytes);
-      if (!isValidHeader(h)) throw new ProtocolError("invalid response from broker");
-      if (h.status !== 0) {
-        if (h.textLen > MAX_ERROR_TEXT) throw new ProtocolError("invalid response from broker");
-        const text = h.textLen === 0
-          ? new Uint8Array(0)
-          : (await transport.recvExact(h.textLen, deadline, "receive response text")).bytes;
-        throw new BrokerError(h.status, fromUtf8(text));
-      }
-      if (h.cmd !== Cmd.WATCH || h.objectId > BigInt(Number.MAX_SAFE_INTEGER)) {
-        throw new ProtocolError("invalid response from broker");
-      }
-      return new Watch(
-        transport,
-        Number(h.objectId),
-        Number(h.size > 1_000_000_000n ? 1_000_000_000n : h.size),
-        options.signal,
-      );
+      const accepted = await handshake(transport, selector, job, options.timeoutMs);
+      return new Watch(transport, accepted, selector, job, options);
     } catch (e) {
       transport.close();
       throw e;
@@ -254,10 +257,55 @@ export class Watch implements AsyncIterable<BusEvent>, Disposable {
     }
   }
 
+  /**
+   * The stream ended on its own: with a reconnect function, watch again on a new connection.
+   * Returns the `missed` event to yield first (or null), or throws `cause` when it cannot.
+   */
+  async #again(cause: unknown): Promise<BusEvent | null> {
+    if (this.#reconnect === undefined || this.#stopping) throw cause;
+    let transport: WatchTransport;
+    try {
+      transport = await this.#reconnect();
+    } catch {
+      throw cause;
+    }
+    let accepted;
+    try {
+      accepted = await handshake(transport, this.#selector, this.#job, this.#timeoutMs);
+    } catch (e) {
+      transport.close();
+      throw e;
+    }
+    this.#transport.close();
+    this.#transport = transport;
+    if (this.#stopping) return null;
+    const gap = accepted.newestId - this.#known;
+    this.#known = Math.max(this.#known, accepted.newestId);
+    if (gap <= 0) return null;
+    return {
+      kind: "missed",
+      id: 0,
+      name: "",
+      nameBytes: new Uint8Array(0),
+      size: 0,
+      digest: null,
+      timeNs: realtimeNs(),
+      missed: gap,
+    };
+  }
+
   async *#events(): AsyncGenerator<BusEvent, void, undefined> {
     try {
       while (!this.#closed && !this.#stopping) {
-        const headBytes = await this.#read(WATCH_FRAME_SIZE, "receive watch event");
+        let headBytes: Uint8Array | null;
+        try {
+          headBytes = await this.#read(WATCH_FRAME_SIZE, "receive watch event");
+        } catch (e) {
+          if (!(e instanceof ErrnoError)) throw e;
+          const missed = await this.#again(e);
+          if (missed !== null) yield missed;
+          continue;
+        }
         if (headBytes === null) return;
         const head = decodeWatchHead(headBytes);
         const bodyLength = head.nameLen + head.digestLen;
@@ -265,11 +313,45 @@ export class Watch implements AsyncIterable<BusEvent>, Disposable {
           ? new Uint8Array(0)
           : await this.#read(bodyLength, "receive watch event");
         if (body === null) return;
-        yield toBusEvent(finishWatchEvent(head, body));
+        const event = toBusEvent(finishWatchEvent(head, body));
+        if (event.kind === "publish" && event.id > this.#known) this.#known = event.id;
+        yield event;
       }
     } finally {
       this.#stopping = true;
       this.close();
     }
   }
+}
+
+/**
+ * Send a WATCH request and check the broker's answer: the newest id and the queue length, or a
+ * {@link BrokerError} / {@link ProtocolError}. Does not close the transport.
+ */
+async function handshake(
+  transport: WatchTransport,
+  selector: WatchSelector,
+  job: string | null,
+  timeoutMs: number | undefined,
+): Promise<{ newestId: number; queueLength: number }> {
+  const deadline = performance.now() + (timeoutMs ?? DEFAULT_ACCEPT_MS);
+  await transport.send(encodeWatchRequest(selector, job), deadline, "send watch request");
+  const reply = await transport.recvExact(HEADER_SIZE, deadline, "receive response");
+  closeAll(reply.fds);
+  const h = decodeHeader(reply.bytes);
+  if (!isValidHeader(h)) throw new ProtocolError("invalid response from broker");
+  if (h.status !== 0) {
+    if (h.textLen > MAX_ERROR_TEXT) throw new ProtocolError("invalid response from broker");
+    const text = h.textLen === 0
+      ? new Uint8Array(0)
+      : (await transport.recvExact(h.textLen, deadline, "receive response text")).bytes;
+    throw new BrokerError(h.status, fromUtf8(text));
+  }
+  if (h.cmd !== Cmd.WATCH || h.objectId > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new ProtocolError("invalid response from broker");
+  }
+  return {
+    newestId: Number(h.objectId),
+    queueLength: Number(h.size > 1_000_000_000n ? 1_000_000_000n : h.size),
+  };
 }

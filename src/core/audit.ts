@@ -25,6 +25,7 @@ export type AuditOp =
   | "takeover"
   | "release"
   | "evict"
+  | "watch"
   | "unknown";
 
 /** One audit record. Strings are binary strings (raw bytes); null prints as JSON null. */

@@ -24,6 +24,8 @@ import {
   visible,
 } from "./policy.ts";
 import type { Store, StoredObject } from "./store.ts";
+import type { Governor, Release } from "./governance.ts";
+import { checkWatchHeader, type WatchSelector, watchSelectorOf } from "../protocol/watch.ts";
 import {
   Cmd,
   DIGEST_LEN,
@@ -82,6 +84,15 @@ export interface Outcome {
   readonly keptFd: boolean;
   /** True for a successful request (status 0). */
   readonly ok: boolean;
+  /**
+   * A PUT stored on the memfd of identical content: the request's descriptor is closed although
+   * {@link Outcome.keptFd} says an object was committed.
+   */
+  readonly deduped?: boolean;
+  /** Objects the broker releases once the PUT's reply is recorded (retention, eviction). */
+  readonly retire?: readonly Release[];
+  /** A WATCH that was accepted: after its reply the connection carries events. */
+  readonly watch?: { readonly selector: WatchSelector; readonly caller: string | null };
 }
 
 /**
@@ -104,8 +115,18 @@ export interface RequestContext {
   readonly peer?: PeerIdentity | undefined;
   /** A fresh descriptor for an object (its own open file description), or -errno. */
   reopen(obj: StoredObject): number;
-  /** Close the broker's descriptor of a dropped object. */
-  release(obj: StoredObject): void;
+  /**
+   * A client dropped `obj` (already out of the store); `last` is what {@link Store.remove}
+   * returned: close the broker's descriptor only when true (no other object shares it).
+   */
+  release(obj: StoredObject, last: boolean): void;
+  /**
+   * Memory governance (retention, quotas, eviction, dedup). Absent: only the broker's object
+   * and byte limits apply, as in the C broker.
+   */
+  readonly governor?: Governor | undefined;
+  /** The per-watcher queue length a WATCH reply announces. */
+  readonly watchQueueLength?: number;
   /** Check that `fd` is a sealed memfd of `size` bytes. */
   checkSealed(fd: number, size: bigint): SealedCheck;
   /** The seal bits of a stored object's descriptor, or a negated errno. */
@@ -245,6 +266,8 @@ export function handle(h: Header, ctx: RequestContext): Handler {
       return getOrDrop(h, ctx, "drop");
     case Cmd.STAT:
       return getOrDrop(h, ctx, "stat");
+    case Cmd.WATCH:
+      return watch(h, ctx);
     default:
       return done(unknownCommandOutcome(h.cmd));
   }
@@ -338,12 +361,76 @@ function* put(h: Header, ctx: RequestContext): Handler {
   if (!mayPublishName(options.policy, store.oldestByName(name)?.owner, owner)) {
     return fail(Status.FORBIDDEN, PolicyText.nameOwned);
   }
-  if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
-  const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
+  const gov = ctx.governor;
+  const uid = ctx.peer?.uid;
+  if (gov === undefined) {
+    if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
+    const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
+    rec.result = "ok";
+    rec.selector = null;
+    rec.objectId = obj.id;
+    return headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
+  }
+  const admitted = gov.admitPut({ name, size, digest, owner, uid: uid ?? null });
+  if (!admitted.ok) return fail(Status.ERR, admitted.text);
+  const deduped = admitted.sharedFd >= 0;
+  const obj = store.add({
+    size,
+    fd: deduped ? admitted.sharedFd : ctx.fd,
+    digest,
+    name,
+    owner,
+    allowed,
+    createdNs: ctx.now(),
+    uid,
+  });
+  gov.added(obj);
   rec.result = "ok";
   rec.selector = null;
   rec.objectId = obj.id;
-  return headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
+  const o = headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
+  const retire = [...admitted.release, ...admitted.evict];
+  return { ...o, deduped, retire };
+}
+
+function* watch(h: Header, ctx: RequestContext): Handler {
+  const { options, store } = ctx;
+  const rec = blankRecord("watch", "bad_request", null);
+  const fail = (status: number, text: string): Outcome =>
+    errorOutcome(Cmd.WATCH, status, text, rec);
+  const bad = checkWatchHeader(h, options);
+  if (bad !== null) return fail(Status.BAD_REQUEST, bad);
+  let name = "";
+  if (h.nameLen > 0) {
+    const nameBytes = (yield READ(h.nameLen)) as Uint8Array | null;
+    if (nameBytes === null) return fail(Status.BAD_REQUEST, Text.readName);
+    name = toBinary(nameBytes);
+    rec.name = name;
+  }
+  let caller: string | null = null;
+  if (h.jobLen > 0) {
+    const job = yield* readJob(h.jobLen, JOB_TEXTS);
+    if (typeof job !== "string") return fail(Status.BAD_REQUEST, job.error);
+    caller = job;
+  }
+  rec.jobId = caller;
+  const refusal = checkJobClaim(options.policy, caller, ctx.peer);
+  if (refusal !== null) return fail(Status.FORBIDDEN, refusal);
+  const selector = watchSelectorOf(h, name);
+  if ("error" in selector) return fail(Status.BAD_REQUEST, selector.error);
+  rec.result = "ok";
+  rec.selector = selector.kind === "all" ? null : selector.kind;
+  const newest = store.nextId - 1;
+  const o = headerOnly(
+    {
+      cmd: Cmd.WATCH,
+      objectId: BigInt(newest),
+      size: BigInt(ctx.watchQueueLength ?? 0),
+    },
+    rec,
+    false,
+  );
+  return { ...o, watch: { selector, caller } };
 }
 
 function* getOrDrop(
@@ -438,7 +525,17 @@ function* getOrDrop(
 
   if (op === "stat") {
     rec.result = "ok";
-    const body = fromBinary(formatStat({ ...obj, seals: ctx.seals(obj) }));
+    const gov = ctx.governor;
+    const body = fromBinary(formatStat({
+      ...obj,
+      seals: ctx.seals(obj),
+      shared: gov === undefined ? undefined : store.isShared(obj),
+      ownerUsage: gov === undefined
+        ? undefined
+        : obj.owner === null
+        ? null
+        : gov.jobUsage(obj.owner),
+    }));
     const wire = new Uint8Array(HEADER_SIZE + body.length);
     encodeHeader(
       { cmd, objectId: BigInt(obj.id), size: BigInt(obj.size), textLen: body.length },
@@ -457,14 +554,16 @@ function* getOrDrop(
   }
 
   if (op === "drop") {
-    store.remove(obj);
-    ctx.release(obj);
+    const last = store.remove(obj);
+    ctx.governor?.removed(obj);
+    ctx.release(obj, last);
     rec.result = "ok";
     return headerOnly({ cmd, objectId: BigInt(obj.id), size: BigInt(obj.size) }, rec, false);
   }
 
   const fd = ctx.reopen(obj);
   if (fd < 0) return fail(Status.ERR, Text.reopenFailed);
+  store.touch(obj);
   rec.result = "ok";
   // A private copy: the connection may set the keep-alive bit in it.
   const wire = getReplyOf(obj).slice();

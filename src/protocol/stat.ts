@@ -28,6 +28,16 @@ export interface StatFields {
   readonly createdNs: bigint;
   /** F_GET_SEALS bits, or a negative number when they could not be read (sent as null). */
   readonly seals: number;
+  /**
+   * Extension (after the C-compatible keys): true when the object shares its memfd with another
+   * stored object of identical content. Left out when undefined.
+   */
+  readonly shared?: boolean | undefined;
+  /**
+   * Extension: what the owner job holds in the broker (objects, and bytes of distinct contents),
+   * or null for an object without owner. Left out when undefined.
+   */
+  readonly ownerUsage?: { readonly objects: number; readonly bytes: number } | null | undefined;
 }
 
 /**
@@ -46,7 +56,14 @@ export function formatStat(f: StatFields): string {
   return `{"id":${f.id},"name":${jsonString(f.name)},"size":${f.size},` +
     `"digest":${jsonString(f.digest)},"owner":${jsonString(f.owner)},` +
     `"allowed":${jsonString(f.allowed)},"created_ns":${f.createdNs},` +
-    `"seals":${f.seals < 0 ? "null" : f.seals}}`;
+    `"seals":${f.seals < 0 ? "null" : f.seals}` +
+    (f.shared === undefined ? "" : `,"shared":${f.shared}`) +
+    (f.ownerUsage === undefined
+      ? ""
+      : f.ownerUsage === null
+      ? `,"owner_objects":null,"owner_bytes":null`
+      : `,"owner_objects":${f.ownerUsage.objects},"owner_bytes":${f.ownerUsage.bytes}`) +
+    "}";
 }
 
 /** What {@link parseStat} reads from a STAT body (id and size travel in the reply header). */
@@ -63,6 +80,10 @@ export interface StatBody {
   readonly createdNs: bigint | null;
   /** Seal bits, or null when unknown. */
   readonly seals: number | null;
+  /** True when the object shares its memory with identical content; null when not told. */
+  readonly shared: boolean | null;
+  /** What the owner job holds (objects, bytes of distinct contents); null when not told. */
+  readonly ownerUsage: { readonly objects: number; readonly bytes: number } | null;
 }
 
 /** Numbers that must keep every digit (a time in ns exceeds 2^53). */
@@ -100,6 +121,8 @@ export function parseStat(text: string): StatBody {
   }
   const created = o.created_ns;
   const seals = o.seals;
+  const count = (v: unknown): v is number =>
+    typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
   return {
     name: o.name,
     digest: o.digest,
@@ -107,6 +130,10 @@ export function parseStat(text: string): StatBody {
     allowed,
     createdNs: typeof created === "bigint" ? created : null,
     seals: typeof seals === "number" && Number.isInteger(seals) && seals >= 0 ? seals : null,
+    shared: typeof o.shared === "boolean" ? o.shared : null,
+    ownerUsage: count(o.owner_objects) && count(o.owner_bytes)
+      ? { objects: o.owner_objects, bytes: o.owner_bytes }
+      : null,
   };
 }
 

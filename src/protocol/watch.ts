@@ -84,7 +84,7 @@ export const WatchKind = {
 } as const;
 
 /** An event kind's name. */
-export type WatchKindName = keyof typeof WatchKind;
+export type WatchKindName = "publish" | "drop" | "release" | "evict" | "missed";
 
 const KIND_NAMES: readonly (WatchKindName | undefined)[] = [
   undefined,
