@@ -38,7 +38,7 @@ export {
   type Selector,
 } from "./src/client.ts";
 export { type AuditSink, Broker, type BrokerStartOptions } from "./src/broker.ts";
-export { type ShadowConfig } from "./src/shadow/link.ts";
+export { ShadowBusyError, type ShadowConfig } from "./src/shadow/link.ts";
 export {
   type BrokerOptions,
   DEFAULT_SOCKET,
@@ -55,6 +55,7 @@ export {
   UsageError,
 } from "./src/errors.ts";
 export { SocketPathError } from "./src/client/connection.ts";
+export { BrokerIdentityError } from "./src/client/peer_check.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export {
   brokerFdProblemText,
@@ -70,9 +71,17 @@ export {
   type SealedFdInfo,
 } from "./src/sys/memfd.ts";
 export { ReadOnlyMapping } from "./src/sys/mapping.ts";
+export { checkSocketPath, UnsafePathError } from "./src/sys/path_safety.ts";
+export { PeerUidError } from "./src/sys/peer_uid.ts";
+export {
+  isPrintableName,
+  jsonBinaryString,
+  type NameKind,
+  nameProblem,
+} from "./src/protocol/names.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
-export { DigestBuilder, digestBytes, digestFd } from "./src/hash/digest.ts";
+export { DigestBuilder, digestBytes, digestFd, digestFdRead } from "./src/hash/digest.ts";
 export {
   Cmd,
   DIGEST_LEN,

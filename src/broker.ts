@@ -33,8 +33,10 @@ import { Status } from "./errors.ts";
 import { check, closeQuietly, cstr, errno, libc } from "./ffi.ts";
 import { isRegular, setCloexec, setNonblocking, tryFstat, tryLstat } from "./sys/fd.ts";
 import { type HashOutcome, HashPool } from "./hash/verifier.ts";
-import { inspectSealedFd, isFdProblem } from "./sys/memfd.ts";
 import { inProcess } from "./sys/inprocess.ts";
+import { closeAllDropped, closeDropped, closesSettled } from "./sys/closer.ts";
+import { peerUid, requireSameUid } from "./sys/peer_uid.ts";
+import { type Refused, verifyRecovered } from "./shadow/admit.ts";
 import { openListener } from "./sys/listener.ts";
 import {
   AF_UNIX,
@@ -296,8 +298,18 @@ export class Broker implements AsyncDisposable {
   readonly #needPeer: boolean;
   readonly #inlineHashLimit: number;
   #resolveClosed: () => void = () => {};
+  #failure: Error | null = null;
   /** Resolves once the broker has stopped and released everything. */
   readonly closed: Promise<void>;
+
+  /**
+   * The internal error that stopped the broker, or null (running, or stopped by
+   * {@link Broker.close}). A supervisor should treat a non-null value as a failure: the
+   * `memfdbus broker` command then exits with status 1.
+   */
+  get failure(): Error | null {
+    return this.#failure;
+  }
 
   private constructor(
     options: BrokerOptions,
@@ -345,7 +357,7 @@ export class Broker implements AsyncDisposable {
    *
    * @param start options; anything left out takes the C broker's default
    */
-  static start(start: BrokerStartOptions = {}): Promise<Broker> {
+  static async start(start: BrokerStartOptions = {}): Promise<Broker> {
     const options: BrokerOptions = { ...defaultBrokerOptions() };
     for (const [k, v] of Object.entries(start)) {
       if (v !== undefined && k in options && k !== "shadow") {
@@ -371,10 +383,10 @@ export class Broker implements AsyncDisposable {
     inProcess.brokers++;
     try {
       if (start.takeoverFd !== undefined) {
-        broker.#takeOver(start.takeoverFd, start.shadow);
+        await broker.#takeOver(start.takeoverFd, start.shadow);
       } else {
         broker.#line(`memfdbus broker listening on ${options.socket}`);
-        if (start.shadow !== undefined) broker.#attachShadow(start.shadow, true);
+        if (start.shadow !== undefined) await broker.#attachShadow(start.shadow, true);
       }
     } catch (e) {
       broker.#beginStop();
@@ -383,7 +395,7 @@ export class Broker implements AsyncDisposable {
     }
     broker.#flush();
     void broker.#run();
-    return Promise.resolve(broker);
+    return broker;
   }
 
   /** The socket path. */
@@ -444,8 +456,9 @@ export class Broker implements AsyncDisposable {
    * Take the objects of an old broker over `fd` (before any client is served), then tell it to
    * go. The audit log (inherited from the old broker) gets one takeover record.
    */
-  #takeOver(fd: number, shadow: ShadowConfig | undefined): void {
+  async #takeOver(fd: number, shadow: ShadowConfig | undefined): Promise<void> {
     using link = new FrameConn(fd);
+    requireSameUid(fd, "the broker handing over");
     const { objects, nextId } = fetchState(link);
     // Then the connections the old broker accepted but had not read from.
     const conns: number[] = [];
@@ -461,7 +474,7 @@ export class Broker implements AsyncDisposable {
       bytes += obj.size;
     }
     this.#store.restore(null, nextId);
-    if (shadow !== undefined) this.#attachShadow(shadow, false);
+    if (shadow !== undefined) await this.#attachShadow(shadow, false);
     const rec = blankRecord("takeover", "ok", null);
     rec.count = objects.length;
     rec.size = bytes;
@@ -478,11 +491,18 @@ export class Broker implements AsyncDisposable {
    * Connect to the shadow. With `recover`, its objects become the store's (before any client is
    * served); otherwise the store (taken over) is authoritative and the shadow is seeded with it.
    */
-  #attachShadow(config: ShadowConfig, recover: boolean): void {
-    const attached = ShadowLink.attach(config);
+  async #attachShadow(config: ShadowConfig, recover: boolean): Promise<void> {
+    // Taking over, the old broker lets go of the shadow just before this: wait for that.
+    const attached = ShadowLink.attach(config, recover ? 0 : 5_000);
     const { link, started } = attached;
     let { objects, nextId } = attached;
-    if (!recover) {
+    let refused: Refused[] = attached.refused;
+    if (recover) {
+      // No recovered object is served before its digest is verified.
+      const checked = await verifyRecovered(objects, (fd, size) => this.#hash.digest(fd, size));
+      objects = checked.kept;
+      refused = [...refused, ...checked.refused];
+    } else {
       for (const obj of objects) closeQuietly(obj.fd);
       objects = [];
       nextId = this.#store.nextId;
@@ -514,26 +534,13 @@ export class Broker implements AsyncDisposable {
     } else {
       this.#recoverRecord("ok", null, objects.length, bytes);
     }
-    // Check every recovered digest against its descriptor, without holding up clients.
-    for (const obj of objects) {
-      const answer = this.#hash.digest(obj.fd, obj.size);
-      if (answer instanceof Promise) void answer.then((a) => this.#checkRecovered(obj, a));
-      else this.#checkRecovered(obj, answer);
+    for (const r of refused) {
+      if (r.id > 0) link.remove(r.id, () => {});
+      const rec = blankRecord("recover", "error", `${r.reason}: object removed`);
+      rec.objectId = r.id;
+      rec.name = r.name;
+      this.#recordRaw(rec);
     }
-  }
-
-  #checkRecovered(obj: StoredObject, answer: HashOutcome): void {
-    if ("digest" in answer && answer.digest === obj.digest) return;
-    if (this.#store.byId(obj.id) !== obj) return;
-    this.#store.remove(obj);
-    this.#shadow?.remove(obj.id, () => {});
-    closeQuietly(obj.fd);
-    const rec = blankRecord("recover", "error", "digest mismatch after recovery: object removed");
-    rec.objectId = obj.id;
-    rec.name = obj.name;
-    rec.size = obj.size;
-    rec.digest = obj.digest;
-    this.#recordRaw(rec);
   }
 
   #recoverRecord(result: AuditResult, error: string | null, count: number, size = 0): void {
@@ -641,15 +648,44 @@ export class Broker implements AsyncDisposable {
           }
         }
         if (events.length > 0) lastEvent = performance.now();
-        for (const ev of events) this.#dispatch(ev);
+        for (const ev of events) {
+          try {
+            this.#dispatch(ev);
+          } catch (e) {
+            // A bug in one request's handling fails that request, not the broker.
+            this.#requestFault(ev.token, e);
+          }
+        }
         const after = performance.now();
         if (after >= this.#nextSweep) this.#sweep(after);
       }
     } catch (e) {
       // A bug, not a client's doing: report it and stop cleanly rather than hang.
       console.error(`memfdbus broker: internal error: ${(e as Error).stack ?? e}`);
+      this.#failure = e instanceof Error ? e : new Error(String(e));
       this.#stopping = true;
       this.#finishStop();
+    }
+  }
+
+  /** An exception escaped while serving the connection `token`: answer it and close it. */
+  #requestFault(token: number, e: unknown): void {
+    const conn = this.#conns.get(token);
+    if (conn === undefined) throw e;
+    console.error(`memfdbus broker: internal error in a request: ${(e as Error).stack ?? e}`);
+    try {
+      if (conn.state !== State.Send && conn.state !== State.Linger) {
+        const o = errorOutcome(
+          conn.header?.cmd ?? 0,
+          Status.ERR,
+          "internal error",
+          blankRecord("unknown", "error", null),
+        );
+        this.#record(o, conn);
+        for (const seg of o.segments) sendSome(conn.fd, seg.bytes);
+      }
+    } finally {
+      this.#close(conn);
     }
   }
 
@@ -986,7 +1022,7 @@ export class Broker implements AsyncDisposable {
         rest = fds.slice(1);
       }
     }
-    closeAll(rest);
+    closeAllDropped(rest);
   }
 
   #consume(conn: Conn, n: number): void {
@@ -1021,14 +1057,8 @@ export class Broker implements AsyncDisposable {
       // Allow the publisher time to finish hashing its object before the digest arrives.
       const st = tryFstat(conn.reqFd);
       if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
-      // A large sealed memfd of the claimed size will be hashed at step 15 anyway: start now,
-      // on a Worker, while the client may still be computing the digest it will send.
-      if (
-        h.size > BigInt(this.#inlineHashLimit) && !isFdProblem(inspectSealedFd(conn.reqFd, h.size))
-      ) {
-        const answer = this.#hash.digest(conn.reqFd, Number(h.size));
-        if (answer instanceof Promise) conn.speculative = { fd: conn.reqFd, answer };
-      }
+      // Nothing is hashed before the handler has checked the whole request (no speculative
+      // digest here any more: it let any peer make the broker hash without a valid request).
     }
     conn.keepAlive = (extFlags(h.reserved) & Flag.KEEP_ALIVE) !== 0;
     conn.handler = handle(h, this.#context(conn));
@@ -1042,8 +1072,8 @@ export class Broker implements AsyncDisposable {
     const spec = conn.speculative;
     conn.speculative = null;
     // A Worker may still be mapping this descriptor: close it only once that is over.
-    if (spec !== null && spec.fd === fd) void spec.answer.finally(() => closeQuietly(fd));
-    else closeQuietly(fd);
+    if (spec !== null && spec.fd === fd) void spec.answer.finally(() => closeDropped(fd));
+    else closeDropped(fd);
   }
 
   #resume(conn: Conn, input: StepInput): void {
@@ -1087,7 +1117,7 @@ export class Broker implements AsyncDisposable {
     conn.speculative = null;
     const answer = spec !== null && spec.fd === step.fd
       ? spec.answer
-      : this.#hash.digest(step.fd, step.size);
+      : this.#hash.digest(step.fd, step.size, conn.peer?.uid ?? peerUid(conn.fd));
     if (!(answer instanceof Promise)) {
       this.#resume(conn, answer);
       return;
@@ -1249,7 +1279,7 @@ export class Broker implements AsyncDisposable {
         conn.eof = true;
         continue;
       }
-      closeAll(r.fds);
+      closeAllDropped(r.fds);
       if (r.bytes === 0) conn.eof = true;
       conn.lingerLeft -= r.bytes;
     }
@@ -1305,7 +1335,7 @@ export class Broker implements AsyncDisposable {
       // Treated as a stranger below.
     }
     const rec = blankRecord("takeover", "forbidden", null);
-    if ((uid !== 0 && uid !== libc.symbols.geteuid()) || this.#stopping) {
+    if (uid !== libc.symbols.geteuid() || this.#stopping) {
       this.#finish(conn, errorOutcome(Cmd.TAKEOVER, Status.FORBIDDEN, Text.accessDenied, rec));
       return;
     }
@@ -1378,6 +1408,9 @@ export class Broker implements AsyncDisposable {
       }
       link.queue(Frame.CONNS_END, null);
       link.flushBlocking(30_000);
+      // The shadow serves one broker: let go of it so the new broker can attach. Should the
+      // handover fail, the sweep reconnects and seeds it again.
+      this.#shadow?.release();
       const ack = link.nextBlocking(60_000);
       if (ack.type !== Frame.ACK) throw new Error("no ACK from the new broker");
       child?.unref();
@@ -1469,7 +1502,8 @@ export class Broker implements AsyncDisposable {
     this.#flush();
     this.#poller.close();
     inProcess.brokers--;
-    this.#resolveClosed();
+    // Descriptors being closed off the loop are released before `closed` resolves.
+    void closesSettled().then(() => this.#resolveClosed());
   }
 }
 

@@ -155,13 +155,17 @@ Deno.test("jsonString writes other control bytes as lowercase \\u00xx", () => {
   );
 });
 
-Deno.test("jsonString copies 0x7f and bytes from 0x80 raw", () => {
-  assertEquals(jsonString("\x7f"), '"\x7f"');
-  assertEquals(jsonString("\x80\xff"), '"\x80\xff"');
+Deno.test("jsonString escapes 0x7f, keeps valid UTF-8 raw and writes \\ufffd for invalid bytes", () => {
+  assertEquals(jsonString("\x7f"), '"\\u007f"');
+  assertEquals(jsonString("\x80\xff"), '"\\ufffd\\ufffd"');
   // A UTF-8 name as a binary string stays as its raw bytes.
   const binary = toBinary(enc("é"));
   assertEquals(jsonString(binary), '"\xc3\xa9"');
-  assertEquals(jsonString("a/\u007fb"), '"a/\u007fb"');
+  assertEquals(jsonString("a/\u007fb"), '"a/\\u007fb"');
+  // A truncated sequence, an overlong form and a surrogate are invalid, byte by byte.
+  assertEquals(jsonString("\xc3"), '"\\ufffd"');
+  assertEquals(jsonString("\xc0\xaf"), '"\\ufffd\\ufffd"');
+  assertEquals(jsonString("\xed\xa0\x80"), '"\\ufffd\\ufffd\\ufffd"');
 });
 
 Deno.test("jsonString stops at the first NUL", () => {
@@ -221,16 +225,17 @@ Deno.test("AuditLog writes nothing until flush, then whole lines in one write", 
   guard.assertClean();
 });
 
-Deno.test("AuditLog writes raw bytes of a binary-string name unchanged", () => {
+Deno.test("AuditLog writes a UTF-8 name's bytes unchanged and escapes DEL and invalid bytes", () => {
   using p = pipe();
   setNonblocking(p.readFd, true);
   const log = new AuditLog(p.writeFd);
-  log.record(rec({ name: toBinary(enc("é\x7f")) }));
+  log.record(rec({ name: toBinary(enc("é\x7f")) + "\xff" }));
   log.flush();
   const bytes = tryReadFd(p.readFd) ?? new Uint8Array();
-  const text = dec(bytes);
-  ok(text.includes('"name":"é\x7f"'), text);
-  ok(hex(bytes).includes(hex(enc('"name":"é\x7f"'))));
+  const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  ok(text.includes('"name":"é\\u007f\\ufffd"'), text);
+  ok(hex(bytes).includes(hex(enc('"name":"é'))));
+  assertEquals(JSON.parse(text).name, "é\x7f\ufffd");
 });
 
 Deno.test("AuditLog adds peer credentials only when withPeer is set", () => {

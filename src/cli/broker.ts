@@ -139,7 +139,10 @@ async function requestTakeover(socket: string): Promise<{ listenFd: number; take
   }
 }
 
-/** Run the broker; resolves with exit code 0 after a signal stopped it. */
+/**
+ * Run the broker; resolves with exit code 0 after a signal stopped it, 1 when it stopped on an
+ * internal error.
+ */
 export async function brokerCommand(argv: readonly string[]): Promise<number> {
   const takeoverFlag = argv.includes("--takeover");
   const args = argv.filter((a) => a !== "--takeover");
@@ -172,6 +175,8 @@ export async function brokerCommand(argv: readonly string[]): Promise<number> {
     });
     if (stopRequested) void broker.close();
     await broker.closed;
+    // An internal error (already reported on stderr) must not look like a clean stop.
+    if (broker.failure !== null) return 1;
   } finally {
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);

@@ -8,6 +8,7 @@
 import { ErrnoError, TimeoutError } from "../errors.ts";
 import { closeQuietly, errnoErrorOf, libc } from "../ffi.ts";
 import { inProcess } from "../sys/inprocess.ts";
+import { checkBrokerPeer } from "./peer_check.ts";
 import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT, POLLIN } from "../sys/linux.ts";
 import { waitReady } from "../sys/reactor.ts";
 import {
@@ -103,7 +104,10 @@ export class Connection implements Disposable {
       let backoff = 1;
       for (;;) {
         const r = connectUnix(fd, addr);
-        if (r === 0) return new Connection(fd, timeoutMs, syncWaitUs);
+        if (r === 0) {
+          checkBrokerPeer(fd, path);
+          return new Connection(fd, timeoutMs, syncWaitUs);
+        }
         if (r !== -EAGAIN) throw errnoErrorOf("connect", -r);
         const left = deadline - performance.now();
         if (left <= 0) throw new TimeoutError("connect", timeoutMs);

@@ -7,6 +7,7 @@
  */
 
 import { fromBinary } from "../protocol/bytes.ts";
+import { jsonBinaryString } from "../protocol/names.ts";
 import { errno, libc } from "../ffi.ts";
 import { CLOCK_REALTIME, EAGAIN, EINTR } from "../sys/linux.ts";
 
@@ -79,42 +80,7 @@ export function blankRecord(op: AuditOp, result: AuditResult, error: string | nu
  * other bytes below 0x20 as `\u00xx`, every other byte raw, and the string ends at the first NUL.
  */
 export function jsonString(s: string | null): string {
-  if (s === null) return "null";
-  let out = '"';
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 0) break;
-    if (c >= 0x20 && c !== 0x22 && c !== 0x5c) {
-      out += s[i];
-      continue;
-    }
-    switch (c) {
-      case 0x5c:
-        out += "\\\\";
-        break;
-      case 0x22:
-        out += '\\"';
-        break;
-      case 0x08:
-        out += "\\b";
-        break;
-      case 0x0c:
-        out += "\\f";
-        break;
-      case 0x0a:
-        out += "\\n";
-        break;
-      case 0x0d:
-        out += "\\r";
-        break;
-      case 0x09:
-        out += "\\t";
-        break;
-      default:
-        out += "\\u00" + (c < 0x10 ? "0" : "") + c.toString(16);
-    }
-  }
-  return out + '"';
+  return jsonBinaryString(s);
 }
 
 function u64OrNull(v: bigint | number | null): string {

@@ -17,6 +17,7 @@ import {
   jsonString,
 } from "./audit.ts";
 import { fromBinary, toBinary } from "../protocol/bytes.ts";
+import { type NameKind, nameProblem } from "../protocol/names.ts";
 import { trySeals } from "../sys/fd.ts";
 import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
 import type { BrokerOptions } from "./options.ts";
@@ -253,17 +254,29 @@ function* done(o: Outcome): Handler {
 /** Read a job id; returns the binary string, or the error text. */
 function* readJob(
   length: number,
-  texts: { read: string; empty: string; nul: string },
+  texts: { read: string; empty: string; nul: string; kind: NameKind },
 ): Generator<Step, string | { error: string }, StepInput> {
   const bytes = (yield READ(length)) as Uint8Array | null;
   if (bytes === null) return { error: texts.read };
   if (bytes[0] === 0) return { error: texts.empty };
   if (bytes.includes(0)) return { error: texts.nul };
+  const problem = nameProblem(bytes, texts.kind);
+  if (problem !== null) return { error: problem };
   return toBinary(bytes);
 }
 
-const JOB_TEXTS = { read: Text.readJob, empty: Text.emptyJob, nul: Text.nulInJob };
-const ALLOW_TEXTS = { read: Text.readAllow, empty: Text.emptyAllow, nul: Text.nulInAllow };
+const JOB_TEXTS = {
+  read: Text.readJob,
+  empty: Text.emptyJob,
+  nul: Text.nulInJob,
+  kind: "job id" as const,
+};
+const ALLOW_TEXTS = {
+  read: Text.readAllow,
+  empty: Text.emptyAllow,
+  nul: Text.nulInAllow,
+  kind: "allowed job id" as const,
+};
 
 function* put(h: Header, ctx: RequestContext): Handler {
   const { options, store } = ctx;
@@ -286,6 +299,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   rec.name = name;
   if (nameBytes.length === 0 || nameBytes[0] === 0) return fail(Status.BAD_REQUEST, Text.emptyName);
   if (nameBytes.includes(0)) return fail(Status.BAD_REQUEST, Text.nulInName);
+  const nameRule = nameProblem(nameBytes, "object name");
+  if (nameRule !== null) return fail(Status.BAD_REQUEST, nameRule);
 
   if (h.textLen !== DIGEST_LEN) return fail(Status.BAD_REQUEST, Text.invalidDigest);
   const digestBytes = (yield READ(DIGEST_LEN)) as Uint8Array | null;
@@ -326,6 +341,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   if (isFdProblem(info)) return fail(Status.BAD_REQUEST, brokerFdProblemText(info, h.size));
 
   const size = Number(info.size);
+  // Nothing is hashed for a request that cannot be stored anyway (checked again at commit).
+  if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
   const verified = (yield { kind: "digest", fd: ctx.fd, size }) as DigestAnswer;
   if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
   if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
