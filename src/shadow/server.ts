@@ -135,7 +135,7 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
 
 /** Why a second broker is refused while `pid` holds the link. */
 export function busyText(path: string, pid: number): string {
-  return `the shadow at ${path} already serves the broker with pid ${pid}; stop that broker ` +
+  return `it already serves the broker with pid ${pid} (on ${path}); stop that broker ` +
     `or give this one another --shadow path`;
 }
 
