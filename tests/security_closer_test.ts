@@ -5,7 +5,7 @@
  */
 
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, request, roundTrip, tempDir } from "./helpers.ts";
+import { BrokerProcess, enc, request, roundTrip, tempDir, waitFor } from "./helpers.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
 import { Cmd } from "../src/protocol/wire.ts";
 import { Status } from "../src/errors.ts";
@@ -16,15 +16,12 @@ const SOCK_STREAM = 1;
 const SOCK_NONBLOCK = 0x800;
 const SOL_SOCKET = 1;
 const SO_LINGER = 13;
-const SO_SNDBUF = 7;
 const LINGER_S = 30;
 
 /** A TCP socket connected to a peer that never reads, its send queue full, lingering 30 s. */
 function lingeringSocket(port: number): number {
   const fd = libc.symbols.socket(AF_INET, SOCK_STREAM, 0);
   ok(fd >= 0);
-  const small = new Int32Array([4096]);
-  libc.symbols.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, new Uint8Array(small.buffer), 4);
   const addr = new Uint8Array(16);
   const v = new DataView(addr.buffer);
   v.setUint16(0, AF_INET, true);
@@ -45,6 +42,23 @@ function lingeringSocket(port: number): number {
   return fd;
 }
 
+/** True when the broker process holds a TCP socket (the one the test sent). */
+function holdsSocket(pid: number): boolean {
+  const tcp = new Set(
+    Deno.readTextFileSync("/proc/net/tcp").split("\n").slice(1).map((l) => l.trim().split(/\s+/)[9])
+      .filter((x) => x !== undefined),
+  );
+  for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`).match(/^socket:\[(\d+)\]$/);
+      if (m !== null && tcp.has(m[1] ?? "")) return true;
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  return false;
+}
+
 Deno.test("a lingering TCP socket attached to a request does not stall other clients while the broker closes it", async () => {
   using dir = tempDir();
   await using b = await BrokerProcess.start(dir.path);
@@ -53,14 +67,16 @@ Deno.test("a lingering TCP socket attached to a request does not stall other cli
   const fd = lingeringSocket(listener.addr.port);
   const accepted = await listener.accept();
   try {
-    {
-      // A LIST with the socket attached: the broker does not keep it and must close it.
-      using c = await RawClient.connect(b.socket);
-      await c.send(request({ cmd: Cmd.LIST }), [fd]);
-      closeQuietly(fd); // the broker now holds the last reference
-      const r = await c.reply(10_000);
-      assertEquals(r.header.status, Status.OK);
-    }
+    // A PUT header with the socket attached; the broker holds it while the body is missing.
+    using c = await RawClient.connect(b.socket);
+    const name = "a\nb";
+    await c.send(request({ cmd: Cmd.PUT, size: 1n, nameLen: name.length, textLen: 71 }), [fd]);
+    await waitFor(() => holdsSocket(b.pid), 10_000, "the broker to hold the socket");
+    closeQuietly(fd); // the broker's copy is now the last one: its close lingers
+    // The body brings a refused name, so the broker drops the descriptor now.
+    await c.send(enc(name + "sha256:" + "0".repeat(64)));
+    const r = await c.reply(10_000);
+    assertEquals(r.header.status, Status.BAD_REQUEST);
     // Other clients are served well within the linger time.
     const start = performance.now();
     for (let i = 0; i < 3; i++) {
