@@ -30,6 +30,8 @@ export class BrokerIdentityError extends Error {
   readonly uid: number;
 
   /**
+   * Describe a refused broker.
+   *
    * @param path the socket path
    * @param uid the listener's uid
    * @param expected the uids that were acceptable

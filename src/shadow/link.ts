@@ -28,6 +28,8 @@ import { admitObject, isRefused, type Refused } from "./admit.ts";
  */
 export class ShadowBusyError extends Error {
   /**
+   * Describe the refusal.
+   *
    * @param path the shadow's socket path
    * @param reason the shadow's words
    */

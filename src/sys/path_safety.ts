@@ -34,6 +34,8 @@ export class UnsafePathError extends Error {
   readonly path: string;
 
   /**
+   * Describe a refused path.
+   *
    * @param path the refused path
    * @param reason why, ending the message
    */

@@ -24,6 +24,8 @@ export class PeerUidError extends Error {
   readonly uid: number;
 
   /**
+   * Describe a peer of the wrong uid.
+   *
    * @param message the whole message
    * @param uid the peer's uid, or -1
    */
