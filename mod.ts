@@ -4,7 +4,9 @@
  *
  * This module is the public API: a {@link Client} to publish and fetch objects, a {@link Broker}
  * to run one in-process, {@link Memfd} and {@link ReadOnlyMapping} for sealed memory files, and
- * the error types. It speaks protocol v1 of the C memfdbus byte for byte.
+ * the error types. It speaks protocol v1 of the C memfdbus byte for byte; the protocol itself
+ * (header codec, codes, texts, LIST and STAT formats) is exported from
+ * `@memfdbus/memfdbus/protocol` for programs that speak it themselves.
  *
  * @example Publish a file and map it back
  * ```ts ignore
@@ -31,7 +33,6 @@ export {
   type JobOption,
   type ListEntry,
   type ObjectStat,
-  parseList,
   type PutOptions,
   type PutResult,
   type PutSource,
@@ -57,10 +58,10 @@ export {
 export { SocketPathError } from "./src/client/connection.ts";
 export { BrokerIdentityError } from "./src/client/peer_check.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
+export type { MetricsAddress } from "./src/core/options.ts";
+export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
 export {
-  brokerFdProblemText,
   describeFdProblem,
-  type FdProblem,
   getSeals,
   inspectSealedFd,
   isFdProblem,
@@ -70,26 +71,10 @@ export {
   Seal,
   type SealedFdInfo,
 } from "./src/sys/memfd.ts";
+export { type FdProblem } from "./src/protocol/fd_problem.ts";
 export { ReadOnlyMapping } from "./src/sys/mapping.ts";
 export { checkSocketPath, UnsafePathError } from "./src/sys/path_safety.ts";
 export { PeerUidError } from "./src/sys/peer_uid.ts";
-export {
-  isPrintableName,
-  jsonBinaryString,
-  type NameKind,
-  nameProblem,
-} from "./src/protocol/names.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
 export { DigestBuilder, digestBytes, digestFd, digestFdRead } from "./src/hash/digest.ts";
-export {
-  Cmd,
-  DIGEST_LEN,
-  EXT_MARK,
-  extFlags,
-  Flag,
-  HEADER_SIZE,
-  MAGIC,
-  VERSION,
-  withExt,
-} from "./src/protocol/wire.ts";

@@ -1,6 +1,16 @@
 /**
- * The one binding to libc. Every other module calls the C functions through `libc` and turns
- * failures into {@link ErrnoError} with {@link check} or {@link checkBig}.
+ * The one binding to libc (the only `Deno.dlopen` of the project). The system layer (`src/sys/`)
+ * calls the C functions through `libc`.
+ *
+ * How the system layer reports errno, everywhere:
+ * - A wrapper throws {@link ErrnoError} (built with {@link check}, {@link checkBig},
+ *   {@link lastError} or {@link errnoErrorOf}) when its call fails.
+ * - Except where failure is an expected answer the caller branches on, on a path that must not
+ *   allocate an exception: the functions named `try*` and the nonblocking socket calls
+ *   (`acceptUnix`, `connectUnix`, `sendMsg`, `sendSome`, `recvMsg`, `readSome`). They return
+ *   their result, or the negated errno (`-EAGAIN`, `-ENOENT`) as a number below zero. No wrapper
+ *   returns a positive errno, a bare -1 or null for a failure.
+ * - Messages for people name the error (`strerror` text, the `E...` name), never its number.
  *
  * errno is read through `__errno_location()` in the statement right after the failing call: Deno
  * ops change errno, so nothing may run in between.
@@ -152,6 +162,8 @@ const symbols = {
   },
   /** pid_t setsid(void) */
   setsid: { parameters: [], result: "i32" },
+  /** int waitid(idtype_t idtype, id_t id, siginfo_t *info, int options) */
+  waitid: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
   /** pid_t waitpid(pid_t pid, int *status, int options), blocking the calling thread */
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   /** int posix_spawnattr_init(posix_spawnattr_t *attr) */

@@ -183,9 +183,7 @@ Deno.test("audit strings are escaped byte for byte, and stay valid UTF-8 JSON wh
     'q\\t\\n\\"\\\\\\b\\f\\r\\u0001\\u001b\\u001f\\u007f\xc3\xa9\\ufffd\\ufffdz',
   );
   const job = cat("j", new Uint8Array([0x02]), '"k');
-  const escapedJob = unbin('j\\u0002\\"k');
   const data = enc("escape");
-  const digest = digestOf(data);
 
   const recordAfter = async (n: number): Promise<string> => {
     let lines: Uint8Array[] = [];
@@ -233,14 +231,20 @@ Deno.test("audit strings are escaped byte for byte, and stay valid UTF-8 JSON wh
     );
   });
 
-  await t.step("a job id with a control byte is refused in a LIST, recorded escaped", async () => {
-    using c = await RawClient.connect(broker.socket);
-    await c.send(listRequest(job));
-    const reply = await c.reply();
-    assertEquals(
-      [reply.header.status, bin(reply.body)],
-      [3, "job id must not contain control byte 0x02 (at byte 1)"],
-    );
-    new TextDecoder("utf-8", { fatal: true }).decode(unbin(await recordAfter(3)));
-  });
+  await t.step(
+    "a job id with a control byte is refused in a LIST, and not echoed in the record",
+    async () => {
+      using c = await RawClient.connect(broker.socket);
+      await c.send(listRequest(job));
+      const reply = await c.reply();
+      assertEquals(
+        [reply.header.status, bin(reply.body)],
+        [3, "job id must not contain control byte 0x02 (at byte 1)"],
+      );
+      assertEquals(
+        await recordAfter(3),
+        `{"op":"list","operation":"list","result":"bad_request","selector":null,"object_id":null,"name":null,"size":null,"count":null,"digest":null,"job_id":null,"error":"job id must not contain control byte 0x02 (at byte 1)"}`,
+      );
+    },
+  );
 });

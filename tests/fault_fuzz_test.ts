@@ -13,6 +13,7 @@ import { type BrokerOptions, defaultBrokerOptions } from "../src/core/options.ts
 import { OPEN_POLICY } from "../src/core/policy.ts";
 import { handle, type Outcome, type RequestContext, type StepInput } from "../src/core/handlers.ts";
 import { Store, type StoredObject } from "../src/core/store.ts";
+import { checkSealedFd, sealsOf } from "../src/broker/descriptors.ts";
 import {
   Cmd,
   decodeHeader,
@@ -301,6 +302,8 @@ function runHandler(r: Rng, s: Session, i: number): void {
       return d;
     },
     release: (obj) => released.push(obj),
+    checkSealed: checkSealedFd,
+    seals: sealsOf,
     now: () => 1n,
   };
   const countBefore = s.store.count;

@@ -1,4 +1,5 @@
 import { OPEN_POLICY } from "../src/core/policy.ts";
+import { NO_QUOTAS } from "../src/core/governance.ts";
 import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import { UsageError } from "../src/errors.ts";
 import {
@@ -6,6 +7,7 @@ import {
   DEFAULT_SOCKET,
   defaultBrokerOptions,
   parseBrokerArgs,
+  parseMetricsAddress,
   parsePositive,
 } from "../src/core/options.ts";
 
@@ -39,7 +41,10 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
   assertEquals([d.requestTimeoutMs, d.idleTimeoutMs], [10_000, 60_000]);
   assertEquals(Object.keys(d).sort(), [
     "auditPeer",
+    "dedup",
+    "evict",
     "idleTimeoutMs",
+    "keepVersions",
     "listenBacklog",
     "maxClients",
     "maxListBytes",
@@ -49,9 +54,12 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
     "maxTotalBytes",
     "maxWaitMs",
     "maxWaiters",
+    "metrics",
     "policy",
+    "quotas",
     "readOnlyFds",
     "requestTimeoutMs",
+    "retention",
     "shadow",
     "socket",
     "socketMode",
@@ -109,6 +117,12 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     auditPeer: false,
     policy: OPEN_POLICY,
     shadow: null,
+    keepVersions: null,
+    retention: [],
+    quotas: NO_QUOTAS,
+    evict: "none",
+    dedup: true,
+    metrics: null,
   };
   assertEquals(o, want);
 });
@@ -247,4 +261,49 @@ Deno.test("parsePositive returns the value as a bigint and words failures with t
     message: "invalid --x: 101",
   });
   throws(() => parsePositive("--y", "0", 100n), { name: "UsageError", message: "invalid --y: 0" });
+});
+
+Deno.test("governance flags: --keep-versions, --evict, --metrics and --no-dedup", () => {
+  const o = parseBrokerArgs([
+    "--keep-versions",
+    "3",
+    "--evict",
+    "superseded",
+    "--metrics",
+    "127.0.0.1:9464",
+    "--no-dedup",
+  ]);
+  assertEquals([o.keepVersions, o.evict, o.dedup], [3, "superseded", false]);
+  assertEquals(o.metrics, { kind: "tcp", hostname: "127.0.0.1", port: 9464 });
+  assertEquals(parseBrokerArgs(["--evict", "none"]).evict, "none");
+  assertEquals(parseBrokerArgs(["--metrics", "/run/memfdbus/metrics.sock"]).metrics, {
+    kind: "unix",
+    path: "/run/memfdbus/metrics.sock",
+  });
+  rejectsWith(["--keep-versions", "0"], "invalid --keep-versions: 0");
+  rejectsWith(["--keep-versions", "2147483648"], "invalid --keep-versions: 2147483648");
+  rejectsWith(["--evict", "oldest"], "invalid --evict: oldest");
+  rejectsWith(["--metrics", "9464"], "invalid --metrics: 9464");
+  rejectsWith(["--metrics"], "missing value for --metrics");
+});
+
+Deno.test("parseMetricsAddress takes HOST:PORT or a socket path and nothing else", () => {
+  assertEquals(parseMetricsAddress("localhost:1"), { kind: "tcp", hostname: "localhost", port: 1 });
+  assertEquals(parseMetricsAddress("[::1]:9464"), { kind: "tcp", hostname: "::1", port: 9464 });
+  assertEquals(parseMetricsAddress("./m.sock"), { kind: "unix", path: "./m.sock" });
+  for (
+    const bad of [
+      "",
+      "/",
+      "127.0.0.1",
+      "127.0.0.1:0",
+      "127.0.0.1:65536",
+      "256.0.0.1:80",
+      "host:80",
+      ":80",
+      "1.2.3.4:80x",
+    ]
+  ) {
+    assertEquals(parseMetricsAddress(bad), null, bad);
+  }
 });

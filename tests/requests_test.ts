@@ -23,6 +23,7 @@ import {
   unknownCommandOutcome,
 } from "../src/core/handlers.ts";
 import { Store, type StoredObject } from "../src/core/store.ts";
+import { checkSealedFd, sealsOf } from "../src/broker/descriptors.ts";
 import { Cmd, decodeHeader, emptyHeader, type Header, HEADER_SIZE } from "../src/protocol/wire.ts";
 import { enc } from "./helpers.ts";
 import { fdGuard, hasCloexec, ownSealedMemfd, ownTempDir, pipe } from "./unit_support.ts";
@@ -87,6 +88,8 @@ class Fixture implements Disposable {
       release: (obj): void => {
         this.released.push(obj);
       },
+      checkSealed: checkSealedFd,
+      seals: sealsOf,
       now: (): bigint => 42n,
     };
   }
@@ -1316,6 +1319,8 @@ Deno.test("handle answers an unknown command with its number echoed and logged",
       fdLost: false,
       reopen: (): number => -1,
       release: (): void => {},
+      checkSealed: checkSealedFd,
+      seals: sealsOf,
       now: (): bigint => 0n,
     }).next(null);
     ok(r.done);

@@ -55,7 +55,15 @@ Deno.test("the wire constants have the protocol v1 values", () => {
   );
   // Protocol v1's commands, and the extensions far from them so no C test's "unknown" command
   // (0, 5, 9, 99, 255, ...) is taken.
-  assertEquals(Cmd, { PUT: 1, GET: 2, LIST: 3, DROP: 4, STAT: 0x101, TAKEOVER: 0x102 });
+  assertEquals(Cmd, {
+    PUT: 1,
+    GET: 2,
+    LIST: 3,
+    DROP: 4,
+    STAT: 0x101,
+    TAKEOVER: 0x102,
+    WATCH: 0x103,
+  });
   assertEquals([Flag.KEEP_ALIVE, Flag.WAIT, EXT_MARK], [1, 2, 0x4d460000]);
   assertEquals([withExt(0), withExt(1), extFlags(0x4d460003), extFlags(0xffffffff)], [
     0,

@@ -9,11 +9,7 @@
 import { Broker } from "../broker.ts";
 import { parseConfig } from "../core/config.ts";
 import { UsageError } from "../errors.ts";
-import { Connection } from "../client/connection.ts";
-import { closeQuietly, libc } from "../ffi.ts";
-import { setCloexec } from "../sys/fd.ts";
-import { closeAll } from "../sys/unix_socket.ts";
-import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE } from "../protocol/wire.ts";
+import { requestTakeover } from "../client/takeover.ts";
 import {
   type BrokerOptions,
   defaultBrokerOptions,
@@ -93,50 +89,6 @@ function inheritedTakeover(): { listenFd: number; takeoverFd: number } | undefin
     throw new UsageError(`invalid MEMFDBUS_TAKEOVER: ${v}`);
   }
   return { listenFd: l as number, takeoverFd: t as number };
-}
-
-/** Ask the broker on `socket` to hand over (`--takeover`). */
-async function requestTakeover(socket: string): Promise<{ listenFd: number; takeoverFd: number }> {
-  let conn: Connection;
-  try {
-    conn = await Connection.connect(socket, 10_000);
-  } catch (e) {
-    throw new UsageError(`no broker to take over from on ${socket}: ${(e as Error).message}`);
-  }
-  try {
-    await conn.send(
-      encodeHeader({ cmd: Cmd.TAKEOVER }),
-      performance.now() + 10_000,
-      "send takeover request",
-    );
-    // The old broker answers once its requests in flight are done (up to its grace period).
-    const reply = await conn.recvExact(
-      HEADER_SIZE,
-      performance.now() + 60_000,
-      "receive takeover reply",
-    );
-    const h = decodeHeader(reply.bytes);
-    const [listenFd, ...extra] = reply.fds;
-    closeAll(extra);
-    if (h.status !== 0 || listenFd === undefined) {
-      if (listenFd !== undefined) closeQuietly(listenFd);
-      let text = "";
-      if (h.textLen > 0) {
-        text = new TextDecoder().decode(
-          (await conn.recvExact(h.textLen, performance.now() + 5000, "receive")).bytes,
-        );
-      }
-      throw new UsageError(
-        `takeover refused by the broker on ${socket}: ${text || `status ${h.status}`}`,
-      );
-    }
-    const fd = libc.symbols.dup(conn.fd);
-    if (fd < 0) throw new UsageError("takeover: dup failed");
-    setCloexec(fd, true);
-    return { listenFd, takeoverFd: fd };
-  } finally {
-    conn.close();
-  }
 }
 
 /**

@@ -69,7 +69,7 @@ export async function captureCommand(args: readonly string[]): Promise<number> {
   if (allow !== undefined) checkJob("--allow-job", allow);
   checkName(name);
   // Fail before running the command when no broker can be there at all: its output would be lost.
-  if (tryLstat(socket) === ENOENT) throw errnoErrorOf("connect", ENOENT);
+  if (tryLstat(socket) === -ENOENT) throw errnoErrorOf("connect", ENOENT);
 
   using memfd = Memfd.create(name);
   const exit = runInto(args.slice(cmdIndex), memfd);

@@ -82,7 +82,7 @@ export function writeObject(
     }
   }
   const st = tryLstat(target);
-  if (typeof st === "number" ? st !== ENOENT : !isRegular(st.mode)) {
+  if (typeof st === "number" ? st !== -ENOENT : !isRegular(st.mode)) {
     writeDirect(src, size, target, onProgress);
     return;
   }

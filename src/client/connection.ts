@@ -5,7 +5,7 @@
  * @module
  */
 
-import { ErrnoError, TimeoutError } from "../errors.ts";
+import { ErrnoError, ProtocolError, TimeoutError } from "../errors.ts";
 import { closeQuietly, errnoErrorOf, libc } from "../ffi.ts";
 import { inProcess } from "../sys/inprocess.ts";
 import { checkBrokerPeer } from "./peer_check.ts";
@@ -217,17 +217,36 @@ export class Connection implements Disposable {
     return { bytes, fds };
   }
 
+  /**
+   * Give up the socket: the caller owns the returned descriptor from now on (a takeover hands
+   * the connection to the shadow frame link). Refused while bytes or descriptors received but
+   * not yet read are buffered here, since they would be lost.
+   */
+  detach(): number {
+    const fd = this.#live();
+    if (this.#rend > this.#rstart || this.#rfds.length > 0) {
+      throw new ProtocolError("broker sent more than its reply");
+    }
+    this.#release();
+    return fd;
+  }
+
   /** Close the socket (and any descriptor received but not handed out). Safe to call twice. */
   close(): void {
     const fd = this.#fd;
     if (fd < 0) return;
+    this.#release();
+    closeQuietly(fd);
+  }
+
+  /** Forget the socket and give back the read-ahead buffer. */
+  #release(): void {
     this.#fd = -1;
     closeAll(this.#rfds);
     this.#rfds = [];
     if (bufferPool.length < 8) bufferPool.push(this.#rbuf);
     this.#rbuf = new Uint8Array(0);
     this.#rstart = this.#rend = 0;
-    closeQuietly(fd);
   }
 
   /** Same as {@link Connection.close}. */

@@ -1,15 +1,15 @@
 /**
- * The JSONL audit log: one compact JSON object per request with the twelve keys of the C broker
- * in their order, strings escaped exactly as it escapes them, and a buffered writer that flushes
- * before the broker sleeps.
+ * The JSONL audit record: one compact JSON object per request with the twelve keys of the C
+ * broker in their order, strings escaped exactly as it escapes them. Pure: the time stamp is
+ * passed in, and writing the lines is the broker's audit sink (`src/broker/audit_sink.ts`).
  *
  * @module
  */
 
-import { fromBinary } from "../protocol/bytes.ts";
-import { jsonBinaryString } from "../protocol/names.ts";
-import { errno, libc } from "../ffi.ts";
-import { CLOCK_REALTIME, EAGAIN, EINTR } from "../sys/linux.ts";
+import { jsonString } from "../protocol/json.ts";
+
+/** Re-exported: the escaping is the protocol's (see src/protocol/json.ts). */
+export { jsonString };
 
 /** What happened to a request. */
 export type AuditResult = "ok" | "bad_request" | "not_found" | "forbidden" | "error";
@@ -23,6 +23,8 @@ export type AuditOp =
   | "stat"
   | "recover"
   | "takeover"
+  | "release"
+  | "evict"
   | "unknown";
 
 /** One audit record. Strings are binary strings (raw bytes); null prints as JSON null. */
@@ -47,6 +49,11 @@ export interface AuditRecord {
   jobId: string | null;
   /** The exact error text, or null on success. */
   error: string | null;
+  /**
+   * Why the broker let an object go on its own (`release` and `evict` records only): written
+   * after the twelve keys as `reason`, with the id of the PUT that caused it as `cause_id`.
+   */
+  reason?: { readonly why: string; readonly causeId: number } | undefined;
 }
 
 /** The kernel-reported identity of the peer, added after the twelve keys when enabled. */
@@ -76,11 +83,36 @@ export function blankRecord(op: AuditOp, result: AuditResult, error: string | nu
 }
 
 /**
- * Escape a binary string as a JSON string the way the C broker does: `\\ \" \b \f \n \r \t`,
- * other bytes below 0x20 as `\u00xx`, every other byte raw, and the string ends at the first NUL.
+ * The record of an object the broker released on its own: op `release` for retention, `evict`
+ * for eviction under pressure (never `drop`, which is a client's request). The twelve keys carry
+ * the object as a DROP record would (id, name, size, digest, and its owner job as `job_id`);
+ * `reason` and `cause_id` follow them.
+ *
+ * @param obj the object released
+ * @param op `release` (retention) or `evict` (pressure)
+ * @param reason the retention or the limit, e.g. `retention`, `broker_bytes`, `job_objects`
+ * @param causeId the id of the PUT that caused it
  */
-export function jsonString(s: string | null): string {
-  return jsonBinaryString(s);
+export function releaseRecord(
+  obj: {
+    readonly id: number;
+    readonly name: string;
+    readonly size: number;
+    readonly digest: string;
+    readonly owner: string | null;
+  },
+  op: "release" | "evict",
+  reason: string,
+  causeId: number,
+): AuditRecord {
+  const rec = blankRecord(op, "ok", null);
+  rec.objectId = obj.id;
+  rec.name = obj.name;
+  rec.size = obj.size;
+  rec.digest = obj.digest;
+  rec.jobId = obj.owner;
+  rec.reason = { why: reason, causeId };
+  return rec;
 }
 
 function u64OrNull(v: bigint | number | null): string {
@@ -98,82 +130,11 @@ export function formatRecord(tsNs: bigint, r: AuditRecord, peer?: AuditPeer): st
     `,"name":${jsonString(r.name)},"size":${countOrNull(r.size)},"count":${countOrNull(r.count)}` +
     `,"digest":${jsonString(r.digest)},"job_id":${jsonString(r.jobId)}` +
     `,"error":${jsonString(r.error)}`;
+  if (r.reason !== undefined) {
+    line += `,"reason":${jsonString(r.reason.why)},"cause_id":${r.reason.causeId}`;
+  }
   if (peer !== undefined) {
     line += `,"peer_pid":${peer.pid},"peer_uid":${peer.uid},"peer_gid":${peer.gid}`;
   }
   return line + "}\n";
-}
-
-const tsBuf = new BigInt64Array(2);
-const tsBytes = new Uint8Array(tsBuf.buffer);
-
-/** CLOCK_REALTIME in nanoseconds (0 if the clock call fails, like the C broker). */
-export function realtimeNs(): bigint {
-  if (libc.symbols.clock_gettime(CLOCK_REALTIME, tsBytes) !== 0) return 0n;
-  const sec = tsBuf[0] ?? 0n;
-  const nsec = tsBuf[1] ?? 0n;
-  if (sec < 0n || nsec < 0n) return 0n;
-  return sec * 1_000_000_000n + nsec;
-}
-
-/**
- * Buffers audit lines and writes them to a descriptor (stdout by default) in one write per
- * {@link AuditLog.flush}. A closed or broken output never kills the broker (defect D22): the
- * first failure is reported once on stderr and logging stops.
- */
-export class AuditLog {
-  readonly #fd: number;
-  #pending = "";
-  #broken = false;
-  /** When set, each record carries the peer's pid, uid and gid. */
-  withPeer = false;
-  /** Lines handed to the log (whether or not they could be written). */
-  records = 0;
-
-  /**
-   * @param fd the descriptor to write to; negative for no log at all
-   */
-  constructor(fd = 1) {
-    this.#fd = fd;
-  }
-
-  /** Queue one record, time-stamped now. */
-  record(r: AuditRecord, peer?: AuditPeer): void {
-    this.records++;
-    if (this.#broken || this.#fd < 0) return;
-    this.#pending += formatRecord(realtimeNs(), r, this.withPeer ? peer : undefined);
-  }
-
-  /** Queue a raw line (the startup line). */
-  line(text: string): void {
-    if (!this.#broken && this.#fd >= 0) this.#pending += text + "\n";
-  }
-
-  /** Write what is queued. Blocks only as long as the output itself blocks. */
-  flush(): void {
-    if (this.#pending === "" || this.#broken) return;
-    const bytes = fromBinary(this.#pending);
-    this.#pending = "";
-    let off = 0;
-    while (off < bytes.length) {
-      const n = libc.symbols.write(this.#fd, bytes.subarray(off), BigInt(bytes.length - off));
-      if (n >= 0) {
-        off += Number(n);
-        continue;
-      }
-      const e = errno();
-      if (e === EINTR) continue;
-      if (e === EAGAIN) {
-        // A nonblocking output that is full: wait briefly rather than drop the audit trail.
-        const pollfd = new Uint8Array(8);
-        new DataView(pollfd.buffer).setInt32(0, this.#fd, true);
-        new DataView(pollfd.buffer).setInt16(4, 0x4, true);
-        libc.symbols.poll(pollfd, 1n, 100);
-        continue;
-      }
-      this.#broken = true;
-      console.error(`memfdbus: audit log write failed (errno ${e}); audit records are dropped`);
-      return;
-    }
-  }
 }

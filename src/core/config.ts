@@ -8,7 +8,11 @@
  * maxListBytes, maxTotalBytes, listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
  * maxWaitMs, maxWaiters, readOnlyFds,
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
- * shadow. A policy file (--policy) may hold only auditPeer, requireJob, protectNames and jobs.
+ * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
+ * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
+ * "jobs": { "trainer": {..} } }), evict ("superseded" or "none"), dedup, metrics
+ * ("127.0.0.1:9464" or a socket path). A policy file (--policy) may hold only auditPeer,
+ * requireJob, protectNames and jobs.
  *
  * @module
  */
@@ -16,7 +20,8 @@
 import type { Node, ParseError } from "jsonc-parser";
 import { utf8Binary } from "../protocol/bytes.ts";
 import { UsageError } from "../errors.ts";
-import type { BrokerOptions } from "./options.ts";
+import { type BrokerOptions, parseMetricsAddress } from "./options.ts";
+import type { QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
 import type { JobBinding } from "./policy.ts";
 import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
 
@@ -32,7 +37,10 @@ export interface FileConfig {
   readonly shadow?: string;
 }
 
-type Apply = (o: BrokerOptions, node: Node, fail: (msg: string) => never) => void;
+/** Report a mistake; `at` names the line of a nested value (default: the key's value). */
+type Fail = (msg: string, at?: Node) => never;
+
+type Apply = (o: BrokerOptions, node: Node, fail: Fail) => void;
 
 function integer(max: bigint, set: (o: BrokerOptions, v: bigint) => void): Apply {
   return (o, node, fail) => {
@@ -51,7 +59,7 @@ function boolean(set: (o: BrokerOptions, v: boolean) => void): Apply {
   };
 }
 
-function ids(node: Node | undefined, what: string, fail: (msg: string) => never): number[] {
+function ids(node: Node | undefined, what: string, fail: Fail): number[] {
   if (node === undefined) return [];
   if (node.type !== "array") return fail(`${what}: expected an array of ids`);
   return (node.children ?? []).map((c) => {
@@ -60,6 +68,116 @@ function ids(node: Node | undefined, what: string, fail: (msg: string) => never)
     }
     return c.value as number;
   });
+}
+
+const UNITS: Readonly<Record<string, bigint>> = {
+  "": 1n,
+  B: 1n,
+  KiB: 1n << 10n,
+  MiB: 1n << 20n,
+  GiB: 1n << 30n,
+  TiB: 1n << 40n,
+};
+
+/** A byte count: an integer, or a decimal string with an optional KiB/MiB/GiB/TiB suffix. */
+function byteCount(node: Node): bigint | null {
+  if (node.type === "number") {
+    return Number.isSafeInteger(node.value) && node.value >= 1 ? BigInt(node.value) : null;
+  }
+  if (node.type !== "string") return null;
+  const m = /^([0-9]+)\s?(B|KiB|MiB|GiB|TiB)?$/.exec(String(node.value));
+  if (m === null) return null;
+  const v = BigInt(m[1] ?? "0") * (UNITS[m[2] ?? ""] ?? 1n);
+  return v >= 1n && v <= U64_MAX ? v : null;
+}
+
+/** Object members as [key, value node] pairs. */
+function members(node: Node): [string, Node][] {
+  return (node.children ?? []).flatMap((p) => {
+    const [k, v] = p.children ?? [];
+    return k === undefined || v === undefined ? [] : [[String(k.value), v] as [string, Node]];
+  });
+}
+
+function limits(node: Node, what: string, fail: Fail): QuotaLimits {
+  if (node.type !== "object") {
+    return fail(`${what}: expected { "bytes": N, "objects": N }`, node);
+  }
+  let bytes: bigint | null = null;
+  let objects: bigint | null = null;
+  for (const [k, v] of members(node)) {
+    if (k === "bytes") {
+      bytes = byteCount(v);
+      if (bytes === null) {
+        return fail(`${what}.bytes: expected a byte count such as 1073741824 or "8GiB"`, v);
+      }
+    } else if (k === "objects") {
+      if (v.type !== "number" || !Number.isSafeInteger(v.value) || v.value < 1) {
+        return fail(`${what}.objects: expected an integer from 1 to ${Number.MAX_SAFE_INTEGER}`, v);
+      }
+      objects = BigInt(v.value);
+    } else {
+      return fail(`${what}: unknown key "${k}"`, v);
+    }
+  }
+  return { bytes, objects };
+}
+
+function retention(node: Node, fail: Fail): RetentionRule[] {
+  if (node.type !== "object") return fail('expected an object such as { "model/*": 2 }');
+  const rules: RetentionRule[] = [];
+  for (const [k, v] of members(node)) {
+    const star = k.indexOf("*");
+    if (k === "" || (star >= 0 && star !== k.length - 1)) {
+      return fail(`"${k}": expected a name, or a prefix ending in one *`, v);
+    }
+    let keep: number | null;
+    if (v.type === "string" && v.value === "unlimited") {
+      keep = null;
+    } else if (
+      v.type === "number" && Number.isInteger(v.value) && v.value >= 1 && v.value <= INT_MAX
+    ) {
+      keep = v.value as number;
+    } else {
+      return fail(`"${k}": expected a number of versions from 1 to ${INT_MAX} or "unlimited"`, v);
+    }
+    const prefix = star >= 0;
+    rules.push({ pattern: utf8Binary(prefix ? k.slice(0, -1) : k), prefix, keep });
+  }
+  return rules;
+}
+
+function quotas(node: Node, fail: Fail): Quotas {
+  if (node.type !== "object") {
+    return fail('expected an object with "perUid", "uids" and/or "jobs"');
+  }
+  let perUid: QuotaLimits | null = null;
+  const uids = new Map<number, QuotaLimits>();
+  const jobs = new Map<string, QuotaLimits>();
+  for (const [k, v] of members(node)) {
+    if (k === "perUid") {
+      perUid = limits(v, "perUid", fail);
+    } else if (k === "uids" || k === "jobs") {
+      if (v.type !== "object") return fail(`${k}: expected an object`, v);
+      for (const [name, q] of members(v)) {
+        if (k === "uids") {
+          if (!/^[0-9]{1,10}$/.test(name) || Number(name) > 0xffffffff) {
+            return fail(`uids: "${name}" is not a uid from 0 to 4294967295`, q);
+          }
+          uids.set(Number(name), limits(q, `uids.${name}`, fail));
+        } else {
+          const bytes = new TextEncoder().encode(name);
+          if (bytes.length === 0 || bytes.length > JOB_MAX || bytes.includes(0)) {
+            return fail(`jobs: job id "${name}" must be 1 to ${JOB_MAX} bytes without NUL`, q);
+          }
+          jobs.set(utf8Binary(name), limits(q, `jobs.${name}`, fail));
+        }
+      }
+    } else {
+      return fail(`unknown key "${k}"`, v);
+    }
+  }
+  return { perUid, uids, jobs };
 }
 
 const KEYS: Readonly<Record<string, Apply>> = {
@@ -120,6 +238,23 @@ const KEYS: Readonly<Record<string, Apply>> = {
     if (node.type !== "string" || node.value === "") return fail("expected a non-empty path");
     o.shadow = node.value as string;
   },
+  keepVersions: integer(INT_MAX, (o, v) => (o.keepVersions = Number(v))),
+  retention: (o, node, fail) => (o.retention = retention(node, fail)),
+  quotas: (o, node, fail) => (o.quotas = quotas(node, fail)),
+  evict: (o, node, fail) => {
+    if (node.type !== "string" || (node.value !== "superseded" && node.value !== "none")) {
+      return fail('expected "superseded" or "none"');
+    }
+    o.evict = node.value;
+  },
+  dedup: boolean((o, v) => (o.dedup = v)),
+  metrics: (o, node, fail) => {
+    const address = node.type === "string" ? parseMetricsAddress(String(node.value)) : null;
+    if (address === null) {
+      return fail('expected "HOST:PORT" such as "127.0.0.1:9464" or a socket path');
+    }
+    o.metrics = address;
+  },
 };
 
 const POLICY_KEYS = new Set(["auditPeer", "requireJob", "protectNames", "jobs"]);
@@ -165,8 +300,9 @@ export async function parseConfig(
     const [keyNode, valueNode] = prop.children ?? [];
     const key = String(keyNode?.value ?? "");
     const line = lineOf(text, (valueNode ?? keyNode ?? prop).offset);
-    const fail = (msg: string): never => {
-      throw new UsageError(`${path}:${line}: ${key}: ${msg}`);
+    const fail = (msg: string, at?: Node): never => {
+      const where = at === undefined ? line : lineOf(text, at.offset);
+      throw new UsageError(`${path}:${where}: ${key}: ${msg}`);
     };
     const apply = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
     if (apply === undefined || (policyOnly && !POLICY_KEYS.has(key))) {

@@ -3,23 +3,18 @@
  *
  * A handler is a generator: it yields a {@link Step} when it needs body bytes or a digest, and
  * returns an {@link Outcome} (the reply, the audit record, and what became of the descriptor).
- * The connection code feeds it; nothing here touches a socket, so handlers are tested by driving
- * them with byte arrays and real memfds.
+ * The connection code feeds it. Nothing here makes a system call: what needs one (checking the
+ * request's descriptor, reading seals, reopening an object, the clock) comes in through the
+ * {@link RequestContext}, so handlers are tested by driving them with byte arrays and real memfds.
  *
  * @module
  */
 
-import {
-  type AuditOp,
-  type AuditRecord,
-  type AuditResult,
-  blankRecord,
-  jsonString,
-} from "./audit.ts";
+import { type AuditOp, type AuditRecord, type AuditResult, blankRecord } from "./audit.ts";
 import { fromBinary, toBinary } from "../protocol/bytes.ts";
 import { type NameKind, nameProblem } from "../protocol/names.ts";
-import { trySeals } from "../sys/fd.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { formatListLine } from "../protocol/list.ts";
+import { formatStat } from "../protocol/stat.ts";
 import type { BrokerOptions } from "./options.ts";
 import {
   checkJobClaim,
@@ -90,6 +85,12 @@ export interface Outcome {
   readonly ok: boolean;
 }
 
+/**
+ * What checking a PUT's descriptor found: the size of a sealed memfd, or the broker's text for
+ * what is wrong with it (for example `size mismatch: expected=5 fd=4`).
+ */
+export type SealedCheck = { readonly size: bigint } | { readonly problem: string };
+
 /** What handlers need from the broker. */
 export interface RequestContext {
   /** The object store. */
@@ -106,6 +107,10 @@ export interface RequestContext {
   reopen(obj: StoredObject): number;
   /** Close the broker's descriptor of a dropped object. */
   release(obj: StoredObject): void;
+  /** Check that `fd` is a sealed memfd of `size` bytes. */
+  checkSealed(fd: number, size: bigint): SealedCheck;
+  /** The seal bits of a stored object's descriptor, or a negated errno. */
+  seals(obj: StoredObject): number;
   /** The current CLOCK_REALTIME in ns. */
   now(): bigint;
 }
@@ -337,8 +342,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
     if (ctx.fdLost) return fail(Status.ERR, Text.fdLimit);
     return fail(Status.BAD_REQUEST, Text.missingFd);
   }
-  const info = inspectSealedFd(ctx.fd, h.size);
-  if (isFdProblem(info)) return fail(Status.BAD_REQUEST, brokerFdProblemText(info, h.size));
+  const info = ctx.checkSealed(ctx.fd, h.size);
+  if ("problem" in info) return fail(Status.BAD_REQUEST, info.problem);
 
   const size = Number(info.size);
   // Nothing is hashed for a request that cannot be stored anyway (checked again at commit).
@@ -450,13 +455,7 @@ function* getOrDrop(
 
   if (op === "stat") {
     rec.result = "ok";
-    const seals = trySeals(obj.fd);
-    const body = fromBinary(
-      `{"id":${obj.id},"name":${jsonString(obj.name)},"size":${obj.size},` +
-        `"digest":${jsonString(obj.digest)},"owner":${jsonString(obj.owner)},` +
-        `"allowed":${jsonString(obj.allowed)},"created_ns":${obj.createdNs},` +
-        `"seals":${seals < 0 ? "null" : seals}}`,
-    );
+    const body = fromBinary(formatStat({ ...obj, seals: ctx.seals(obj) }));
     const wire = new Uint8Array(HEADER_SIZE + body.length);
     encodeHeader(
       { cmd, objectId: BigInt(obj.id), size: BigInt(obj.size), textLen: body.length },
@@ -551,9 +550,7 @@ export function buildListText(
   let count = 0;
   for (const obj of store.values()) {
     if (!visible(obj, caller)) continue;
-    const line = `${obj.id}\towner=${obj.owner ?? "-"}\tallowed=${
-      obj.allowed ?? "-"
-    }\t${obj.size}\t${obj.digest}\t${obj.name}\n`;
+    const line = formatListLine(obj);
     if (text.length + line.length > maxBytes) return null;
     text += line;
     count++;

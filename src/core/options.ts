@@ -7,6 +7,7 @@
 import { UsageError } from "../errors.ts";
 import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "../protocol/wire.ts";
+import { NO_QUOTAS, type Quotas, type RetentionRule } from "./governance.ts";
 
 /**
  * The socket every command uses unless told otherwise.
@@ -24,6 +25,35 @@ export const DEFAULT_SOCKET = "/tmp/memfdbus.sock";
 const U32_MAX = 4294967295n;
 const U64_MAX = 18446744073709551615n;
 const INT_MAX = 2147483647n;
+
+/**
+ * Where the broker serves `/metrics`: a TCP address (meant for loopback, e.g. `127.0.0.1:9464`)
+ * or a Unix socket path.
+ */
+export type MetricsAddress =
+  | { readonly kind: "tcp"; readonly hostname: string; readonly port: number }
+  | { readonly kind: "unix"; readonly path: string };
+
+/**
+ * Parse a metrics address: `HOST:PORT` (HOST an IPv4 address, `localhost` or `[IPv6]`; PORT
+ * 1..65535) or a Unix socket path starting with `/` or `.`. Null when it is neither. For
+ * example `127.0.0.1:9464` gives `{ kind: "tcp", hostname: "127.0.0.1", port: 9464 }`.
+ */
+export function parseMetricsAddress(value: string): MetricsAddress | null {
+  if (value.startsWith("/") || value.startsWith(".")) {
+    return value.length > 1 && !value.includes("\0") ? { kind: "unix", path: value } : null;
+  }
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3}|localhost|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/.exec(value);
+  if (m === null) return null;
+  const host = m[1] ?? "";
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return null;
+  if (host.includes(".") && !host.startsWith("[")) {
+    if (host.split(".").some((o) => Number(o) > 255)) return null;
+  }
+  const hostname = host.startsWith("[") ? host.slice(1, -1) : host;
+  return { kind: "tcp", hostname, port };
+}
 
 /**
  * Everything that configures a broker.
@@ -74,6 +104,18 @@ export interface BrokerOptions {
   policy: IdentityPolicy;
   /** The shadow's socket path (--shadow), or null for no shadow. */
   shadow: string | null;
+  /** Versions of each name kept (--keep-versions), or null for all of them, as in C. */
+  keepVersions: number | null;
+  /** Retention per name or name prefix (config `retention`); the longest pattern wins. */
+  retention: readonly RetentionRule[];
+  /** Per-job and per-uid quotas (config `quotas`). */
+  quotas: Quotas;
+  /** Over a broker limit, release superseded versions instead of refusing (--evict). */
+  evict: "none" | "superseded";
+  /** Store identical contents (equal verified digests) on one memfd (on; --no-dedup). */
+  dedup: boolean;
+  /** Where to serve Prometheus metrics (--metrics), or null for nowhere. */
+  metrics: MetricsAddress | null;
 }
 
 /**
@@ -105,6 +147,12 @@ export function defaultBrokerOptions(): BrokerOptions {
     auditPeer: false,
     policy: OPEN_POLICY,
     shadow: null,
+    keepVersions: null,
+    retention: [],
+    quotas: NO_QUOTAS,
+    evict: "none",
+    dedup: true,
+    metrics: null,
   };
 }
 
@@ -148,6 +196,16 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--max-waiters": num(INT_MAX, (o, n) => (o.maxWaiters = n)),
   "--socket-mode": (o, v, f) => (o.socketMode = parseMode(f, v)),
   "--shadow": (o, v) => (o.shadow = v),
+  "--keep-versions": num(INT_MAX, (o, n) => (o.keepVersions = n)),
+  "--evict": (o, v, f) => {
+    if (v !== "superseded" && v !== "none") throw new UsageError(`invalid ${f}: ${v}`);
+    o.evict = v;
+  },
+  "--metrics": (o, v, f) => {
+    const address = parseMetricsAddress(v);
+    if (address === null) throw new UsageError(`invalid ${f}: ${v}`);
+    o.metrics = address;
+  },
   // Files are read by the command before parsing; here their values are only skipped.
   "--config": () => {},
   "--policy": () => {},
@@ -159,6 +217,7 @@ const SWITCHES: Readonly<Record<string, (o: BrokerOptions) => void>> = {
   "--read-only-fds": (o) => (o.readOnlyFds = true),
   "--protect-names": (o) => (o.policy = { ...o.policy, protectNames: true }),
   "--require-job": (o) => (o.policy = { ...o.policy, requireJob: true }),
+  "--no-dedup": (o) => (o.dedup = false),
 };
 
 /** The value of the last occurrence of a flag that takes a value, if any. */

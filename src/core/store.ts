@@ -1,7 +1,8 @@
 /**
  * The broker's object store: ids in ascending order, O(1) lookup by id and by newest name, and
- * the object-count and total-byte quotas. Pure bookkeeping; descriptors are opened and closed by
- * the caller.
+ * the object-count and total-byte quotas, the shared contents (several objects on one memfd when
+ * their verified digests are equal) and when each object was last fetched. Pure bookkeeping;
+ * descriptors are opened and closed by the caller.
  *
  * @module
  */
@@ -22,6 +23,31 @@ export interface StoredObject extends Owned {
   readonly name: string;
   /** When the PUT committed, CLOCK_REALTIME nanoseconds. */
   readonly createdNs: bigint;
+  /** The publisher's uid (kernel-reported), when the broker knew it; used by uid quotas. */
+  readonly uid?: number | undefined;
+}
+
+/**
+ * One memfd and the objects stored on it. Objects share a content when the broker stored a
+ * published object on the memfd of an earlier one with the same verified digest; the broker
+ * closes the memfd only when its last object goes ({@link Store.remove} says when).
+ */
+export interface Content {
+  /** The broker's descriptor of the memfd. */
+  readonly fd: number;
+  /** Its size in bytes. */
+  readonly size: number;
+  /** The digest of its bytes. */
+  readonly digest: string;
+  /** How many stored objects use it. */
+  readonly refs: number;
+}
+
+interface MutableContent {
+  fd: number;
+  size: number;
+  digest: string;
+  refs: number;
 }
 
 /** The fields a new object is added with; the store assigns the id. */
@@ -43,8 +69,16 @@ export class Store {
   readonly #byId = new Map<number, StoredObject>();
   readonly #byName = new Map<string, StoredObject[]>();
   readonly #quota: StoreQuota;
+  // Contents by descriptor (non-negative descriptors only: each object with fd < 0, as in unit
+  // tests, counts as a content of its own), and the first content of each digest.
+  readonly #contents = new Map<number, MutableContent>();
+  readonly #byDigest = new Map<string, MutableContent>();
+  // Fetch order: a counter, not a clock, so "least recently fetched" is exact and deterministic.
+  readonly #lastFetch = new Map<number, number>();
+  #fetches = 0;
   #nextId = 1;
   #totalBytes = 0;
+  #uniqueBytes = 0;
 
   /**
    * @param quota the limits {@link Store.exceedsQuota} checks
@@ -61,6 +95,14 @@ export class Store {
   /** Sum of stored sizes. */
   get totalBytes(): number {
     return this.#totalBytes;
+  }
+
+  /**
+   * Bytes of memory the stored objects occupy: each shared content counted once. Equals
+   * {@link Store.totalBytes} when no object shares its memfd.
+   */
+  get uniqueBytes(): number {
+    return this.#uniqueBytes;
   }
 
   /** The id the next PUT will get. */
@@ -103,6 +145,63 @@ export class Store {
     if (versions === undefined) this.#byName.set(obj.name, [obj]);
     else versions.push(obj);
     this.#totalBytes += obj.size;
+    const shared = obj.fd >= 0 ? this.#contents.get(obj.fd) : undefined;
+    if (shared !== undefined) {
+      shared.refs++;
+      return;
+    }
+    this.#uniqueBytes += obj.size;
+    if (obj.fd < 0) return;
+    const content = { fd: obj.fd, size: obj.size, digest: obj.digest, refs: 1 };
+    this.#contents.set(obj.fd, content);
+    if (!this.#byDigest.has(obj.digest)) this.#byDigest.set(obj.digest, content);
+  }
+
+  /**
+   * The stored content with this digest and size, whose memfd a new object with the same
+   * verified digest may share (pass its `fd` to {@link Store.add} and close the new memfd).
+   */
+  contentOf(digest: string, size: number): Content | undefined {
+    const c = this.#byDigest.get(digest);
+    return c !== undefined && c.size === size ? c : undefined;
+  }
+
+  /** The content on this descriptor, if stored. */
+  content(fd: number): Content | undefined {
+    return this.#contents.get(fd);
+  }
+
+  /** The content an object is stored on (undefined for an object with fd < 0). */
+  contentFor(obj: StoredObject): Content | undefined {
+    return obj.fd >= 0 ? this.#contents.get(obj.fd) : undefined;
+  }
+
+  /** True when the object shares its memfd with at least one other stored object. */
+  isShared(obj: StoredObject): boolean {
+    return (this.contentFor(obj)?.refs ?? 1) > 1;
+  }
+
+  /** Note that the object was just fetched (GET, exec): eviction prefers the least recent. */
+  touch(obj: StoredObject): void {
+    if (this.#byId.get(obj.id) === obj) this.#lastFetch.set(obj.id, ++this.#fetches);
+  }
+
+  /**
+   * When the object was last fetched, as a position in the broker's fetch order (0: never).
+   * Larger is more recent.
+   */
+  lastFetched(obj: StoredObject): number {
+    return this.#lastFetch.get(obj.id) ?? 0;
+  }
+
+  /** Every version of a name, oldest first (empty when none). */
+  versionsOf(name: string): readonly StoredObject[] {
+    return this.#byName.get(name) ?? [];
+  }
+
+  /** Every stored name with its versions, oldest first. */
+  names(): IterableIterator<[string, readonly StoredObject[]]> {
+    return this.#byName.entries();
   }
 
   /** The object with this id, if stored. */
@@ -125,11 +224,34 @@ export class Store {
     return this.#byName.get(name)?.[0];
   }
 
-  /** Remove an object (its descriptor is the caller's to close). */
-  remove(obj: StoredObject): void {
-    if (this.#byId.get(obj.id) !== obj) return;
+  /**
+   * Remove an object. Returns true when the caller should close its descriptor: the object was
+   * stored and no other stored object shares its memfd.
+   */
+  remove(obj: StoredObject): boolean {
+    if (this.#byId.get(obj.id) !== obj) return false;
     this.#byId.delete(obj.id);
+    this.#lastFetch.delete(obj.id);
     this.#totalBytes -= obj.size;
+    const lastRef = this.#release(obj);
+    this.#unlinkName(obj);
+    return lastRef;
+  }
+
+  #release(obj: StoredObject): boolean {
+    const c = obj.fd >= 0 ? this.#contents.get(obj.fd) : undefined;
+    if (c === undefined) {
+      this.#uniqueBytes -= obj.size;
+      return true;
+    }
+    if (--c.refs > 0) return false;
+    this.#contents.delete(c.fd);
+    this.#uniqueBytes -= c.size;
+    if (this.#byDigest.get(c.digest) === c) this.#byDigest.delete(c.digest);
+    return true;
+  }
+
+  #unlinkName(obj: StoredObject): void {
     const versions = this.#byName.get(obj.name);
     if (versions === undefined) return;
     if (versions.length === 1) {

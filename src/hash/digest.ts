@@ -8,7 +8,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { ReadOnlyMapping } from "../sys/mapping.ts";
 import { pread } from "../sys/fd.ts";
-import { DIGEST_PREFIX } from "../protocol/wire.ts";
+import { digestFromHex } from "../protocol/digest.ts";
 
 /** Bytes fed to the hash per update call; large enough to amortise the call, small for cache. */
 export const HASH_SLICE = 4 << 20;
@@ -57,7 +57,7 @@ export class DigestBuilder {
    * ```
    */
   digest(): string {
-    return DIGEST_PREFIX + this.#hash.digest("hex");
+    return digestFromHex(this.#hash.digest("hex"));
   }
 }
 

@@ -14,6 +14,7 @@
 import { digestFdRead } from "./digest.ts";
 import { ErrnoError } from "../errors.ts";
 import { errno, libc, strerror } from "../ffi.ts";
+import { digestReadFailedText, Text } from "../protocol/wire.ts";
 
 /** A request to hash `size` bytes of descriptor `fd`. */
 export interface HashJob {
@@ -42,18 +43,18 @@ export function digestOrError(fd: number, size: number): HashOutcome {
   try {
     return { digest: digestFdRead(fd, size) };
   } catch (e) {
-    if (e instanceof RangeError) return { error: "digest verification short read" };
+    if (e instanceof RangeError) return { error: Text.digestShortRead };
     if (e instanceof ErrnoError) {
-      if (e.code === "ENOMEM") return { error: "digest verification allocation failed" };
+      if (e.code === "ENOMEM") return { error: Text.digestAlloc };
       // The C broker reads with pread: report what pread says about this descriptor (a
       // write-only one gives EBADF, where mmap says EACCES).
       const probe = new Uint8Array(1);
       const n = libc.symbols.pread(fd, probe, 1n, 0n);
-      if (n < 0) return { error: `digest verification read failed: ${strerror(errno())}` };
-      if (n === 0n) return { error: "digest verification short read" };
-      return { error: `digest verification read failed: ${e.description}` };
+      if (n < 0) return { error: digestReadFailedText(strerror(errno())) };
+      if (n === 0n) return { error: Text.digestShortRead };
+      return { error: digestReadFailedText(e.description) };
     }
-    return { error: `digest verification read failed: ${(e as Error).message}` };
+    return { error: digestReadFailedText((e as Error).message) };
   }
 }
 
@@ -175,7 +176,7 @@ export class HashPool {
       e.preventDefault();
       const id = this.#busy[index] ?? 0;
       this.#busy[index] = 0;
-      this.#settle(id, { error: `digest verification read failed: ${e.message}` });
+      this.#settle(id, { error: digestReadFailedText(e.message) });
       this.#dispatch();
     };
     return index;
@@ -188,7 +189,7 @@ export class HashPool {
     for (const w of this.#workers) w.terminate();
     for (const [id, p] of this.#pending) {
       const job = this.#queue.find((j) => j.id === id);
-      p.resolve(job ? digestOrError(job.fd, job.size) : { error: "broker is shutting down" });
+      p.resolve(job ? digestOrError(job.fd, job.size) : { error: Text.shuttingDown });
     }
     this.#pending.clear();
     this.#byPeer.clear();

@@ -19,10 +19,10 @@ function hex(b: number): string {
 }
 
 /**
- * Length of the valid UTF-8 sequence starting at `i`, or 0 when the bytes there are not one
+ * Length of the valid UTF-8 sequence starting at `i` (bytes read through `at`), or 0 when the bytes there are not one
  * (overlong forms, surrogates and code points past U+10FFFF are invalid).
  */
-function utf8Length(at: (i: number) => number, i: number, end: number): number {
+export function utf8Length(at: (i: number) => number, i: number, end: number): number {
   const b0 = at(i);
   if (b0 < 0x80) return 1;
   let n: number;
@@ -48,7 +48,7 @@ function utf8Length(at: (i: number) => number, i: number, end: number): number {
  *
  * @example
  * ```ts
- * import { nameProblem } from "@memfdbus/memfdbus";
+ * import { nameProblem } from "@memfdbus/memfdbus/protocol";
  * const enc = new TextEncoder();
  * console.log(nameProblem(enc.encode("sensor/température"), "object name")); // null
  * console.log(nameProblem(enc.encode("a\nb"), "object name"));
@@ -78,7 +78,7 @@ export function nameProblem(bytes: Uint8Array, kind: NameKind): string | null {
  *
  * @example
  * ```ts
- * import { isPrintableName } from "@memfdbus/memfdbus";
+ * import { isPrintableName } from "@memfdbus/memfdbus/protocol";
  * console.log(isPrintableName("job-1"), isPrintableName("a\tb")); // true false
  * ```
  */
@@ -92,67 +92,4 @@ export function isPrintableName(binary: string): boolean {
     i += n;
   }
   return true;
-}
-
-const ESCAPES: Record<number, string> = {
-  0x08: "\\b",
-  0x09: "\\t",
-  0x0a: "\\n",
-  0x0c: "\\f",
-  0x0d: "\\r",
-  0x22: '\\"',
-  0x5c: "\\\\",
-};
-
-/**
- * A JSON string literal for a binary string (one character per byte), itself a binary string of
- * UTF-8 bytes: valid UTF-8 sequences are kept, control characters (and DEL) are escaped, and
- * every byte that is not part of valid UTF-8 becomes `\ufffd`, so the result is always valid
- * JSON on one line. As in the C broker, the value ends at the first NUL byte. Characters above
- * U+00FF (from JavaScript texts) are written as `\u` escapes. `null` gives `null`.
- *
- * @example
- * ```ts
- * import { jsonBinaryString } from "@memfdbus/memfdbus";
- * console.log(jsonBinaryString("a\nb\xff")); // "a\nb\ufffd"
- * ```
- */
-export function jsonBinaryString(s: string | null): string {
-  if (s === null) return "null";
-  const at = (i: number): number => s.charCodeAt(i);
-  let out = '"';
-  for (let i = 0; i < s.length;) {
-    const c = at(i);
-    if (c === 0) break;
-    if (c > 0xff) {
-      out += "\\u" + c.toString(16).padStart(4, "0");
-      i++;
-      continue;
-    }
-    const esc = ESCAPES[c];
-    if (esc !== undefined) {
-      out += esc;
-      i++;
-      continue;
-    }
-    if (c < 0x20 || c === 0x7f) {
-      out += "\\u00" + c.toString(16).padStart(2, "0");
-      i++;
-      continue;
-    }
-    if (c < 0x80) {
-      out += s[i];
-      i++;
-      continue;
-    }
-    const n = utf8Length((k) => at(k) > 0xff ? 0 : at(k), i, s.length);
-    if (n === 0) {
-      out += "\\ufffd";
-      i++;
-      continue;
-    }
-    out += s.slice(i, i + n);
-    i += n;
-  }
-  return out + '"';
 }

@@ -8,12 +8,14 @@
  * @module
  */
 
+export { DIGEST_LEN, DIGEST_PREFIX, formatDigest, isValidDigest } from "./digest.ts";
+
 /**
  * Header size in bytes.
  *
  * @example Recognising a protocol v1 header
  * ```ts
- * import { HEADER_SIZE, MAGIC, VERSION } from "@memfdbus/memfdbus";
+ * import { HEADER_SIZE, MAGIC, VERSION } from "@memfdbus/memfdbus/protocol";
  * const header = new Uint8Array(HEADER_SIZE);
  * const view = new DataView(header.buffer);
  * view.setUint32(0, MAGIC, true);
@@ -27,7 +29,7 @@ export const HEADER_SIZE = 48;
  *
  * @example
  * ```ts
- * import { MAGIC } from "@memfdbus/memfdbus";
+ * import { MAGIC } from "@memfdbus/memfdbus/protocol";
  * console.log(MAGIC.toString(16)); // 4d464442
  * ```
  */
@@ -37,7 +39,7 @@ export const MAGIC = 0x4d464442;
  *
  * @example
  * ```ts
- * import { VERSION } from "@memfdbus/memfdbus";
+ * import { VERSION } from "@memfdbus/memfdbus/protocol";
  * console.log(VERSION); // 1
  * ```
  */
@@ -63,7 +65,7 @@ export const Off = {
  *
  * @example
  * ```ts
- * import { Cmd } from "@memfdbus/memfdbus";
+ * import { Cmd } from "@memfdbus/memfdbus/protocol";
  * const names = Object.fromEntries(Object.entries(Cmd).map(([k, v]) => [v, k]));
  * console.log(names[2]); // "GET"
  * ```
@@ -88,6 +90,12 @@ export const Cmd = {
    * reply carries the listening socket, then the connection carries the objects.
    */
   TAKEOVER: 0x102,
+  /**
+   * Extension: subscribe to events (publish, drop, release, eviction) for a name, a name prefix
+   * or every name the caller may list. After the OK reply the connection carries watch event
+   * frames (see `src/protocol/watch.ts`). A C broker answers `unknown command`.
+   */
+  WATCH: 0x103,
 } as const;
 
 /**
@@ -98,7 +106,7 @@ export const Cmd = {
  *
  * @example Reading the extension bits of a reply's reserved field (offset 44)
  * ```ts
- * import { extFlags, Flag, withExt } from "@memfdbus/memfdbus";
+ * import { extFlags, Flag, withExt } from "@memfdbus/memfdbus/protocol";
  * const reserved = withExt(Flag.KEEP_ALIVE | Flag.WAIT);
  * console.log((extFlags(reserved) & Flag.WAIT) !== 0, extFlags(0xffffffff)); // true 0
  * ```
@@ -133,17 +141,23 @@ export function withExt(flags: number): number {
 }
 
 /**
- * Length of a digest string: `sha256:` and 64 lowercase hex digits.
+ * Set extension bits in an encoded header's `reserved` field (at {@link Off.reserved}), keeping
+ * any it already carries. Used on a request that was encoded before the connection decided its
+ * flags (keep-alive).
  *
  * @example
  * ```ts
- * import { DIGEST_LEN, digestBytes } from "@memfdbus/memfdbus";
- * console.log(digestBytes(new Uint8Array()).length === DIGEST_LEN); // true
+ * import { addExtFlags, decodeHeader, encodeHeader, extFlags, Flag } from "@memfdbus/memfdbus/protocol";
+ * const header = encodeHeader({ reserved: 0 });
+ * addExtFlags(header, Flag.KEEP_ALIVE);
+ * console.log(extFlags(decodeHeader(header).reserved)); // 1
  * ```
  */
-export const DIGEST_LEN = 71;
-/** The fixed prefix of a digest string. */
-export const DIGEST_PREFIX = "sha256:";
+export function addExtFlags(header: Uint8Array, flags: number): void {
+  const v = new DataView(header.buffer, header.byteOffset, HEADER_SIZE);
+  v.setUint32(Off.reserved, withExt(extFlags(v.getUint32(Off.reserved, true)) | flags), true);
+}
+
 /** Hard cap on name length in any request. */
 export const NAME_HARD_MAX = 65536;
 /** Hard cap on job id and allowed job id length. */
@@ -244,32 +258,6 @@ export function requestBytes(h: Header): number {
   return h.nameLen + h.textLen + h.jobLen + h.allowLen;
 }
 
-const HEX = "0123456789abcdef";
-
-/** Format a raw 32-byte SHA-256 as a digest string. */
-export function formatDigest(raw: Uint8Array): string {
-  let s = DIGEST_PREFIX;
-  for (const b of raw) s += HEX.charAt(b >> 4) + HEX.charAt(b & 15);
-  return s;
-}
-
-/**
- * True for `sha256:` followed by exactly 64 lowercase hex digits. Accepts the digest as bytes or
- * as a string of byte values (latin1).
- */
-export function isValidDigest(digest: Uint8Array | string): boolean {
-  if (digest.length !== DIGEST_LEN) return false;
-  for (let i = 0; i < DIGEST_LEN; i++) {
-    const c = typeof digest === "string" ? digest.charCodeAt(i) : digest[i] ?? 0;
-    if (i < DIGEST_PREFIX.length) {
-      if (c !== DIGEST_PREFIX.charCodeAt(i)) return false;
-    } else if (!((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 /** The error texts of protocol v1, byte for byte as the C broker sends them. */
 export const Text = {
   badHeader: "invalid protocol header",
@@ -318,4 +306,13 @@ export const Text = {
   fdLimit: "broker descriptor limit reached",
   /** Too many GET --wait requests are parked at once. */
   waitQuota: "broker wait quota exceeded",
+  /** A digest verification still queued when the broker stopped. */
+  shuttingDown: "broker is shutting down",
 } as const;
+
+/**
+ * The broker's text for a digest verification read that failed for `reason` (a strerror text).
+ */
+export function digestReadFailedText(reason: string): string {
+  return `digest verification read failed: ${reason}`;
+}

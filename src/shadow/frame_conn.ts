@@ -6,7 +6,8 @@
  * @module
  */
 
-import { closeQuietly, libc } from "../ffi.ts";
+import { closeQuietly } from "../ffi.ts";
+import { pollOne } from "../sys/fd.ts";
 import { EAGAIN, POLLIN, POLLOUT } from "../sys/linux.ts";
 import { type DecodedFrame, decodeFrame, encodeFrame } from "../protocol/shadow_frames.ts";
 import { closeAll, recvMsg, sendMsg, sendSome } from "../sys/unix_socket.ts";
@@ -124,11 +125,7 @@ export class FrameConn implements Disposable {
 
   /** Block until readable or writable (used only where blocking is allowed). */
   waitBlocking(write: boolean, timeoutMs: number): boolean {
-    const p = new Uint8Array(8);
-    const v = new DataView(p.buffer);
-    v.setInt32(0, this.#fd, true);
-    v.setInt16(4, write ? POLLOUT : POLLIN, true);
-    return libc.symbols.poll(p, 1n, timeoutMs) > 0;
+    return pollOne(this.#fd, write ? POLLOUT : POLLIN, timeoutMs);
   }
 
   /** Send everything queued, blocking up to `timeoutMs` in total. */

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { closeQuietly } from "../ffi.ts";
+import { closeQuietly, strerror } from "../ffi.ts";
+import { childHasExited } from "../sys/spawn.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
 import { ECONNREFUSED, ENOENT } from "../sys/linux.ts";
 import { FDS_PER_FRAME, Frame, toWire } from "../protocol/shadow_frames.ts";
@@ -103,34 +104,12 @@ function spawnShadow(command: readonly string[]): number {
   return child.pid;
 }
 
-const WAITID = {
-  waitid: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32" },
-} as const;
-let waitidLib: Deno.DynamicLibrary<typeof WAITID> | null = null;
-const P_PID = 1;
-const WNOHANG = 1;
-const WEXITED = 4;
-const WNOWAIT = 0x01000000;
-
-/**
- * True once child `pid` has exited. waitid(WNOWAIT) looks without reaping it (Deno still
- * collects its status); the child's own status promise cannot be used here because the thread
- * that waits for the shadow blocks the event loop.
- */
-function hasExited(pid: number): boolean {
-  waitidLib ??= Deno.dlopen("libc.so.6", WAITID);
-  const info = new Uint8Array(128);
-  const r = waitidLib.symbols.waitid(P_PID, pid, info, WEXITED | WNOHANG | WNOWAIT);
-  // ECHILD: already reaped. Otherwise si_pid (offset 16) is set once the child has exited.
-  return r !== 0 || new DataView(info.buffer).getInt32(16, true) === pid;
-}
-
 /** Connect to the shadow on `path`, starting one when nobody listens there. */
 function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boolean } {
   const first = connectOnce(config.path);
   if (first >= 0) return { conn: new FrameConn(first), started: false };
   if ((first !== -ENOENT && first !== -ECONNREFUSED) || config.command === null) {
-    throw new Error(`cannot reach the shadow at ${config.path} (errno ${-first})`);
+    throw new Error(`cannot reach the shadow at ${config.path}: ${strerror(-first)}`);
   }
   const pid = spawnShadow(config.command);
   const end = performance.now() + START_TIMEOUT_MS;
@@ -138,7 +117,10 @@ function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boole
     const fd = connectOnce(config.path);
     if (fd >= 0) return { conn: new FrameConn(fd), started: true };
     // A shadow that failed (it says why on stderr) is not waited for: the broker is blocked.
-    if (hasExited(pid)) throw new Error(`the shadow exited without listening on ${config.path}`);
+    // (The child's status promise cannot be used: this thread blocks the event loop.)
+    if (childHasExited(pid)) {
+      throw new Error(`the shadow exited without listening on ${config.path}`);
+    }
     if (performance.now() > end) throw new Error(`the shadow did not start on ${config.path}`);
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
   }

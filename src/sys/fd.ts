@@ -12,13 +12,19 @@ import {
   AT_SYMLINK_NOFOLLOW,
   EAGAIN,
   EINTR,
+  F_DUPFD_CLOEXEC,
   F_GET_SEALS,
   F_GETFD,
   F_GETFL,
   F_SETFD,
   F_SETFL,
   FD_CLOEXEC,
+  O_CLOEXEC,
   O_NONBLOCK,
+  Pollfd,
+  POLLFD_SIZE,
+  RLIMIT_NOFILE,
+  RLIMIT_SIZE,
   S_IFMT,
   S_IFREG,
   STATX_BASIC_STATS,
@@ -86,14 +92,14 @@ export function fstat(fd: number, context = "fstat"): FileStat {
   return decodeStat();
 }
 
-/** fstat(2) that reports failure as an errno number instead of throwing. */
+/** fstat(2) that reports failure as a negated errno (`-EBADF`) instead of throwing. */
 export function tryFstat(fd: number): FileStat | number {
   const r = libc.symbols.statx(fd, EMPTY_PATH, AT_EMPTY_PATH, STATX_BASIC_STATS, statBuf);
-  if (r < 0) return errno();
+  if (r < 0) return -errno();
   return decodeStat();
 }
 
-/** lstat(2) of a path; returns the errno number on failure. */
+/** lstat(2) of a path; returns a negated errno (`-ENOENT`) on failure. */
 export function tryLstat(path: string): FileStat | number {
   const r = libc.symbols.statx(
     AT_FDCWD,
@@ -102,7 +108,7 @@ export function tryLstat(path: string): FileStat | number {
     STATX_BASIC_STATS,
     statBuf,
   );
-  if (r < 0) return errno();
+  if (r < 0) return -errno();
   return decodeStat();
 }
 
@@ -163,8 +169,8 @@ export function writeAll(fd: number, bytes: Uint8Array, context = "write"): void
 }
 
 /**
- * Read up to `buf.length` bytes. Returns the count (0 at end of file), or -1 for EAGAIN on a
- * nonblocking descriptor. Retries EINTR.
+ * Read up to `buf.length` bytes. Returns the count (0 at end of file), or `-EAGAIN` on a
+ * nonblocking descriptor with nothing to read; other failures throw. Retries EINTR.
  */
 export function readSome(fd: number, buf: Uint8Array, context = "read"): number {
   for (;;) {
@@ -172,7 +178,7 @@ export function readSome(fd: number, buf: Uint8Array, context = "read"): number 
     if (n >= 0) return Number(n);
     const e = errno();
     if (e === EINTR) continue;
-    if (e === EAGAIN) return -1;
+    if (e === EAGAIN) return -EAGAIN;
     throw errnoErrorOf("read", e, context);
   }
 }
@@ -185,6 +191,63 @@ export function pread(fd: number, buf: Uint8Array, offset: number, context = "pr
     const e = errno();
     if (e !== EINTR) throw errnoErrorOf("pread", e, context);
   }
+}
+
+/**
+ * poll(2) of one descriptor for `events` (POLLIN, POLLOUT) up to `timeoutMs`, blocking the
+ * calling thread. True when it became ready (or reports an error or hang-up) in time.
+ */
+export function pollOne(fd: number, events: number, timeoutMs: number): boolean {
+  pollView.setInt32(Pollfd.fd, fd, true);
+  pollView.setInt16(Pollfd.events, events, true);
+  pollView.setInt16(Pollfd.revents, 0, true);
+  return libc.symbols.poll(pollBuf, 1n, timeoutMs) > 0;
+}
+
+const pollBuf = new Uint8Array(POLLFD_SIZE);
+const pollView = new DataView(pollBuf.buffer);
+
+/**
+ * open(2) a path with O_CLOEXEC added; returns the descriptor or a negated errno. The path is a
+ * string or an already encoded NUL-terminated C string (see `cstr`), which saves encoding it on
+ * every call.
+ */
+export function tryOpen(path: string | Uint8Array<ArrayBuffer>, flags: number): number {
+  const c = typeof path === "string" ? cstr(path) : path;
+  const fd = libc.symbols.open(c, flags | O_CLOEXEC, 0);
+  return fd >= 0 ? fd : -errno();
+}
+
+/** openat(2) relative to a directory descriptor, O_CLOEXEC added; the descriptor or -errno. */
+export function tryOpenAt(dirFd: number, path: Uint8Array<ArrayBuffer>, flags: number): number {
+  const fd = libc.symbols.openat(dirFd, path, flags | O_CLOEXEC, 0);
+  return fd >= 0 ? fd : -errno();
+}
+
+/** fcntl(F_DUPFD_CLOEXEC): a duplicate sharing the open file description, or -errno. */
+export function tryDup(fd: number): number {
+  const d = libc.symbols.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  return d >= 0 ? d : -errno();
+}
+
+/** unlink(2) a path; returns 0 or a negated errno. */
+export function tryUnlink(path: string): number {
+  return libc.symbols.unlink(cstr(path)) === 0 ? 0 : -errno();
+}
+
+/**
+ * Raise the soft RLIMIT_NOFILE to the hard limit (a broker holds one descriptor per object).
+ * Returns the limits now in force, or zeros when they cannot be read.
+ */
+export function raiseDescriptorLimit(): { soft: bigint; hard: bigint } {
+  const buf = new BigUint64Array(RLIMIT_SIZE / 8);
+  const bytes = new Uint8Array(buf.buffer);
+  if (libc.symbols.getrlimit(RLIMIT_NOFILE, bytes) !== 0) return { soft: 0n, hard: 0n };
+  if ((buf[0] ?? 0n) < (buf[1] ?? 0n)) {
+    buf[0] = buf[1] ?? 0n;
+    libc.symbols.setrlimit(RLIMIT_NOFILE, bytes);
+  }
+  return { soft: buf[0] ?? 0n, hard: buf[1] ?? 0n };
 }
 
 /** lseek(2). */

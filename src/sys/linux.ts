@@ -108,6 +108,12 @@ export const SCM_RIGHTS = 1;
 export const SO_PEERCRED = 17;
 /** Socket error option. */
 export const SO_ERROR = 4;
+/** The socket's type option (SOCK_STREAM, ...). */
+export const SO_TYPE = 3;
+/** Whether the socket is listening. */
+export const SO_ACCEPTCONN = 30;
+/** The socket's address family option. */
+export const SO_DOMAIN = 39;
 /** Send buffer size option. */
 export const SO_SNDBUF = 7;
 /** Receive buffer size option. */
@@ -212,13 +218,94 @@ export const POLLIN = 0x001;
 /** Writable. */
 export const POLLOUT = 0x004;
 
+/** waitid(2) id type: one process. */
+export const P_PID = 1;
+/** waitid(2)/waitpid(2) option: do not block. */
+export const WNOHANG = 1;
+/** waitid(2) option: wait for exited children. */
+export const WEXITED = 4;
+/** waitid(2) option: leave the child waitable (do not reap it). */
+export const WNOWAIT = 0x01000000;
+
 /** The memfd_create system call number, for libcs without a wrapper. */
 export const SYS_memfd_create: bigint = ARCH === "aarch64" ? 279n : 319n;
 
 /** Size of struct msghdr. */
 export const MSGHDR_SIZE = 56;
+/** Field offsets of struct msghdr (LP64). */
+export const Msghdr = {
+  /** void *msg_name. */
+  name: 0,
+  /** socklen_t msg_namelen. */
+  namelen: 8,
+  /** struct iovec *msg_iov. */
+  iov: 16,
+  /** size_t msg_iovlen (u64). */
+  iovlen: 24,
+  /** void *msg_control. */
+  control: 32,
+  /** size_t msg_controllen (u64). */
+  controllen: 40,
+  /** int msg_flags. */
+  flags: 48,
+} as const;
+/** Size of struct iovec. */
+export const IOVEC_SIZE = 16;
+/** Field offsets of struct iovec. */
+export const Iovec = {
+  /** void *iov_base. */
+  base: 0,
+  /** size_t iov_len (u64). */
+  len: 8,
+} as const;
 /** Size of struct cmsghdr (the header before the data). */
 export const CMSGHDR_SIZE = 16;
+/** Field offsets of struct cmsghdr (LP64); the data follows at {@link CMSGHDR_SIZE}. */
+export const Cmsghdr = {
+  /** size_t cmsg_len (u64). */
+  len: 0,
+  /** int cmsg_level. */
+  level: 8,
+  /** int cmsg_type. */
+  type: 12,
+} as const;
+/** Size of struct ucred (SO_PEERCRED). */
+export const UCRED_SIZE = 12;
+/** Field offsets of struct ucred. */
+export const Ucred = {
+  /** pid_t pid. */
+  pid: 0,
+  /** uid_t uid. */
+  uid: 4,
+  /** gid_t gid. */
+  gid: 8,
+} as const;
+/** Size of struct pollfd. */
+export const POLLFD_SIZE = 8;
+/** Field offsets of struct pollfd. */
+export const Pollfd = {
+  /** int fd. */
+  fd: 0,
+  /** short events. */
+  events: 4,
+  /** short revents. */
+  revents: 6,
+} as const;
+/** Size of struct rlimit. */
+export const RLIMIT_SIZE = 16;
+/** Size of siginfo_t. */
+export const SIGINFO_SIZE = 128;
+/** Offset of si_pid in siginfo_t (the SIGCHLD fields of the union). */
+export const SIGINFO_PID = 16;
+/** sockaddr_un.sun_family (u16) and sun_path offsets. */
+export const SockaddrUn = {
+  /** sa_family_t sun_family. */
+  family: 0,
+  /** char sun_path[108]. */
+  path: 2,
+} as const;
+/** The value of MAP_FAILED, `(void *)-1`. */
+export const MAP_FAILED: Deno.PointerValue = Deno.UnsafePointer.create(0xffffffffffffffffn);
 /** Size of struct sockaddr_un. */
 export const SOCKADDR_UN_SIZE = 110;
 /** Capacity of sockaddr_un.sun_path, including the terminating NUL. */
@@ -305,6 +392,8 @@ export const EINTR = 4;
 export const EIO = 5;
 /** Bad file descriptor. */
 export const EBADF = 9;
+/** No child processes. */
+export const ECHILD = 10;
 /** Resource temporarily unavailable. */
 export const EAGAIN = 11;
 /** Out of memory. */

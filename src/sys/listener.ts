@@ -43,7 +43,7 @@ export function openListener(
     checkSocketPath(path);
     const st = tryLstat(path);
     if (typeof st === "number") {
-      if (st !== ENOENT) throw errnoErrorOf("lstat", st, "lstat socket path");
+      if (st !== -ENOENT) throw errnoErrorOf("lstat", -st, "lstat socket path");
     } else {
       if ((st.mode & S_IFMT) !== S_IFSOCK) {
         throw new Error(`refusing to unlink non-socket path: ${path}`);

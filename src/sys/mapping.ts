@@ -7,7 +7,7 @@
  */
 
 import { lastError, libc } from "../ffi.ts";
-import { MADV_SEQUENTIAL, MAP_SHARED, PROT_READ } from "./linux.ts";
+import { MADV_SEQUENTIAL, MAP_FAILED, MAP_SHARED, PROT_READ } from "./linux.ts";
 
 /**
  * A read-only shared mapping of a file.
@@ -65,8 +65,7 @@ export class ReadOnlyMapping implements Disposable {
     }
     if (length === 0) return new ReadOnlyMapping(null, 0);
     const ptr = libc.symbols.mmap(null, BigInt(length), PROT_READ, MAP_SHARED, fd, 0n);
-    // MAP_FAILED is (void *)-1.
-    if (ptr === null || Deno.UnsafePointer.value(ptr) === 0xffffffffffffffffn) {
+    if (ptr === null || Deno.UnsafePointer.equals(ptr, MAP_FAILED)) {
       throw lastError("mmap", context);
     }
     libc.symbols.madvise(ptr, BigInt(length), MADV_SEQUENTIAL);

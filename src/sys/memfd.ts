@@ -16,7 +16,7 @@
  */
 
 import { copyFd, type CopyLabels, type CopyResult } from "./copy.ts";
-import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "../ffi.ts";
+import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc, strerror } from "../ffi.ts";
 import { fstat, isRegular, seek, tryFstat, trySeals, writeAll } from "./fd.ts";
 import {
   EBADF,
@@ -38,6 +38,8 @@ import {
   SYS_memfd_create,
 } from "./linux.ts";
 import { ReadOnlyMapping } from "./mapping.ts";
+import { type FdProblem, fdRejectionText } from "../protocol/fd_problem.ts";
+import { Text } from "../protocol/wire.ts";
 
 /**
  * File seals (fcntl(2) F_ADD_SEALS). Combine them with `|`.
@@ -133,24 +135,8 @@ export function memfdLabel(name: string | Uint8Array): Uint8Array {
   return bytes.subarray(0, end);
 }
 
-/**
- * Why a descriptor failed {@link inspectSealedFd}.
- *
- * @example
- * ```ts
- * import { inspectSealedFd, isFdProblem, Memfd } from "@memfdbus/memfdbus";
- * using memfd = Memfd.create("unsealed");
- * const r = inspectSealedFd(memfd.fd);
- * if (isFdProblem(r)) console.log(r.kind); // "seals"
- * ```
- */
-export type FdProblem =
-  | { readonly kind: "bad-fd" }
-  | { readonly kind: "fstat"; readonly errno: number }
-  | { readonly kind: "not-regular" }
-  | { readonly kind: "size"; readonly actual: bigint }
-  | { readonly kind: "get-seals"; readonly errno: number }
-  | { readonly kind: "seals"; readonly seals: number };
+/** Why a descriptor failed {@link inspectSealedFd} (defined with its wording in the protocol). */
+export type { FdProblem };
 
 /**
  * What {@link inspectSealedFd} learned about an acceptable descriptor.
@@ -193,7 +179,7 @@ export function inspectSealedFd(
   if (fd < 0) return { kind: "bad-fd" };
   const st = tryFstat(fd);
   if (typeof st === "number") {
-    return st === EBADF ? { kind: "bad-fd" } : { kind: "fstat", errno: st };
+    return st === -EBADF ? { kind: "bad-fd" } : { kind: "fstat", errno: -st };
   }
   if (!isRegular(st.mode)) return { kind: "not-regular" };
   if (expectedSize !== undefined && st.size !== expectedSize) {
@@ -235,7 +221,7 @@ export function describeFdProblem(p: FdProblem, expectedSize: bigint | undefined
     case "fstat":
       return errnoErrorOf("fstat", p.errno).message;
     case "not-regular":
-      return "descriptor is not a regular memfd-like file";
+      return Text.notRegular;
     case "size":
       return `size mismatch: expected=${expectedSize ?? 0n} fd=${p.actual}`;
     case "get-seals":
@@ -243,35 +229,16 @@ export function describeFdProblem(p: FdProblem, expectedSize: bigint | undefined
         ? "descriptor is not a sealed memfd"
         : errnoErrorOf("fcntl", p.errno, "F_GET_SEALS").message;
     case "seals":
-      return "fd is not fully immutable-sealed";
+      return Text.notSealed;
   }
 }
 
 /**
- * The broker's wording of a descriptor problem (also what the C CLI prints after
- * `broker sent an invalid object fd: `), e.g. `size mismatch: header=5 fd=4`.
- *
- * @example
- * ```ts
- * import { brokerFdProblemText } from "@memfdbus/memfdbus";
- * console.log(brokerFdProblemText({ kind: "size", actual: 4n }, 5n)); // size mismatch: header=5 fd=4
- * ```
+ * The broker's wording of a descriptor problem (see `fdRejectionText` in
+ * src/protocol/fd_problem.ts), with errno values described by strerror(3).
  */
 export function brokerFdProblemText(p: FdProblem, claimed: bigint): string {
-  switch (p.kind) {
-    case "bad-fd":
-      return "missing memfd descriptor";
-    case "fstat":
-      return `fstat failed: ${errnoErrorOf("fstat", p.errno).description}`;
-    case "not-regular":
-      return "descriptor is not a regular memfd-like file";
-    case "size":
-      return `size mismatch: header=${claimed} fd=${p.actual}`;
-    case "get-seals":
-      return `F_GET_SEALS failed: ${errnoErrorOf("fcntl", p.errno).description}`;
-    case "seals":
-      return "fd is not fully immutable-sealed";
-  }
+  return fdRejectionText(p, claimed, strerror);
 }
 
 /**

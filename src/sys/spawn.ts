@@ -7,7 +7,16 @@
 
 import { constants } from "node:os";
 import { errno, errnoErrorOf, libc } from "../ffi.ts";
-import { EINTR, F_DUPFD_CLOEXEC } from "./linux.ts";
+import {
+  EINTR,
+  F_DUPFD_CLOEXEC,
+  P_PID,
+  SIGINFO_PID,
+  SIGINFO_SIZE,
+  WEXITED,
+  WNOHANG,
+  WNOWAIT,
+} from "./linux.ts";
 
 /** sizeof(posix_spawn_file_actions_t) on LP64 glibc (x86_64 and aarch64). */
 const FILE_ACTIONS_SIZE = 80;
@@ -143,4 +152,23 @@ export function waitChild(pid: number): ChildExit {
     if (r < 0 && e === EINTR) continue;
     throw errnoErrorOf("waitpid", e);
   }
+}
+
+const siginfo = new Uint8Array(SIGINFO_SIZE);
+const siginfoView = new DataView(siginfo.buffer);
+
+/**
+ * True once child `pid` has exited (or is no child of this process any more). waitid(WNOWAIT)
+ * looks without reaping it, so whoever owns the child (Deno) still collects its status.
+ */
+export function childHasExited(pid: number): boolean {
+  siginfo.fill(0);
+  const r = libc.symbols.waitid(P_PID, pid, siginfo, WEXITED | WNOHANG | WNOWAIT);
+  // ECHILD: already reaped. Otherwise si_pid is set once the child has exited.
+  return r !== 0 || siginfoView.getInt32(SIGINFO_PID, true) === pid;
+}
+
+/** The effective user id of this process. */
+export function effectiveUid(): number {
+  return libc.symbols.geteuid();
 }

@@ -12,25 +12,35 @@ import { check, closeQuietly, errno, errnoErrorOf, libc } from "../ffi.ts";
 import {
   AF_UNIX,
   cmsgAlign,
+  Cmsghdr,
   CMSGHDR_SIZE,
   cmsgLen,
   cmsgSpace,
   EAGAIN,
   EINTR,
+  Iovec,
+  IOVEC_SIZE,
   MSG_CMSG_CLOEXEC,
   MSG_CTRUNC,
   MSG_DONTWAIT,
   MSG_NOSIGNAL,
+  Msghdr,
   MSGHDR_SIZE,
   SCM_MAX_FD,
   SCM_RIGHTS,
+  SO_ACCEPTCONN,
+  SO_DOMAIN,
   SO_PEERCRED,
+  SO_TYPE,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
   SOCK_STREAM,
   SOCKADDR_UN_SIZE,
+  SockaddrUn,
   SOL_SOCKET,
   SUN_PATH_MAX,
+  Ucred,
+  UCRED_SIZE,
 } from "./linux.ts";
 
 /** Encode a socket path as a sockaddr_un, or return null when it does not fit in sun_path. */
@@ -38,8 +48,8 @@ export function sockaddrUn(path: string): Uint8Array<ArrayBuffer> | null {
   const bytes = new TextEncoder().encode(path);
   if (bytes.length >= SUN_PATH_MAX) return null;
   const addr = new Uint8Array(SOCKADDR_UN_SIZE);
-  addr[0] = AF_UNIX;
-  addr.set(bytes, 2);
+  addr[SockaddrUn.family] = AF_UNIX; // a little-endian u16 below 256
+  addr.set(bytes, SockaddrUn.path);
   return addr;
 }
 
@@ -97,22 +107,26 @@ export interface PeerCredentials {
   readonly gid: number;
 }
 
-const credBuf = new Uint8Array(12);
+const credBuf = new Uint8Array(UCRED_SIZE);
 const credLen = new Uint8Array(4);
 
 /** SO_PEERCRED of a connected socket. */
 export function peerCredentials(fd: number): PeerCredentials {
-  new DataView(credLen.buffer).setUint32(0, 12, true);
+  new DataView(credLen.buffer).setUint32(0, UCRED_SIZE, true);
   check(libc.symbols.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credBuf, credLen), "getsockopt");
   const v = new DataView(credBuf.buffer);
-  return { pid: v.getInt32(0, true), uid: v.getUint32(4, true), gid: v.getUint32(8, true) };
+  return {
+    pid: v.getInt32(Ucred.pid, true),
+    uid: v.getUint32(Ucred.uid, true),
+    gid: v.getUint32(Ucred.gid, true),
+  };
 }
 
 // One msghdr, iovec and control buffer serve every call: JS runs these calls one at a time.
 const CONTROL_SIZE = cmsgSpace(SCM_MAX_FD * 4);
 const msg = new Uint8Array(MSGHDR_SIZE);
 const msgView = new DataView(msg.buffer);
-const iov = new Uint8Array(16);
+const iov = new Uint8Array(IOVEC_SIZE);
 const iovView = new DataView(iov.buffer);
 const control = new Uint8Array(CONTROL_SIZE);
 const controlView = new DataView(control.buffer);
@@ -120,15 +134,16 @@ const iovAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(iov)));
 const controlAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(control)));
 
 // The fields that never change are written once.
-msgView.setBigUint64(16, iovAddr, true);
-msgView.setBigUint64(24, 1n, true);
+msgView.setBigUint64(Msghdr.iov, iovAddr, true);
+msgView.setBigUint64(Msghdr.iovlen, 1n, true);
 
 function prepare(data: Uint8Array, controlLen: number): void {
-  iovView.setBigUint64(0, BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data))), true);
-  iovView.setBigUint64(8, BigInt(data.length), true);
-  msgView.setBigUint64(32, controlLen > 0 ? controlAddr : 0n, true);
-  msgView.setBigUint64(40, BigInt(controlLen), true);
-  msgView.setInt32(48, 0, true);
+  const base = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data)));
+  iovView.setBigUint64(Iovec.base, base, true);
+  iovView.setBigUint64(Iovec.len, BigInt(data.length), true);
+  msgView.setBigUint64(Msghdr.control, controlLen > 0 ? controlAddr : 0n, true);
+  msgView.setBigUint64(Msghdr.controllen, BigInt(controlLen), true);
+  msgView.setInt32(Msghdr.flags, 0, true);
 }
 
 /**
@@ -144,9 +159,9 @@ export function sendMsg(fd: number, data: Uint8Array, fds: readonly number[] = [
   prepare(data, clen);
   if (clen > 0) {
     control.fill(0, 0, clen);
-    controlView.setBigUint64(0, BigInt(cmsgLen(fds.length * 4)), true);
-    controlView.setInt32(8, SOL_SOCKET, true);
-    controlView.setInt32(12, SCM_RIGHTS, true);
+    controlView.setBigUint64(Cmsghdr.len, BigInt(cmsgLen(fds.length * 4)), true);
+    controlView.setInt32(Cmsghdr.level, SOL_SOCKET, true);
+    controlView.setInt32(Cmsghdr.type, SCM_RIGHTS, true);
     fds.forEach((d, i) => controlView.setInt32(CMSGHDR_SIZE + 4 * i, d, true));
   }
   for (;;) {
@@ -192,17 +207,17 @@ export function recvMsg(fd: number, buf: Uint8Array): Received | number {
     const e = errno();
     if (e !== EINTR) return -e;
   }
-  const flags = msgView.getInt32(48, true);
-  const controlLen = Number(msgView.getBigUint64(40, true));
+  const flags = msgView.getInt32(Msghdr.flags, true);
+  const controlLen = Number(msgView.getBigUint64(Msghdr.controllen, true));
   let fds = NO_FDS;
   if (controlLen >= CMSGHDR_SIZE) {
     fds = [];
     let off = 0;
     while (off + CMSGHDR_SIZE <= controlLen) {
-      const len = Number(controlView.getBigUint64(off, true));
+      const len = Number(controlView.getBigUint64(off + Cmsghdr.len, true));
       if (len < CMSGHDR_SIZE || off + len > controlLen) break;
-      const level = controlView.getInt32(off + 8, true);
-      const type = controlView.getInt32(off + 12, true);
+      const level = controlView.getInt32(off + Cmsghdr.level, true);
+      const type = controlView.getInt32(off + Cmsghdr.type, true);
       if (level === SOL_SOCKET && type === SCM_RIGHTS) {
         for (let p = off + CMSGHDR_SIZE; p + 4 <= off + len; p += 4) {
           fds.push(controlView.getInt32(p, true));
@@ -232,19 +247,36 @@ export function inheritedListener(fd: number): string {
     check(libc.symbols.getsockopt(fd, SOL_SOCKET, opt, val, len), "getsockopt", what);
     return v.getInt32(0, true);
   };
-  if (get(39, "SO_DOMAIN") !== AF_UNIX) {
+  if (get(SO_DOMAIN, "SO_DOMAIN") !== AF_UNIX) {
     throw new Error(`descriptor ${fd} is not an AF_UNIX socket`);
   }
-  if (get(3, "SO_TYPE") !== SOCK_STREAM) throw new Error(`descriptor ${fd} is not a stream socket`);
-  if (get(30, "SO_ACCEPTCONN") !== 1) throw new Error(`descriptor ${fd} is not listening`);
+  if (get(SO_TYPE, "SO_TYPE") !== SOCK_STREAM) {
+    throw new Error(`descriptor ${fd} is not a stream socket`);
+  }
+  if (get(SO_ACCEPTCONN, "SO_ACCEPTCONN") !== 1) {
+    throw new Error(`descriptor ${fd} is not listening`);
+  }
   const addr = new Uint8Array(SOCKADDR_UN_SIZE);
   const alen = new Uint8Array(4);
   new DataView(alen.buffer).setUint32(0, SOCKADDR_UN_SIZE, true);
   check(libc.symbols.getsockname(fd, addr, alen), "getsockname");
   const n = new DataView(alen.buffer).getUint32(0, true);
-  const path = addr.subarray(2, Math.max(2, n));
+  const path = addr.subarray(SockaddrUn.path, Math.max(SockaddrUn.path, n));
   const end = path.indexOf(0);
   return path[0] === 0 ? "" : new TextDecoder().decode(end < 0 ? path : path.subarray(0, end));
+}
+
+/** A connected pair of AF_UNIX stream sockets, close-on-exec and blocking. */
+export function unixSocketPair(): [number, number] {
+  const pair = new Int32Array(2);
+  const r = libc.symbols.socketpair(
+    AF_UNIX,
+    SOCK_STREAM | SOCK_CLOEXEC,
+    0,
+    new Uint8Array(pair.buffer),
+  );
+  check(r, "socketpair");
+  return [pair[0] ?? -1, pair[1] ?? -1];
 }
 
 /** shutdown(2), ignoring errors. */

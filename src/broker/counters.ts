@@ -1,0 +1,99 @@
+/**
+ * Numbers a metrics module can read without touching the broker's internals: requests by
+ * operation and result (one count per audit record, written or not), connections accepted and
+ * refused, and live gauges (open connections, parked waits, digests queued for Workers).
+ *
+ * Counting is a few integer increments on objects built once, so the request path does not
+ * allocate for it.
+ *
+ * @module
+ */
+
+import type { AuditOp, AuditRecord, AuditResult } from "../core/audit.ts";
+
+const OPS: readonly AuditOp[] = [
+  "put",
+  "get",
+  "list",
+  "drop",
+  "stat",
+  "recover",
+  "takeover",
+  "unknown",
+];
+const RESULTS: readonly AuditResult[] = ["ok", "bad_request", "not_found", "forbidden", "error"];
+
+/** Requests by operation, then by result. */
+export type RequestCounts = Record<AuditOp, Record<AuditResult, number>>;
+
+/** The live values {@link BrokerCounters} reads from the parts that own them. */
+export interface Gauges {
+  /** Connections open now (including lingering and parked ones). */
+  connections(): number;
+  /** GET --wait requests parked now. */
+  parkedWaits(): number;
+  /** Digests handed to Workers and not answered yet. */
+  hashQueue(): number;
+}
+
+/** A point-in-time copy of the counters. */
+export interface CounterSnapshot {
+  /** Requests by operation and result. */
+  readonly requests: RequestCounts;
+  /** Connections accepted since start. */
+  readonly accepted: number;
+  /** Connections refused at the door (client quota, descriptor limit). */
+  readonly refused: number;
+  /** Connections open now. */
+  readonly connections: number;
+  /** Parked waits now. */
+  readonly parkedWaits: number;
+  /** Digests queued for Workers now. */
+  readonly hashQueue: number;
+}
+
+function zeroCounts(): RequestCounts {
+  const out = {} as RequestCounts;
+  for (const op of OPS) {
+    const row = {} as Record<AuditResult, number>;
+    for (const r of RESULTS) row[r] = 0;
+    out[op] = row;
+  }
+  return out;
+}
+
+/** The broker's counters. */
+export class BrokerCounters {
+  /** Requests by operation and result, counted as their audit record is made. */
+  readonly requests: RequestCounts = zeroCounts();
+  /** Connections accepted since start. */
+  accepted = 0;
+  /** Connections refused at the door. */
+  refused = 0;
+  #gauges: Gauges | null = null;
+
+  /** Connect the live gauges (the facade does, once its parts exist). */
+  attach(gauges: Gauges): void {
+    this.#gauges = gauges;
+  }
+
+  /** Count one audit record. */
+  count(rec: AuditRecord): void {
+    this.requests[rec.op][rec.result]++;
+  }
+
+  /** A copy of every counter and gauge. */
+  snapshot(): CounterSnapshot {
+    const requests = zeroCounts();
+    for (const op of OPS) Object.assign(requests[op], this.requests[op]);
+    const g = this.#gauges;
+    return {
+      requests,
+      accepted: this.accepted,
+      refused: this.refused,
+      connections: g?.connections() ?? 0,
+      parkedWaits: g?.parkedWaits() ?? 0,
+      hashQueue: g?.hashQueue() ?? 0,
+    };
+  }
+}
