@@ -110,6 +110,7 @@ export class Client implements AsyncDisposable, Disposable {
       socket: options.socket ?? DEFAULT_SOCKET,
       keepAlive: options.keepAlive ?? true,
       syncWaitUs: options.syncWaitUs ?? 250,
+      brokerUid: options.brokerUid,
     });
   }
 

@@ -5,7 +5,7 @@
  * sends is checked like a published object. Real broker processes and real second users.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok, rejects as assertRejects } from "node:assert/strict";
 import {
   BrokerProcess,
   CLI,
@@ -18,6 +18,8 @@ import {
 } from "./helpers.ts";
 import { Tracker, WITH_RUN } from "./shadow_helpers.ts";
 import { Client } from "../src/client.ts";
+import { BrokerIdentityError } from "../src/client/peer_check.ts";
+import { Cmd, encodeHeader } from "../src/protocol/wire.ts";
 import { openListener } from "../src/sys/listener.ts";
 import { acceptUnix } from "../src/sys/unix_socket.ts";
 import { FrameConn } from "../src/shadow/frame_conn.ts";
@@ -41,8 +43,16 @@ const hasPython = (() => {
 // Skipped where impossible: a process of another uid needs root, setpriv and a system python3.
 const SKIP = !(canSwitchUser && hasPython);
 
-/** A process of uid 65534 listening on `path` (never accepting), until disposed. */
-async function squatter(path: string): Promise<AsyncDisposable> {
+/**
+ * A process of uid 65534 listening on `path` until disposed. With `reply`, it answers every
+ * connection's first 48 bytes with those bytes (a broker's reply); without, it never accepts.
+ */
+async function squatter(path: string, reply?: Uint8Array): Promise<AsyncDisposable> {
+  const serve = reply === undefined
+    ? "time.sleep(600)"
+    : "while True:\n  c,_=s.accept()\n  n=0\n  while n<48:\n    b=c.recv(48-n)\n    if not b: break\n" +
+      "    n+=len(b)\n  try: c.sendall(bytes.fromhex(sys.argv[2]))\n  except OSError: pass\n  c.close()";
+  const hex = Array.from(reply ?? [], (b) => b.toString(16).padStart(2, "0")).join("");
   const child = new Deno.Command("setpriv", {
     args: [
       `--reuid=${NOBODY}`,
@@ -51,8 +61,9 @@ async function squatter(path: string): Promise<AsyncDisposable> {
       PYTHON,
       "-c",
       "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(16)\n" +
-      "print('ready',flush=True)\ntime.sleep(600)",
+      "print('ready',flush=True)\n" + serve,
       path,
+      hex,
     ],
     stdout: "piped",
     stderr: "inherit",
@@ -102,10 +113,39 @@ Deno.test({
     ok(
       r.stderr.includes(
         `refusing the broker on ${path}: it runs as uid ${NOBODY}, expected uid 0 ` +
-          `(set MEMFDBUS_BROKER_UID to trust another)`,
+          `(set --broker-uid or MEMFDBUS_BROKER_UID to trust another)`,
       ),
       r.stderr,
     );
+  },
+});
+
+Deno.test({
+  name: "--broker-uid and the brokerUid option trust a broker of another uid, by number or name",
+  ignore: SKIP,
+  fn: async () => {
+    using dir = tempDir();
+    Deno.chmodSync(dir.path, 0o1777);
+    const path = `${dir.path}/memfdbus.sock`;
+    // An empty LIST reply: whoever listens there answers like a broker with no objects.
+    await using _s = await squatter(path, encodeHeader({ cmd: Cmd.LIST }));
+    const refused = await runBriefly(["list", "--socket", path]);
+    assertEquals(refused.code, 1, refused.stderr);
+    ok(refused.stderr.includes(`it runs as uid ${NOBODY}`), refused.stderr);
+    for (const flag of [["--broker-uid", String(NOBODY)], ["--broker-uid=nobody"]]) {
+      const r = await runBriefly(["list", ...flag, "--socket", path]);
+      assertEquals([r.code, r.stderr], [0, ""], flag.join(" "));
+    }
+    const bad = await runBriefly(["list", "--socket", path, "--broker-uid", "no-such-user-x"]);
+    assertEquals([bad.code, bad.stderr], [1, 'unknown broker user: "no-such-user-x"\n']);
+    {
+      await using c = new Client({ socket: path, keepAlive: false });
+      await assertRejects(() => c.list(), BrokerIdentityError);
+    }
+    for (const brokerUid of [NOBODY, "nobody"]) {
+      await using c = new Client({ socket: path, keepAlive: false, brokerUid });
+      assertEquals(await c.list(), []);
+    }
   },
 });
 

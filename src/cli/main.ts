@@ -5,6 +5,8 @@
  * @module
  */
 
+import { UsageError } from "../errors.ts";
+import { setDefaultBrokerUid } from "../client/peer_check.ts";
 import { err, out } from "./output.ts";
 import { USAGE } from "./usage.ts";
 
@@ -23,6 +25,32 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   stat: async () => (await import("./stat.ts")).statCommand,
   capture: async () => (await import("./capture.ts")).captureCommand,
 };
+
+/**
+ * Take `--broker-uid UID|USER` (accepted by every command that connects, anywhere among its
+ * arguments) out of `args`: the client then trusts that uid as the broker besides root and its
+ * own, in place of `MEMFDBUS_BROKER_UID`.
+ */
+function withoutBrokerUid(args: readonly string[]): string[] {
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] ?? "";
+    if (a === "--") {
+      rest.push(...args.slice(i));
+      break;
+    }
+    if (a === "--broker-uid" || a.startsWith("--broker-uid=")) {
+      const v = a === "--broker-uid" ? args[++i] : a.slice("--broker-uid=".length);
+      if (v === undefined || v === "") {
+        throw new UsageError("--broker-uid needs a uid or user name");
+      }
+      setDefaultBrokerUid(v);
+      continue;
+    }
+    rest.push(a);
+  }
+  return rest;
+}
 
 /**
  * Run the CLI with `args` (without the program name); resolves with the exit code. Output goes
@@ -58,7 +86,7 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   try {
     const run = await load();
-    return await run(args.slice(1));
+    return await run(withoutBrokerUid(args.slice(1)));
   } catch (e) {
     err(`${e instanceof Error ? e.message : String(e)}\n`);
     return 1;

@@ -2,7 +2,8 @@
  * The client's check that it reached the intended broker: the uid of the process listening on
  * the socket (SO_PEERCRED, recorded by the kernel when the broker called listen; it cannot be
  * forged) must be root, the client's own uid, or the uid named by `MEMFDBUS_BROKER_UID` (a
- * number or a user name from /etc/passwd) or by the client's `brokerUid` option. In a shared
+ * number or a user name from /etc/passwd), by the CLI's `--broker-uid` flag, or by the client's
+ * `brokerUid` option (which wins over both). In a shared
  * directory such as /tmp another user can create the socket path first; without this check the
  * client would hand that user its objects and take theirs as the broker's.
  *
@@ -20,7 +21,7 @@ import { peerUid } from "../sys/peer_uid.ts";
  * import { BrokerIdentityError } from "@memfdbus/memfdbus";
  * const e = new BrokerIdentityError("/tmp/memfdbus.sock", 65534, [0, 1000]);
  * console.log(e.message);
- * // refusing the broker on /tmp/memfdbus.sock: it runs as uid 65534, expected uid 0 or 1000 (set MEMFDBUS_BROKER_UID to trust another)
+ * // refusing the broker on /tmp/memfdbus.sock: it runs as uid 65534, expected uid 0 or 1000 (set --broker-uid or MEMFDBUS_BROKER_UID to trust another)
  * ```
  */
 export class BrokerIdentityError extends Error {
@@ -40,7 +41,7 @@ export class BrokerIdentityError extends Error {
     super(
       `refusing the broker on ${path}: it runs as ${uid < 0 ? "an unknown uid" : `uid ${uid}`}, ` +
         `expected uid ${expected.join(" or ")} ` +
-        `(set MEMFDBUS_BROKER_UID to trust another)`,
+        `(set --broker-uid or MEMFDBUS_BROKER_UID to trust another)`,
     );
     this.name = "BrokerIdentityError";
     this.path = path;
@@ -64,8 +65,18 @@ export function resolveUid(spec: string): number | undefined {
 }
 
 let fromEnv: { value: string | undefined } | null = null;
+let fromFlag: string | undefined;
+
+/**
+ * Set the uid (or user name) a client trusts as the broker when its options name none, in place
+ * of `MEMFDBUS_BROKER_UID`: the CLI's `--broker-uid` flag. Undefined goes back to the variable.
+ */
+export function setDefaultBrokerUid(spec: string | undefined): void {
+  fromFlag = spec;
+}
 
 function envBrokerUid(): string | undefined {
+  if (fromFlag !== undefined) return fromFlag;
   if (fromEnv === null) {
     let value: string | undefined;
     try {
