@@ -53,6 +53,9 @@ import { ShadowMirror } from "./broker/mirror.ts";
 import { type RunState, Sessions } from "./broker/session.ts";
 import { Handover, receiveTakeover } from "./broker/takeover.ts";
 import { ParkedWaits } from "./broker/waits.ts";
+import { FairShares } from "./broker/fair_shares.ts";
+import { Governor } from "./core/governance.ts";
+import { effectiveUid } from "./sys/spawn.ts";
 
 export type { AuditSink } from "./broker/audit_sink.ts";
 
@@ -190,6 +193,27 @@ export class Broker implements AsyncDisposable {
       run,
       diagnostics,
     });
+    // Fair shares per peer uid (src/core/fair_shares.ts); objects and bytes are counted by the
+    // governance module's per-uid accounting, fed by the object events.
+    const governor = new Governor({
+      keepVersions: options.keepVersions,
+      retention: options.retention,
+      quotas: options.quotas,
+      evict: options.evict,
+      dedup: options.dedup,
+      maxObjects: options.maxObjects,
+      maxTotalBytes: options.maxTotalBytes,
+    }, store);
+    events.on((type, obj) => {
+      if (type === "publish") governor.added(obj);
+      else if (type === "drop") governor.removed(obj);
+    });
+    const ledger = new FairShares({
+      peerLimits: options.peerLimits,
+      quotas: options.quotas,
+      global: options,
+      exempt: [0, effectiveUid()],
+    }, governor);
     const sessions = this.#sessions = new Sessions({
       options,
       store,
@@ -203,7 +227,7 @@ export class Broker implements AsyncDisposable {
       mirror,
       inlineHashLimit,
       takeover: (conn) => this.#handover.request(conn),
-      ledger: null,
+      ledger,
       report: diagnostics,
     }, realtimeNs);
     this.#admission = new Admission(listener, {
@@ -214,8 +238,9 @@ export class Broker implements AsyncDisposable {
       audit,
       counters,
       run,
-      ledger: null,
-      needPeer: options.auditPeer || options.policy.jobs.size > 0,
+      ledger,
+      // Fair shares count by uid: every connection's credentials are looked up.
+      needPeer: true,
     });
     this.#handover = new Handover({
       store,

@@ -357,6 +357,7 @@ export class Sessions {
       release: this.#release,
       checkSealed: checkSealedFd,
       seals: sealsOf,
+      storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
       now: this.#now,
     };
   }
@@ -379,12 +380,14 @@ export class Sessions {
     }
     const p = this.#p;
     if (step.kind === "wait") {
-      if (p.waits.count >= p.options.maxWaiters || p.run.stopping) {
+      const full = p.waits.count >= p.options.maxWaiters || p.run.stopping;
+      const refusal = full ? Text.waitQuota : p.ledger?.parking(conn) ?? null;
+      if (refusal !== null) {
         conn.handler = null;
         conn.step = null;
         const rec = blankRecord(conn.header?.cmd === Cmd.STAT ? "stat" : "get", "error", null);
         rec.name = step.name;
-        this.finish(conn, errorOutcome(conn.header?.cmd ?? 0, Status.ERR, Text.waitQuota, rec));
+        this.finish(conn, errorOutcome(conn.header?.cmd ?? 0, Status.ERR, refusal, rec));
         return;
       }
       conn.state = State.Wait;
@@ -415,6 +418,7 @@ export class Sessions {
   #unpark(conn: Conn): void {
     const step = conn.step;
     if (step?.kind === "wait") this.#p.waits.unpark(step.name, conn);
+    this.#p.ledger?.unparked(conn);
   }
 
   /** A name was published: answer everyone waiting for it. */
@@ -424,6 +428,7 @@ export class Sessions {
     if (set === undefined) return;
     for (const conn of set) {
       waits.woken();
+      this.#p.ledger?.unparked(conn);
       if (conn.state !== State.Wait) continue;
       this.#resume(conn, true);
       this.pump(conn);

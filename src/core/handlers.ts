@@ -113,6 +113,11 @@ export interface RequestContext {
   seals(obj: StoredObject): number;
   /** The current CLOCK_REALTIME in ns. */
   now(): bigint;
+  /**
+   * The peer's fair share of the store (`src/core/fair_shares.ts`): the refusal text when one
+   * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
+   */
+  storeShare?(size: number): string | null;
 }
 
 /** A handler generator. */
@@ -348,6 +353,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   const size = Number(info.size);
   // Nothing is hashed for a request that cannot be stored anyway (checked again at commit).
   if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
+  const share = ctx.storeShare?.(size) ?? null;
+  if (share !== null) return fail(Status.ERR, share);
   const verified = (yield { kind: "digest", fd: ctx.fd, size }) as DigestAnswer;
   if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
   if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
@@ -356,7 +363,18 @@ function* put(h: Header, ctx: RequestContext): Handler {
     return fail(Status.FORBIDDEN, PolicyText.nameOwned);
   }
   if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
-  const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
+  const shareNow = ctx.storeShare?.(size) ?? null;
+  if (shareNow !== null) return fail(Status.ERR, shareNow);
+  const obj = store.add({
+    size,
+    fd: ctx.fd,
+    digest,
+    name,
+    owner,
+    allowed,
+    createdNs: ctx.now(),
+    ...(ctx.peer === undefined ? {} : { uid: ctx.peer.uid }),
+  });
   rec.result = "ok";
   rec.selector = null;
   rec.objectId = obj.id;
