@@ -421,13 +421,16 @@ export class Broker implements AsyncDisposable {
         }
       },
       sweep: (now: number): void => {
+        // Audit lines held for a stalled output get another chance at every sweep.
+        this.#audit.flush();
         mirror.sweep(now);
         admission.sweep();
         sessions.sweep(now);
       },
       beforeSleep: (): void => this.#audit.flush(),
       finished: (): boolean => run.stopping && this.#finishStopIfDone(),
-      quiet: (): boolean => sessions.size === 0 && !admission.blocked && !run.stopping,
+      quiet: (): boolean =>
+        sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting,
       hashing: (): boolean => this.#hash.inFlight !== 0,
       crashed: (e: unknown): void => {
         // A bug, not a client's doing: report it and stop cleanly rather than hang.

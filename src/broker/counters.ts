@@ -50,6 +50,8 @@ export interface CounterSnapshot {
   readonly parkedWaits: number;
   /** Digests queued for Workers now. */
   readonly hashQueue: number;
+  /** Audit records dropped since start because the audit output stalled. */
+  readonly auditDropped: number;
 }
 
 function zeroCounts(): RequestCounts {
@@ -70,6 +72,8 @@ export class BrokerCounters {
   accepted = 0;
   /** Connections refused at the door. */
   refused = 0;
+  /** Audit records dropped because the audit output did not keep up (see `audit_sink.ts`). */
+  auditDropped = 0;
   #gauges: Gauges | null = null;
 
   /** Connect the live gauges (the facade does, once its parts exist). */
@@ -91,6 +95,7 @@ export class BrokerCounters {
       requests,
       accepted: this.accepted,
       refused: this.refused,
+      auditDropped: this.auditDropped,
       connections: g?.connections() ?? 0,
       parkedWaits: g?.parkedWaits() ?? 0,
       hashQueue: g?.hashQueue() ?? 0,
