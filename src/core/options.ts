@@ -37,8 +37,9 @@ export type MetricsAddress =
 
 /**
  * Parse a metrics address: `HOST:PORT` (HOST an IPv4 address, `localhost` or `[IPv6]`; PORT
- * 1..65535) or a Unix socket path starting with `/` or `.`. Null when it is neither. For
- * example `127.0.0.1:9464` gives `{ kind: "tcp", hostname: "127.0.0.1", port: 9464 }`.
+ * 1..65535) or a Unix socket path starting with `/` or `.`. Null when it is neither.
+ * For example `parseMetricsAddress("127.0.0.1:9464")` is
+ * `{ kind: "tcp", hostname: "127.0.0.1", port: 9464 }`.
  */
 export function parseMetricsAddress(value: string): MetricsAddress | null {
   if (value.startsWith("/") || value.startsWith(".")) {
