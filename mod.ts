@@ -41,7 +41,7 @@ export {
   type Selector,
 } from "./src/client.ts";
 export { type AuditSink, Broker, type BrokerStartOptions } from "./src/broker.ts";
-export { type ShadowConfig } from "./src/shadow/link.ts";
+export { ShadowBusyError, type ShadowConfig } from "./src/shadow/link.ts";
 export {
   type BrokerOptions,
   DEFAULT_SOCKET,
@@ -66,9 +66,11 @@ export {
   type WatchTransport,
 } from "./src/client/watch.ts";
 export type { WatchKindName } from "./src/protocol/watch.ts";
+export { BrokerIdentityError } from "./src/client/peer_check.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
+export type { PeerLimits } from "./src/core/fair_shares.ts";
 export {
   describeFdProblem,
   getSeals,
@@ -82,6 +84,8 @@ export {
 } from "./src/sys/memfd.ts";
 export { type FdProblem } from "./src/protocol/fd_problem.ts";
 export { ReadOnlyMapping } from "./src/sys/mapping.ts";
+export { checkSocketPath, UnsafePathError } from "./src/sys/path_safety.ts";
+export { PeerUidError } from "./src/sys/peer_uid.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
-export { DigestBuilder, digestBytes, digestFd } from "./src/hash/digest.ts";
+export { DigestBuilder, digestBytes, digestFd, digestFdRead } from "./src/hash/digest.ts";

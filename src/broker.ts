@@ -32,6 +32,7 @@ import { HashPool } from "./hash/verifier.ts";
 import type { ShadowConfig } from "./shadow/link.ts";
 import { realtimeNs } from "./sys/clock.ts";
 import { raiseDescriptorLimit, setCloexec, setNonblocking, tryLstat } from "./sys/fd.ts";
+import { closesSettled } from "./sys/closer.ts";
 import { inProcess } from "./sys/inprocess.ts";
 import { openListener } from "./sys/listener.ts";
 import type { PollEvent } from "./sys/poller.ts";
@@ -58,6 +59,8 @@ import { Watchers } from "./broker/watchers.ts";
 import { type BrokerMetrics, type MetricsServer, serveMetrics } from "./broker/metrics.ts";
 import { brokerMetrics } from "./broker/observe.ts";
 import type { MetricsAddress } from "./core/options.ts";
+import { FairShares } from "./broker/fair_shares.ts";
+import { effectiveUid } from "./sys/spawn.ts";
 
 export type { AuditSink } from "./broker/audit_sink.ts";
 
@@ -165,6 +168,7 @@ export class Broker implements AsyncDisposable {
   #metricsServer: MetricsServer | null = null;
   #graceDeadline = 0;
   #stopped = false;
+  #failure: Error | null = null;
   #resolveClosed: () => void = () => {};
   /** Resolves once the broker has stopped and released everything. */
   readonly closed: Promise<void>;
@@ -219,6 +223,14 @@ export class Broker implements AsyncDisposable {
       governor,
       counters,
     });
+    // Fair shares per peer uid (src/core/fair_shares.ts); objects and bytes are counted by the
+    // governor, which the PUT, DROP and release paths keep current.
+    const ledger = new FairShares({
+      peerLimits: options.peerLimits,
+      quotas: options.quotas,
+      global: options,
+      exempt: [0, effectiveUid()],
+    }, governor);
     const sessions = this.#sessions = new Sessions({
       options,
       store,
@@ -232,11 +244,12 @@ export class Broker implements AsyncDisposable {
       mirror,
       inlineHashLimit,
       takeover: (conn) => this.#handover.request(conn),
-      ledger: null,
+      ledger,
       governor: { rules: governor, hooks },
       watchers,
       latency: metrics === null ? null : (s) => metrics.latency.observe(s),
       deduped: () => counters.dedupHits++,
+      report: diagnostics,
     }, realtimeNs);
     this.#admission = new Admission(listener, {
       options,
@@ -246,10 +259,9 @@ export class Broker implements AsyncDisposable {
       audit,
       counters,
       run,
-      ledger: null,
-      // Uid quotas need the publisher's uid (SO_PEERCRED) at PUT.
-      needPeer: options.auditPeer || options.policy.jobs.size > 0 ||
-        options.quotas.perUid !== null || options.quotas.uids.size > 0,
+      ledger,
+      // Fair shares and uid quotas count by uid: every connection's credentials are looked up.
+      needPeer: true,
     });
     this.#handover = new Handover({
       store,
@@ -258,6 +270,7 @@ export class Broker implements AsyncDisposable {
       listenFd: listener.fd,
       beginStop: () => this.#beginStop(true),
       stopping: () => run.stopping,
+      releaseShadow: () => this.#mirror.release(),
     });
     counters.attach({
       connections: () => sessions.size,
@@ -317,7 +330,7 @@ export class Broker implements AsyncDisposable {
     inProcess.brokers++;
     try {
       if (start.takeoverFd !== undefined) {
-        receiveTakeover(start.takeoverFd, start.shadow, {
+        await receiveTakeover(start.takeoverFd, start.shadow, {
           store: broker.#store,
           audit: broker.#audit,
           events: broker.#events,
@@ -327,7 +340,7 @@ export class Broker implements AsyncDisposable {
         });
       } else {
         broker.#audit.line(`memfdbus broker listening on ${options.socket}`);
-        if (start.shadow !== undefined) broker.#mirror.attach(start.shadow, true);
+        if (start.shadow !== undefined) await broker.#mirror.attach(start.shadow, true);
       }
     } catch (e) {
       broker.#beginStop();
@@ -347,6 +360,15 @@ export class Broker implements AsyncDisposable {
     }
     void broker.#loop.run(broker.#driver());
     return broker;
+  }
+
+  /**
+   * The internal error that stopped the broker, or null (running, or stopped by
+   * {@link Broker.close}). A supervisor should treat a non-null value as a failure: the
+   * `memfdbus broker` command then exits with status 1.
+   */
+  get failure(): Error | null {
+    return this.#failure;
   }
 
   /** The socket path. */
@@ -440,20 +462,31 @@ export class Broker implements AsyncDisposable {
       event: (ev: PollEvent): void => {
         if (ev.token === LISTEN_TOKEN) admission.acceptReady();
         else if (ev.token === SHADOW_TOKEN) mirror.event();
-        else sessions.event(ev);
+        else {
+          try {
+            sessions.event(ev);
+          } catch (e) {
+            // A bug in one request's handling fails that request, not the broker.
+            sessions.fault(ev.token, e);
+          }
+        }
       },
       sweep: (now: number): void => {
+        // Audit lines held for a stalled output get another chance at every sweep.
+        this.#audit.flush();
         mirror.sweep(now);
         admission.sweep();
         sessions.sweep(now);
       },
       beforeSleep: (): void => this.#audit.flush(),
       finished: (): boolean => run.stopping && this.#finishStopIfDone(),
-      quiet: (): boolean => sessions.size === 0 && !admission.blocked && !run.stopping,
+      quiet: (): boolean =>
+        sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting,
       hashing: (): boolean => this.#hash.inFlight !== 0,
       crashed: (e: unknown): void => {
         // A bug, not a client's doing: report it and stop cleanly rather than hang.
         this.#diagnostics(`memfdbus broker: internal error: ${(e as Error).stack ?? e}`);
+        this.#failure = e instanceof Error ? e : new Error(String(e));
         run.stopping = true;
         this.#finishStop();
       },
@@ -526,7 +559,7 @@ export class Broker implements AsyncDisposable {
     inProcess.brokers--;
     const server = this.#metricsServer;
     this.#metricsServer = null;
-    if (server === null) this.#resolveClosed();
-    else void server.close().finally(() => this.#resolveClosed());
+    // Descriptors being closed off the loop are released before `closed` resolves.
+    void Promise.all([closesSettled(), server?.close()]).finally(() => this.#resolveClosed());
   }
 }

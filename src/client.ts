@@ -123,6 +123,7 @@ export class Client implements AsyncDisposable, Disposable {
       socket: options.socket ?? defaultSocket(),
       keepAlive: options.keepAlive ?? true,
       syncWaitUs: options.syncWaitUs ?? 250,
+      brokerUid: options.brokerUid,
     });
   }
 

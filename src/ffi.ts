@@ -40,6 +40,8 @@ const symbols = {
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   /** int close(int fd) */
   close: { parameters: ["i32"], result: "i32" },
+  /** int close(int fd), run on Deno's blocking pool (a socket's close can block on SO_LINGER) */
+  close_async: { name: "close", parameters: ["i32"], result: "i32", nonblocking: true },
   /** ssize_t read(int fd, void *buf, size_t count) */
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   /** ssize_t write(int fd, const void *buf, size_t count) */

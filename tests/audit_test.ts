@@ -135,13 +135,17 @@ Deno.test("jsonString writes other control bytes as lowercase \\u00xx", () => {
   );
 });
 
-Deno.test("jsonString copies 0x7f and bytes from 0x80 raw", () => {
-  assertEquals(jsonString("\x7f"), '"\x7f"');
-  assertEquals(jsonString("\x80\xff"), '"\x80\xff"');
+Deno.test("jsonString escapes 0x7f, keeps valid UTF-8 raw and writes \\ufffd for invalid bytes", () => {
+  assertEquals(jsonString("\x7f"), '"\\u007f"');
+  assertEquals(jsonString("\x80\xff"), '"\\ufffd\\ufffd"');
   // A UTF-8 name as a binary string stays as its raw bytes.
   const binary = toBinary(enc("é"));
   assertEquals(jsonString(binary), '"\xc3\xa9"');
-  assertEquals(jsonString("a/\u007fb"), '"a/\u007fb"');
+  assertEquals(jsonString("a/\u007fb"), '"a/\\u007fb"');
+  // A truncated sequence, an overlong form and a surrogate are invalid, byte by byte.
+  assertEquals(jsonString("\xc3"), '"\\ufffd"');
+  assertEquals(jsonString("\xc0\xaf"), '"\\ufffd\\ufffd"');
+  assertEquals(jsonString("\xed\xa0\x80"), '"\\ufffd\\ufffd\\ufffd"');
 });
 
 Deno.test("jsonString stops at the first NUL", () => {
@@ -201,16 +205,17 @@ Deno.test("AuditLog writes nothing until flush, then whole lines in one write", 
   guard.assertClean();
 });
 
-Deno.test("AuditLog writes raw bytes of a binary-string name unchanged", () => {
+Deno.test("AuditLog writes a UTF-8 name's bytes unchanged and escapes DEL and invalid bytes", () => {
   using p = pipe();
   setNonblocking(p.readFd, true);
   const log = new AuditLog(p.writeFd);
-  log.record(rec({ name: toBinary(enc("é\x7f")) }));
+  log.record(rec({ name: toBinary(enc("é\x7f")) + "\xff" }));
   log.flush();
   const bytes = tryReadFd(p.readFd) ?? new Uint8Array();
-  const text = dec(bytes);
-  ok(text.includes('"name":"é\x7f"'), text);
-  ok(hex(bytes).includes(hex(enc('"name":"é\x7f"'))));
+  const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  ok(text.includes('"name":"é\\u007f\\ufffd"'), text);
+  ok(hex(bytes).includes(hex(enc('"name":"é'))));
+  assertEquals(JSON.parse(text).name, "é\x7f\ufffd");
 });
 
 Deno.test("AuditLog adds peer credentials only when withPeer is set", () => {
@@ -228,14 +233,13 @@ Deno.test("AuditLog adds peer credentials only when withPeer is set", () => {
   ok(lines[1]?.endsWith(',"error":null,"peer_pid":1,"peer_uid":2,"peer_gid":3}'), lines[1]);
 });
 
-Deno.test("AuditLog flushes more than a pipe buffer of lines completely and in order", async () => {
+Deno.test("AuditLog hands more than a pipe buffer of lines to a reader completely and in order, over several flushes", async () => {
   using p = pipe();
   const log = new AuditLog(p.writeFd);
   const n = 2000; // about 400 KiB, several pipe buffers
   for (let i = 0; i < n; i++) log.record(rec({ objectId: i + 1, name: "x".repeat(150) }));
-  // flush() blocks the JS thread until everything is written, so the reader must be another
-  // process that does not depend on this event loop: cat opens the same pipe through /proc and
-  // writes to a file (not to a pipe this process would have to drain).
+  // flush() writes only what the pipe takes without blocking; the reader is another process
+  // (cat opens the same pipe through /proc and writes to a file).
   using dir = ownTempDir();
   const out = `${dir.path}/audit.out`;
   const child = new Deno.Command("sh", {
@@ -258,6 +262,14 @@ Deno.test("AuditLog flushes more than a pipe buffer of lines completely and in o
     "cat to open the pipe",
   );
   log.flush();
+  await waitFor(
+    () => {
+      log.flush();
+      return !log.waiting;
+    },
+    30_000,
+    "the audit log to hand everything to cat",
+  );
   p.closeWrite();
   p.closeRead();
   const status = await child.status;
@@ -307,4 +319,41 @@ Deno.test("AuditLog on a closed descriptor reports once and keeps going", () => 
   assertEquals(printed, [
     "memfdbus: audit log write failed (EBADF: Bad file descriptor); audit records are dropped",
   ]);
+});
+
+Deno.test("AuditLog on a pipe nobody reads never blocks: it holds lines up to its bound, drops and counts the rest, and reports them once the reader catches up", () => {
+  using p = pipe();
+  setNonblocking(p.readFd, true);
+  const printed: string[] = [];
+  let counted = 0;
+  const log = new AuditLog(p.writeFd, {
+    report: (m) => printed.push(m),
+    bufferBytes: 256 * 1024,
+    onDropped: (n) => (counted += n),
+  });
+  // The pipe buffer (64 KiB) fills, then the log's own 256 KiB; every flush returns at once.
+  const n = 3000;
+  for (let i = 0; i < n; i++) {
+    log.record(rec({ objectId: i + 1, name: "y".repeat(150) }));
+    if (i % 100 === 0) log.flush();
+  }
+  log.flush();
+  ok(log.waiting);
+  ok(log.dropped > 0 && log.dropped === counted, `${log.dropped} dropped, ${counted} counted`);
+  assertEquals(printed, []);
+  // The reader comes back: everything held is written, in order, whole lines only.
+  let text = "";
+  for (;;) {
+    const chunk = tryReadFd(p.readFd);
+    if (chunk !== null) text += dec(chunk);
+    log.flush();
+    if (!log.waiting && chunk === null) break;
+  }
+  const lines = text.trimEnd().split("\n");
+  assertEquals(lines.length + counted, n);
+  lines.forEach((l, i) => assertEquals(JSON.parse(l).object_id, i + 1));
+  assertEquals(printed, [
+    `memfdbus broker: the audit output stalled: ${counted} audit records were dropped`,
+  ]);
+  assertEquals(log.dropped, 0);
 });

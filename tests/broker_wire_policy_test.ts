@@ -168,7 +168,7 @@ Deno.test("a newer object under the same name owned by another job hides the old
   });
 });
 
-Deno.test("audit strings are escaped exactly like the C broker's, byte for byte", async (t) => {
+Deno.test("audit strings are escaped byte for byte, and stay valid UTF-8 JSON whatever a name holds", async (t) => {
   using dir = tempDir();
   await using broker = await RawStdoutBroker.start(`${dir.path}/raw.sock`);
   // \t \n " \ \b \f \r, 0x01, 0x1b, 0x1f, then 0x7f, UTF-8 é, and the invalid bytes 0xff 0x80.
@@ -180,12 +180,10 @@ Deno.test("audit strings are escaped exactly like the C broker's, byte for byte"
     "z",
   );
   const escapedName = unbin(
-    'q\\t\\n\\"\\\\\\b\\f\\r\\u0001\\u001b\\u001f\x7f\xc3\xa9\xff\x80z',
+    'q\\t\\n\\"\\\\\\b\\f\\r\\u0001\\u001b\\u001f\\u007f\xc3\xa9\\ufffd\\ufffdz',
   );
   const job = cat("j", new Uint8Array([0x02]), '"k');
-  const escapedJob = unbin('j\\u0002\\"k');
   const data = enc("escape");
-  const digest = digestOf(data);
 
   const recordAfter = async (n: number): Promise<string> => {
     let lines: Uint8Array[] = [];
@@ -202,45 +200,51 @@ Deno.test("audit strings are escaped exactly like the C broker's, byte for byte"
   };
 
   await t.step(
-    "a PUT ok record writes the name and job escaped and the bytes >= 0x7f raw",
+    "a PUT of that name is refused (control bytes) and its record escapes DEL and invalid UTF-8",
     async () => {
       using m = sealedMemfd(data);
       using c = await RawClient.connect(broker.socket);
       await c.send(putRequest(nameBytes, data, { job }), [m.fd]);
-      assertEquals((await c.reply()).header.objectId, 1n);
+      const reply = await c.reply();
+      const why = "object name must not contain control byte 0x09 (at byte 1)";
+      assertEquals([reply.header.status, bin(reply.body)], [3, why]);
       assertEquals(
         await recordAfter(1),
-        `{"op":"put","operation":"put","result":"ok","selector":null,"object_id":1,"name":"${
+        `{"op":"put","operation":"put","result":"bad_request","selector":"name","object_id":null,"name":"${
           bin(escapedName)
-        }","size":6,"count":null,"digest":"${digest}","job_id":"${bin(escapedJob)}","error":null}`,
+        }","size":6,"count":null,"digest":null,"job_id":null,"error":"${why}"}`,
       );
     },
   );
 
-  await t.step(
-    "a GET by that name answers with the raw name bytes and records it escaped",
-    async () => {
-      using c = await RawClient.connect(broker.socket);
-      await c.send(selectRequest(Cmd.GET, { name: nameBytes }));
-      const reply = await c.reply();
-      closeFds(reply.fds);
-      assertEquals(bin(reply.body), bin(nameBytes) + digest);
-      assertEquals(
-        await recordAfter(2),
-        `{"op":"get","operation":"get","result":"ok","selector":"name","object_id":1,"name":"${
-          bin(escapedName)
-        }","size":6,"count":null,"digest":"${digest}","job_id":null,"error":null}`,
-      );
-    },
-  );
-
-  await t.step("LIST shows the same name raw, without escaping", async () => {
+  await t.step("a GET by that name is not found and records it escaped the same way", async () => {
     using c = await RawClient.connect(broker.socket);
-    await c.send(listRequest());
+    await c.send(selectRequest(Cmd.GET, { name: nameBytes }));
     const reply = await c.reply();
+    closeFds(reply.fds);
+    assertEquals(reply.header.status, 2);
     assertEquals(
-      bin(reply.body),
-      `1\towner=${bin(job)}\tallowed=-\t6\t${digest}\t${bin(nameBytes)}\n`,
+      await recordAfter(2),
+      `{"op":"get","operation":"get","result":"not_found","selector":"name","object_id":null,"name":"${
+        bin(escapedName)
+      }","size":null,"count":null,"digest":null,"job_id":null,"error":"object not found"}`,
     );
   });
+
+  await t.step(
+    "a job id with a control byte is refused in a LIST, and not echoed in the record",
+    async () => {
+      using c = await RawClient.connect(broker.socket);
+      await c.send(listRequest(job));
+      const reply = await c.reply();
+      assertEquals(
+        [reply.header.status, bin(reply.body)],
+        [3, "job id must not contain control byte 0x02 (at byte 1)"],
+      );
+      assertEquals(
+        await recordAfter(3),
+        `{"op":"list","operation":"list","result":"bad_request","selector":null,"object_id":null,"name":null,"size":null,"count":null,"digest":null,"job_id":null,"error":"job id must not contain control byte 0x02 (at byte 1)"}`,
+      );
+    },
+  );
 });

@@ -12,6 +12,7 @@
  */
 
 import { Connection } from "../src/client/connection.ts";
+import { nameProblem } from "../src/protocol/names.ts";
 import { digestBytes } from "../src/hash/digest.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
 import { fstat } from "../src/sys/fd.ts";
@@ -246,7 +247,7 @@ interface Built {
   header: Header;
   body: Uint8Array;
   fds: FdSpec[];
-  /** No NUL byte in any string: a PUT like this must be accepted. */
+  /** Names and job ids obey the name rule: a PUT like this must be accepted. */
   clean: boolean;
 }
 
@@ -288,7 +289,9 @@ function validRequest(r: Rng, index: number): Built {
       }),
       body: concat(name, digest, job, allow),
       fds: [{ kind: "memfd", content, seals: Seal.IMMUTABLE }],
-      clean: !name.includes(0) && !job.includes(0),
+      // The name rule (issue 10): no NUL or other control byte, valid UTF-8.
+      clean: !name.includes(0) && !job.includes(0) && nameProblem(name, "object name") === null &&
+        nameProblem(job, "job id") === null && nameProblem(allow, "allowed job id") === null,
     };
   }
   const job = maybeJob(r, 0.3);

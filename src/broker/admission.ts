@@ -9,9 +9,9 @@
  *   with none to evict the newcomer gets the client-quota reply (lingering, so it can read it).
  *
  * Per-peer budgets hook in here: a {@link PeerLedger} sees every admitted connection with its
- * kernel-checked credentials and can refuse it with a reply, and hears when it closes. Budgets
- * for parked waits or requests in flight per uid belong in the same ledger, asked by the session
- * before it parks or starts a request.
+ * kernel-checked credentials and can refuse it with a reply, and hears when it closes. The same
+ * ledger is asked by the session before it parks a GET --wait, and by the PUT handler (through
+ * its context) before it hashes and again before it stores.
  *
  * @module
  */
@@ -43,12 +43,18 @@ import type { ParkedWaits } from "./waits.ts";
 const LINGER_MS = 1000;
 const MAX_LINGERING = 64;
 
-/** Per-peer accounting (per-uid budgets); none by default. */
+/** Per-peer accounting (per-uid budgets, see `fair_shares.ts`). */
 export interface PeerLedger {
   /** A connection was admitted; `conn.peer` holds its credentials. Null admits it. */
   opened(conn: Conn): Outcome | null;
   /** A connection closed. */
   closed(conn: Conn): void;
+  /** A request asks to park (GET --wait); the refusal text, or null (then it is counted). */
+  parking(conn: Conn): string | null;
+  /** A parked request is no longer parked (answered, expired, closed). */
+  unparked(conn: Conn): void;
+  /** Would one more object of `size` bytes take `uid` past its share? The text, or null. */
+  storing(uid: number | undefined, size: number): string | null;
 }
 
 /** The listening socket this broker serves. */

@@ -13,7 +13,7 @@
 import { type AuditPeer, type AuditRecord, formatRecord } from "../core/audit.ts";
 import { fromBinary } from "../protocol/bytes.ts";
 import { errno, errnoErrorOf, libc } from "../ffi.ts";
-import { pollOne, writeAll } from "../sys/fd.ts";
+import { isRegular, pollOne, tryFstat, writeAll } from "../sys/fd.ts";
 import { realtimeNs } from "../sys/clock.ts";
 import { EAGAIN, EINTR, POLLOUT } from "../sys/linux.ts";
 import type { BrokerCounters } from "./counters.ts";
@@ -59,21 +59,50 @@ export function stderrDiagnostics(message: string): void {
 export interface AuditLogOptions {
   /** The time stamp of a record, in ns; CLOCK_REALTIME by default. */
   readonly clock?: () => bigint;
-  /** Where the one report of a broken output goes; stderr by default. */
+  /** Where the one report of a broken output, and of dropped records, goes; stderr by default. */
   readonly report?: Diagnostics;
+  /** Most bytes held for an output that does not keep up (default {@link AUDIT_BUFFER_BYTES}). */
+  readonly bufferBytes?: number;
+  /** Told the number of records dropped each time some are (the broker's counters). */
+  readonly onDropped?: (count: number) => void;
 }
 
+/** Bytes of audit lines held for an output that does not keep up, by default (4 MiB). */
+export const AUDIT_BUFFER_BYTES = 4 << 20;
+
 /**
- * Buffers audit lines and writes them to a descriptor (stdout by default) in one write per
- * {@link AuditLog.flush}. A closed or broken output never kills the broker (defect D22): the
- * first failure is reported once and logging stops.
+ * The most a write to a pipe, socket or terminal is given at once: at most PIPE_BUF bytes are
+ * written only when poll says the output is writable, so the write cannot block (a pipe that
+ * polls writable has room for PIPE_BUF bytes, written atomically).
+ */
+const WRITE_SLICE = 4096;
+
+/**
+ * Buffers audit lines and writes them to a descriptor (stdout by default). The event loop is
+ * never blocked by the output: {@link AuditLog.flush} writes only while poll says the output is
+ * writable, and a reader that stalls (a pipe nobody reads, a terminal on hold) only makes lines
+ * wait, up to a bound ({@link AUDIT_BUFFER_BYTES}); past it new records are dropped and counted.
+ * Once the output takes everything held again, one diagnostic line says how many were dropped
+ * (`memfdbus broker: the audit output stalled: 12 audit records were dropped`), and the count
+ * goes to the broker's counters. A closed or broken output never kills the broker (defect D22):
+ * the first failure is reported once and logging stops.
  */
 export class AuditLog {
   readonly #fd: number;
   readonly #clock: () => bigint;
   readonly #report: Diagnostics;
+  readonly #bound: number;
+  readonly #onDropped: (count: number) => void;
+  /** Lines not encoded yet (binary strings). */
   #pending = "";
+  /** Encoded bytes waiting for the output, oldest first; the first is written from #offset. */
+  readonly #queue: Uint8Array[] = [];
+  #offset = 0;
+  #queued = 0;
+  #dropped = 0;
   #broken = false;
+  /** Regular files never block: they get whole writes; anything else gets polled slices. */
+  readonly #slice: number;
   /** When set, each record carries the peer's pid, uid and gid. */
   withPeer = false;
   /** Lines handed to the log (whether or not they could be written). */
@@ -81,52 +110,87 @@ export class AuditLog {
 
   /**
    * @param fd the descriptor to write to; negative for no log at all
-   * @param options clock and failure report
+   * @param options clock, reports and the buffer bound
    */
   constructor(fd = 1, options: AuditLogOptions = {}) {
     this.#fd = fd;
     this.#clock = options.clock ?? realtimeNs;
     this.#report = options.report ?? stderrDiagnostics;
+    this.#bound = options.bufferBytes ?? AUDIT_BUFFER_BYTES;
+    this.#onDropped = options.onDropped ?? (() => {});
+    const st = fd >= 0 ? tryFstat(fd) : -1;
+    this.#slice = typeof st !== "number" && isRegular(st.mode) ? Infinity : WRITE_SLICE;
+  }
+
+  /** True while lines wait for the output (the loop then comes back to flush them). */
+  get waiting(): boolean {
+    return !this.#broken && (this.#queued > 0 || this.#pending !== "");
+  }
+
+  /** Records dropped since the output last caught up. */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  #append(line: string): void {
+    if (this.#queued + this.#pending.length + line.length > this.#bound) {
+      this.#dropped++;
+      this.#onDropped(1);
+      return;
+    }
+    this.#pending += line;
   }
 
   /** Queue one record, time-stamped now. */
   record(r: AuditRecord, peer?: AuditPeer): void {
     this.records++;
     if (this.#broken || this.#fd < 0) return;
-    this.#pending += formatRecord(this.#clock(), r, this.withPeer ? peer : undefined);
+    this.#append(formatRecord(this.#clock(), r, this.withPeer ? peer : undefined));
   }
 
   /** Queue a raw line (the startup line). */
   line(text: string): void {
-    if (!this.#broken && this.#fd >= 0) this.#pending += text + "\n";
+    if (!this.#broken && this.#fd >= 0) this.#append(text + "\n");
   }
 
-  /** Write what is queued. Blocks only as long as the output itself blocks. */
+  /** Write what the output takes now without blocking; the rest waits for the next flush. */
   flush(): void {
-    if (this.#pending === "" || this.#broken) return;
-    const bytes = fromBinary(this.#pending);
-    this.#pending = "";
-    let off = 0;
-    while (off < bytes.length) {
-      const n = libc.symbols.write(this.#fd, bytes.subarray(off), BigInt(bytes.length - off));
-      if (n >= 0) {
-        off += Number(n);
-        continue;
+    if (this.#broken) return;
+    if (this.#pending !== "") {
+      const bytes = fromBinary(this.#pending);
+      this.#pending = "";
+      this.#queue.push(bytes);
+      this.#queued += bytes.length;
+    }
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0] ?? new Uint8Array(0);
+      if (this.#slice !== Infinity && !pollOne(this.#fd, POLLOUT, 0)) return;
+      const part = head.subarray(this.#offset, this.#offset + Math.min(this.#slice, head.length));
+      const n = libc.symbols.write(this.#fd, part, BigInt(part.length));
+      if (n < 0) {
+        const e = errno();
+        if (e === EINTR) continue;
+        if (e === EAGAIN) return; // a nonblocking output that is full: later
+        this.#broken = true;
+        const err = errnoErrorOf("write", e);
+        this.#report(
+          `memfdbus: audit log write failed (${err.code}: ${err.description}); ` +
+            "audit records are dropped",
+        );
+        return;
       }
-      const e = errno();
-      if (e === EINTR) continue;
-      if (e === EAGAIN) {
-        // A nonblocking output that is full: wait briefly rather than drop the audit trail.
-        pollOne(this.#fd, POLLOUT, 100);
-        continue;
+      this.#offset += Number(n);
+      this.#queued -= Number(n);
+      if (this.#offset >= head.length) {
+        this.#queue.shift();
+        this.#offset = 0;
       }
-      this.#broken = true;
-      const err = errnoErrorOf("write", e);
+    }
+    if (this.#dropped > 0) {
       this.#report(
-        `memfdbus: audit log write failed (${err.code}: ${err.description}); ` +
-          "audit records are dropped",
+        `memfdbus broker: the audit output stalled: ${this.#dropped} audit records were dropped`,
       );
-      return;
+      this.#dropped = 0;
     }
   }
 }
@@ -159,9 +223,11 @@ export class AuditOutput {
   constructor(sink: AuditSink, options: AuditOutputOptions) {
     this.#clock = options.clock ?? realtimeNs;
     this.#callback = typeof sink === "function" ? sink : null;
+    const counters = options.counters;
     this.#log = new AuditLog(typeof sink === "number" ? sink : -1, {
       clock: this.#clock,
       report: options.report,
+      onDropped: (n) => (counters.auditDropped += n),
     });
     this.#log.withPeer = options.withPeer;
     this.withPeer = options.withPeer;
@@ -184,8 +250,13 @@ export class AuditOutput {
     } else this.#log.record(rec, peer);
   }
 
-  /** Write what is buffered (before the loop sleeps, and at the end). */
+  /** Write what the output takes now (before the loop sleeps, at each sweep, and at the end). */
   flush(): void {
     this.#log.flush();
+  }
+
+  /** True while audit lines wait for a stalled output. */
+  get waiting(): boolean {
+    return this.#log.waiting;
   }
 }

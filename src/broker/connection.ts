@@ -9,12 +9,12 @@
 
 import type { AuditPeer } from "../core/audit.ts";
 import type { Handler, Outcome, Step } from "../core/handlers.ts";
-import type { HashOutcome } from "../hash/verifier.ts";
 import type { Header } from "../protocol/wire.ts";
 import { closeQuietly } from "../ffi.ts";
 import { HEADER_SIZE } from "../protocol/wire.ts";
 import { EAGAIN } from "../sys/linux.ts";
-import { closeAll, recvMsg } from "../sys/unix_socket.ts";
+import { closeAllDropped, closeDropped } from "../sys/closer.ts";
+import { recvMsg } from "../sys/unix_socket.ts";
 
 /** Where a connection is in its request cycle. */
 export const enum State {
@@ -92,8 +92,6 @@ export class Conn {
   deadline: number;
   lingerLeft = 0;
   peer: AuditPeer | undefined;
-  /** A digest started as soon as a PUT's sealed memfd arrived, before its digest bytes. */
-  speculative: { fd: number; answer: Promise<HashOutcome> } | null = null;
   /** The request was parked by Flag.WAIT: the reply carries the bit to say it was honoured. */
   waited = false;
   /** The peer closed both directions (EPOLLHUP), not just its writing side. */
@@ -141,7 +139,10 @@ export class Conn {
     this.buf = EMPTY;
   }
 
-  /** Keep the first descriptor that came with the header; close every other one (D7). */
+  /**
+   * Keep the first descriptor that came with the header; close every other one (D7), off the
+   * loop when its close could block (see `src/sys/closer.ts`).
+   */
   takeFds(fds: number[], truncated: boolean, headerPhase: boolean): void {
     let rest = fds;
     if (headerPhase) {
@@ -151,18 +152,14 @@ export class Conn {
         rest = fds.slice(1);
       }
     }
-    closeAll(rest);
+    closeAllDropped(rest);
   }
 
-  /** Close the request's descriptor, unless a Worker still maps it (then once it is done). */
+  /** Close the request's descriptor (off the loop when its close could block). */
   dropReqFd(): void {
     const fd = this.reqFd;
     this.reqFd = -1;
-    if (fd < 0) return;
-    const spec = this.speculative;
-    this.speculative = null;
-    if (spec !== null && spec.fd === fd) void spec.answer.finally(() => closeQuietly(fd));
-    else closeQuietly(fd);
+    closeDropped(fd);
   }
 
   /**
@@ -209,7 +206,7 @@ export class Conn {
         this.eof = true;
         continue;
       }
-      closeAll(r.fds);
+      closeAllDropped(r.fds);
       if (r.bytes === 0) this.eof = true;
       this.lingerLeft -= r.bytes;
     }

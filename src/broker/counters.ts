@@ -63,6 +63,8 @@ export interface CounterSnapshot {
   readonly dedupHits: number;
   /** Watch events slow watchers did not receive one by one. */
   readonly watchLost: number;
+  /** Audit records dropped since start because the audit output stalled. */
+  readonly auditDropped: number;
 }
 
 function zeroCounts(): RequestCounts {
@@ -89,6 +91,8 @@ export class BrokerCounters {
   dedupHits = 0;
   /** Watch events slow watchers lost. */
   watchLost = 0;
+  /** Audit records dropped because the audit output did not keep up (see `audit_sink.ts`). */
+  auditDropped = 0;
   #gauges: Gauges | null = null;
 
   /** Connect the live gauges (the facade does, once its parts exist). */
@@ -115,6 +119,7 @@ export class BrokerCounters {
       requests,
       accepted: this.accepted,
       refused: this.refused,
+      auditDropped: this.auditDropped,
       connections: g?.connections() ?? 0,
       parkedWaits: g?.parkedWaits() ?? 0,
       hashQueue: g?.hashQueue() ?? 0,

@@ -1,6 +1,7 @@
 /**
  * The broker's use of its shadow (`src/shadow/link.ts` holds the link itself): recovery of the
- * shadow's objects at startup (each recovered digest is checked again, off the loop), mirroring
+ * shadow's objects at startup (each one checked like a published object, and its digest verified
+ * before any client is served), mirroring
  * of every committed PUT and DROP before its reply goes out, and revival of a shadow that died or
  * stopped acknowledging.
  *
@@ -12,7 +13,8 @@ import type { Outcome } from "../core/handlers.ts";
 import type { Governor } from "../core/governance.ts";
 import type { Store, StoredObject } from "../core/store.ts";
 import { closeQuietly } from "../ffi.ts";
-import type { HashOutcome, HashPool } from "../hash/verifier.ts";
+import type { HashPool } from "../hash/verifier.ts";
+import { type Refused, verifyRecovered } from "../shadow/admit.ts";
 import { type ShadowConfig, ShadowLink } from "../shadow/link.ts";
 import { EPOLLET, EPOLLIN, EPOLLOUT } from "../sys/linux.ts";
 import type { Poller } from "../sys/poller.ts";
@@ -57,16 +59,24 @@ export class ShadowMirror implements Commit {
 
   /**
    * Connect to the shadow (starting one if needed). With `recover`, its objects become the
-   * store's (before any client is served); otherwise the store (taken over) is authoritative
-   * and the shadow is seeded with it.
+   * store's (before any client is served), each one checked like a published object and its
+   * digest verified first; otherwise the store (taken over) is authoritative and the shadow is
+   * seeded with it.
    */
-  attach(config: ShadowConfig, recover: boolean): void {
+  async attach(config: ShadowConfig, recover: boolean): Promise<void> {
     const p = this.#p;
     const store = p.store;
-    const attached = ShadowLink.attach(config);
+    // Taking over, the old broker lets go of the shadow just before this: wait for that.
+    const attached = ShadowLink.attach(config, recover ? 0 : 5_000);
     const { link, started } = attached;
     let { objects, nextId } = attached;
-    if (!recover) {
+    let refused: Refused[] = attached.refused;
+    if (recover) {
+      // No recovered object is served before its digest is verified.
+      const checked = await verifyRecovered(objects, (fd, size) => p.hash.digest(fd, size));
+      objects = checked.kept;
+      refused = [...refused, ...checked.refused];
+    } else {
       for (const obj of objects) closeQuietly(obj.fd);
       objects = [];
       nextId = store.nextId;
@@ -100,32 +110,21 @@ export class ShadowMirror implements Commit {
     } else {
       this.#recoverRecord("ok", null, objects.length, bytes);
     }
-    // Check every recovered digest against its descriptor, without holding up clients.
-    for (const obj of objects) {
-      const answer = p.hash.digest(obj.fd, obj.size);
-      if (answer instanceof Promise) void answer.then((a) => this.#checkRecovered(obj, a));
-      else this.#checkRecovered(obj, answer);
+    for (const r of refused) {
+      if (r.id > 0) link.remove(r.id, () => {});
+      const rec = blankRecord("recover", "error", `${r.reason}: object removed`);
+      rec.objectId = r.id;
+      rec.name = r.name;
+      p.audit.record(rec);
     }
   }
 
-  #checkRecovered(obj: StoredObject, answer: HashOutcome): void {
-    if ("digest" in answer && answer.digest === obj.digest) return;
-    const p = this.#p;
-    if (p.store.byId(obj.id) !== obj) return;
-    const last = p.store.remove(obj);
-    p.governor?.removed(obj);
-    this.#link?.remove(obj.id, () => {});
-    p.events.emit("drop", obj);
-    if (last) {
-      closeQuietly(obj.fd);
-      p.events.emit("release", obj);
-    }
-    const rec = blankRecord("recover", "error", "digest mismatch after recovery: object removed");
-    rec.objectId = obj.id;
-    rec.name = obj.name;
-    rec.size = obj.size;
-    rec.digest = obj.digest;
-    p.audit.record(rec);
+  /**
+   * Let go of the shadow (a broker handing over, so that its successor can attach). Should the
+   * handover fail, the sweep reconnects and seeds it again.
+   */
+  release(): void {
+    this.#link?.release();
   }
 
   #recoverRecord(result: AuditResult, error: string | null, count: number, size = 0): void {

@@ -40,7 +40,7 @@ import {
   withExt,
 } from "../protocol/wire.ts";
 import { isRegular, tryFstat } from "../sys/fd.ts";
-import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { peerUid } from "../sys/peer_uid.ts";
 import {
   EAGAIN,
   EPOLLERR,
@@ -107,6 +107,8 @@ export interface SessionParts {
   readonly latency?: ((seconds: number) => void) | null;
   /** Told of each PUT stored on the memfd of identical content (metrics). */
   readonly deduped?: () => void;
+  /** Where an internal error in one request is reported (one line). */
+  readonly report: (message: string) => void;
 }
 
 /** Every open connection and the state machine that drives them. */
@@ -174,6 +176,31 @@ export class Sessions {
     if (ev.events & (EPOLLHUP | EPOLLERR)) conn.hup = true;
     conn.drained = false;
     if (ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT)) this.pump(conn);
+  }
+
+  /**
+   * An exception escaped while serving the connection `token` (a bug): answer that request with
+   * an internal error and close the connection; the broker serves on. Rethrows when the token is
+   * not a session (then the loop stops the broker, which exits non-zero).
+   */
+  fault(token: number, e: unknown): void {
+    const conn = this.#conns.get(token);
+    if (conn === undefined) throw e;
+    this.#p.report(`memfdbus broker: internal error in a request: ${(e as Error).stack ?? e}`);
+    try {
+      if (conn.state !== State.Send && conn.state !== State.Linger && conn.fd >= 0) {
+        const o = errorOutcome(
+          conn.header?.cmd ?? 0,
+          Status.ERR,
+          "internal error",
+          blankRecord("unknown", "error", null),
+        );
+        this.#record(o, conn, null);
+        for (const seg of o.segments) sendSome(conn.fd, seg.bytes);
+      }
+    } finally {
+      this.close(conn);
+    }
   }
 
   /** Deadlines and stalled reads, checked by the loop's sweep. */
@@ -329,15 +356,8 @@ export class Sessions {
       // Allow the publisher time to finish hashing its object before the digest arrives.
       const st = tryFstat(conn.reqFd);
       if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
-      // A large sealed memfd of the claimed size will be hashed at step 15 anyway: start now,
-      // on a Worker, while the client may still be computing the digest it will send.
-      if (
-        h.size > BigInt(this.#p.inlineHashLimit) &&
-        !isFdProblem(inspectSealedFd(conn.reqFd, h.size))
-      ) {
-        const answer = this.#p.hash.digest(conn.reqFd, Number(h.size));
-        if (answer instanceof Promise) conn.speculative = { fd: conn.reqFd, answer };
-      }
+      // Nothing is hashed before the handler has checked the whole request (a digest started
+      // here, speculatively, let any peer make the broker hash without a valid request).
     }
     conn.keepAlive = (extFlags(h.reserved) & Flag.KEEP_ALIVE) !== 0;
     if (this.#p.latency) conn.startedAt = performance.now();
@@ -357,6 +377,7 @@ export class Sessions {
       release: this.#release,
       checkSealed: checkSealedFd,
       seals: sealsOf,
+      storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
       now: this.#now,
       governor: p.governor?.rules,
       watchQueueLength: p.watchers?.queueLength ?? 0,
@@ -381,12 +402,14 @@ export class Sessions {
     }
     const p = this.#p;
     if (step.kind === "wait") {
-      if (p.waits.count >= p.options.maxWaiters || p.run.stopping) {
+      const full = p.waits.count >= p.options.maxWaiters || p.run.stopping;
+      const refusal = full ? Text.waitQuota : p.ledger?.parking(conn) ?? null;
+      if (refusal !== null) {
         conn.handler = null;
         conn.step = null;
         const rec = blankRecord(conn.header?.cmd === Cmd.STAT ? "stat" : "get", "error", null);
         rec.name = step.name;
-        this.finish(conn, errorOutcome(conn.header?.cmd ?? 0, Status.ERR, Text.waitQuota, rec));
+        this.finish(conn, errorOutcome(conn.header?.cmd ?? 0, Status.ERR, refusal, rec));
         return;
       }
       conn.state = State.Wait;
@@ -398,11 +421,8 @@ export class Sessions {
       return;
     }
     conn.state = State.Hash;
-    const spec = conn.speculative;
-    conn.speculative = null;
-    const answer = spec !== null && spec.fd === step.fd
-      ? spec.answer
-      : p.hash.digest(step.fd, step.size);
+    // Digests are bounded per uid: one uid publishing many large objects waits for itself.
+    const answer = p.hash.digest(step.fd, step.size, conn.peer?.uid ?? peerUid(conn.fd));
     if (!(answer instanceof Promise)) {
       this.#resume(conn, answer);
       return;
@@ -420,6 +440,7 @@ export class Sessions {
   #unpark(conn: Conn): void {
     const step = conn.step;
     if (step?.kind === "wait") this.#p.waits.unpark(step.name, conn);
+    this.#p.ledger?.unparked(conn);
   }
 
   /** A name was published: answer everyone waiting for it. */
@@ -429,6 +450,7 @@ export class Sessions {
     if (set === undefined) return;
     for (const conn of set) {
       waits.woken();
+      this.#p.ledger?.unparked(conn);
       if (conn.state !== State.Wait) continue;
       this.#resume(conn, true);
       this.pump(conn);

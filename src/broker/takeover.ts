@@ -22,6 +22,7 @@ import { fetchState, serveState, type ShadowConfig } from "../shadow/link.ts";
 import { FrameConn } from "../shadow/frame_conn.ts";
 import { setCloexec, setNonblocking } from "../sys/fd.ts";
 import { effectiveUid } from "../sys/spawn.ts";
+import { requireSameUid } from "../sys/peer_uid.ts";
 import { closeAll, peerCredentials, sendMsg, unixSocketPair } from "../sys/unix_socket.ts";
 import type { AuditOutput } from "./audit_sink.ts";
 import { type Conn, State } from "./connection.ts";
@@ -45,12 +46,13 @@ export interface ReceiveParts {
  * Take the objects of an old broker over `fd` (before any client is served), then tell it to
  * go. The audit log (inherited from the old broker) gets one takeover record.
  */
-export function receiveTakeover(
+export async function receiveTakeover(
   fd: number,
   shadow: ShadowConfig | undefined,
   parts: ReceiveParts,
-): void {
+): Promise<void> {
   using link = new FrameConn(fd);
+  requireSameUid(fd, "the broker handing over");
   const { objects, nextId } = fetchState(link);
   // Then the connections the old broker accepted but had not read from.
   const conns: number[] = [];
@@ -78,7 +80,7 @@ export function receiveTakeover(
     bytes += obj.size;
   }
   parts.store.restore(null, nextId);
-  if (shadow !== undefined) parts.mirror.attach(shadow, false);
+  if (shadow !== undefined) await parts.mirror.attach(shadow, false);
   const rec = blankRecord("takeover", "ok", null);
   rec.count = objects.length;
   rec.size = bytes;
@@ -107,6 +109,8 @@ export interface HandoverParts {
   readonly beginStop: () => void;
   /** True while stopping (a second handover is refused). */
   readonly stopping: () => boolean;
+  /** Let go of the shadow so that the successor can attach (it serves one broker). */
+  readonly releaseShadow: () => void;
 }
 
 /** The old broker's side of a takeover. */
@@ -141,7 +145,9 @@ export class Handover {
       // Treated as a stranger below.
     }
     const rec = blankRecord("takeover", "forbidden", null);
-    if ((uid !== 0 && uid !== effectiveUid()) || p.stopping()) {
+    // Exactly the broker's own uid: a successor receives every object (root included: root
+    // can take over its own brokers, not another user's).
+    if (uid !== effectiveUid() || p.stopping()) {
       p.sessions.finish(conn, errorOutcome(Cmd.TAKEOVER, Status.FORBIDDEN, Text.accessDenied, rec));
       return;
     }
@@ -213,6 +219,9 @@ export class Handover {
       }
       link.queue(Frame.CONNS_END, null);
       link.flushBlocking(30_000);
+      // The shadow serves one broker: let go of it so the new broker can attach. Should the
+      // handover fail, the sweep reconnects and seeds it again.
+      p.releaseShadow();
       const ack = link.nextBlocking(60_000);
       if (ack.type !== Frame.ACK) throw new Error("no ACK from the new broker");
       child?.unref();

@@ -170,7 +170,10 @@ function nameSocket(e: unknown, socket: string): unknown {
   return named;
 }
 
-/** Run the broker; resolves with exit code 0 after a signal stopped it. */
+/**
+ * Run the broker; resolves with exit code 0 after a signal stopped it, 1 when it stopped on an
+ * internal error.
+ */
 export async function brokerCommand(argv: readonly string[]): Promise<number> {
   const split = splitFlagValues(argv);
   const takeoverFlag = split.includes("--takeover");
@@ -223,6 +226,8 @@ export async function brokerCommand(argv: readonly string[]): Promise<number> {
     }
     if (stopRequested) void broker.close();
     await broker.closed;
+    // An internal error (already reported on stderr) must not look like a clean stop.
+    if (broker.failure !== null) return 1;
   } finally {
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);

@@ -16,6 +16,7 @@ import denoJson from "../../deno.json" with { type: "json" };
 import { UsageError } from "../errors.ts";
 import { CliUsageError, HelpRequested } from "./args.ts";
 import { errorLine, ExitError, Interrupted } from "./exit.ts";
+import { setDefaultBrokerUid } from "../client/peer_check.ts";
 import { err, out } from "./output.ts";
 import { COMMAND_HELP, USAGE } from "./usage.ts";
 
@@ -93,6 +94,32 @@ function helpCommand(args: readonly string[]): Promise<number> {
 }
 
 /**
+ * Take `--broker-uid UID|USER` (accepted by every command that connects, anywhere among its
+ * arguments) out of `args`: the client then trusts that uid as the broker besides root and its
+ * own, in place of `MEMFDBUS_BROKER_UID`.
+ */
+function withoutBrokerUid(args: readonly string[]): string[] {
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] ?? "";
+    if (a === "--") {
+      rest.push(...args.slice(i));
+      break;
+    }
+    if (a === "--broker-uid" || a.startsWith("--broker-uid=")) {
+      const v = a === "--broker-uid" ? args[++i] : a.slice("--broker-uid=".length);
+      if (v === undefined || v === "") {
+        throw new UsageError("--broker-uid needs a uid or user name");
+      }
+      setDefaultBrokerUid(v);
+      continue;
+    }
+    rest.push(a);
+  }
+  return rest;
+}
+
+/**
  * Run the CLI with `args` (without the program name); resolves with the exit code. Output goes
  * to this process's stdout and stderr, exactly as the `memfdbus` command prints it.
  *
@@ -130,7 +157,7 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   try {
     const run = await load();
-    return await run(args.slice(1));
+    return await run(withoutBrokerUid(args.slice(1)));
   } catch (e) {
     if (e instanceof HelpRequested) {
       out(COMMAND_HELP[cmd] ?? USAGE);

@@ -61,6 +61,8 @@ client options beyond the C memfdbus:
   --wait SECONDS    get, exec, stat by --name: wait for the name to be
                     published, up to SECONDS (fractions allowed; max: as long
                     as the broker allows)
+  --broker-uid UID  every client command: trust a broker running as UID (or
+                    user name) besides root and yourself (MEMFDBUS_BROKER_UID)
   put and get show a progress line on stderr for 64 MiB or more when stderr
   is a terminal
 other commands and options:

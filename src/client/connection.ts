@@ -8,6 +8,7 @@
 import { ErrnoError, ProtocolError, TimeoutError } from "../errors.ts";
 import { closeQuietly, errnoErrorOf, libc, strerror } from "../ffi.ts";
 import { inProcess } from "../sys/inprocess.ts";
+import { checkBrokerPeer } from "./peer_check.ts";
 import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT, POLLIN } from "../sys/linux.ts";
 import { waitReady } from "../sys/reactor.ts";
 import {
@@ -52,6 +53,17 @@ export class SocketPathError extends Error {
     super(socketPathTooLong(path));
     this.name = "SocketPathError";
   }
+}
+
+/** How {@link Connection.connect} connects. */
+export interface ConnectOptions {
+  /** Microseconds a receive may wait on the calling thread (default 0). */
+  readonly syncWaitUs?: number;
+  /**
+   * A uid or user name trusted as the broker besides root and this process's own uid; by
+   * default the one named by `--broker-uid` or `MEMFDBUS_BROKER_UID`.
+   */
+  readonly brokerUid?: number | string | undefined;
 }
 
 /**
@@ -119,10 +131,18 @@ export class Connection implements Disposable {
    *
    * @param path the socket path
    * @param timeoutMs the request timeout, from which every deadline of this connection derives
-   * @param syncWaitUs how long a receive may wait on the calling thread before it waits
-   *   off-thread (a short blocking wait saves a thread hop when the broker answers quickly)
+   * @param options `syncWaitUs`: how long a receive may wait on the calling thread before it
+   *   waits off-thread (a short blocking wait saves a thread hop when the broker answers
+   *   quickly); `brokerUid`: a uid or user name to trust as the broker besides root and this
+   *   process's own uid (see `peer_check.ts`)
+   * @throws {BrokerIdentityError} when the listener runs as a user the client does not trust
    */
-  static async connect(path: string, timeoutMs: number, syncWaitUs = 0): Promise<Connection> {
+  static async connect(
+    path: string,
+    timeoutMs: number,
+    options: ConnectOptions = {},
+  ): Promise<Connection> {
+    const syncWaitUs = options.syncWaitUs ?? 0;
     const deadline = performance.now() + timeoutMs;
     let addr = addresses.get(path);
     if (addr === undefined) {
@@ -137,7 +157,10 @@ export class Connection implements Disposable {
       let backoff = 1;
       for (;;) {
         const r = connectUnix(fd, addr);
-        if (r === 0) return new Connection(fd, timeoutMs, syncWaitUs);
+        if (r === 0) {
+          checkBrokerPeer(fd, path, options.brokerUid);
+          return new Connection(fd, timeoutMs, syncWaitUs);
+        }
         if (r !== -EAGAIN) throw new ConnectError(path, -r);
         const left = deadline - performance.now();
         if (left <= 0) throw new TimeoutError("connect", timeoutMs);

@@ -36,6 +36,13 @@ export interface ClientOptions {
    * the caller's event loop is never held longer than this per receive. 0 disables it.
    */
   readonly syncWaitUs?: number;
+  /**
+   * The broker's uid (a number, or a user name from /etc/passwd) when it is neither root nor
+   * this process's uid. Before its first request on a connection the client checks who listens
+   * on the socket (SO_PEERCRED) and refuses anyone but root, its own uid and this one with
+   * BrokerIdentityError. Default: `--broker-uid` of the CLI, else `MEMFDBUS_BROKER_UID`.
+   */
+  readonly brokerUid?: number | string;
 }
 
 /**

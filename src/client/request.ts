@@ -55,6 +55,8 @@ export interface RequesterOptions {
   readonly keepAlive: boolean;
   /** Microseconds a receive may wait on the calling thread, see ClientOptions.syncWaitUs. */
   readonly syncWaitUs: number;
+  /** A uid or user name trusted as the broker, see ClientOptions.brokerUid. */
+  readonly brokerUid?: number | string | undefined;
 }
 
 const IDLE_POOL = 4;
@@ -64,6 +66,7 @@ export class Requester {
   readonly #socket: string;
   readonly #keepAlive: boolean;
   readonly #syncWaitUs: number;
+  readonly #brokerUid: number | string | undefined;
   readonly #idle: Connection[] = [];
   #closed = false;
 
@@ -72,6 +75,7 @@ export class Requester {
     this.#socket = options.socket;
     this.#keepAlive = options.keepAlive;
     this.#syncWaitUs = options.syncWaitUs;
+    this.#brokerUid = options.brokerUid;
   }
 
   /** The socket path. */
@@ -85,7 +89,10 @@ export class Requester {
    * @param timeoutMs the request timeout, from which the connection's deadlines derive
    */
   async connect(timeoutMs: number): Promise<Connection> {
-    return await Connection.connect(this.#socket, timeoutMs, this.#syncWaitUs);
+    return await Connection.connect(this.#socket, timeoutMs, {
+      syncWaitUs: this.#syncWaitUs,
+      brokerUid: this.#brokerUid,
+    });
   }
 
   /**

@@ -10,7 +10,8 @@
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
- * "jobs": { "trainer": {..} } }), evict ("superseded" or "none"), dedup, metrics
+ * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768 }: per uid; 3/4
+ * of maxClients and maxWaiters by default), evict ("superseded" or "none"), dedup, metrics
  * ("127.0.0.1:9464" or a socket path). A policy file (--policy) may hold only auditPeer,
  * requireJob, protectNames and jobs.
  *
@@ -23,6 +24,7 @@ import { UsageError } from "../errors.ts";
 import { type BrokerOptions, parseMetricsAddress } from "./options.ts";
 import type { QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
 import type { JobBinding } from "./policy.ts";
+import type { PeerLimits } from "./fair_shares.ts";
 import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
 
 const U32_MAX = 4294967295n;
@@ -180,6 +182,23 @@ function quotas(node: Node, fail: Fail): Quotas {
   return { perUid, uids, jobs };
 }
 
+function peerLimits(node: Node, fail: Fail): PeerLimits {
+  if (node.type !== "object") {
+    return fail('expected an object with "connections" and/or "waits"');
+  }
+  let connections: number | null = null;
+  let waits: number | null = null;
+  for (const [k, v] of members(node)) {
+    if (k !== "connections" && k !== "waits") return fail(`unknown key "${k}"`, v);
+    if (v.type !== "number" || !Number.isInteger(v.value) || v.value < 1 || v.value > INT_MAX) {
+      return fail(`${k}: expected an integer from 1 to ${INT_MAX}`, v);
+    }
+    if (k === "connections") connections = v.value as number;
+    else waits = v.value as number;
+  }
+  return { connections, waits };
+}
+
 const KEYS: Readonly<Record<string, Apply>> = {
   socket: (o, node, fail) => {
     if (node.type !== "string" || node.value === "") return fail("expected a non-empty path");
@@ -241,6 +260,7 @@ const KEYS: Readonly<Record<string, Apply>> = {
   keepVersions: integer(INT_MAX, (o, v) => (o.keepVersions = Number(v))),
   retention: (o, node, fail) => (o.retention = retention(node, fail)),
   quotas: (o, node, fail) => (o.quotas = quotas(node, fail)),
+  peerLimits: (o, node, fail) => (o.peerLimits = peerLimits(node, fail)),
   evict: (o, node, fail) => {
     if (node.type !== "string" || (node.value !== "superseded" && node.value !== "none")) {
       return fail('expected "superseded" or "none"');

@@ -12,6 +12,7 @@
 
 import { type AuditOp, type AuditRecord, type AuditResult, blankRecord } from "./audit.ts";
 import { fromBinary, toBinary } from "../protocol/bytes.ts";
+import { type NameKind, nameProblem } from "../protocol/names.ts";
 import { formatListLine } from "../protocol/list.ts";
 import { formatStat } from "../protocol/stat.ts";
 import type { BrokerOptions } from "./options.ts";
@@ -133,6 +134,11 @@ export interface RequestContext {
   seals(obj: StoredObject): number;
   /** The current CLOCK_REALTIME in ns. */
   now(): bigint;
+  /**
+   * The peer's fair share of the store (`src/core/fair_shares.ts`): the refusal text when one
+   * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
+   */
+  storeShare?(size: number): string | null;
 }
 
 /** A handler generator. */
@@ -281,17 +287,29 @@ function* done(o: Outcome): Handler {
 /** Read a job id; returns the binary string, or the error text. */
 function* readJob(
   length: number,
-  texts: { read: string; empty: string; nul: string },
+  texts: { read: string; empty: string; nul: string; kind: NameKind },
 ): Generator<Step, string | { error: string }, StepInput> {
   const bytes = (yield READ(length)) as Uint8Array | null;
   if (bytes === null) return { error: texts.read };
   if (bytes[0] === 0) return { error: texts.empty };
   if (bytes.includes(0)) return { error: texts.nul };
+  const problem = nameProblem(bytes, texts.kind);
+  if (problem !== null) return { error: problem };
   return toBinary(bytes);
 }
 
-const JOB_TEXTS = { read: Text.readJob, empty: Text.emptyJob, nul: Text.nulInJob };
-const ALLOW_TEXTS = { read: Text.readAllow, empty: Text.emptyAllow, nul: Text.nulInAllow };
+const JOB_TEXTS = {
+  read: Text.readJob,
+  empty: Text.emptyJob,
+  nul: Text.nulInJob,
+  kind: "job id" as const,
+};
+const ALLOW_TEXTS = {
+  read: Text.readAllow,
+  empty: Text.emptyAllow,
+  nul: Text.nulInAllow,
+  kind: "allowed job id" as const,
+};
 
 function* put(h: Header, ctx: RequestContext): Handler {
   const { options, store } = ctx;
@@ -314,6 +332,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   rec.name = name;
   if (nameBytes.length === 0 || nameBytes[0] === 0) return fail(Status.BAD_REQUEST, Text.emptyName);
   if (nameBytes.includes(0)) return fail(Status.BAD_REQUEST, Text.nulInName);
+  const nameRule = nameProblem(nameBytes, "object name");
+  if (nameRule !== null) return fail(Status.BAD_REQUEST, nameRule);
 
   if (h.textLen !== DIGEST_LEN) return fail(Status.BAD_REQUEST, Text.invalidDigest);
   const digestBytes = (yield READ(DIGEST_LEN)) as Uint8Array | null;
@@ -354,6 +374,13 @@ function* put(h: Header, ctx: RequestContext): Handler {
   if ("problem" in info) return fail(Status.BAD_REQUEST, info.problem);
 
   const size = Number(info.size);
+  // Nothing is hashed for a request that cannot be stored anyway (checked again at commit;
+  // with eviction on, releasing superseded versions may make room, so only the commit decides).
+  if (options.evict === "none" && store.exceedsQuota(size)) {
+    return fail(Status.ERR, Text.objectQuota);
+  }
+  const early = ctx.storeShare?.(size) ?? null;
+  if (early !== null) return fail(Status.ERR, early);
   const verified = (yield { kind: "digest", fd: ctx.fd, size }) as DigestAnswer;
   if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
   if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
@@ -365,6 +392,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   const uid = ctx.peer?.uid;
   if (gov === undefined) {
     if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
+    const share = ctx.storeShare?.(size) ?? null;
+    if (share !== null) return fail(Status.ERR, share);
     const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
     rec.result = "ok";
     rec.selector = null;
@@ -373,6 +402,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   }
   const admitted = gov.admitPut({ name, size, digest, owner, uid: uid ?? null });
   if (!admitted.ok) return fail(Status.ERR, admitted.text);
+  const share = ctx.storeShare?.(size) ?? null;
+  if (share !== null) return fail(Status.ERR, share);
   const deduped = admitted.sharedFd >= 0;
   const obj = store.add({
     size,

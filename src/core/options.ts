@@ -8,6 +8,7 @@ import { UsageError } from "../errors.ts";
 import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "../protocol/wire.ts";
 import { NO_QUOTAS, type Quotas, type RetentionRule } from "./governance.ts";
+import { DEFAULT_PEER_LIMITS, type PeerLimits } from "./fair_shares.ts";
 
 /**
  * The socket every command uses unless told otherwise.
@@ -109,8 +110,14 @@ export interface BrokerOptions {
   keepVersions: number | null;
   /** Retention per name or name prefix (config `retention`); the longest pattern wins. */
   retention: readonly RetentionRule[];
-  /** Per-job and per-uid quotas (config `quotas`). */
+  /**
+   * Per-job and per-uid quotas (config `quotas`). Uids other than root and the broker's own
+   * without an entry are held to `perUid`, or when that is not set to 3/4 of `maxObjects` and
+   * `maxTotalBytes` (see `src/core/fair_shares.ts`).
+   */
   quotas: Quotas;
+  /** Per-uid limits on connections and parked waits (config `peerLimits`; 3/4 by default). */
+  peerLimits: PeerLimits;
   /** Over a broker limit, release superseded versions instead of refusing (--evict). */
   evict: "none" | "superseded";
   /** Store identical contents (equal verified digests) on one memfd (on; --no-dedup). */
@@ -151,6 +158,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     keepVersions: null,
     retention: [],
     quotas: NO_QUOTAS,
+    peerLimits: DEFAULT_PEER_LIMITS,
     evict: "none",
     dedup: true,
     metrics: null,

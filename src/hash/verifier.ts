@@ -2,10 +2,16 @@
  * Digest verification for PUT: inline for small objects, on a pool of Workers for large ones, so
  * one big publish never freezes the broker for other clients (defect D5).
  *
+ * Objects are read with pread into a bounded buffer ({@link digestFdRead}), never mapped: the
+ * holes of a sparse memfd then cost no memory. Each peer (uid) may have only a few objects
+ * queued or being hashed ({@link HashPool} `perPeer`), and Workers take the next job from the
+ * peer with the fewest jobs running, so one uid publishing many large objects delays its own
+ * publishes, not everyone's.
+ *
  * @module
  */
 
-import { digestFd } from "./digest.ts";
+import { digestFdRead } from "./digest.ts";
 import { ErrnoError } from "../errors.ts";
 import { errno, libc, strerror } from "../ffi.ts";
 import { digestReadFailedText, Text } from "../protocol/wire.ts";
@@ -20,14 +26,24 @@ export interface HashJob {
   readonly size: number;
 }
 
+/** Objects a peer may have queued or being hashed at once, by default. */
+export const HASH_PER_PEER = 4;
+
+/** The refusal when a peer already has `limit` digests queued or running. */
+export function hashQuotaText(peer: number | string, limit: number): string {
+  const who = typeof peer === "number" ? `uid ${peer}` : peer;
+  return `too many digests in flight for this peer (${who} has ${limit}, the per-peer limit): retry later`;
+}
+
 /** The digest string, or the broker's error text for a failed verification read. */
 export type HashOutcome = { readonly digest: string } | { readonly error: string };
 
 /** Hash a descriptor, turning failures into the C broker's error texts. */
 export function digestOrError(fd: number, size: number): HashOutcome {
   try {
-    return { digest: digestFd(fd, size) };
+    return { digest: digestFdRead(fd, size) };
   } catch (e) {
+    if (e instanceof RangeError) return { error: Text.digestShortRead };
     if (e instanceof ErrnoError) {
       if (e.code === "ENOMEM") return { error: Text.digestAlloc };
       // The C broker reads with pread: report what pread says about this descriptor (a
@@ -44,6 +60,7 @@ export function digestOrError(fd: number, size: number): HashOutcome {
 
 interface Pending {
   resolve: (o: HashOutcome) => void;
+  peer: number | string;
 }
 
 /**
@@ -53,6 +70,11 @@ interface Pending {
 export class HashPool {
   readonly #size: number;
   readonly #inlineLimit: number;
+  readonly #perPeer: number;
+  /** Jobs queued or running, by peer. */
+  readonly #byPeer = new Map<number | string, number>();
+  /** Jobs running on a Worker, by peer. */
+  readonly #running = new Map<number | string, number>();
   readonly #workers: Worker[] = [];
   readonly #busy: number[] = [];
   readonly #pending = new Map<number, Pending>();
@@ -63,10 +85,12 @@ export class HashPool {
   /**
    * @param workers how many Workers at most
    * @param inlineLimit largest object hashed on the calling thread
+   * @param perPeer jobs one peer may have queued or running at once
    */
-  constructor(workers = 1, inlineLimit = 1 << 20) {
+  constructor(workers = 1, inlineLimit = 1 << 20, perPeer = HASH_PER_PEER) {
     this.#size = Math.max(1, workers);
     this.#inlineLimit = inlineLimit;
+    this.#perPeer = Math.max(1, perPeer);
   }
 
   /** Jobs queued or running on Workers. */
@@ -76,16 +100,52 @@ export class HashPool {
 
   /**
    * Digest `size` bytes of `fd`: small objects at once (a plain value), large ones on a Worker
-   * (a promise). The descriptor must stay open until the promise settles.
+   * (a promise). The descriptor must stay open until the promise settles. A large object of a
+   * `peer` (its uid) that already has `perPeer` jobs queued or running is refused at once.
    */
-  digest(fd: number, size: number): HashOutcome | Promise<HashOutcome> {
+  digest(
+    fd: number,
+    size: number,
+    peer: number | string = "-",
+  ): HashOutcome | Promise<HashOutcome> {
     if (size <= this.#inlineLimit || this.#closed) return digestOrError(fd, size);
+    const held = this.#byPeer.get(peer) ?? 0;
+    if (held >= this.#perPeer) return { error: hashQuotaText(peer, this.#perPeer) };
+    this.#byPeer.set(peer, held + 1);
     const job: HashJob = { id: this.#nextId++, fd, size };
     return new Promise<HashOutcome>((resolve) => {
-      this.#pending.set(job.id, { resolve });
+      this.#pending.set(job.id, { resolve, peer });
       this.#queue.push(job);
       this.#dispatch();
     });
+  }
+
+  #count(map: Map<number | string, number>, peer: number | string, delta: number): void {
+    const n = (map.get(peer) ?? 0) + delta;
+    if (n <= 0) map.delete(peer);
+    else map.set(peer, n);
+  }
+
+  /** The queued job of the peer with the fewest jobs running (oldest first among equals). */
+  #nextJob(): HashJob | undefined {
+    let best = -1;
+    let bestRunning = Infinity;
+    for (let i = 0; i < this.#queue.length && bestRunning > 0; i++) {
+      const job = this.#queue[i];
+      const peer = job === undefined ? "-" : this.#pending.get(job.id)?.peer ?? "-";
+      const running = this.#running.get(peer) ?? 0;
+      if (running < bestRunning) [best, bestRunning] = [i, running];
+    }
+    return best < 0 ? undefined : this.#queue.splice(best, 1)[0];
+  }
+
+  #settle(id: number, outcome: HashOutcome): void {
+    const p = this.#pending.get(id);
+    this.#pending.delete(id);
+    if (p === undefined) return;
+    this.#count(this.#byPeer, p.peer, -1);
+    this.#count(this.#running, p.peer, -1);
+    p.resolve(outcome);
   }
 
   #dispatch(): void {
@@ -93,9 +153,10 @@ export class HashPool {
       let w = this.#busy.findIndex((n) => n === 0);
       if (w < 0 && this.#workers.length < this.#size) w = this.#spawn();
       if (w < 0) return;
-      const job = this.#queue.shift();
+      const job = this.#nextJob();
       if (job === undefined) return;
       this.#busy[w] = job.id;
+      this.#count(this.#running, this.#pending.get(job.id)?.peer ?? "-", 1);
       this.#workers[w]?.postMessage(job);
     }
   }
@@ -108,18 +169,14 @@ export class HashPool {
     worker.onmessage = (e: MessageEvent<{ id: number } & HashOutcome>): void => {
       const { id, ...outcome } = e.data;
       this.#busy[index] = 0;
-      const p = this.#pending.get(id);
-      this.#pending.delete(id);
-      p?.resolve(outcome as HashOutcome);
+      this.#settle(id, outcome as HashOutcome);
       this.#dispatch();
     };
     worker.onerror = (e: ErrorEvent): void => {
       e.preventDefault();
       const id = this.#busy[index] ?? 0;
       this.#busy[index] = 0;
-      const p = this.#pending.get(id);
-      this.#pending.delete(id);
-      p?.resolve({ error: digestReadFailedText(e.message) });
+      this.#settle(id, { error: digestReadFailedText(e.message) });
       this.#dispatch();
     };
     return index;
@@ -135,6 +192,8 @@ export class HashPool {
       p.resolve(job ? digestOrError(job.fd, job.size) : { error: Text.shuttingDown });
     }
     this.#pending.clear();
+    this.#byPeer.clear();
+    this.#running.clear();
     this.#queue.length = 0;
   }
 }

@@ -1,49 +1,73 @@
 /**
- * JSON strings as the C broker writes them (audit records, the STAT body). Names and job ids are
+ * JSON strings as the broker writes them (audit records, the STAT body). Names and job ids are
  * binary strings (one character per byte), and the escaping works on bytes. Pure: no I/O.
  *
  * @module
  */
 
+import { utf8Length } from "./names.ts";
+
+const ESCAPES: Record<number, string> = {
+  0x08: "\\b",
+  0x09: "\\t",
+  0x0a: "\\n",
+  0x0c: "\\f",
+  0x0d: "\\r",
+  0x22: '\\"',
+  0x5c: "\\\\",
+};
+
 /**
- * Escape a binary string as a JSON string the way the C broker does: `\\ \" \b \f \n \r \t`,
- * other bytes below 0x20 as `\u00xx`, every other byte raw, and the string ends at the first NUL.
+ * A JSON string literal for a binary string (one character per byte), itself a binary string of
+ * UTF-8 bytes. As in the C broker: `\\ \" \b \f \n \r \t`, other bytes below 0x20 as `\u00xx`,
+ * valid UTF-8 kept raw, and the value ends at the first NUL. Unlike the C broker, DEL (0x7f) is
+ * escaped too and every byte that is not part of valid UTF-8 becomes `\ufffd`, so the result is
+ * valid JSON on one line whatever bytes the value holds (the C broker writes such bytes raw,
+ * which makes the line invalid JSON). Characters above U+00FF (from JavaScript texts) are written
+ * as `\u` escapes. `null` gives `null`.
+ *
+ * @example
+ * ```ts ignore
+ * jsonString("a\nb\xff"); // '"a\\nb\\ufffd"'
+ * ```
  */
 export function jsonString(s: string | null): string {
   if (s === null) return "null";
+  const at = (i: number): number => s.charCodeAt(i);
+  const byteAt = (i: number): number => at(i) > 0xff ? 0 : at(i);
   let out = '"';
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
+  for (let i = 0; i < s.length;) {
+    const c = at(i);
     if (c === 0) break;
-    if (c >= 0x20 && c !== 0x22 && c !== 0x5c) {
-      out += s[i];
+    if (c > 0xff) {
+      out += "\\u" + c.toString(16).padStart(4, "0");
+      i++;
       continue;
     }
-    switch (c) {
-      case 0x5c:
-        out += "\\\\";
-        break;
-      case 0x22:
-        out += '\\"';
-        break;
-      case 0x08:
-        out += "\\b";
-        break;
-      case 0x0c:
-        out += "\\f";
-        break;
-      case 0x0a:
-        out += "\\n";
-        break;
-      case 0x0d:
-        out += "\\r";
-        break;
-      case 0x09:
-        out += "\\t";
-        break;
-      default:
-        out += "\\u00" + (c < 0x10 ? "0" : "") + c.toString(16);
+    const esc = ESCAPES[c];
+    if (esc !== undefined) {
+      out += esc;
+      i++;
+      continue;
     }
+    if (c < 0x20 || c === 0x7f) {
+      out += "\\u00" + c.toString(16).padStart(2, "0");
+      i++;
+      continue;
+    }
+    if (c < 0x80) {
+      out += s[i];
+      i++;
+      continue;
+    }
+    const n = utf8Length(byteAt, i, s.length);
+    if (n === 0) {
+      out += "\\ufffd";
+      i++;
+      continue;
+    }
+    out += s.slice(i, i + n);
+    i += n;
   }
   return out + '"';
 }

@@ -41,4 +41,5 @@ export {
 export { DIGEST_LEN, DIGEST_PREFIX, formatDigest, isValidDigest } from "./digest.ts";
 export { formatListLine, type ListEntry, type ListLineFields, parseList } from "./list.ts";
 export { formatStat, parseStat, type StatBody, type StatFields } from "./stat.ts";
+export { isPrintableName, type NameKind, nameProblem } from "./names.ts";
 export { Status, type StatusCode } from "../errors.ts";

@@ -43,6 +43,8 @@ export const Frame = {
   CONNS: 9,
   /** old broker → new broker: no more CONNS. */
   CONNS_END: 10,
+  /** shadow → broker: this shadow serves another broker; payload `{ reason }`. */
+  REFUSED: 11,
 } as const;
 
 /** Object metadata as it travels (ids and times as decimal strings, bytes as base64). */

@@ -43,6 +43,8 @@ export class FrameConn implements Disposable {
   /** Frames decoded but not handed out yet (see {@link FrameConn.nextBlocking}). */
   #ready: FrameIn[] = [];
   readonly #out: Out[] = [];
+  /** What the peer is, for messages (the shadow's path). */
+  label = "";
 
   /**
    * @param fd a connected nonblocking stream socket, now owned by this object

@@ -10,15 +10,35 @@ import { closeQuietly, strerror } from "../ffi.ts";
 import { childHasExited } from "../sys/spawn.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
 import { ECONNREFUSED, ENOENT } from "../sys/linux.ts";
-import {
-  FDS_PER_FRAME,
-  Frame,
-  fromWire,
-  toWire,
-  type WireObject,
-} from "../protocol/shadow_frames.ts";
+import { FDS_PER_FRAME, Frame, toWire } from "../protocol/shadow_frames.ts";
 import type { StoredObject } from "../core/store.ts";
 import { connectUnix, sockaddrUn, socketPathTooLong, unixSocket } from "../sys/unix_socket.ts";
+import { checkSocketPath } from "../sys/path_safety.ts";
+import { requireSameUid } from "../sys/peer_uid.ts";
+import { admitObject, isRefused, type Refused } from "./admit.ts";
+
+/**
+ * Thrown when the shadow refuses this broker because it already serves another one.
+ *
+ * @example
+ * ```ts
+ * import { ShadowBusyError } from "@memfdbus/memfdbus";
+ * console.log(new ShadowBusyError("/tmp/s.sock", "it serves pid 42").message);
+ * // the shadow at /tmp/s.sock refused this broker: it serves pid 42
+ * ```
+ */
+export class ShadowBusyError extends Error {
+  /**
+   * Describe the refusal.
+   *
+   * @param path the shadow's socket path
+   * @param reason the shadow's words
+   */
+  constructor(path: string, reason: string) {
+    super(`the shadow at ${path} refused this broker: ${reason}`);
+    this.name = "ShadowBusyError";
+  }
+}
 
 /** Where the shadow listens and how to start one. */
 export interface ShadowConfig {
@@ -38,6 +58,8 @@ export interface Attached {
   readonly nextId: number;
   /** True when no shadow was listening and a new one was started. */
   readonly started: boolean;
+  /** Objects the shadow sent that failed the checks of a published object (already closed). */
+  readonly refused: Refused[];
 }
 
 const START_TIMEOUT_MS = 10_000;
@@ -47,11 +69,21 @@ const MAX_RETRY_MS = 30_000;
 function connectOnce(path: string): number {
   const addr = sockaddrUn(path);
   if (addr === null) throw new Error(socketPathTooLong(path));
+  checkSocketPath(path);
   const fd = unixSocket(true);
   const r = connectUnix(fd, addr);
-  if (r === 0) return fd;
-  closeQuietly(fd);
-  return r;
+  if (r !== 0) {
+    closeQuietly(fd);
+    return r;
+  }
+  // Whoever listens on the path receives every object: it must be this broker's own uid.
+  try {
+    requireSameUid(fd, `the shadow at ${path}`);
+  } catch (e) {
+    closeQuietly(fd);
+    throw e;
+  }
+  return fd;
 }
 
 /** Start a shadow; returns its pid. */
@@ -94,16 +126,40 @@ function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boole
   }
 }
 
-/** Read OBJECTS frames until `end`; returns the objects and the next id. */
-function readState(conn: FrameConn, end: number): { objects: StoredObject[]; nextId: number } {
+/**
+ * Read OBJECTS frames until `end`; returns the objects that pass the checks of a published object
+ * ({@link admitObject}), the refused ones, and the next id.
+ */
+function readState(
+  conn: FrameConn,
+  end: number,
+): { objects: StoredObject[]; refused: Refused[]; nextId: number } {
   const objects: StoredObject[] = [];
+  const refused: Refused[] = [];
   for (;;) {
     // One frame at a time: frames after `end` (a takeover's connections) stay queued.
     const f = conn.nextBlocking(START_TIMEOUT_MS);
     if (f.type === Frame.OBJECTS) {
-      (f.payload as WireObject[]).forEach((w, i) => objects.push(fromWire(w, f.fds[i] ?? -1)));
+      const metas = Array.isArray(f.payload) ? f.payload as unknown[] : [];
+      metas.forEach((w, i) => {
+        const r = admitObject(w, f.fds[i] ?? -1);
+        if (isRefused(r)) refused.push(r);
+        else objects.push(r);
+      });
+      for (const fd of f.fds.slice(metas.length)) closeQuietly(fd);
     } else if (f.type === end) {
-      return { objects, nextId: (f.payload as { nextId: number }).nextId };
+      const nextId = (f.payload as { nextId?: unknown } | null)?.nextId;
+      const maxId = objects.reduce((m, o) => Math.max(m, o.id + 1), 1);
+      return {
+        objects,
+        refused,
+        nextId: Number.isSafeInteger(nextId) ? Math.max(nextId as number, maxId) : maxId,
+      };
+    } else if (f.type === Frame.REFUSED) {
+      for (const o of objects) closeQuietly(o.fd);
+      for (const fd of f.fds) closeQuietly(fd);
+      const reason = (f.payload as { reason?: unknown } | null)?.reason;
+      throw new ShadowBusyError(conn.label, typeof reason === "string" ? reason : "busy");
     } else {
       for (const fd of f.fds) closeQuietly(fd);
     }
@@ -132,7 +188,9 @@ export function serveState(conn: FrameConn, objects: Iterable<StoredObject>, nex
 }
 
 /** Ask the peer on `conn` for its state (a shadow, or a broker handing over). */
-export function fetchState(conn: FrameConn): { objects: StoredObject[]; nextId: number } {
+export function fetchState(
+  conn: FrameConn,
+): { objects: StoredObject[]; refused: Refused[]; nextId: number } {
   conn.queue(Frame.HELLO, { version: 1 });
   conn.flushBlocking(START_TIMEOUT_MS);
   return readState(conn, Frame.STATE_END);
@@ -156,16 +214,42 @@ export class ShadowLink {
     this.#conn = conn;
   }
 
-  /** Connect (or start a shadow) and fetch its state. Blocks; use before serving clients. */
-  static attach(config: ShadowConfig): Attached {
-    const { conn, started } = connectOrStart(config);
-    try {
-      const state = fetchState(conn);
-      return { link: new ShadowLink(config, conn), ...state, started };
-    } catch (e) {
-      conn.close();
-      throw e;
+  /**
+   * Connect (or start a shadow) and fetch its state. Blocks; use before serving clients. A shadow
+   * that serves another broker refuses with {@link ShadowBusyError}; with `waitMs`, the attempt
+   * is repeated until then (a broker taking over waits for the old one to let go).
+   */
+  static attach(config: ShadowConfig, waitMs = 0): Attached {
+    const end = performance.now() + waitMs;
+    for (;;) {
+      const { conn, started } = connectOrStart(config);
+      conn.label = config.path;
+      try {
+        const state = fetchState(conn);
+        return { link: new ShadowLink(config, conn), ...state, started };
+      } catch (e) {
+        conn.close();
+        if (!(e instanceof ShadowBusyError) || performance.now() >= end) throw e;
+      }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
     }
+  }
+
+  /**
+   * Let go of the shadow without reporting trouble (a broker handing over, so that its successor
+   * can attach). Changes waiting for an acknowledgement are answered; if the handover fails the
+   * broker reconnects and seeds the shadow again, as after any lost link.
+   */
+  release(): void {
+    const oldFd = this.#conn?.fd ?? -1;
+    this.#conn?.close();
+    this.#conn = null;
+    this.#lost = false;
+    const waiting = this.#pending;
+    this.#pending = [];
+    for (const done of waiting) done();
+    this.#retryAt = 0;
+    this.onReconnect(oldFd, -1);
   }
 
   /** The link's socket (-1 while down). */
@@ -269,6 +353,15 @@ export class ShadowLink {
     }
     for (const f of frames) {
       for (const fd of f.fds) closeQuietly(fd);
+      if (f.type === Frame.REFUSED) {
+        // Another broker holds this shadow (we reached it after losing our link): stop using
+        // it and try again later, with the same back-off as a shadow that cannot be started.
+        const reason = (f.payload as { reason?: unknown } | null)?.reason;
+        this.release();
+        this.#retryAt = performance.now() + Math.min(MAX_RETRY_MS, 1000 * 2 ** this.#failures++);
+        this.onTrouble(new ShadowBusyError(this.#config.path, String(reason ?? "busy")).message);
+        return;
+      }
       if (f.type === Frame.ACK) {
         this.#pending.shift()?.();
         this.#pendingSince = performance.now();
@@ -294,6 +387,7 @@ export class ShadowLink {
     let started: boolean;
     try {
       ({ conn, started } = connectOrStart(this.#config));
+      conn.label = this.#config.path;
     } catch (e) {
       // Nothing to wait for: answer the waiting clients rather than hang them.
       const waiting = this.#pending;

@@ -11,6 +11,7 @@
  */
 
 import { closeQuietly, libc } from "../ffi.ts";
+import { peerCredentials } from "../sys/unix_socket.ts";
 import { FDS_PER_FRAME, Frame, type WireObject } from "../protocol/shadow_frames.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
 import { Poller, type PollEvent } from "../sys/poller.ts";
@@ -132,15 +133,23 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
   }
 }
 
+/** Why a second broker is refused while `pid` holds the link. */
+export function busyText(path: string, pid: number): string {
+  return `it already serves the broker with pid ${pid} (on ${path}); stop that broker ` +
+    `or give this one another --shadow path`;
+}
+
 /**
  * Run a shadow on `path` until SIGTERM or SIGINT stops it (it then removes its socket file, if
  * that is still the one it created, and resolves with exit code 0) or the process is killed.
- * The poll waits off the main thread so the signal handlers can run. At most one broker is
- * served at a time:
- * a new connection replaces the previous one (the broker it belonged to is gone or handing
- * over) once it sends its first frame. Until then it is only a candidate, so a connection that
- * says nothing (the liveness probe of a second `memfdbus shadow` or broker on the same path)
- * does not cost the attached broker its link.
+ * The poll waits off the main thread so the signal handlers can run. Only processes of the
+ * shadow's own uid are served (SO_PEERCRED); others are disconnected at once. One broker is
+ * served at a time: a connection becomes the link once it sends its first frame, and only if no
+ * other broker holds the link (the link's end of stream is looked for first, so a broker that
+ * died or let go is replaced at once); otherwise it gets a REFUSED frame naming the broker that
+ * holds it. Until its first frame a connection is only a candidate, so a connection that says
+ * nothing (the liveness probe of a second `memfdbus shadow` or broker on the same path) costs
+ * nothing.
  */
 export async function runShadow(path: string, onReady: () => void = () => {}): Promise<number> {
   libc.symbols.setsid();
@@ -156,6 +165,9 @@ export async function runShadow(path: string, onReady: () => void = () => {}): P
   poller.add(listener.fd, EPOLLIN, LISTEN_TOKEN);
   const state = new ShadowState();
   let link: FrameConn | null = null;
+  let linkPid = 0;
+  const me = libc.symbols.geteuid();
+  const pids = new Map<number, number>();
   const candidates = new Map<number, FrameConn>();
   let nextToken = LINK_TOKEN + 1;
   const drop = (conn: FrameConn): void => {
@@ -181,6 +193,18 @@ export async function runShadow(path: string, onReady: () => void = () => {}): P
       if (ev.token === LISTEN_TOKEN) {
         const fd = acceptUnix(listener.fd);
         if (fd < 0) continue;
+        let cred = { uid: -1, pid: 0 };
+        try {
+          cred = peerCredentials(fd);
+        } catch {
+          // Left already: refused below.
+        }
+        if (cred.uid !== me) {
+          // Every object would go to, or come from, this peer: only the shadow's own uid.
+          closeQuietly(fd);
+          continue;
+        }
+        pids.set(fd, cred.pid);
         const token = nextToken++;
         candidates.set(token, new FrameConn(fd));
         poller.add(fd, EPOLLIN, token);
@@ -212,11 +236,33 @@ export async function runShadow(path: string, onReady: () => void = () => {}): P
         continue;
       }
       if (frames.length === 0) continue;
-      // A broker: it replaces the previous one.
       candidates.delete(ev.token);
       poller.remove(conn.fd);
-      if (link !== null) drop(link);
+      if (link !== null) {
+        // Is the broker holding the link still there? Its end of stream may be queued.
+        try {
+          serve(link, link.read());
+        } catch (e) {
+          if (!(e instanceof LinkClosed)) throw e;
+          drop(link);
+          link = null;
+        }
+      }
+      const pid = pids.get(conn.fd) ?? 0;
+      pids.delete(conn.fd);
+      if (link !== null) {
+        for (const f of frames) for (const fd of f.fds) closeQuietly(fd);
+        try {
+          conn.queue(Frame.REFUSED, { reason: busyText(path, linkPid) });
+          conn.flushBlocking(1_000);
+        } catch {
+          // It left; nothing to tell.
+        }
+        conn.close();
+        continue;
+      }
       link = conn;
+      linkPid = pid;
       poller.add(conn.fd, EPOLLIN, LINK_TOKEN);
       serve(conn, frames);
     }

@@ -7,6 +7,7 @@
 import { ErrnoError } from "../errors.ts";
 import { closeQuietly, cstr, errno, errnoErrorOf, libc } from "../ffi.ts";
 import { tryLstat } from "./fd.ts";
+import { checkSocketPath } from "./path_safety.ts";
 import { EAGAIN, ENOENT, S_IFMT, S_IFSOCK } from "./linux.ts";
 import {
   bindUnix,
@@ -38,6 +39,8 @@ export function openListener(
   try {
     const addr = sockaddrUn(path);
     if (addr === null) throw new Error(socketPathTooLong(path));
+    // A path another user could swap under us is refused (see path_safety.ts).
+    checkSocketPath(path);
     const st = tryLstat(path);
     if (typeof st === "number") {
       if (st !== -ENOENT) throw errnoErrorOf("lstat", -st, "lstat socket path");

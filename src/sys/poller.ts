@@ -8,10 +8,11 @@
  * @module
  */
 
-import { check, closeQuietly, libc } from "../ffi.ts";
+import { check, closeQuietly, errno, errnoErrorOf, libc } from "../ffi.ts";
 import {
   EFD_CLOEXEC,
   EFD_NONBLOCK,
+  EINTR,
   EPOLL_CLOEXEC,
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
@@ -128,6 +129,11 @@ export class Poller implements Disposable {
    */
   poll(out: PollEvent[] = [], timeoutMs = 0): PollEvent[] {
     const n = libc.symbols.epoll_wait(this.#epfd, this.#syncBuf, this.#capacity, timeoutMs);
+    if (n < 0) {
+      // A failing epoll (other than a signal) would otherwise spin the loop forever, silently.
+      const e = errno();
+      if (e !== EINTR) throw errnoErrorOf("epoll_wait", e);
+    }
     return this.#collect(this.#syncView, Math.max(n, 0), out);
   }
 

@@ -1,0 +1,143 @@
+/**
+ * The broker's {@link PeerLedger}: it counts, per peer uid, the connections open, the GET --wait
+ * requests parked and (through the governance module's accounting) the objects and bytes stored,
+ * and refuses what would take a uid past its share (`src/core/fair_shares.ts` decides). A
+ * connection whose uid is unknown (the peer left before SO_PEERCRED) is not counted; its request
+ * fails on its own.
+ *
+ * @module
+ */
+
+import { errorOutcome, type Outcome } from "../core/handlers.ts";
+import { blankRecord } from "../core/audit.ts";
+import {
+  type GlobalLimits,
+  type PeerLimits,
+  shareFor,
+  shareText,
+  storeShareProblem,
+  type UidShare,
+} from "../core/fair_shares.ts";
+import type { Governor } from "../core/governance.ts";
+import type { Quotas } from "../core/governance.ts";
+import { Status } from "../errors.ts";
+import type { PeerLedger } from "./admission.ts";
+import type { Conn } from "./connection.ts";
+
+/** What the ledger is configured with. */
+export interface FairShareRules {
+  /** Per-uid connection and wait limits (config `peerLimits`). */
+  readonly peerLimits: PeerLimits;
+  /** Per-uid object and byte quotas (config `quotas`). */
+  readonly quotas: Quotas;
+  /** The broker-wide limits the default shares derive from. */
+  readonly global: GlobalLimits;
+  /** Uids without limits unless `quotas.uids` names them (root and the broker's own). */
+  readonly exempt: readonly number[];
+}
+
+/** Per-uid counts and refusals. */
+export class FairShares implements PeerLedger {
+  readonly #rules: FairShareRules;
+  readonly #governor: Governor;
+  readonly #shares = new Map<number, UidShare | null>();
+  readonly #connections = new Map<number, number>();
+  readonly #waits = new Map<number, number>();
+  /** Connections counted (by their uid), and which of them are counted as parked. */
+  readonly #counted = new WeakMap<Conn, number>();
+  readonly #parked = new WeakSet<Conn>();
+
+  /**
+   * @param rules limits and exemptions
+   * @param governor the store accounting per uid (objects, bytes)
+   */
+  constructor(rules: FairShareRules, governor: Governor) {
+    this.#rules = rules;
+    this.#governor = governor;
+  }
+
+  #share(uid: number): UidShare | null {
+    let s = this.#shares.get(uid);
+    if (s === undefined) {
+      s = shareFor(uid, this.#rules);
+      this.#shares.set(uid, s);
+    }
+    return s;
+  }
+
+  /** Connections `uid` has open (for tests and metrics). */
+  connectionsOf(uid: number): number {
+    return this.#connections.get(uid) ?? 0;
+  }
+
+  /** Waits `uid` has parked. */
+  waitsOf(uid: number): number {
+    return this.#waits.get(uid) ?? 0;
+  }
+
+  /** A connection was admitted: count it, or refuse it past the uid's share. */
+  opened(conn: Conn): Outcome | null {
+    const uid = conn.peer?.uid;
+    if (uid === undefined) return null;
+    const share = this.#share(uid);
+    const held = this.connectionsOf(uid);
+    if (share !== null && held >= share.connections) {
+      const text = shareText(
+        uid,
+        "connections",
+        { held, max: share.connections },
+        "peerLimits.connections",
+      );
+      return errorOutcome(0, Status.ERR, text, blankRecord("unknown", "error", null));
+    }
+    this.#connections.set(uid, held + 1);
+    this.#counted.set(conn, uid);
+    return null;
+  }
+
+  /** A connection closed. */
+  closed(conn: Conn): void {
+    this.unparked(conn);
+    const uid = this.#counted.get(conn);
+    if (uid === undefined) return;
+    this.#counted.delete(conn);
+    const n = this.connectionsOf(uid) - 1;
+    if (n > 0) this.#connections.set(uid, n);
+    else this.#connections.delete(uid);
+  }
+
+  /** A request asks to park (GET --wait): count it, or return the refusal text. */
+  parking(conn: Conn): string | null {
+    const uid = conn.peer?.uid;
+    if (uid === undefined || this.#parked.has(conn)) return null;
+    const share = this.#share(uid);
+    const held = this.waitsOf(uid);
+    if (share !== null && held >= share.waits) {
+      return shareText(uid, "parked waits", { held, max: share.waits }, "peerLimits.waits");
+    }
+    this.#waits.set(uid, held + 1);
+    this.#parked.add(conn);
+    return null;
+  }
+
+  /** A parked request was answered, expired or closed (no effect when it was not counted). */
+  unparked(conn: Conn): void {
+    if (!this.#parked.delete(conn)) return;
+    const uid = conn.peer?.uid;
+    if (uid === undefined) return;
+    const n = this.waitsOf(uid) - 1;
+    if (n > 0) this.#waits.set(uid, n);
+    else this.#waits.delete(uid);
+  }
+
+  /**
+   * Would one more object of `size` bytes take `uid` past its store share? The refusal text, or
+   * null (also for an unknown uid).
+   */
+  storing(uid: number | undefined, size: number): string | null {
+    if (uid === undefined) return null;
+    const share = this.#share(uid);
+    if (share === null) return null;
+    return storeShareProblem(uid, share, { ...this.#governor.uidUsage(uid), size });
+  }
+}

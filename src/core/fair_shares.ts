@@ -1,0 +1,149 @@
+/**
+ * Fair shares: how much of each shared budget one peer uid may hold, so that one local user can
+ * use most of the broker but never all of it. Pure: the broker counts, this module decides.
+ *
+ * Budgets per uid, each by default 3/4 of the broker-wide limit (rounded down, at least 1):
+ * - connections open (`--max-clients`), configured as `peerLimits.connections`;
+ * - GET --wait requests parked (`--max-waiters`), `peerLimits.waits`;
+ * - objects and bytes stored (`--max-objects`, `--max-total-bytes`): these are the governance
+ *   module's per-uid quotas (`quotas.perUid`, `quotas.uids`); when the config sets none, the
+ *   3/4 share applies.
+ *
+ * Root and the broker's own uid are exempt by default: they are trusted (root can read the
+ * broker's memory anyway, and the broker's uid is its operator), and a broker used by one user,
+ * as the C broker's conformance suite uses it, behaves exactly as before. A uid listed in
+ * `quotas.uids` is held to its entry, exempt or not.
+ *
+ * @module
+ */
+
+import type { QuotaLimits, Quotas } from "./governance.ts";
+
+/** The share of each broker-wide limit one uid may hold by default. */
+export const DEFAULT_SHARE = 3 / 4;
+
+/** Per-uid limits on connections and parked waits (config `peerLimits`). */
+export interface PeerLimits {
+  /** Connections one uid may have open, or null for the default share of `maxClients`. */
+  readonly connections: number | null;
+  /** GET --wait requests one uid may have parked, or null for the share of `maxWaiters`. */
+  readonly waits: number | null;
+}
+
+/** No explicit per-uid limits: the default shares apply. */
+export const DEFAULT_PEER_LIMITS: PeerLimits = { connections: null, waits: null };
+
+/** The broker-wide limits the default shares are taken from. */
+export interface GlobalLimits {
+  /** --max-clients. */
+  readonly maxClients: number;
+  /** --max-waiters. */
+  readonly maxWaiters: number;
+  /** --max-objects. */
+  readonly maxObjects: bigint;
+  /** --max-total-bytes. */
+  readonly maxTotalBytes: bigint;
+}
+
+/** The default share of a limit: 3/4, rounded down, at least 1. */
+export function shareOf(limit: number): number {
+  return Math.max(1, Math.floor(limit * DEFAULT_SHARE));
+}
+
+/** {@link shareOf} for 64-bit limits. */
+export function shareOfBig(limit: bigint): bigint {
+  const s = limit / 4n * 3n + (limit % 4n) * 3n / 4n;
+  return s < 1n ? 1n : s;
+}
+
+/** The limits in force for one uid. */
+export interface UidShare {
+  /** Connections. */
+  readonly connections: number;
+  /** Parked waits. */
+  readonly waits: number;
+  /** Objects and bytes, or null for none (an exempt uid without a quota entry). */
+  readonly store: QuotaLimits | null;
+  /** The config key of the store limit, for refusal texts. */
+  readonly storeKey: string;
+}
+
+/**
+ * The limits of `uid`, or null when it is exempt from every one (root and the broker's uid,
+ * unless `quotas.uids` names it).
+ *
+ * @param uid the peer's uid
+ * @param rules the configured limits and quotas, and the broker-wide limits
+ */
+export function shareFor(
+  uid: number,
+  rules: {
+    peerLimits: PeerLimits;
+    quotas: Quotas;
+    global: GlobalLimits;
+    exempt: readonly number[];
+  },
+): UidShare | null {
+  const own = rules.quotas.uids.get(uid);
+  const exempt = rules.exempt.includes(uid);
+  if (exempt && own === undefined) return null;
+  const g = rules.global;
+  const store: QuotaLimits | null = own ?? rules.quotas.perUid ?? {
+    objects: shareOfBig(g.maxObjects),
+    bytes: shareOfBig(g.maxTotalBytes),
+  };
+  const storeKey = own !== undefined ? "quotas.uids" : "quotas.perUid";
+  if (exempt) {
+    return { connections: Infinity, waits: Infinity, store, storeKey };
+  }
+  return {
+    connections: rules.peerLimits.connections ?? shareOf(g.maxClients),
+    waits: rules.peerLimits.waits ?? shareOf(g.maxWaiters),
+    store,
+    storeKey,
+  };
+}
+
+/**
+ * The refusal when a uid holds its whole share, naming the limit, e.g.
+ * `uid 1001 has 96 of 96 connections (the per-uid limit, peerLimits.connections)`.
+ *
+ * @param uid the peer's uid
+ * @param what the budget, as in `connections`, `parked waits`, `objects`, `bytes`
+ * @param counts what it holds and its limit
+ * @param key the config key that sets the limit
+ */
+export function shareText(
+  uid: number,
+  what: string,
+  counts: { held: number | bigint; max: number | bigint },
+  key: string,
+): string {
+  return `uid ${uid} has ${counts.held} of ${counts.max} ${what} (the per-uid limit, ${key})`;
+}
+
+/**
+ * Would storing one more object of `size` bytes exceed the store share? Returns the refusal
+ * text, or null.
+ *
+ * @param uid the publisher
+ * @param share its limits
+ * @param usage what it holds now, and the size of the new object
+ */
+export function storeShareProblem(
+  uid: number,
+  share: UidShare,
+  usage: { readonly objects: number; readonly bytes: number; readonly size: number },
+): string | null {
+  const size = usage.size;
+  const q = share.store;
+  if (q === null) return null;
+  if (q.objects !== null && BigInt(usage.objects) + 1n > q.objects) {
+    return shareText(uid, "objects", { held: usage.objects, max: q.objects }, share.storeKey);
+  }
+  if (q.bytes !== null && BigInt(usage.bytes) + BigInt(size) > q.bytes) {
+    return shareText(uid, "bytes", { held: usage.bytes, max: q.bytes }, share.storeKey) +
+      `; this put needs ${size}`;
+  }
+  return null;
+}

@@ -1,0 +1,55 @@
+# A memfdbus peer of another uid for tests/security_*_test.ts, run under setpriv as uid 65534.
+# It reads one JSON command per line on stdin and answers one JSON line on stdout:
+#   {"op": "hold"}                        connect and keep the connection open, send nothing
+#   {"op": "send", "req": HEX, "data": HEX or null, "read": true|false}
+#       connect, send the request bytes (with a sealed memfd holding DATA when given) and,
+#       with read, wait for the reply header and its text: {"status": N, "text": "..."};
+#       without, keep the connection open: {"sent": true}
+# Connections stay open until the agent exits (stdin closes).
+import json, os, socket, struct, sys, fcntl
+
+path = sys.argv[1]
+held = []
+SEALS = 1 | 2 | 4 | 8  # F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+
+
+def read_exact(s, n):
+    out = b""
+    while len(out) < n:
+        b = s.recv(n - len(out))
+        if not b:
+            break
+        out += b
+    return out
+
+
+for line in sys.stdin:
+    cmd = json.loads(line)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect(path)
+    held.append(s)
+    if cmd["op"] == "hold":
+        print(json.dumps({"held": len(held)}), flush=True)
+        continue
+    req = bytes.fromhex(cmd["req"])
+    data = cmd.get("data")
+    if data is not None:
+        fd = os.memfd_create("agent", os.MFD_ALLOW_SEALING)
+        os.write(fd, bytes.fromhex(data))
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        socket.send_fds(s, [req], [fd])
+        os.close(fd)
+    else:
+        s.sendall(req)
+    if not cmd.get("read"):
+        print(json.dumps({"sent": True}), flush=True)
+        continue
+    header = read_exact(s, 48)
+    if len(header) < 48:
+        print(json.dumps({"status": -1, "text": "closed"}), flush=True)
+        continue
+    status = struct.unpack_from("<I", header, 8)[0]
+    text_len = struct.unpack_from("<I", header, 36)[0]
+    text = read_exact(s, text_len).decode("utf-8", "replace")
+    print(json.dumps({"status": status, "text": text}), flush=True)
