@@ -52,6 +52,8 @@ import { ShadowMirror } from "./broker/mirror.ts";
 import { type RunState, Sessions } from "./broker/session.ts";
 import { Handover, receiveTakeover } from "./broker/takeover.ts";
 import { ParkedWaits } from "./broker/waits.ts";
+// Only the type: the bridge and the NATS client are imported when the broker runs with --cluster.
+import type { ClusterBridge } from "./broker/cluster_bridge.ts";
 
 export type { AuditSink } from "./broker/audit_sink.ts";
 
@@ -153,6 +155,7 @@ export class Broker implements AsyncDisposable {
   readonly #admission: Admission;
   readonly #mirror: ShadowMirror;
   readonly #handover: Handover;
+  #cluster: ClusterBridge | null = null;
   #graceDeadline = 0;
   #stopped = false;
   #resolveClosed: () => void = () => {};
@@ -278,6 +281,7 @@ export class Broker implements AsyncDisposable {
     const broker = new Broker({ options, listener, start });
     inProcess.brokers++;
     try {
+      if (options.cluster !== null) await broker.#openCluster(options.cluster);
       if (start.takeoverFd !== undefined) {
         receiveTakeover(start.takeoverFd, start.shadow, {
           store: broker.#store,
@@ -298,6 +302,20 @@ export class Broker implements AsyncDisposable {
     broker.#audit.flush();
     void broker.#loop.run(broker.#driver());
     return broker;
+  }
+
+  async #openCluster(cluster: NonNullable<BrokerOptions["cluster"]>): Promise<void> {
+    const { ClusterBridge } = await import("./broker/cluster_bridge.ts");
+    const bridge = await ClusterBridge.open(cluster, {
+      store: this.#store,
+      events: this.#events,
+      descriptors: this.#descriptors,
+      audit: this.#audit,
+      diagnostics: this.#diagnostics,
+      wake: (name) => this.#sessions.wake(name),
+    });
+    this.#cluster = bridge;
+    this.#sessions.attachCluster(bridge);
   }
 
   /** The socket path. */
@@ -450,6 +468,9 @@ export class Broker implements AsyncDisposable {
     this.#audit.flush();
     this.#loop.close();
     inProcess.brokers--;
-    this.#resolveClosed();
+    const cluster = this.#cluster;
+    this.#cluster = null;
+    if (cluster === null) this.#resolveClosed();
+    else void cluster.close().finally(() => this.#resolveClosed());
   }
 }

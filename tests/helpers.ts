@@ -22,6 +22,7 @@ export const CLI_PERMS: readonly string[] = [
   "--allow-write",
   "--allow-env",
   "--allow-run",
+  "--allow-net",
 ];
 
 const encoder = new TextEncoder();

@@ -34,6 +34,8 @@ export const enum State {
   Send,
   /** Reply sent; draining what the client still sends before closing. */
   Linger,
+  /** Waiting for the cluster tier (a lookup, pull, cluster drop or `--cluster-sync` commit). */
+  Remote,
   /** Closed. */
   Closed,
 }

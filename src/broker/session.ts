@@ -60,6 +60,8 @@ import type { PeerLedger } from "./admission.ts";
 import type { ObjectEvents } from "./events.ts";
 import { FIRST_RESERVED_TOKEN } from "./loop.ts";
 import type { ParkedWaits } from "./waits.ts";
+import type { ClusterSeam } from "./cluster_seam.ts";
+import type { RemoteAnswer } from "../core/remote.ts";
 
 const LINGER_MS = 1000;
 const LINGER_BYTES = 1 << 20;
@@ -108,6 +110,7 @@ export class Sessions {
   readonly #release: (obj: StoredObject) => void;
   readonly #now: () => bigint;
   #nextToken = 1;
+  #cluster: ClusterSeam | null = null;
   /** Connections in State.Linger. */
   lingering = 0;
 
@@ -124,6 +127,11 @@ export class Sessions {
       descriptors.release(obj);
     };
     this.#now = clock;
+  }
+
+  /** Use a cluster tier (`--cluster`) from now on. */
+  attachCluster(cluster: ClusterSeam): void {
+    this.#cluster = cluster;
   }
 
   /** Connections open now. */
@@ -174,7 +182,10 @@ export class Sessions {
         conn.drained = false;
         this.pump(conn);
       }
-      if (conn.state === State.Hash || conn.state === State.Mirror || now < conn.deadline) continue;
+      if (
+        conn.state === State.Hash || conn.state === State.Mirror || conn.state === State.Remote ||
+        now < conn.deadline
+      ) continue;
       this.expire(conn);
     }
   }
@@ -246,6 +257,7 @@ export class Sessions {
         }
         case State.Hash:
         case State.Mirror:
+        case State.Remote:
         case State.Handover:
           return;
         case State.Wait:
@@ -338,6 +350,7 @@ export class Sessions {
       checkSealed: checkSealedFd,
       seals: sealsOf,
       now: this.#now,
+      cluster: this.#cluster?.view ?? null,
     };
   }
 
@@ -358,6 +371,23 @@ export class Sessions {
       return;
     }
     const p = this.#p;
+    if (step.kind === "remote") {
+      // The cluster tier works off the loop; the connection waits without a deadline of its own
+      // (every engine request has one).
+      const cluster = this.#cluster;
+      if (cluster === null) {
+        this.#resume(conn, { kind: "error", text: Text.noCluster });
+        return;
+      }
+      conn.state = State.Remote;
+      cluster.answer(step).then((a: RemoteAnswer) => {
+        if (conn.state !== State.Remote) return;
+        this.#resume(conn, a);
+        this.pump(conn);
+        p.audit.flush();
+      });
+      return;
+    }
     if (step.kind === "wait") {
       if (p.waits.count >= p.options.maxWaiters || p.run.stopping) {
         conn.handler = null;
@@ -400,6 +430,11 @@ export class Sessions {
     if (step?.kind === "wait") this.#p.waits.unpark(step.name, conn);
   }
 
+  /** A name was published (here, or on another host of the cluster): answer its waiters. */
+  wake(name: string): void {
+    if (!this.#p.waits.empty) this.#published(name);
+  }
+
   /** A name was published: answer everyone waiting for it. */
   #published(name: string): void {
     const waits = this.#p.waits;
@@ -421,14 +456,47 @@ export class Sessions {
     const h = conn.header;
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
     conn.keepAlive = conn.keepAlive && inSync && !p.run.stopping;
-    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0);
+    conn.lingerLeft = h === null || inSync
+      ? 0
+      : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
+    const cluster = this.#cluster;
+    if (o.keptFd && cluster !== null) {
+      const obj = p.store.byId(Number(o.audit.objectId ?? 0));
+      const local = h !== null && (extFlags(h.reserved) & Flag.LOCAL) !== 0;
+      const sync = obj === undefined ? null : cluster.published(obj, local);
+      if (sync !== null && obj !== undefined) {
+        // --cluster-sync: acknowledge only once the engine committed the name.
+        conn.state = State.Remote;
+        sync.then((error) => {
+          let out = o;
+          if (error !== null) {
+            // Not committed: the PUT fails, and the object does not stay behind.
+            if (p.store.remove(obj)) this.#release(obj);
+            else p.events.emit("drop", obj);
+            out = errorOutcome(Cmd.PUT, Status.ERR, error, { ...o.audit });
+          }
+          if (conn.state !== State.Remote) {
+            this.#record(out, conn, null);
+            return;
+          }
+          this.#complete(conn, out);
+          this.pump(conn);
+          p.audit.flush();
+        });
+        return;
+      }
+    }
+    this.#complete(conn, o);
+  }
+
+  #complete(conn: Conn, o: Outcome): void {
+    const p = this.#p;
+    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0) |
+      (o.extFlags ?? 0);
     conn.waited = false;
     if (flags !== 0) {
       new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);
     }
-    conn.lingerLeft = h === null || inSync
-      ? 0
-      : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
     if (!o.auditAfterSend) this.#record(o, conn, null);
     if (o.keptFd && p.events.active) {
       const obj = p.store.byId(Number(o.audit.objectId ?? 0));

@@ -27,18 +27,33 @@ function readFile(flag: string, path: string): string {
   }
 }
 
+/** The host name, the default host id of the cluster tier. */
+export function hostName(): string {
+  try {
+    return Deno.hostname();
+  } catch {
+    // Without --allow-sys: the kernel's own copy (readable with --allow-read).
+    try {
+      return Deno.readTextFileSync("/proc/sys/kernel/hostname").trim();
+    } catch {
+      return "localhost";
+    }
+  }
+}
+
 /** Options from the files named on the command line, then the flags over them. */
 export async function brokerOptionsFromArgs(args: readonly string[]): Promise<BrokerOptions> {
   let base = defaultBrokerOptions();
   const config = lastFlagValue(args, "--config");
   if (config !== undefined) {
-    base = (await parseConfig(readFile("--config", config), config, base)).options;
+    base = (await parseConfig(readFile("--config", config), config, base, false, hostName))
+      .options;
   }
   const policy = lastFlagValue(args, "--policy");
   if (policy !== undefined) {
     base = (await parseConfig(readFile("--policy", policy), policy, base, true)).options;
   }
-  return parseBrokerArgs(args, base);
+  return parseBrokerArgs(args, base, hostName);
 }
 
 /**
@@ -71,6 +86,8 @@ export function selfCommand(args: readonly string[]): string[] {
     "--allow-write",
     "--allow-env",
     "--allow-run",
+    // The cluster tier (--cluster) talks to NATS over the network.
+    "--allow-net",
     Deno.mainModule,
     ...args,
   ];

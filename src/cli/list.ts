@@ -1,7 +1,10 @@
 /**
- * `memfdbus list [--job-id JOB] [--socket PATH] [--json]`: print the visible objects, exactly as
- * the broker sends the listing, or with `--json` as an array of
- * `{id, owner, allowed, size, digest, name}` (no owner or allowed job: null).
+ * `memfdbus list [--job-id JOB] [--socket PATH] [--json] [--cluster]`: print the visible objects,
+ * exactly as the broker sends the listing, or with `--json` as an array of
+ * `{id, owner, allowed, size, digest, name}` (no owner or allowed job: null). With `--cluster`
+ * (a broker started with `--cluster`), the cluster's names instead: the latest version of each,
+ * `REVISION host=HOST owner=JOB allowed=JOB SIZE DIGEST NAME`, or with `--json`
+ * `{revision, host, owner, allowed, size, digest, name}`.
  *
  * @module
  */
@@ -18,11 +21,13 @@ export async function listCommand(args: readonly string[]): Promise<number> {
   let socket = DEFAULT_SOCKET;
   let jobFlag: string | undefined;
   let json = false;
+  let cluster = false;
   for (let i = 0; i < args.length; i++) {
     const a = args[i] ?? "";
     if (a === "--socket") socket = flagValue(args, i++, a);
     else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
     else if (a === "--json") json = true;
+    else if (a === "--cluster") cluster = true;
     else throw new UsageError(`unexpected argument: ${a}`);
   }
   const job = resolveJob(jobFlag);
@@ -32,6 +37,31 @@ export async function listCommand(args: readonly string[]): Promise<number> {
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
   });
+  if (cluster) {
+    // The cluster's names, latest version each: REVISION host=H owner=J allowed=J SIZE DIGEST NAME.
+    const bytes = await client.listCluster();
+    if (json) {
+      const lines = new TextDecoder().decode(bytes).split("\n").filter((l) => l !== "");
+      out(jsonLine(lines.map((l) => {
+        const [rev, host, owner, allowed, size, digest, ...name] = l.split("\t");
+        const job = (v: string | undefined): string | null =>
+          v === undefined || v.endsWith("=-") ? null : v.slice(v.indexOf("=") + 1);
+        return {
+          revision: Number(rev),
+          host: job(host),
+          owner: job(owner),
+          allowed: job(allowed),
+          size: Number(size),
+          digest,
+          name: name.join("\t"),
+        };
+      })));
+      return 0;
+    }
+    let off = 0;
+    while (off < bytes.length) off += Deno.stdout.writeSync(bytes.subarray(off));
+    return 0;
+  }
   if (json) {
     const entries = await client.list();
     out(jsonLine(entries.map((e) => ({

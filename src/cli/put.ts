@@ -1,7 +1,8 @@
 /**
  * `memfdbus put FILE [--name NAME | --content-addressed] [--job-id JOB] [--allow-job JOB]
- * [--socket PATH] [--json]`: publish a file (or stdin for `-`) and print its id (with `--json`,
- * `{id, size, digest, name}`).
+ * [--socket PATH] [--json] [--local]`: publish a file (or stdin for `-`) and print its id (with
+ * `--json`, `{id, size, digest, name}`). `--local` keeps the object on this host when the broker
+ * runs with a cluster tier (named objects are shared by default).
  *
  * @module
  */
@@ -33,6 +34,7 @@ export async function putCommand(args: readonly string[]): Promise<number> {
   let allow: string | undefined;
   let path: string | undefined;
   let json = false;
+  let local = false;
   for (let i = 0; i < args.length; i++) {
     const a = args[i] ?? "";
     if (a === "--socket") socket = flagValue(args, i++, a);
@@ -41,6 +43,7 @@ export async function putCommand(args: readonly string[]): Promise<number> {
     else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
     else if (a === "--allow-job") allow = flagValue(args, i++, a);
     else if (a === "--json") json = true;
+    else if (a === "--local") local = true;
     else if (path === undefined) path = a;
     else throw new UsageError(`unexpected argument: ${a}`);
   }
@@ -67,6 +70,7 @@ export async function putCommand(args: readonly string[]): Promise<number> {
   const options: PutOptions = {
     ...(contentAddressed ? { contentAddressed: true } : { name: label }),
     ...(allow === undefined ? {} : { allowJob: allow }),
+    ...(local ? { local: true } : {}),
   };
   using copied = copyWithProgress(path, label);
   const source = copied ?? (path === "-" ? { fd: 0, fromCurrentOffset: true } : path);

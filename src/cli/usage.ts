@@ -34,6 +34,10 @@ broker options beyond the C memfdbus:
   --read-only-fds         hand consumers O_RDONLY descriptors (C: O_RDWR, writes fail EPERM)
   --require-job           refuse requests without a job id
   --protect-names         only the job that first published a name may publish it again
+  --cluster URLS          share named objects with other hosts through NATS JetStream
+                          (nats://HOST:PORT[,...]; config key "cluster")
+  --host-id ID            this host's id in the cluster (the host name)
+  --cluster-sync          acknowledge a PUT only once the cluster committed it
 commands beyond the C memfdbus:
   memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
   memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json]
@@ -53,6 +57,10 @@ client options beyond the C memfdbus:
   --wait[=SECONDS]  get, exec, stat by --name: wait for the name to be
                     published, up to SECONDS (fractions allowed) or, with no
                     value, as long as the broker allows
+  --local           put: keep the object on this host (a broker with --cluster
+                    shares named objects by default)
+  --cluster         list: the cluster's names, latest version each, with the
+                    host that published it
   put and get show a progress line on stderr for 64 MiB or more when stderr
   is a terminal
 `;

@@ -75,6 +75,11 @@ export interface PutOptions extends JobOption {
   readonly contentAddressed?: boolean;
   /** The one other job that may read the object; requires a job id. */
   readonly allowJob?: string;
+  /**
+   * Keep the object on the broker's host: a broker with a cluster tier (`--cluster`) otherwise
+   * shares every named object with the cluster. Other brokers ignore it.
+   */
+  readonly local?: boolean;
 }
 
 /**
@@ -127,6 +132,11 @@ export interface ObjectStat {
   readonly createdNs: bigint | null;
   /** Its seals (F_GET_SEALS bits), or null when unknown. */
   readonly seals: number | null;
+  /**
+   * Where the object came from when the broker pulled it from its cluster tier (the publishing
+   * host, the object's id there, the cluster revision); null for an object published here.
+   */
+  readonly origin: { readonly host: string; readonly id: number; readonly revision: number } | null;
 }
 
 /**

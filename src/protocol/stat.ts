@@ -28,6 +28,22 @@ export interface StatFields {
   readonly createdNs: bigint;
   /** F_GET_SEALS bits, or a negative number when they could not be read (sent as null). */
   readonly seals: number;
+  /**
+   * For an object pulled from the cluster tier: the host that published it, its id there and
+   * the cluster revision. Sent as `origin_host`, `origin_id`, `origin_revision` after `seals`,
+   * only for such objects (a local object's body is unchanged).
+   */
+  readonly origin?: StatOrigin | undefined;
+}
+
+/** Where a pulled object came from (see {@link StatFields.origin}). */
+export interface StatOrigin {
+  /** The publishing host's id. */
+  readonly host: string;
+  /** The object's id on that host. */
+  readonly id: number;
+  /** The cluster revision that committed it. */
+  readonly revision: number;
 }
 
 /**
@@ -46,7 +62,11 @@ export function formatStat(f: StatFields): string {
   return `{"id":${f.id},"name":${jsonString(f.name)},"size":${f.size},` +
     `"digest":${jsonString(f.digest)},"owner":${jsonString(f.owner)},` +
     `"allowed":${jsonString(f.allowed)},"created_ns":${f.createdNs},` +
-    `"seals":${f.seals < 0 ? "null" : f.seals}}`;
+    `"seals":${f.seals < 0 ? "null" : f.seals}` +
+    (f.origin === undefined
+      ? "}"
+      : `,"origin_host":${jsonString(f.origin.host)},"origin_id":${f.origin.id},` +
+        `"origin_revision":${f.origin.revision}}`);
 }
 
 /** What {@link parseStat} reads from a STAT body (id and size travel in the reply header). */
@@ -63,6 +83,8 @@ export interface StatBody {
   readonly createdNs: bigint | null;
   /** Seal bits, or null when unknown. */
   readonly seals: number | null;
+  /** Where the object came from when the broker pulled it from its cluster tier, else null. */
+  readonly origin: StatOrigin | null;
 }
 
 /** Numbers that must keep every digit (a time in ns exceeds 2^53). */
@@ -100,6 +122,12 @@ export function parseStat(text: string): StatBody {
   }
   const created = o.created_ns;
   const seals = o.seals;
+  const count = (n: unknown): n is number =>
+    typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+  const origin = typeof o.origin_host === "string" && count(o.origin_id) &&
+      count(o.origin_revision)
+    ? { host: o.origin_host, id: o.origin_id, revision: o.origin_revision }
+    : null;
   return {
     name: o.name,
     digest: o.digest,
@@ -107,6 +135,7 @@ export function parseStat(text: string): StatBody {
     allowed,
     createdNs: typeof created === "bigint" ? created : null,
     seals: typeof seals === "number" && Number.isInteger(seals) && seals >= 0 ? seals : null,
+    origin,
   };
 }
 
