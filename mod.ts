@@ -58,6 +58,7 @@ export {
 export { SocketPathError } from "./src/client/connection.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
+export type { ClusterAuth, ClusterOptions, ClusterTls } from "./src/cluster/options.ts";
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
 export {
   describeFdProblem,
