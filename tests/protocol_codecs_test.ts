@@ -165,8 +165,13 @@ Deno.test("parseStat reads back what formatStat wrote, created_ns with every dig
       allowed: o.allowed === null ? null : fromUtf8(fromBinary(o.allowed)),
       createdNs: o.createdNs,
       seals: o.seals < 0 ? null : o.seals,
+      origin: null,
     });
   });
+  // A pulled object's body carries its origin after the seals.
+  const pulled = formatStat({ ...sample("m", 0), origin: { host: "gpu-7", id: 12, revision: 40 } });
+  ok(pulled.endsWith(`,"origin_host":"gpu-7","origin_id":12,"origin_revision":40}`), pulled);
+  assertEquals(parseStat(pulled).origin, { host: "gpu-7", id: 12, revision: 40 });
   const big = parseStat(`{"name":"n","digest":"d","created_ns":18446744073709551615}`);
   assertEquals(big.createdNs, 18446744073709551615n);
   assertEquals([big.owner, big.allowed, big.seals], [null, null, null]);

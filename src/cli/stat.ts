@@ -74,7 +74,7 @@ export function statText(s: ObjectStat): string {
     ["created", isoFromNs(s.createdNs) ?? "-"],
   ];
   // Only objects pulled from the cluster tier have an origin line.
-  if (s.origin !== null) {
+  if (s.origin != null) {
     rows.push(["origin", `${s.origin.host} id=${s.origin.id} revision=${s.origin.revision}`]);
   }
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
@@ -93,7 +93,7 @@ export function statJson(s: ObjectStat): Record<string, unknown> {
     owner: s.owner,
     allowed: s.allowed,
     created: isoFromNs(s.createdNs),
-    ...(s.origin === null ? {} : { origin: s.origin }),
+    ...(s.origin == null ? {} : { origin: s.origin }),
   };
 }
 

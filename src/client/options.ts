@@ -136,7 +136,9 @@ export interface ObjectStat {
    * Where the object came from when the broker pulled it from its cluster tier (the publishing
    * host, the object's id there, the cluster revision); null for an object published here.
    */
-  readonly origin: { readonly host: string; readonly id: number; readonly revision: number } | null;
+  readonly origin?:
+    | { readonly host: string; readonly id: number; readonly revision: number }
+    | null;
 }
 
 /**
