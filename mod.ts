@@ -69,6 +69,7 @@ export type { WatchKindName } from "./src/protocol/watch.ts";
 export { BrokerIdentityError } from "./src/client/peer_check.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
+export type { ClusterAuth, ClusterOptions, ClusterTls } from "./src/cluster/options.ts";
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
 export type { PeerLimits } from "./src/core/fair_shares.ts";
 export {

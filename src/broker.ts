@@ -61,6 +61,8 @@ import { brokerMetrics } from "./broker/observe.ts";
 import type { MetricsAddress } from "./core/options.ts";
 import { FairShares } from "./broker/fair_shares.ts";
 import { effectiveUid } from "./sys/spawn.ts";
+// Only the type: the bridge and the NATS client are imported when the broker runs with --cluster.
+import type { ClusterBridge } from "./broker/cluster_bridge.ts";
 
 export type { AuditSink } from "./broker/audit_sink.ts";
 
@@ -166,6 +168,7 @@ export class Broker implements AsyncDisposable {
   readonly #watchers: Watchers;
   readonly #metrics: BrokerMetrics | null;
   #metricsServer: MetricsServer | null = null;
+  #cluster: ClusterBridge | null = null;
   #graceDeadline = 0;
   #stopped = false;
   #failure: Error | null = null;
@@ -329,6 +332,7 @@ export class Broker implements AsyncDisposable {
     const broker = new Broker({ options, listener, start });
     inProcess.brokers++;
     try {
+      if (options.cluster !== null) await broker.#openCluster(options.cluster);
       if (start.takeoverFd !== undefined) {
         await receiveTakeover(start.takeoverFd, start.shadow, {
           store: broker.#store,
@@ -369,6 +373,21 @@ export class Broker implements AsyncDisposable {
    */
   get failure(): Error | null {
     return this.#failure;
+  }
+
+  async #openCluster(cluster: NonNullable<BrokerOptions["cluster"]>): Promise<void> {
+    const { ClusterBridge } = await import("./broker/cluster_bridge.ts");
+    const bridge = await ClusterBridge.open(cluster, {
+      store: this.#store,
+      events: this.#events,
+      descriptors: this.#descriptors,
+      audit: this.#audit,
+      diagnostics: this.#diagnostics,
+      wake: (name) => this.#sessions.wake(name),
+      governor: this.#governor,
+    });
+    this.#cluster = bridge;
+    this.#sessions.attachCluster(bridge);
   }
 
   /** The socket path. */
@@ -559,7 +578,10 @@ export class Broker implements AsyncDisposable {
     inProcess.brokers--;
     const server = this.#metricsServer;
     this.#metricsServer = null;
+    const cluster = this.#cluster;
+    this.#cluster = null;
     // Descriptors being closed off the loop are released before `closed` resolves.
-    void Promise.all([closesSettled(), server?.close()]).finally(() => this.#resolveClosed());
+    void Promise.all([closesSettled(), server?.close(), cluster?.close()])
+      .finally(() => this.#resolveClosed());
   }
 }

@@ -19,7 +19,7 @@
  */
 
 import { fromUtf8, utf8 } from "./protocol/bytes.ts";
-import { BrokerError, Status, TimeoutError } from "./errors.ts";
+import { BrokerError, ProtocolError, Status, TimeoutError } from "./errors.ts";
 import { trySeals } from "./sys/fd.ts";
 import { closeAll } from "./sys/unix_socket.ts";
 import {
@@ -187,7 +187,7 @@ export class Client implements AsyncDisposable, Disposable {
       if (early !== null && prepared.digest === null && prepared.size >= EARLY_SEND_MIN) {
         // Bytes the caller holds hash faster than a fresh mapping of the memfd (no page faults).
         const hashFrom = source instanceof Uint8Array ? source : null;
-        return await this.#putEarly(prepared, early, job, allow, hashFrom);
+        return await this.#putEarly(prepared, early, job, allow, hashFrom, options.local === true);
       }
       const digest = prepared.digest ?? await digestFdSliced(prepared.fd, prepared.size);
       const nameBytes = early ?? utf8(digest);
@@ -197,6 +197,7 @@ export class Client implements AsyncDisposable, Disposable {
         name: nameBytes,
         job,
         allow,
+        local: options.local === true,
       });
       return { id, size: prepared.size, digest, name: fromUtf8(nameBytes) };
     } finally {
@@ -216,6 +217,7 @@ export class Client implements AsyncDisposable, Disposable {
     job: Uint8Array,
     allow: Uint8Array,
     hashFrom: Uint8Array | null,
+    local: boolean,
   ): Promise<PutResult> {
     const header = encodeHeader({
       cmd: Cmd.PUT,
@@ -224,6 +226,7 @@ export class Client implements AsyncDisposable, Disposable {
       nameLen: name.length,
       textLen: DIGEST_LEN,
       allowLen: allow.length,
+      reserved: local ? withExt(Flag.LOCAL) : 0,
     });
     let digest: string | null = null;
     const reply = await this.#requester.exchange(
@@ -279,6 +282,8 @@ export class Client implements AsyncDisposable, Disposable {
       readonly name: Uint8Array;
       readonly job?: Uint8Array;
       readonly allow?: Uint8Array;
+      /** Keep the object on the broker's host (see {@link PutOptions.local}). */
+      readonly local?: boolean;
     },
   ): Promise<bigint> {
     const job = req.job ?? new Uint8Array(0);
@@ -292,6 +297,7 @@ export class Client implements AsyncDisposable, Disposable {
       nameLen: req.name.length,
       textLen: DIGEST_LEN,
       allowLen: allow.length,
+      reserved: req.local === true ? withExt(Flag.LOCAL) : 0,
     });
     const reply = await this.#requester.exchange(
       [
@@ -442,6 +448,7 @@ export class Client implements AsyncDisposable, Disposable {
       seals: seals < 0 ? null : seals,
       shared: null,
       ownerUsage: null,
+      origin: null,
     };
   }
 
@@ -457,15 +464,45 @@ export class Client implements AsyncDisposable, Disposable {
    * await Deno.stdout.write(await client.listRaw());
    * ```
    */
-  async listRaw(options: JobOption = {}): Promise<Uint8Array> {
+  listRaw(options: JobOption = {}): Promise<Uint8Array> {
+    return this.#list(options, false);
+  }
+
+  /**
+   * The cluster listing of a broker started with `--cluster`: one tab-separated line per name
+   * the caller may read, with the cluster's latest version of it
+   * (`REVISION host=HOST owner=JOB allowed=JOB SIZE DIGEST NAME`), sorted by name. A broker
+   * without a cluster tier answers `broker has no cluster tier`; a broker that ignores the
+   * request (a C broker) makes it fail with a ProtocolError.
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client();
+   * console.log(new TextDecoder().decode(await client.listCluster()));
+   * ```
+   */
+  listCluster(options: JobOption = {}): Promise<Uint8Array> {
+    return this.#list(options, true);
+  }
+
+  async #list(options: JobOption, cluster: boolean): Promise<Uint8Array> {
     const job = this.#job(options);
-    const header = encodeHeader({ cmd: Cmd.LIST, jobLen: job.length });
+    const header = encodeHeader({
+      cmd: Cmd.LIST,
+      jobLen: job.length,
+      reserved: cluster ? withExt(Flag.CLUSTER) : 0,
+    });
     const r = await this.#requester.exchange(
       [[header, "send list request"], [job, "send job id"]],
       [],
       this.#timeoutMs,
     );
     closeAll(r.reply.fds);
+    if (cluster && (extFlags(r.reply.header.reserved) & Flag.CLUSTER) === 0) {
+      r.fail();
+      throw new ProtocolError("broker does not list a cluster");
+    }
     try {
       const chunk = await r.conn.recvExact(
         r.reply.header.textLen,

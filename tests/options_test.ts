@@ -41,6 +41,7 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
   assertEquals([d.requestTimeoutMs, d.idleTimeoutMs], [10_000, 60_000]);
   assertEquals(Object.keys(d).sort(), [
     "auditPeer",
+    "cluster",
     "dedup",
     "evict",
     "idleTimeoutMs",
@@ -125,6 +126,7 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     evict: "none",
     dedup: true,
     metrics: null,
+    cluster: null,
   };
   assertEquals(o, want);
 });

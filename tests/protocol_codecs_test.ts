@@ -167,6 +167,7 @@ Deno.test("parseStat reads back what formatStat wrote, created_ns with every dig
       seals: o.seals < 0 ? null : o.seals,
       shared: null,
       ownerUsage: null,
+      origin: null,
     });
   });
   // The extension keys after the C-compatible ones: sharing and the owner's usage.
@@ -179,6 +180,10 @@ Deno.test("parseStat reads back what formatStat wrote, created_ns with every dig
   ok(ext.endsWith(`"seals":15,"shared":true,"owner_objects":2,"owner_bytes":7}`), ext);
   const back = parseStat(ext);
   assertEquals([back.shared, back.ownerUsage], [true, { objects: 2, bytes: 7 }]);
+  // A pulled object's body carries its origin after the seals.
+  const pulled = formatStat({ ...sample("m", 0), origin: { host: "gpu-7", id: 12, revision: 40 } });
+  ok(pulled.endsWith(`,"origin_host":"gpu-7","origin_id":12,"origin_revision":40}`), pulled);
+  assertEquals(parseStat(pulled).origin, { host: "gpu-7", id: 12, revision: 40 });
   const big = parseStat(`{"name":"n","digest":"d","created_ns":18446744073709551615}`);
   assertEquals(big.createdNs, 18446744073709551615n);
   assertEquals([big.owner, big.allowed, big.seals], [null, null, null]);

@@ -36,6 +36,8 @@ export const enum State {
   Linger,
   /** A watcher: the connection carries watch events (see `watchers.ts`). */
   Watch,
+  /** Waiting for the cluster tier (a lookup, pull, cluster drop or `--cluster-sync` commit). */
+  Remote,
   /** Closed. */
   Closed,
 }

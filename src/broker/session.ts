@@ -63,6 +63,8 @@ import type { ParkedWaits } from "./waits.ts";
 import type { Governor } from "../core/governance.ts";
 import type { GovernorHooks } from "./governor_hooks.ts";
 import type { Watchers } from "./watchers.ts";
+import type { ClusterSeam } from "./cluster_seam.ts";
+import type { RemoteAnswer } from "../core/remote.ts";
 
 const LINGER_MS = 1000;
 const LINGER_BYTES = 1 << 20;
@@ -121,6 +123,7 @@ export class Sessions {
   readonly #release: (obj: StoredObject, last: boolean) => void;
   readonly #now: () => bigint;
   #nextToken = 1;
+  #cluster: ClusterSeam | null = null;
   /** Connections in State.Linger. */
   lingering = 0;
 
@@ -137,6 +140,11 @@ export class Sessions {
       if (last) descriptors.release(obj);
     };
     this.#now = clock;
+  }
+
+  /** Use a cluster tier (`--cluster`) from now on. */
+  attachCluster(cluster: ClusterSeam): void {
+    this.#cluster = cluster;
   }
 
   /** Connections open now. */
@@ -214,7 +222,7 @@ export class Sessions {
       }
       if (
         conn.state === State.Hash || conn.state === State.Mirror || conn.state === State.Watch ||
-        now < conn.deadline
+        conn.state === State.Remote || now < conn.deadline
       ) {
         continue;
       }
@@ -289,6 +297,7 @@ export class Sessions {
         }
         case State.Hash:
         case State.Mirror:
+        case State.Remote:
         case State.Handover:
           return;
         case State.Wait:
@@ -381,6 +390,7 @@ export class Sessions {
       now: this.#now,
       governor: p.governor?.rules,
       watchQueueLength: p.watchers?.queueLength ?? 0,
+      cluster: this.#cluster?.view ?? null,
     };
   }
 
@@ -401,6 +411,23 @@ export class Sessions {
       return;
     }
     const p = this.#p;
+    if (step.kind === "remote") {
+      // The cluster tier works off the loop; the connection waits without a deadline of its own
+      // (every engine request has one).
+      const cluster = this.#cluster;
+      if (cluster === null) {
+        this.#resume(conn, { kind: "error", text: Text.noCluster });
+        return;
+      }
+      conn.state = State.Remote;
+      cluster.answer(step).then((a: RemoteAnswer) => {
+        if (conn.state !== State.Remote) return;
+        this.#resume(conn, a);
+        this.pump(conn);
+        p.audit.flush();
+      });
+      return;
+    }
     if (step.kind === "wait") {
       const full = p.waits.count >= p.options.maxWaiters || p.run.stopping;
       const refusal = full ? Text.waitQuota : p.ledger?.parking(conn) ?? null;
@@ -443,6 +470,11 @@ export class Sessions {
     this.#p.ledger?.unparked(conn);
   }
 
+  /** A name was published (here, or on another host of the cluster): answer its waiters. */
+  wake(name: string): void {
+    if (!this.#p.waits.empty) this.#published(name);
+  }
+
   /** A name was published: answer everyone waiting for it. */
   #published(name: string): void {
     const waits = this.#p.waits;
@@ -465,14 +497,48 @@ export class Sessions {
     const h = conn.header;
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
     conn.keepAlive = conn.keepAlive && inSync && !p.run.stopping;
-    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0);
+    conn.lingerLeft = h === null || inSync
+      ? 0
+      : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
+    const cluster = this.#cluster;
+    if (o.keptFd && cluster !== null) {
+      const obj = p.store.byId(Number(o.audit.objectId ?? 0));
+      const local = h !== null && (extFlags(h.reserved) & Flag.LOCAL) !== 0;
+      const sync = obj === undefined ? null : cluster.published(obj, local);
+      if (sync !== null && obj !== undefined) {
+        // --cluster-sync: acknowledge only once the engine committed the name.
+        conn.state = State.Remote;
+        sync.then((error) => {
+          let out = o;
+          if (error !== null) {
+            // Not committed: the PUT fails, and the object does not stay behind.
+            const last = p.store.remove(obj);
+            p.governor?.rules.removed(obj);
+            this.#release(obj, last);
+            out = errorOutcome(Cmd.PUT, Status.ERR, error, { ...o.audit });
+          }
+          if (conn.state !== State.Remote) {
+            this.#record(out, conn, null);
+            return;
+          }
+          this.#complete(conn, out);
+          this.pump(conn);
+          p.audit.flush();
+        });
+        return;
+      }
+    }
+    this.#complete(conn, o);
+  }
+
+  #complete(conn: Conn, o: Outcome): void {
+    const p = this.#p;
+    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0) |
+      (o.extFlags ?? 0);
     conn.waited = false;
     if (flags !== 0) {
       new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);
     }
-    conn.lingerLeft = h === null || inSync
-      ? 0
-      : Math.min(requestBytes(h) - conn.consumed, LINGER_BYTES);
     if (!o.auditAfterSend) this.#record(o, conn, null);
     if (o.keptFd && p.events.active) {
       const obj = p.store.byId(Number(o.audit.objectId ?? 0));

@@ -39,6 +39,20 @@ function readFile(flag: string, path: string): string {
   }
 }
 
+/** The host name, the default host id of the cluster tier. */
+export function hostName(): string {
+  try {
+    return Deno.hostname();
+  } catch {
+    // Without --allow-sys: the kernel's own copy (readable with --allow-read).
+    try {
+      return Deno.readTextFileSync("/proc/sys/kernel/hostname").trim();
+    } catch {
+      return "localhost";
+    }
+  }
+}
+
 /** The broker's flags that take a value (for `--flag=value`). */
 const VALUED_FLAGS: ReadonlySet<string> = new Set([
   "--socket",
@@ -57,6 +71,8 @@ const VALUED_FLAGS: ReadonlySet<string> = new Set([
   "--shadow",
   "--config",
   "--policy",
+  "--cluster",
+  "--host-id",
 ]);
 
 /**
@@ -89,13 +105,14 @@ export async function brokerOptionsFromArgs(args: readonly string[]): Promise<Br
   let base: BrokerOptions = { ...defaultBrokerOptions(), socket: defaultSocket() };
   const config = lastFlagValue(args, "--config");
   if (config !== undefined) {
-    base = (await parseConfig(readFile("--config", config), config, base)).options;
+    base = (await parseConfig(readFile("--config", config), config, base, false, hostName))
+      .options;
   }
   const policy = lastFlagValue(args, "--policy");
   if (policy !== undefined) {
     base = (await parseConfig(readFile("--policy", policy), policy, base, true)).options;
   }
-  return parseBrokerArgs(args, base);
+  return parseBrokerArgs(args, base, hostName);
 }
 
 /**
@@ -128,6 +145,8 @@ export function selfCommand(args: readonly string[]): string[] {
     "--allow-write",
     "--allow-env",
     "--allow-run",
+    // The cluster tier (--cluster) talks to NATS over the network.
+    "--allow-net",
     Deno.mainModule,
     ...args,
   ];

@@ -1,7 +1,10 @@
 /**
- * `memfdbus list [--job-id JOB] [--socket PATH] [--json]`: print the visible objects, exactly as
- * the broker sends the listing, or with `--json` as an array of
- * `{id, owner, allowed, size, digest, name}` (no owner or allowed job: null).
+ * `memfdbus list [--job-id JOB] [--socket PATH] [--json] [--cluster]`: print the visible objects,
+ * exactly as the broker sends the listing, or with `--json` as an array of
+ * `{id, owner, allowed, size, digest, name}` (no owner or allowed job: null). With `--cluster`
+ * (a broker started with `--cluster`), the cluster's names instead: the latest version of each,
+ * `REVISION host=HOST owner=JOB allowed=JOB SIZE DIGEST NAME`, or with `--json`
+ * `{revision, host, owner, allowed, size, digest, name}`.
  *
  * @module
  */
@@ -20,12 +23,18 @@ import { jsonLine, out } from "./output.ts";
 
 /** Run `list`; returns the exit code. */
 export async function listCommand(args: readonly string[]): Promise<number> {
-  const { items } = parseCommandLine(args, { ...CLIENT_FLAGS, json: "boolean" });
+  const { items } = parseCommandLine(args, {
+    ...CLIENT_FLAGS,
+    json: "boolean",
+    cluster: "boolean",
+  });
   const s = clientDefaults();
   let json = false;
+  let cluster = false;
   for (const it of items) {
     if (clientFlag(s, it)) continue;
     if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind === "switch" && it.flag === "--cluster") cluster = true;
     else if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
   }
   const job = resolveJob(s.jobFlag);
@@ -36,6 +45,31 @@ export async function listCommand(args: readonly string[]): Promise<number> {
     syncWaitUs: CLI_SYNC_WAIT_US,
     timeoutMs: s.timeoutMs,
   });
+  if (cluster) {
+    // The cluster's names, latest version each: REVISION host=H owner=J allowed=J SIZE DIGEST NAME.
+    const bytes = await client.listCluster();
+    if (json) {
+      const lines = new TextDecoder().decode(bytes).split("\n").filter((l) => l !== "");
+      out(jsonLine(lines.map((l) => {
+        const [rev, host, owner, allowed, size, digest, ...name] = l.split("\t");
+        const job = (v: string | undefined): string | null =>
+          v === undefined || v.endsWith("=-") ? null : v.slice(v.indexOf("=") + 1);
+        return {
+          revision: Number(rev),
+          host: job(host),
+          owner: job(owner),
+          allowed: job(allowed),
+          size: Number(size),
+          digest,
+          name: name.join("\t"),
+        };
+      })));
+      return 0;
+    }
+    let off = 0;
+    while (off < bytes.length) off += Deno.stdout.writeSync(bytes.subarray(off));
+    return 0;
+  }
   if (json) {
     const entries = await client.list();
     out(jsonLine(entries.map((e) => ({

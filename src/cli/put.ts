@@ -1,7 +1,8 @@
 /**
  * `memfdbus put FILE [--name NAME | --content-addressed] [--job-id JOB] [--allow-job JOB]
- * [--socket PATH] [--json]`: publish a file (or stdin for `-`) and print its id (with `--json`,
- * `{id, size, digest, name}`).
+ * [--socket PATH] [--json] [--local]`: publish a file (or stdin for `-`) and print its id (with
+ * `--json`, `{id, size, digest, name}`). `--local` keeps the object on this host when the broker
+ * runs with a cluster tier (named objects are shared by default).
  *
  * @module
  */
@@ -47,6 +48,7 @@ export async function putCommand(args: readonly string[]): Promise<number> {
     "content-addressed": "boolean",
     "allow-job": "string",
     json: "boolean",
+    local: "boolean",
   });
   const s = clientDefaults();
   let name: string | undefined;
@@ -54,12 +56,14 @@ export async function putCommand(args: readonly string[]): Promise<number> {
   let allow: string | undefined;
   let path: string | undefined;
   let json = false;
+  let local = false;
   for (const it of items) {
     if (clientFlag(s, it)) continue;
     if (it.kind === "flag" && it.flag === "--name") name = it.value;
     else if (it.kind === "flag" && it.flag === "--allow-job") allow = it.value;
     else if (it.kind === "switch" && it.flag === "--content-addressed") contentAddressed = true;
     else if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind === "switch" && it.flag === "--local") local = true;
     else if (it.kind !== "positional") continue;
     else if (path === undefined) path = it.text;
     else throw new UsageError(`unexpected argument: ${it.text}`);
@@ -98,6 +102,7 @@ export async function putCommand(args: readonly string[]): Promise<number> {
   const options: PutOptions = {
     ...(contentAddressed ? { contentAddressed: true } : { name: label }),
     ...(allow === undefined ? {} : { allowJob: allow }),
+    ...(local ? { local: true } : {}),
   };
   const copied = copyWithProgress(path, label);
   try {

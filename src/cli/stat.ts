@@ -90,6 +90,10 @@ export function statText(s: ObjectStat): string {
   if (s.ownerUsage !== undefined && s.ownerUsage !== null) {
     rows.push(["owner holds", `${s.ownerUsage.objects} objects, ${s.ownerUsage.bytes} bytes`]);
   }
+  // Only objects pulled from the cluster tier have an origin line.
+  if (s.origin != null) {
+    rows.push(["origin", `${s.origin.host} id=${s.origin.id} revision=${s.origin.revision}`]);
+  }
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
   return rows.map(([k, v]) => `${`${k}:`.padEnd(width)}${v}\n`).join("");
 }
@@ -108,6 +112,7 @@ export function statJson(s: ObjectStat): Record<string, unknown> {
     created: isoFromNs(s.createdNs),
     shared: s.shared ?? null,
     owner_usage: s.ownerUsage ?? null,
+    ...(s.origin == null ? {} : { origin: s.origin }),
   };
 }
 

@@ -39,6 +39,10 @@ broker options beyond the C memfdbus:
                           fetched first) instead of refusing (none: refuse)
   --no-dedup              keep a memfd per PUT even for identical contents
   --metrics ADDRESS       serve Prometheus metrics at /metrics (HOST:PORT or a path)
+  --cluster URLS          share named objects with other hosts through NATS JetStream
+                          (nats://HOST:PORT[,...]; config key "cluster")
+  --host-id ID            this host's id in the cluster (the host name)
+  --cluster-sync          acknowledge a PUT only once the cluster committed it
 commands beyond the C memfdbus:
   memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
   memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json]
@@ -63,6 +67,10 @@ client options beyond the C memfdbus:
                     as the broker allows)
   --broker-uid UID  every client command: trust a broker running as UID (or
                     user name) besides root and yourself (MEMFDBUS_BROKER_UID)
+  --local           put: keep the object on this host (a broker with --cluster
+                    shares named objects by default)
+  --cluster         list: the cluster's names, latest version each, with the
+                    host that published it
   put and get show a progress line on stderr for 64 MiB or more when stderr
   is a terminal
 other commands and options:

@@ -84,6 +84,11 @@ export interface PutOptions extends JobOption {
   readonly contentAddressed?: boolean;
   /** The one other job that may read the object; requires a job id. */
   readonly allowJob?: string;
+  /**
+   * Keep the object on the broker's host: a broker with a cluster tier (`--cluster`) otherwise
+   * shares every named object with the cluster. Other brokers ignore it.
+   */
+  readonly local?: boolean;
 }
 
 /**
@@ -143,6 +148,13 @@ export interface ObjectStat {
   readonly shared?: boolean | null;
   /** What the owner job holds in the broker (objects, bytes of distinct contents), or null. */
   readonly ownerUsage?: { readonly objects: number; readonly bytes: number } | null;
+  /**
+   * Where the object came from when the broker pulled it from its cluster tier (the publishing
+   * host, the object's id there, the cluster revision); null for an object published here.
+   */
+  readonly origin?:
+    | { readonly host: string; readonly id: number; readonly revision: number }
+    | null;
 }
 
 /**

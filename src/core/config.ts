@@ -26,6 +26,7 @@ import type { QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
 import type { JobBinding } from "./policy.ts";
 import type { PeerLimits } from "./fair_shares.ts";
 import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
+import { parseClusterConfig } from "../cluster/options.ts";
 
 const U32_MAX = 4294967295n;
 const U64_MAX = 18446744073709551615n;
@@ -292,15 +293,17 @@ function lineOf(text: string, offset: number): number {
  * @param path the file's name, for messages
  * @param base the options the file's values override
  * @param policyOnly accept only the policy keys
+ * @param hostname the default host id of a `cluster` key (asked only then)
  */
 export async function parseConfig(
   text: string,
   path: string,
   base: BrokerOptions,
   policyOnly = false,
+  hostname: () => string = () => "localhost",
 ): Promise<FileConfig> {
   // Loaded only when a file is given: the npm loader costs every other command start-up time.
-  const { parseTree, printParseErrorCode } = await import("jsonc-parser");
+  const { getNodeValue, parseTree, printParseErrorCode } = await import("jsonc-parser");
   const errors: ParseError[] = [];
   const tree = parseTree(text, errors, { allowTrailingComma: true, disallowComments: false });
   const first = errors[0];
@@ -324,6 +327,10 @@ export async function parseConfig(
       const where = at === undefined ? line : lineOf(text, at.offset);
       throw new UsageError(`${path}:${where}: ${key}: ${msg}`);
     };
+    if (key === "cluster" && !policyOnly && valueNode !== undefined) {
+      o.cluster = parseClusterConfig(getNodeValue(valueNode), hostname(), (msg) => fail(msg));
+      continue;
+    }
     const apply = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
     if (apply === undefined || (policyOnly && !POLICY_KEYS.has(key))) {
       fail(policyOnly ? "not a policy key" : "unknown key");

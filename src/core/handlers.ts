@@ -28,6 +28,12 @@ import type { Store, StoredObject } from "./store.ts";
 import type { Governor, Release } from "./governance.ts";
 import { checkWatchHeader, type WatchSelector, watchSelectorOf } from "../protocol/watch.ts";
 import {
+  type ClusterView,
+  formatClusterListLine,
+  type RemoteAnswer,
+  type RemoteStep,
+} from "./remote.ts";
+import {
   Cmd,
   DIGEST_LEN,
   encodeHeader,
@@ -53,13 +59,15 @@ export type Step =
    * Wait (at most `ms`, 0: the broker's limit) until an object named `name` is published;
    * resumed with true when one was, false on timeout.
    */
-  | { readonly kind: "wait"; readonly name: string; readonly ms: number };
+  | { readonly kind: "wait"; readonly name: string; readonly ms: number }
+  /** Ask the cluster tier (only with `ctx.cluster`); resumed with a {@link RemoteAnswer}. */
+  | RemoteStep;
 
 /** What a digest step resumes with. */
 export type DigestAnswer = { readonly digest: string } | { readonly error: string };
 
 /** What a step resumes with. */
-export type StepInput = Uint8Array | null | DigestAnswer | boolean;
+export type StepInput = Uint8Array | null | DigestAnswer | boolean | RemoteAnswer;
 
 /** One piece of a reply and the audit error text to use if sending it fails. */
 export interface Segment {
@@ -94,6 +102,8 @@ export interface Outcome {
   readonly retire?: readonly Release[];
   /** A WATCH that was accepted: after its reply the connection carries events. */
   readonly watch?: { readonly selector: WatchSelector; readonly caller: string | null };
+  /** Extension bits the reply carries besides keep-alive and wait (the cluster listing's). */
+  readonly extFlags?: number;
 }
 
 /**
@@ -139,6 +149,8 @@ export interface RequestContext {
    * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
    */
   storeShare?(size: number): string | null;
+  /** The broker's cluster tier, when it runs with `--cluster`. */
+  readonly cluster?: ClusterView | null;
 }
 
 /** A handler generator. */
@@ -533,12 +545,57 @@ function* getOrDrop(
   // whole byte strings: one holding a NUL byte is never cut short (defect D11), and since no
   // stored name holds one, it is simply not found.
   let obj = lookupName !== null ? store.newestByName(lookupName) : store.byId(h.objectId);
-  if (
-    obj === undefined && lookupName !== null && op !== "drop" &&
-    (extFlags(h.reserved) & Flag.WAIT) !== 0
-  ) {
+  const waits = lookupName !== null && op !== "drop" && (extFlags(h.reserved) & Flag.WAIT) !== 0;
+  // The cluster tier, by name only (ids are host-local): a DROP drops the cluster's newest
+  // version; a GET or STAT whose name is missing here, or newer in the cluster, pulls it first.
+  const cluster = lookupName !== null ? ctx.cluster ?? null : null;
+  const remote = function* (name: string): Generator<Step, Outcome | null, StepInput> {
+    if (cluster === null || !cluster.stale(name, obj)) return null;
+    const a = (yield { kind: "remote", op: "fetch", name, caller }) as RemoteAnswer;
+    if (a.kind === "object") obj = a.obj;
+    else if (a.kind === "denied") {
+      Object.assign(rec, { selector, jobId: caller, objectId: 0, name, size: a.version.size });
+      rec.digest = a.version.digest;
+      return fail(Status.FORBIDDEN, Text.accessDenied);
+    } else if (a.kind === "error" && obj === undefined && !waits) {
+      // Nothing local to fall back on: say why at once rather than "not found".
+      Object.assign(rec, { selector, jobId: caller, objectId: h.objectId, name });
+      return fail(Status.ERR, a.text);
+    }
+    return null;
+  };
+  if (lookupName !== null && cluster !== null && op === "drop" && cluster.shared(lookupName, obj)) {
+    const a = (yield { kind: "remote", op: "drop", name: lookupName, caller }) as RemoteAnswer;
+    Object.assign(rec, { selector, jobId: caller, name: lookupName });
+    if (a.kind === "error") {
+      rec.objectId = h.objectId;
+      return fail(Status.ERR, a.text);
+    }
+    if (a.kind === "denied" || a.kind === "dropped") {
+      rec.objectId = a.kind === "dropped" ? a.local?.id ?? 0 : 0;
+      rec.size = a.version.size;
+      rec.digest = a.version.digest;
+      if (a.kind === "denied") return fail(Status.FORBIDDEN, Text.accessDenied);
+      rec.result = "ok";
+      return headerOnly(
+        { cmd, objectId: BigInt(rec.objectId), size: BigInt(a.version.size) },
+        rec,
+        false,
+      );
+    }
+    // The cluster has no live version: an object only this host has is dropped as usual.
+    obj = store.newestByName(lookupName);
+  } else if (lookupName !== null && op !== "drop") {
+    const refused = yield* remote(lookupName);
+    if (refused !== null) return refused;
+  }
+  if (obj === undefined && lookupName !== null && waits) {
     const published = (yield { kind: "wait", name: lookupName, ms: Number(h.size) }) as boolean;
-    if (published) obj = store.newestByName(lookupName);
+    if (published) {
+      obj = store.newestByName(lookupName);
+      const refused = yield* remote(lookupName);
+      if (refused !== null) return refused;
+    }
   }
   rec.selector = selector;
   rec.jobId = caller;
@@ -629,16 +686,40 @@ function* list(h: Header, ctx: RequestContext): Handler {
   }
 
   rec.jobId = caller;
+  if ((extFlags(h.reserved) & Flag.CLUSTER) !== 0) {
+    // The cluster listing: the latest version of every name the caller may read.
+    if (!ctx.cluster) return fail(Status.ERR, Text.noCluster);
+    const a = (yield { kind: "remote", op: "list", name: "", caller }) as RemoteAnswer;
+    if (a.kind !== "list") return fail(Status.ERR, a.kind === "error" ? a.text : Text.listBuild);
+    let text = "";
+    let count = 0;
+    for (const v of a.versions) {
+      if (!visible(v, caller)) continue;
+      const line = formatClusterListLine(v);
+      if (text.length + line.length > options.maxListBytes) {
+        rec.size = 0;
+        rec.count = 0;
+        return fail(Status.ERR, Text.listTooLarge);
+      }
+      text += line;
+      count++;
+    }
+    return listReply(rec, text, count, Flag.CLUSTER);
+  }
   const built = buildListText(store, caller, options.maxListBytes);
   if (built === null) {
     rec.size = 0;
     rec.count = 0;
     return fail(Status.ERR, Text.listTooLarge);
   }
+  return listReply(rec, built.text, built.count, 0);
+}
+
+function listReply(rec: AuditRecord, text: string, count: number, flags: number): Outcome {
   rec.result = "ok";
-  rec.size = built.count;
-  rec.count = built.count;
-  const body = fromBinary(built.text);
+  rec.size = count;
+  rec.count = count;
+  const body = fromBinary(text);
   const wire = new Uint8Array(HEADER_SIZE + body.length);
   encodeHeader({ cmd: Cmd.LIST, textLen: body.length }, wire);
   wire.set(body, HEADER_SIZE);
@@ -647,7 +728,8 @@ function* list(h: Header, ctx: RequestContext): Handler {
     [HEADER_SIZE, "failed to send object list response"],
     [body.length, "failed to send object list payload"],
   );
-  return { wire, segments, fd: -1, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+  const o = { wire, segments, fd: -1, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+  return flags === 0 ? o : { ...o, extFlags: flags };
 }
 
 /**

@@ -9,6 +9,7 @@ import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "../protocol/wire.ts";
 import { NO_QUOTAS, type Quotas, type RetentionRule } from "./governance.ts";
 import { DEFAULT_PEER_LIMITS, type PeerLimits } from "./fair_shares.ts";
+import { applyClusterFlags, type ClusterFlags, type ClusterOptions } from "../cluster/options.ts";
 
 /**
  * The socket every command uses unless told otherwise.
@@ -124,6 +125,11 @@ export interface BrokerOptions {
   dedup: boolean;
   /** Where to serve Prometheus metrics (--metrics), or null for nowhere. */
   metrics: MetricsAddress | null;
+  /**
+   * The cluster tier (--cluster URLS, --host-id, --cluster-sync, config `cluster`), or null for
+   * none: then nothing of NATS is loaded.
+   */
+  cluster: ClusterOptions | null;
 }
 
 /**
@@ -162,6 +168,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     evict: "none",
     dedup: true,
     metrics: null,
+    cluster: null,
   };
 }
 
@@ -218,6 +225,9 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   // Files are read by the command before parsing; here their values are only skipped.
   "--config": () => {},
   "--policy": () => {},
+  // The cluster flags are gathered and applied together at the end (see parseBrokerArgs).
+  "--cluster": () => {},
+  "--host-id": () => {},
 };
 
 /** Flags without a value. */
@@ -227,6 +237,7 @@ const SWITCHES: Readonly<Record<string, (o: BrokerOptions) => void>> = {
   "--protect-names": (o) => (o.policy = { ...o.policy, protectNames: true }),
   "--require-job": (o) => (o.policy = { ...o.policy, requireJob: true }),
   "--no-dedup": (o) => (o.dedup = false),
+  "--cluster-sync": () => {},
 };
 
 /** The value of the last occurrence of a flag that takes a value, if any. */
@@ -250,17 +261,24 @@ export function lastFlagValue(args: readonly string[], flag: string): string | u
  * const o = parseBrokerArgs(["--socket", "/run/memfdbus.sock", "--max-objects", "1000"]);
  * console.log(o.socket, o.maxObjects); // /run/memfdbus.sock 1000n
  * ```
+ *
+ * @param args the arguments after `broker`
+ * @param base options to start from (defaults, or a configuration file's)
+ * @param hostname the default host id of `--cluster` (asked only then)
  */
 export function parseBrokerArgs(
   args: readonly string[],
   base: BrokerOptions = defaultBrokerOptions(),
+  hostname: () => string = () => "localhost",
 ): BrokerOptions {
   const o = { ...base };
+  const cluster: { cluster?: string; hostId?: string; clusterSync?: boolean } = {};
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] ?? "";
     const toggle = Object.hasOwn(SWITCHES, arg) ? SWITCHES[arg] : undefined;
     if (toggle !== undefined) {
       toggle(o);
+      if (arg === "--cluster-sync") cluster.clusterSync = true;
       continue;
     }
     const set = Object.hasOwn(FLAGS, arg) ? FLAGS[arg] : undefined;
@@ -269,6 +287,14 @@ export function parseBrokerArgs(
     if (value === undefined) throw new UsageError(`missing value for ${arg}`);
     i++;
     set(o, value, arg);
+    if (arg === "--cluster") cluster.cluster = value;
+    if (arg === "--host-id") cluster.hostId = value;
   }
+  const flags: ClusterFlags = cluster;
+  if (o.cluster !== null || flags.cluster !== undefined) {
+    // The host name (a system call, the caller's) is asked only when it is the host id.
+    const host = o.cluster === null && flags.hostId === undefined ? hostname() : "";
+    o.cluster = applyClusterFlags(flags, o.cluster, host);
+  } else applyClusterFlags(flags, null, "");
   return o;
 }

@@ -25,6 +25,18 @@ export interface StoredObject extends Owned {
   readonly createdNs: bigint;
   /** The publisher's uid (kernel-reported), when the broker knew it; used by uid quotas. */
   readonly uid?: number | undefined;
+  /** Where an object pulled from the cluster tier was published (absent for local objects). */
+  readonly origin?: ObjectOrigin | undefined;
+}
+
+/** The cluster-wide identity of an object published on another host. */
+export interface ObjectOrigin {
+  /** The host id of the broker that published it. */
+  readonly host: string;
+  /** Its object id on that host. */
+  readonly id: number;
+  /** The cluster revision that committed it (cluster-wide order of publishes). */
+  readonly revision: number;
 }
 
 /**

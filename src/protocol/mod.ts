@@ -40,6 +40,6 @@ export {
 } from "./wire.ts";
 export { DIGEST_LEN, DIGEST_PREFIX, formatDigest, isValidDigest } from "./digest.ts";
 export { formatListLine, type ListEntry, type ListLineFields, parseList } from "./list.ts";
-export { formatStat, parseStat, type StatBody, type StatFields } from "./stat.ts";
+export { formatStat, parseStat, type StatBody, type StatFields, type StatOrigin } from "./stat.ts";
 export { isPrintableName, type NameKind, nameProblem } from "./names.ts";
 export { Status, type StatusCode } from "../errors.ts";

@@ -38,6 +38,22 @@ export interface StatFields {
    * or null for an object without owner. Left out when undefined.
    */
   readonly ownerUsage?: { readonly objects: number; readonly bytes: number } | null | undefined;
+  /**
+   * For an object pulled from the cluster tier: the host that published it, its id there and
+   * the cluster revision. Sent as `origin_host`, `origin_id`, `origin_revision` after `seals`,
+   * only for such objects (a local object's body is unchanged).
+   */
+  readonly origin?: StatOrigin | undefined;
+}
+
+/** Where a pulled object came from (see {@link StatFields.origin}). */
+export interface StatOrigin {
+  /** The publishing host's id. */
+  readonly host: string;
+  /** The object's id on that host. */
+  readonly id: number;
+  /** The cluster revision that committed it. */
+  readonly revision: number;
 }
 
 /**
@@ -63,6 +79,10 @@ export function formatStat(f: StatFields): string {
       : f.ownerUsage === null
       ? `,"owner_objects":null,"owner_bytes":null`
       : `,"owner_objects":${f.ownerUsage.objects},"owner_bytes":${f.ownerUsage.bytes}`) +
+    (f.origin === undefined
+      ? ""
+      : `,"origin_host":${jsonString(f.origin.host)},"origin_id":${f.origin.id},` +
+        `"origin_revision":${f.origin.revision}`) +
     "}";
 }
 
@@ -84,6 +104,8 @@ export interface StatBody {
   readonly shared: boolean | null;
   /** What the owner job holds (objects, bytes of distinct contents); null when not told. */
   readonly ownerUsage: { readonly objects: number; readonly bytes: number } | null;
+  /** Where the object came from when the broker pulled it from its cluster tier, else null. */
+  readonly origin: StatOrigin | null;
 }
 
 /** Numbers that must keep every digit (a time in ns exceeds 2^53). */
@@ -121,8 +143,12 @@ export function parseStat(text: string): StatBody {
   }
   const created = o.created_ns;
   const seals = o.seals;
-  const count = (v: unknown): v is number =>
-    typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  const count = (n: unknown): n is number =>
+    typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+  const origin = typeof o.origin_host === "string" && count(o.origin_id) &&
+      count(o.origin_revision)
+    ? { host: o.origin_host, id: o.origin_id, revision: o.origin_revision }
+    : null;
   return {
     name: o.name,
     digest: o.digest,
@@ -134,6 +160,7 @@ export function parseStat(text: string): StatBody {
     ownerUsage: count(o.owner_objects) && count(o.owner_bytes)
       ? { objects: o.owner_objects, bytes: o.owner_bytes }
       : null,
+    origin,
   };
 }
 

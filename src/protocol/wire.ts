@@ -125,6 +125,18 @@ export const Flag = {
    * answers at once.
    */
   WAIT: 0x2,
+  /**
+   * Request (PUT): keep the object on this host. A broker with a cluster tier otherwise shares
+   * every named object with the cluster; other brokers ignore the bit.
+   */
+  LOCAL: 0x4,
+  /**
+   * Request (LIST): list the cluster's names (the latest version of each) instead of this
+   * host's objects. Reply: set when the broker answered with the cluster listing; a broker
+   * without a cluster tier answers an error, a C broker ignores the bit and sends its own
+   * listing without it.
+   */
+  CLUSTER: 0x8,
 } as const;
 
 /** The marker that must fill the high 16 bits of `reserved` for extension bits to count. */
@@ -308,6 +320,8 @@ export const Text = {
   waitQuota: "broker wait quota exceeded",
   /** A digest verification still queued when the broker stopped. */
   shuttingDown: "broker is shutting down",
+  /** LIST with the CLUSTER bit to a broker started without `--cluster`. */
+  noCluster: "broker has no cluster tier",
 } as const;
 
 /**
