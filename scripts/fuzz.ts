@@ -12,9 +12,10 @@
  */
 
 import { Client } from "../src/client.ts";
-import { dropIds, listText, runRange, type Violation } from "../tests/fuzz_engine.ts";
-import { countListLines, rssKiB, sleep } from "../tests/fault_support.ts";
-import { numberFlags, StreamingBroker } from "../tests/long_support.ts";
+import { dropIds, listText, runRange, type Violation } from "../tests/support/fuzz_engine.ts";
+import { countListLines, rssKiB } from "../tests/support/faults.ts";
+import { letTimePass as sleep } from "../tests/support/wait.ts";
+import { numberFlags, StreamingBroker } from "../tests/support/long_run.ts";
 
 const USAGE = `usage: deno task fuzz [--seconds 120] [--min-cases 100000] [--max-seconds 600]
                       [--seed N] [--from 0] [--cases N] [--concurrency 12] [--check-every 10000]
