@@ -3,8 +3,8 @@
  * per-job and per-uid quotas, eviction under pressure, dedup charging, the refusal texts, the
  * release audit record and the configuration keys that set them.
  */
-import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { type NewObject, Store, type StoredObject } from "../src/core/store.ts";
+import { assertEquals, ok, rejects } from "../support/assert.ts";
+import { type NewObject, Store, type StoredObject } from "../../src/core/store.ts";
 import {
   type Admission,
   type GovernanceRules,
@@ -13,11 +13,11 @@ import {
   MAX_ERROR_TEXT,
   NO_QUOTAS,
   type Quotas,
-} from "../src/core/governance.ts";
-import { formatRecord, releaseRecord } from "../src/core/audit.ts";
-import { parseConfig } from "../src/core/config.ts";
-import { defaultBrokerOptions } from "../src/core/options.ts";
-import { UsageError } from "../src/errors.ts";
+} from "../../src/core/governance.ts";
+import { formatRecord, releaseRecord } from "../../src/core/audit.ts";
+import { parseConfig } from "../../src/core/config.ts";
+import { defaultBrokerOptions } from "../../src/core/options.ts";
+import { UsageError } from "../../src/errors.ts";
 
 const U64_MAX = 18446744073709551615n;
 const D = (c: string): string => "sha256:" + c.repeat(64);

@@ -3,7 +3,7 @@
  * holds the values recorded, and the server answers real HTTP requests on TCP and on a Unix
  * socket (404 elsewhere, 405 for other methods) without printing anything.
  */
-import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
+import { assertEquals, ok, throws } from "../support/assert.ts";
 import parsePrometheus from "parse-prometheus-text-format";
 import {
   type BrokerGauges,
@@ -12,9 +12,9 @@ import {
   METRICS_CONTENT_TYPE,
   MetricsRegistry,
   serveMetrics,
-} from "../src/broker/metrics.ts";
-import { bindUnix, sockaddrUn, unixSocket } from "../src/sys/unix_socket.ts";
-import { closeQuietly } from "../src/ffi.ts";
+} from "../../src/broker/metrics.ts";
+import { bindUnix, sockaddrUn, unixSocket } from "../../src/sys/unix_socket.ts";
+import { closeQuietly } from "../../src/ffi.ts";
 
 interface Sample {
   value?: string;

@@ -2,11 +2,17 @@
  * `memfdbus watch` (not yet dispatched by the CLI entry): its arguments and messages, its text
  * and JSON lines, and a run against an in-test server speaking WATCH over a real Unix socket.
  */
-import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
-import { eventJson, eventLine, isoTime, parseWatchArgs, watchCommand } from "../src/cli/watch.ts";
-import type { BusEvent } from "../src/client/watch.ts";
-import { encodeWatchEvent, encodeWatchRequest } from "../src/protocol/watch.ts";
-import { Cmd, encodeHeader } from "../src/protocol/wire.ts";
+import { assertEquals, ok, throws } from "../support/assert.ts";
+import {
+  eventJson,
+  eventLine,
+  isoTime,
+  parseWatchArgs,
+  watchCommand,
+} from "../../src/cli/watch.ts";
+import type { BusEvent } from "../../src/client/watch.ts";
+import { encodeWatchEvent, encodeWatchRequest } from "../../src/protocol/watch.ts";
+import { Cmd, encodeHeader } from "../../src/protocol/wire.ts";
 
 const DIGEST = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 

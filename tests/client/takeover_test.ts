@@ -2,11 +2,11 @@
  * The TAKEOVER client (src/client/takeover.ts) against a missing broker and against a peer that
  * refuses, over real Unix sockets: the texts `memfdbus broker --takeover` prints.
  */
-import { deepStrictEqual as assertEquals, rejects } from "node:assert/strict";
-import { requestTakeover } from "../src/client/takeover.ts";
-import { Status, UsageError } from "../src/errors.ts";
-import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE, Text } from "../src/protocol/wire.ts";
-import { tempDir } from "./helpers.ts";
+import { assertEquals, rejects } from "../support/assert.ts";
+import { requestTakeover } from "../../src/client/takeover.ts";
+import { Status, UsageError } from "../../src/errors.ts";
+import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE, Text } from "../../src/protocol/wire.ts";
+import { tempDir } from "../support/harness.ts";
 
 Deno.test("requestTakeover with no broker on the socket names the socket and the errno", async () => {
   using dir = tempDir();

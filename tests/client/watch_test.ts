@@ -4,16 +4,16 @@
  * AbortSignal and with `using` (the server sees end of stream, no descriptor is left open), a C
  * broker's `unknown command`, and hostile frames.
  */
-import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { Connection } from "../src/client/connection.ts";
-import { type BusEvent, Watch } from "../src/client/watch.ts";
-import { encodeWatchEvent, encodeWatchRequest, type WatchEvent } from "../src/protocol/watch.ts";
-import { Cmd, encodeHeader, HEADER_SIZE } from "../src/protocol/wire.ts";
-import { BrokerError, ProtocolError } from "../src/errors.ts";
-import { unixSocket } from "../src/sys/unix_socket.ts";
-import { waitReady } from "../src/sys/reactor.ts";
-import { EPOLLIN } from "../src/sys/linux.ts";
-import { closeQuietly } from "../src/ffi.ts";
+import { assertEquals, ok, rejects } from "../support/assert.ts";
+import { Connection } from "../../src/client/connection.ts";
+import { type BusEvent, Watch } from "../../src/client/watch.ts";
+import { encodeWatchEvent, encodeWatchRequest, type WatchEvent } from "../../src/protocol/watch.ts";
+import { Cmd, encodeHeader, HEADER_SIZE } from "../../src/protocol/wire.ts";
+import { BrokerError, ProtocolError } from "../../src/errors.ts";
+import { unixSocket } from "../../src/sys/unix_socket.ts";
+import { waitReady } from "../../src/sys/reactor.ts";
+import { EPOLLIN } from "../../src/sys/linux.ts";
+import { closeQuietly } from "../../src/ffi.ts";
 
 const DIGEST = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 

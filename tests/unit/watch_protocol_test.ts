@@ -2,7 +2,7 @@
  * The WATCH extension's bytes: request and event frames byte for byte, the header checks and
  * their texts, hostile event frames, and the slow-watcher queue.
  */
-import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
+import { assertEquals, ok, throws } from "../support/assert.ts";
 import {
   checkWatchHeader,
   decodeWatchEvent,
@@ -14,10 +14,10 @@ import {
   type WatchEvent,
   watchSelectorOf,
   WatchText,
-} from "../src/protocol/watch.ts";
-import { Cmd, decodeHeader, emptyHeader, type Header, Text } from "../src/protocol/wire.ts";
-import { WatchQueue } from "../src/core/watch_queue.ts";
-import { ProtocolError } from "../src/errors.ts";
+} from "../../src/protocol/watch.ts";
+import { Cmd, decodeHeader, emptyHeader, type Header, Text } from "../../src/protocol/wire.ts";
+import { WatchQueue } from "../../src/core/watch_queue.ts";
+import { ProtocolError } from "../../src/errors.ts";
 
 const DIGEST = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 const hex = (b: Uint8Array): string => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");

@@ -1,9 +1,9 @@
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { blankRecord } from "../src/core/audit.ts";
-import type { StoredObject } from "../src/core/store.ts";
-import { BrokerCounters } from "../src/broker/counters.ts";
-import { ObjectEvents, type ObjectEventType } from "../src/broker/events.ts";
-import { ParkedWaits } from "../src/broker/waits.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { blankRecord } from "../../src/core/audit.ts";
+import type { StoredObject } from "../../src/core/store.ts";
+import { BrokerCounters } from "../../src/broker/counters.ts";
+import { ObjectEvents, type ObjectEventType } from "../../src/broker/events.ts";
+import { ParkedWaits } from "../../src/broker/waits.ts";
 
 const OBJ = { id: 7, name: "n", size: 1, fd: -1 } as unknown as StoredObject;
 

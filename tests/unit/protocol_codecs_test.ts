@@ -1,10 +1,10 @@
-import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
-import { fromBinary, fromUtf8, toBinary, utf8, utf8Binary } from "../src/protocol/bytes.ts";
-import { ProtocolError } from "../src/errors.ts";
-import { formatListLine, type ListLineFields, parseList } from "../src/protocol/list.ts";
-import { formatStat, parseStat, type StatFields } from "../src/protocol/stat.ts";
-import { jsonString } from "../src/protocol/json.ts";
-import { type FdProblem, fdRejectionText } from "../src/protocol/fd_problem.ts";
+import { assertEquals, ok, throws } from "../support/assert.ts";
+import { fromBinary, fromUtf8, toBinary, utf8, utf8Binary } from "../../src/protocol/bytes.ts";
+import { ProtocolError } from "../../src/errors.ts";
+import { formatListLine, type ListLineFields, parseList } from "../../src/protocol/list.ts";
+import { formatStat, parseStat, type StatFields } from "../../src/protocol/stat.ts";
+import { jsonString } from "../../src/protocol/json.ts";
+import { type FdProblem, fdRejectionText } from "../../src/protocol/fd_problem.ts";
 import {
   addExtFlags,
   decodeHeader,
@@ -14,7 +14,7 @@ import {
   HEADER_SIZE,
   Off,
   Text,
-} from "../src/protocol/wire.ts";
+} from "../../src/protocol/wire.ts";
 
 // The formats as the broker built them inline before they moved to src/protocol/ (kept here,
 // verbatim, as the reference the codecs must match byte for byte).
@@ -287,7 +287,7 @@ Deno.test("the digest verification texts stay those of the C broker", () => {
 });
 
 Deno.test("mod.ts and the ./protocol entry export exactly the documented names", async () => {
-  const main = Object.keys(await import("../mod.ts")).sort();
+  const main = Object.keys(await import("../../mod.ts")).sort();
   assertEquals(main, [
     "Broker",
     "BrokerError",
@@ -327,7 +327,7 @@ Deno.test("mod.ts and the ./protocol entry export exactly the documented names",
     "jobIdFromEnv",
     "parseBrokerArgs",
   ]);
-  const protocol = Object.keys(await import("../src/protocol/mod.ts")).sort();
+  const protocol = Object.keys(await import("../../src/protocol/mod.ts")).sort();
   assertEquals(protocol, [
     "Cmd",
     "DIGEST_LEN",
