@@ -10,10 +10,7 @@ import { type BusEvent, Watch } from "../../src/client/watch.ts";
 import { encodeWatchEvent, encodeWatchRequest, type WatchEvent } from "../../src/protocol/watch.ts";
 import { Cmd, encodeHeader, HEADER_SIZE } from "../../src/protocol/wire.ts";
 import { BrokerError, ProtocolError } from "../../src/errors.ts";
-import { unixSocket } from "../../src/sys/unix_socket.ts";
-import { waitReady } from "../../src/sys/reactor.ts";
-import { EPOLLIN } from "../../src/sys/linux.ts";
-import { closeQuietly } from "../../src/ffi.ts";
+import { fdGuard, TAG } from "../support/fds.ts";
 
 const DIGEST = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
@@ -28,17 +25,6 @@ function ev(name: string, id: number, extra: Partial<WatchEvent> = {}): WatchEve
     missed: 0,
     ...extra,
   };
-}
-
-/**
- * Descriptors open in this process. The client reactor's poller (an epoll and an eventfd, one per
- * process) is created on first use, so it is started before anything is counted.
- */
-async function openFds(): Promise<number> {
-  const fd = unixSocket(true);
-  await waitReady(fd, EPOLLIN, 1, "warm up").catch(() => {});
-  closeQuietly(fd);
-  return [...Deno.readDirSync("/proc/self/fd")].length;
 }
 
 async function readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
@@ -70,7 +56,8 @@ async function withServer(
   serve: (conn: Deno.Conn, request: Uint8Array) => Promise<void>,
   client: (connect: () => Promise<Connection>) => Promise<void>,
 ): Promise<void> {
-  const dir = await Deno.makeTempDir();
+  // A tagged directory: the guard attributes the sockets bound or connected below it to this module.
+  const dir = await Deno.makeTempDir({ prefix: `memfdbus-${TAG}-` });
   const path = `${dir}/bus.sock`;
   const listener = Deno.listen({ transport: "unix", path });
   const served = (async () => {
@@ -102,7 +89,7 @@ const concat = (...parts: Uint8Array[]): Uint8Array => {
 };
 
 Deno.test("a watch sends the WATCH request, yields events in order and closes on break", async () => {
-  const before = await openFds();
+  const guard = fdGuard();
   const request = encodeWatchRequest({ kind: "prefix", prefix: "m/" }, "job");
   let closedByClient = false;
   await withServer(request.length, async (conn, got) => {
@@ -129,11 +116,11 @@ Deno.test("a watch sends the WATCH request, yields events in order and closes on
     ok(watch.closed);
   });
   ok(closedByClient, "the server saw the client close");
-  assertEquals(await openFds(), before);
+  await guard.waitClean();
 });
 
 Deno.test("an AbortSignal ends a waiting watch without an error and closes the connection", async () => {
-  const before = await openFds();
+  const guard = fdGuard();
   const request = encodeWatchRequest({ kind: "name", name: "a" }, null);
   const controller = new AbortController();
   await withServer(request.length, async (conn) => {
@@ -149,11 +136,11 @@ Deno.test("an AbortSignal ends a waiting watch without an error and closes the c
     assertEquals(seen, ["drop 7 missed 2"]);
     ok(watch.closed);
   });
-  assertEquals(await openFds(), before);
+  await guard.waitClean();
 });
 
 Deno.test("a watch closes with using, and an aborted signal refuses to start", async () => {
-  const before = await openFds();
+  const guard = fdGuard();
   const request = encodeWatchRequest({ kind: "all" }, null);
   await withServer(request.length, async (conn) => {
     await conn.write(ACK);
@@ -167,11 +154,11 @@ Deno.test("a watch closes with using, and an aborted signal refuses to start", a
     await rejects(Watch.open(conn, {}, { signal: AbortSignal.abort() }), { name: "AbortError" });
     assertEquals(conn.fd, -1, "the transport was closed");
   });
-  assertEquals(await openFds(), before);
+  await guard.waitClean();
 });
 
 Deno.test("a C broker's unknown command becomes a BrokerError with status 3 and the connection is closed", async () => {
-  const before = await openFds();
+  const guard = fdGuard();
   const request = encodeWatchRequest({ kind: "name", name: "a" }, null);
   const text = new TextEncoder().encode("unknown command");
   await withServer(request.length, async (conn) => {
@@ -189,11 +176,11 @@ Deno.test("a C broker's unknown command becomes a BrokerError with status 3 and 
       return true;
     });
   });
-  assertEquals(await openFds(), before);
+  await guard.waitClean();
 });
 
 Deno.test("hostile answers: a bad ack and a corrupt event frame are ProtocolErrors, and nothing leaks", async () => {
-  const before = await openFds();
+  const guard = fdGuard();
   const request = encodeWatchRequest({ kind: "all" }, null);
   await withServer(request.length, async (conn) => {
     await conn.write(encodeHeader({ cmd: Cmd.GET }));
@@ -222,7 +209,7 @@ Deno.test("hostile answers: a bad ack and a corrupt event frame are ProtocolErro
     );
     ok(watch.closed);
   });
-  assertEquals(await openFds(), before);
+  await guard.waitClean();
 });
 
 Deno.test("the broker closing the stream ends the iteration with the receive error", async () => {
