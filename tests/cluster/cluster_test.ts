@@ -3,19 +3,19 @@
  * different host ids stand in for hosts.
  */
 
-import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
+import { assertEquals, ok as assert, rejects } from "../support/assert.ts";
 import { createHash } from "node:crypto";
 import { connect } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
-import { Memfd, Seal } from "../src/sys/memfd.ts";
-import { ClusterTier } from "../src/cluster/tier.ts";
+import { Memfd, Seal } from "../../src/sys/memfd.ts";
+import { ClusterTier } from "../../src/cluster/tier.ts";
 import {
   applyClusterFlags,
   type ClusterOptions,
   defaultClusterOptions,
   parseClusterConfig,
-} from "../src/cluster/options.ts";
+} from "../../src/cluster/options.ts";
 import {
   type ClusterEntry,
   type ClusterVersion,
@@ -26,15 +26,16 @@ import {
   nameKey,
   replay,
   toObjectDigest,
-} from "../src/cluster/model.ts";
+} from "../../src/cluster/model.ts";
 import {
   ClusterCorruptError,
   ClusterDataError,
   ClusterQueueFullError,
   ClusterUnavailableError,
-} from "../src/cluster/errors.ts";
-import { UsageError } from "../src/errors.ts";
-import { NATS_IGNORE, NatsCluster, NatsNode, waitFor } from "./cluster_support.ts";
+} from "../../src/cluster/errors.ts";
+import { UsageError } from "../../src/errors.ts";
+import { NATS_IGNORE, NatsCluster, NatsNode } from "../support/cluster.ts";
+import { waitFor } from "../support/wait.ts";
 
 const enc = new TextEncoder();
 
@@ -352,7 +353,7 @@ natsTest("drop on B makes the previous version latest everywhere, down to none",
   assertEquals(await a.resolve("ds"), null);
   assertEquals(await a.drop("ds"), null);
   assertEquals(await a.list(), []);
-  await waitFor("six watch events on A", () => events.length >= 6);
+  await waitFor(() => events.length >= 6, { what: "six watch events on A" });
   assertEquals(events, [
     "publish host-a",
     "publish host-a",
@@ -456,9 +457,11 @@ natsTest(
       if (e.kind === "publish") seen.push(e.version.name);
     });
     await put(a, "before", enc.encode("x"));
-    await waitFor("B's watch to see 'before'", () => seen.length === 1);
+    await waitFor(() => seen.length === 1, { what: "B's watch to see 'before'" });
     await node.kill();
-    await waitFor("A and B to notice the engine is gone", () => !a.connected && !b.connected);
+    await waitFor(() => !a.connected && !b.connected, {
+      what: "A and B to notice the engine is gone",
+    });
     await rejects(b.resolve("before"), ClusterUnavailableError);
     await rejects(b.pull({ digest: digestOf(enc.encode("x")), size: 1 }), ClusterUnavailableError);
     await rejects(b.list(), ClusterUnavailableError);
@@ -481,12 +484,14 @@ natsTest(
       "q4: cluster upload queue full: 2 objects, 20 bytes waiting",
     ]);
     await node.start();
-    await waitFor("A's queue to flush after the restart", () => a.stats.queueEntries === 0);
-    await waitFor("B to reconnect", () => b.connected);
+    await waitFor(() => a.stats.queueEntries === 0, {
+      what: "A's queue to flush after the restart",
+    });
+    await waitFor(() => b.connected, { what: "B to reconnect" });
     using got = await b.pull((await b.resolve("q2")) ?? { digest: "", size: 0 });
     assertEquals(new TextDecoder().decode(contents(got)), "queued two");
     assertEquals((await b.resolve("before"))?.originHost, "host-a");
-    await waitFor("B's watch to resume and see q1, q2", () => seen.length === 3);
+    await waitFor(() => seen.length === 3, { what: "B's watch to resume and see q1, q2" });
     assertEquals(seen, ["before", "q1", "q2"]);
     assert(w.lastRevision >= 3);
   },
@@ -504,7 +509,7 @@ natsTest("one node of three killed: work continues after retry", async () => {
   // Publishing waits and retries by itself; interactive calls fail fast and are retried here.
   const v2 = await put(a, "ha", randomBytes(512 * 1024, 10));
   let got: Memfd | null = null;
-  await waitFor("B to resolve and pull the new version", async () => {
+  await waitFor(async () => {
     try {
       const v = await b.resolve("ha");
       if (v?.revision !== v2.revision) return false;
@@ -514,7 +519,7 @@ natsTest("one node of three killed: work continues after retry", async () => {
       if (e instanceof ClusterUnavailableError) return false;
       throw e;
     }
-  }, 60_000);
+  }, { what: "B to resolve and pull the new version", timeoutMs: 60_000 });
   using pulled = got as unknown as Memfd;
   assertEquals(digestOf(contents(pulled)), v2.digest);
 });

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { waitFor } from "./wait.ts";
+
 /** Where nats-server is, or null. */
 export function findNatsServer(): string | null {
   const dirs = (Deno.env.get("PATH") ?? "").split(":").concat(["/usr/sbin", "/usr/local/bin"]);
@@ -29,25 +31,6 @@ export const NATS_IGNORE: false | string = NATS_SERVER === null
   : false;
 
 if (NATS_IGNORE !== false) console.warn(`ignored: ${NATS_IGNORE}`);
-
-/**
- * Wait for `cond` (polled every 10 ms) or fail naming what did not happen.
- *
- * @param what the condition, for the message
- * @param cond the condition
- * @param timeoutMs the generous deadline
- */
-export async function waitFor(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 async function portOpen(port: number): Promise<boolean> {
   try {
@@ -137,7 +120,7 @@ export class NatsNode implements AsyncDisposable {
     const pid = this.#child.pid;
     if (port === -1) {
       const file = `${this.dir}/nats-server_${pid}.ports`;
-      await waitFor(`nats-server ports file ${file}`, async () => {
+      await waitFor(async () => {
         try {
           const j = JSON.parse(await Deno.readTextFile(file)) as { nats?: string[] };
           const url = j.nats?.[0];
@@ -147,14 +130,13 @@ export class NatsNode implements AsyncDisposable {
         } catch {
           return false;
         }
-      });
+      }, { what: `nats-server ports file ${file}` });
     } else {
       this.#port = port;
     }
-    await waitFor(
-      `nats-server (pid ${pid}) listening on ${this.#port}`,
-      () => portOpen(this.#port),
-    );
+    await waitFor(() => portOpen(this.#port), {
+      what: `nats-server (pid ${pid}) listening on ${this.#port}`,
+    });
   }
 
   /** Kill the process by its pid (SIGKILL: no clean shutdown) and wait for it to exit. */
