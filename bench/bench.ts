@@ -491,8 +491,7 @@ async function shadowCost(): Promise<void> {
           return false;
         }
       },
-      30_000,
-      `the shadow's socket ${shadowPath}`,
+      { what: `the shadow's socket ${shadowPath}`, timeoutMs: 30_000 },
     );
     mirrored = await measure(["--shadow", shadowPath]);
   } finally {

@@ -1,5 +1,5 @@
 /**
- * `deno task fuzz`: the seeded protocol fuzzer of tests/fault_fuzz_test.ts, long. It runs cases
+ * `deno task fuzz`: the seeded protocol fuzzer of tests/fault/fuzz_test.ts, long. It runs cases
  * against a live broker for --seconds (default 120) and, unless --seconds is given alone, at
  * least --min-cases (default 100,000; never past --max-seconds): `--seconds 15` runs about 15 s
  * (plus the final checkpoint), and the first line says what bounds the run, checking after every case that the broker answered or closed within

@@ -4,9 +4,9 @@
  * swallows an output path), run as real CLI processes against a real broker.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, cli, enc, tempDir } from "./helpers.ts";
-import { parallel } from "./cli_support.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { BrokerProcess, CLI, cli, enc, ROOT, tempDir } from "../support/harness.ts";
+import { parallel } from "../support/cli.ts";
 
 const COMMANDS = ["broker", "put", "get", "exec", "drop", "list", "stat", "capture", "shadow"];
 
@@ -40,7 +40,7 @@ Deno.test("client commands' help shows the defaults of --socket, --job-id and --
 });
 
 Deno.test("help alone prints the full usage on stdout, exit 0; --version prints deno.json's version", async () => {
-  const version = JSON.parse(Deno.readTextFileSync(new URL("../deno.json", import.meta.url)))
+  const version = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`))
     .version as string;
   const [help, usage, v] = await Promise.all([cli(["help"]), cli(["--help"]), cli(["--version"])]);
   assertEquals([help.code, help.stderr, help.stdout], [0, "", usage.stdout]);
@@ -130,7 +130,7 @@ Deno.test("MEMFDBUS_SOCKET is the default socket of the client commands and of t
   const sock = `${dir.path}/env.sock`;
   // The broker started without --socket listens where MEMFDBUS_SOCKET says.
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../cli.ts", import.meta.url).pathname, "broker"],
+    args: ["run", "-A", CLI, "broker"],
     env: { MEMFDBUS_SOCKET: sock },
     stdin: "null",
     stdout: "piped",

@@ -5,12 +5,20 @@
  * it runs in a terminal (where SIGHUP stops it and SIGUSR2 is refused). Real processes only.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, CLI, CLI_PERMS, enc, tempDir, waitFor } from "./helpers.ts";
-import { exists, listDir } from "./cli_support.ts";
-import { scriptPath } from "./cli_ext_support.ts";
-import { alive, brokerPids, signal } from "./shadow_helpers.ts";
-import { Client } from "../src/client.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import {
+  alive,
+  BrokerProcess,
+  catchesSignal,
+  CLI,
+  CLI_PERMS,
+  enc,
+  tempDir,
+} from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
+import { exists, listDir, scriptPath } from "../support/cli.ts";
+import { brokerPids, signal } from "../support/shadow.ts";
+import { Client } from "../../src/client.ts";
 
 const SIZE = 384 * 1024 * 1024;
 
@@ -55,15 +63,16 @@ for (const [sig, code] of [["SIGTERM", 143], ["SIGINT", 130], ["SIGHUP", 129]] a
           broker.socket,
         ]);
         let stopped = false;
-        const deadline = performance.now() + 30_000;
-        while (performance.now() < deadline) {
-          if (listDir(outDir).some((n) => n.startsWith(".model.bin.memfdbus-"))) {
-            Deno.kill(child.pid, "SIGSTOP");
-            stopped = listDir(outDir).some((n) => n.startsWith(".model.bin.memfdbus-"));
-            break;
-          }
-          if (exists(`${outDir}/model.bin`)) break;
-          await new Promise((r) => setTimeout(r, 1));
+        const inFlight = (): boolean =>
+          listDir(outDir).some((n) => n.startsWith(".model.bin.memfdbus-"));
+        // Polled every millisecond, to catch the copy while its temporary file exists.
+        await waitFor(() => inFlight() || exists(`${outDir}/model.bin`), {
+          what: "the get to write its temporary file or finish",
+          everyMs: 1,
+        });
+        if (inFlight()) {
+          Deno.kill(child.pid, "SIGSTOP");
+          stopped = inFlight();
         }
         if (!stopped) {
           const st = await child.status;
@@ -131,11 +140,11 @@ Deno.test("a broker outside a terminal ignores SIGHUP (with a line on stderr) an
   await using broker = await BrokerProcess.start(dir.path);
   await using client = new Client({ socket: broker.socket, jobId: null });
   const { id } = await client.put(enc("kept"), { name: "kept" });
+  await waitFor(() => catchesSignal(broker.pid, "SIGHUP"), { what: "the broker's SIGHUP handler" });
   broker.child.kill("SIGHUP");
   await waitFor(
     () => broker.stderr.includes("SIGHUP ignored"),
-    10_000,
-    "the broker's note that it ignored SIGHUP",
+    { what: "the broker's note that it ignored SIGHUP", timeoutMs: 10_000 },
   );
   assertEquals(
     broker.stderr,
@@ -167,16 +176,20 @@ Deno.test({
     }).spawn();
     const pid = await waitFor(
       () => (exists(sock) ? brokerPids(sock)[0] : undefined),
-      30_000,
-      "the broker in the terminal to listen",
+      { what: "the broker in the terminal to listen", timeoutMs: 30_000 },
     );
+    await waitFor(() => catchesSignal(pid, "SIGUSR2") && catchesSignal(pid, "SIGHUP"), {
+      what: "the terminal broker's SIGUSR2 and SIGHUP handlers",
+    });
     signal(pid, "SIGUSR2");
-    await new Promise((r) => setTimeout(r, 0));
     // Still the same broker, still serving, and no successor.
     await using client = new Client({ socket: sock, jobId: null });
-    await waitFor(async () => (await client.list()).length === 0, 10_000, "the broker to answer");
+    await waitFor(async () => (await client.list()).length === 0, {
+      what: "the broker to answer",
+      timeoutMs: 10_000,
+    });
     signal(pid, "SIGHUP");
-    await waitFor(() => !alive(pid), 15_000, "the broker to stop on SIGHUP");
+    await waitFor(() => !alive(pid), { what: "the broker to stop on SIGHUP", timeoutMs: 15_000 });
     await term.stdin.close();
     const out = await term.output();
     const screen = new TextDecoder().decode(out.stdout);

@@ -3,11 +3,11 @@
  * processes (and the library) against real brokers, sockets and files.
  */
 
-import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { BrokerProcess, cli, enc, tempDir } from "./helpers.ts";
-import { noBrokerLine } from "./cli_support.ts";
-import { Client } from "../src/client.ts";
-import { TimeoutError } from "../src/errors.ts";
+import { assertEquals, ok, rejects } from "../support/assert.ts";
+import { BrokerProcess, cli, enc, tempDir } from "../support/harness.ts";
+import { noBrokerLine } from "../support/cli.ts";
+import { Client } from "../../src/client.ts";
+import { TimeoutError } from "../../src/errors.ts";
 
 Deno.test("connection errors name the socket and say whether a broker could be there", async () => {
   using dir = tempDir();
