@@ -267,8 +267,7 @@ Deno.test("AuditLog hands more than a pipe buffer of lines to a reader completel
       log.flush();
       return !log.waiting;
     },
-    30_000,
-    "the audit log to hand everything to cat",
+    { what: "the audit log to hand everything to cat", timeoutMs: 30_000 },
   );
   p.closeWrite();
   p.closeRead();

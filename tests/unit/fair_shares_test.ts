@@ -1,16 +1,16 @@
 /** Pure fair-share decisions (src/core/fair_shares.ts) and the `peerLimits` config key. */
 
-import { deepStrictEqual as assertEquals, rejects } from "node:assert/strict";
+import { assertEquals, rejects } from "../support/assert.ts";
 import {
   DEFAULT_PEER_LIMITS,
   shareFor,
   shareOf,
   shareOfBig,
   storeShareProblem,
-} from "../src/core/fair_shares.ts";
-import { NO_QUOTAS } from "../src/core/governance.ts";
-import { parseConfig } from "../src/core/config.ts";
-import { defaultBrokerOptions } from "../src/core/options.ts";
+} from "../../src/core/fair_shares.ts";
+import { NO_QUOTAS } from "../../src/core/governance.ts";
+import { parseConfig } from "../../src/core/config.ts";
+import { defaultBrokerOptions } from "../../src/core/options.ts";
 
 const GLOBAL = { maxClients: 128, maxWaiters: 1024, maxObjects: 1000n, maxTotalBytes: 4001n };
 

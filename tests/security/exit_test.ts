@@ -5,9 +5,10 @@
  * the next epoll_wait fails inside the event loop.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { ROOT, tempDir } from "./helpers.ts";
-import { Client } from "../src/client.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { ROOT, tempDir } from "../support/harness.ts";
+import { letTimePass } from "../support/wait.ts";
+import { Client } from "../../src/client.ts";
 
 const SCRIPT = `
 import { main } from "${ROOT}/src/cli/main.ts";
@@ -43,7 +44,7 @@ Deno.test("a broker whose event loop fails exits with status 1 and says why on s
   let exited = false;
   const poke = (async () => {
     while (!exited) {
-      await new Promise((r) => setTimeout(r, 50));
+      await letTimePass(50); // the pace of the pokes, until the broker has exited
       try {
         await using c = new Client({ socket, timeoutMs: 500 });
         await c.list();

@@ -4,10 +4,11 @@
  * (a job sees what it may list), `memfdbus watch --once --json`, a clean close on break, and a
  * watch that carries on across `memfdbus broker --takeover`.
  */
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { Client } from "../src/client.ts";
-import type { BusEvent } from "../src/client/watch.ts";
-import { BrokerProcess, CLI, CLI_PERMS, enc, tempDir, waitFor } from "./helpers.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { Client } from "../../src/client.ts";
+import type { BusEvent } from "../../src/client/watch.ts";
+import { BrokerProcess, CLI, CLI_PERMS, enc, tempDir } from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
 
 /** Collect events of a watch in the background. */
 function collect(watch: AsyncIterable<BusEvent>): { events: BusEvent[]; done: Promise<void> } {
@@ -21,8 +22,7 @@ function collect(watch: AsyncIterable<BusEvent>): { events: BusEvent[]; done: Pr
 async function watchersOk(broker: BrokerProcess, n: number): Promise<void> {
   await waitFor(
     () => broker.audit().filter((l) => l.op === "watch" && l.result === "ok").length >= n,
-    10_000,
-    `${n} accepted watch requests in the audit log`,
+    { what: `${n} accepted watch requests in the audit log`, timeoutMs: 10_000 },
   );
 }
 
@@ -37,7 +37,7 @@ Deno.test("a watcher receives every event of a burst of 1,000 publishes, in orde
   for (let i = 0; i < 1000; i++) {
     ids.push((await client.put(enc(`v${i}`), { name: `burst/${i % 7}` })).id);
   }
-  await waitFor(() => seen.events.length >= 1000, 30_000, "1,000 events");
+  await waitFor(() => seen.events.length >= 1000, { what: "1,000 events", timeoutMs: 30_000 });
   assertEquals(seen.events.map((e) => BigInt(e.id)), ids);
   ok(
     seen.events.every((e, i) =>
@@ -47,7 +47,7 @@ Deno.test("a watcher receives every event of a burst of 1,000 publishes, in orde
   assertEquals(seen.events[0]?.size, 2);
   watch.close();
   await seen.done;
-  await waitFor(() => broker.audit().length >= 1002, 5000, "audit records");
+  await waitFor(() => broker.audit().length >= 1002, { what: "audit records" });
 });
 
 Deno.test("drop, retention release and eviction arrive as their own kinds; a job sees only what it may list", async () => {
@@ -73,7 +73,10 @@ Deno.test("drop, retention release and eviction arrive as their own kinds; a job
   // A fifth object would exceed four: the superseded n2 is evicted.
   await client.put(enc("z"), { name: "z" });
   await client.drop(shared.id);
-  await waitFor(() => a.events.length >= 9, 10_000, "nine events for the unscoped watcher");
+  await waitFor(() => a.events.length >= 9, {
+    what: "nine events for the unscoped watcher",
+    timeoutMs: 10_000,
+  });
   assertEquals(a.events.map((e) => `${e.kind}:${e.name}:${e.id}`), [
     "publish:n:1",
     "publish:n:2",
@@ -85,7 +88,7 @@ Deno.test("drop, retention release and eviction arrive as their own kinds; a job
     "evict:n:2",
     "drop:shared:5",
   ]);
-  await waitFor(() => b.events.length >= 8, 10_000, "eight events for beta");
+  await waitFor(() => b.events.length >= 8, { what: "eight events for beta", timeoutMs: 10_000 });
   assertEquals(b.events.map((e) => `${e.kind}:${e.name}:${e.id}`), [
     "publish:n:1",
     "publish:n:2",
@@ -150,7 +153,7 @@ Deno.test("a watch carries on across memfdbus broker --takeover: the client reco
   using watch = await client.watch({ name: "t" });
   const seen = collect(watch);
   const t1 = await client.put(enc("one"), { name: "t" });
-  await waitFor(() => seen.events.length >= 1, 10_000, "the first event");
+  await waitFor(() => seen.events.length >= 1, { what: "the first event", timeoutMs: 10_000 });
   await using successor = await BrokerProcess.start(dir.path, ["--socket", socket, "--takeover"]);
   await old.exited();
   await old[Symbol.asyncDispose]();
@@ -158,7 +161,10 @@ Deno.test("a watch carries on across memfdbus broker --takeover: the client reco
   await watchersOk(successor, 1);
   const t2 = await client.put(enc("two"), { name: "t" });
   await client.drop(t1.id);
-  await waitFor(() => seen.events.length >= 3, 10_000, "events from the successor");
+  await waitFor(() => seen.events.length >= 3, {
+    what: "events from the successor",
+    timeoutMs: 10_000,
+  });
   assertEquals(seen.events.map((e) => `${e.kind}:${e.id}`), [
     `publish:${t1.id}`,
     `publish:${t2.id}`,

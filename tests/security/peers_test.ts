@@ -5,7 +5,7 @@
  * sends is checked like a published object. Real broker processes and real second users.
  */
 
-import { deepStrictEqual as assertEquals, ok, rejects as assertRejects } from "node:assert/strict";
+import { assertEquals, ok, rejects as assertRejects } from "../support/assert.ts";
 import {
   BrokerProcess,
   CLI,
@@ -14,18 +14,18 @@ import {
   enc,
   sealedMemfd,
   tempDir,
-  waitFor,
-} from "./helpers.ts";
-import { Tracker, WITH_RUN } from "./shadow_helpers.ts";
-import { Client } from "../src/client.ts";
-import { BrokerIdentityError } from "../src/client/peer_check.ts";
-import { Cmd, encodeHeader } from "../src/protocol/wire.ts";
-import { openListener } from "../src/sys/listener.ts";
-import { acceptUnix } from "../src/sys/unix_socket.ts";
-import { FrameConn } from "../src/shadow/frame_conn.ts";
-import { Frame, toWire } from "../src/protocol/shadow_frames.ts";
-import { Memfd } from "../src/sys/memfd.ts";
-import { closeQuietly, libc } from "../src/ffi.ts";
+} from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
+import { Tracker, WITH_RUN } from "../support/shadow.ts";
+import { Client } from "../../src/client.ts";
+import { BrokerIdentityError } from "../../src/client/peer_check.ts";
+import { Cmd, encodeHeader } from "../../src/protocol/wire.ts";
+import { openListener } from "../../src/sys/listener.ts";
+import { acceptUnix } from "../../src/sys/unix_socket.ts";
+import { FrameConn } from "../../src/shadow/frame_conn.ts";
+import { Frame, toWire } from "../../src/protocol/shadow_frames.ts";
+import { Memfd } from "../../src/sys/memfd.ts";
+import { closeQuietly, libc } from "../../src/ffi.ts";
 
 const NOBODY = 65534;
 const canSwitchUser = libc.symbols.geteuid() === 0 &&
@@ -231,7 +231,10 @@ Deno.test("objects a shadow sends are checked like a PUT: an unsealed memfd and 
   plain.close();
   const start = BrokerProcess.start(dir.path, ["--shadow", shadowPath], { wrap: WITH_RUN });
   let fd = -1;
-  await waitFor(() => (fd = acceptUnix(listener.fd)) >= 0, 15_000, "the broker to connect");
+  await waitFor(() => (fd = acceptUnix(listener.fd)) >= 0, {
+    what: "the broker to connect",
+    timeoutMs: 15_000,
+  });
   const conn = new FrameConn(fd);
   try {
     const hello = conn.nextBlocking(10_000);

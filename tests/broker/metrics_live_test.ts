@@ -4,11 +4,12 @@
  * the test did (requests by op and result, latency count, objects, stored and unique bytes,
  * dedup hits, releases by reason, watchers), and `/metrics` on a Unix socket path.
  */
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { assertEquals, ok } from "../support/assert.ts";
 import parsePrometheus from "parse-prometheus-text-format";
-import { Client } from "../src/client.ts";
-import { BrokerError } from "../src/errors.ts";
-import { BrokerProcess, enc, tempDir, waitFor } from "./helpers.ts";
+import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
+import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
 
 interface Sample {
   value?: string;
@@ -73,8 +74,7 @@ Deno.test("broker --metrics serves values that match what clients did", async ()
   })();
   await waitFor(
     () => broker.audit().filter((l) => l.op !== "release").length >= 7,
-    10_000,
-    "seven audit records",
+    { what: "seven audit records", timeoutMs: 10_000 },
   );
 
   const r = await scrape(url);
@@ -114,8 +114,7 @@ Deno.test("broker --metrics serves values that match what clients did", async ()
         value(again, "memfdbus_unique_bytes") === 4 + 6 + 3 + 1 &&
         value(again, "memfdbus_dedup_hits_total") === 2;
     },
-    10_000,
-    "the watcher gone, and a second dedup hit counted",
+    { what: "the watcher gone, and a second dedup hit counted", timeoutMs: 10_000 },
   );
   assertEquals((await scrape(`http://127.0.0.1:${port}/other`)).status, 404);
 });
@@ -133,8 +132,7 @@ Deno.test("broker --metrics PATH serves /metrics on a Unix socket and removes it
           return false;
         }
       },
-      10_000,
-      "the metrics socket",
+      { what: "the metrics socket", timeoutMs: 10_000 },
     );
     const conn = await Deno.connect({ transport: "unix", path });
     await conn.write(enc("GET /metrics HTTP/1.1\r\nHost: bus\r\nConnection: close\r\n\r\n"));
@@ -161,7 +159,6 @@ Deno.test("broker --metrics PATH serves /metrics on a Unix socket and removes it
         return true;
       }
     },
-    10_000,
-    "the metrics socket removed",
+    { what: "the metrics socket removed", timeoutMs: 10_000 },
   );
 });

@@ -4,10 +4,11 @@
  * refused while another job publishes, the order of eviction, and dedup halving the memory the
  * broker holds and charges (memfds and their sizes read from /proc/PID/fd of the broker).
  */
-import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { Client } from "../src/client.ts";
-import { BrokerError } from "../src/errors.ts";
-import { BrokerProcess, cli, digestOf, enc, fdTable, tempDir, waitFor } from "./helpers.ts";
+import { assertEquals, ok, rejects } from "../support/assert.ts";
+import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
+import { BrokerProcess, cli, digestOf, enc, fdTable, tempDir } from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
 
 /** The memfds open in a process: descriptor number to size. */
 function memfds(pid: number): Map<number, number> {
@@ -36,9 +37,10 @@ async function memfdsSettle(
   what: string,
 ): Promise<Map<number, number>> {
   let last = new Map<number, number>();
-  await waitFor(() => (last = memfds(broker.pid)).size === count, 10_000, what).catch((e) => {
-    throw new Error(`${(e as Error).message}: the broker holds ${last.size} memfds`);
-  });
+  await waitFor(() => (last = memfds(broker.pid)).size === count, { what: what, timeoutMs: 10_000 })
+    .catch((e) => {
+      throw new Error(`${(e as Error).message}: the broker holds ${last.size} memfds`);
+    });
   return last;
 }
 

@@ -4,11 +4,18 @@
  * holds. Against a real broker process.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, digestOf, request, roundTrip, sealedMemfd, tempDir } from "./helpers.ts";
-import { Cmd } from "../src/protocol/wire.ts";
-import { Status } from "../src/errors.ts";
-import { fromBinary, toBinary } from "../src/protocol/bytes.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import {
+  BrokerProcess,
+  digestOf,
+  request,
+  roundTrip,
+  sealedMemfd,
+  tempDir,
+} from "../support/harness.ts";
+import { Cmd } from "../../src/protocol/wire.ts";
+import { Status } from "../../src/errors.ts";
+import { fromBinary, toBinary } from "../../src/protocol/bytes.ts";
 
 const bytes = (s: string): Uint8Array => fromBinary(s);
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);

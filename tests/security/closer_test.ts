@@ -4,12 +4,13 @@
  * answered while it is being closed. Against a real broker process.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, enc, request, roundTrip, tempDir, waitFor } from "./helpers.ts";
-import { closeQuietly, libc } from "../src/ffi.ts";
-import { Cmd } from "../src/protocol/wire.ts";
-import { Status } from "../src/errors.ts";
-import { RawClient } from "./helpers.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { BrokerProcess, enc, request, roundTrip, tempDir } from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
+import { closeQuietly, libc } from "../../src/ffi.ts";
+import { Cmd } from "../../src/protocol/wire.ts";
+import { Status } from "../../src/errors.ts";
+import { RawClient } from "../support/harness.ts";
 
 const AF_INET = 2;
 const SOCK_STREAM = 1;
@@ -71,7 +72,10 @@ Deno.test("a lingering TCP socket attached to a request does not stall other cli
     using c = await RawClient.connect(b.socket);
     const name = "a\nb";
     await c.send(request({ cmd: Cmd.PUT, size: 1n, nameLen: name.length, textLen: 71 }), [fd]);
-    await waitFor(() => holdsSocket(b.pid), 10_000, "the broker to hold the socket");
+    await waitFor(() => holdsSocket(b.pid), {
+      what: "the broker to hold the socket",
+      timeoutMs: 10_000,
+    });
     closeQuietly(fd); // the broker's copy is now the last one: its close lingers
     // The body brings a refused name, so the broker drops the descriptor now.
     await c.send(enc(name + "sha256:" + "0".repeat(64)));

@@ -5,12 +5,13 @@
  * error. Real broker process, real second user; skipped where a second user is impossible.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, enc, tempDir } from "./helpers.ts";
-import { putRequest, selectRequest } from "./broker_wire_support.ts";
-import { Client } from "../src/client.ts";
-import { Cmd, Flag, withExt } from "../src/protocol/wire.ts";
-import { libc } from "../src/ffi.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { putRequest, selectRequest } from "../support/wire.ts";
+import { letTimePass, waitFor } from "../support/wait.ts";
+import { Client } from "../../src/client.ts";
+import { Cmd, Flag, withExt } from "../../src/protocol/wire.ts";
+import { libc } from "../../src/ffi.ts";
 
 const NOBODY = 65534;
 const PYTHON = "/usr/bin/python3";
@@ -78,11 +79,10 @@ class Agent implements AsyncDisposable {
   async do(cmd: Record<string, unknown>): Promise<Record<string, unknown>> {
     const before = this.#lines.length;
     await this.#writer.write(enc(JSON.stringify(cmd) + "\n"));
-    const end = performance.now() + 60_000;
-    while (this.#lines.length === before) {
-      if (performance.now() > end) throw new Error(`agent did not answer ${JSON.stringify(cmd)}`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+    await waitFor(() => this.#lines.length > before, {
+      what: `the agent's answer to ${JSON.stringify(cmd)}`,
+      timeoutMs: 60_000,
+    });
     return JSON.parse(this.#lines[before] ?? "{}");
   }
 
@@ -154,7 +154,7 @@ Deno.test({
     let got: string | null = null;
     while (got === null && performance.now() < end) {
       await publisher.put(enc("now"), { name: "later" });
-      const r = await Promise.race([parked, new Promise<null>((r) => setTimeout(r, 50, null))]);
+      const r = await Promise.race([parked, letTimePass(50).then(() => null)]);
       if (r !== null) {
         got = r.text();
         r.close();

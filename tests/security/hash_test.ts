@@ -4,12 +4,12 @@
  * broker process.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { BrokerProcess, digestOf, enc, RawClient, request, tempDir } from "./helpers.ts";
-import { Memfd } from "../src/sys/memfd.ts";
-import { libc } from "../src/ffi.ts";
-import { Cmd } from "../src/protocol/wire.ts";
-import { Status } from "../src/errors.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { BrokerProcess, digestOf, enc, RawClient, request, tempDir } from "../support/harness.ts";
+import { Memfd } from "../../src/sys/memfd.ts";
+import { libc } from "../../src/ffi.ts";
+import { Cmd } from "../../src/protocol/wire.ts";
+import { Status } from "../../src/errors.ts";
 
 const MiB = 1 << 20;
 

@@ -6,10 +6,11 @@
  * client timed out.
  */
 
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { CLI, CLI_PERMS, tempDir, waitFor } from "./helpers.ts";
-import { Client } from "../src/client.ts";
-import { BrokerError } from "../src/errors.ts";
+import { assertEquals, ok } from "../support/assert.ts";
+import { CLI, CLI_PERMS, tempDir } from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
+import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
 
 Deno.test("a broker with a stalled audit reader keeps answering, then reports the records it dropped", async () => {
   using dir = tempDir();
@@ -27,7 +28,10 @@ Deno.test("a broker with a stalled audit reader keeps answering, then reports th
   })();
   try {
     await using client = new Client({ socket, timeoutMs: 20_000 });
-    await waitFor(() => client.list().then(() => true, () => false), 15_000, "the broker");
+    await waitFor(() => client.list().then(() => true, () => false), {
+      what: "the broker",
+      timeoutMs: 15_000,
+    });
     // Each refused GET of a missing 4000-byte name writes a record of about 4.2 KB: 1300 of them
     // are about 5.5 MB, more than the pipe (64 KiB) and the broker's bound (4 MiB) together.
     const name = "n".repeat(4000);
@@ -50,8 +54,7 @@ Deno.test("a broker with a stalled audit reader keeps answering, then reports th
         await client.list(); // wakes the broker, whose flush then catches up
         return /the audit output stalled: (\d+) audit records were dropped/.exec(stderr);
       },
-      30_000,
-      "the report of dropped audit records on stderr",
+      { what: "the report of dropped audit records on stderr", timeoutMs: 30_000 },
     );
     const dropped = Number(m[1]);
     ok(dropped > 0, stderr);
