@@ -13,7 +13,8 @@
 import { Client } from "../src/client.ts";
 import { DigestBuilder } from "../src/hash/digest.ts";
 import { Memfd } from "../src/sys/memfd.ts";
-import { BrokerProcess, CLI, CLI_PERMS, ROOT, waitFor } from "../tests/helpers.ts";
+import { BrokerProcess, CLI, CLI_PERMS, ROOT } from "../tests/support/harness.ts";
+import { waitFor } from "../tests/support/wait.ts";
 import { floorRoundTrips } from "./floor.ts";
 
 const quick = Deno.args.includes("--quick");
@@ -490,8 +491,7 @@ async function shadowCost(): Promise<void> {
           return false;
         }
       },
-      30_000,
-      `the shadow's socket ${shadowPath}`,
+      { what: `the shadow's socket ${shadowPath}`, timeoutMs: 30_000 },
     );
     mirrored = await measure(["--shadow", shadowPath]);
   } finally {
@@ -628,4 +628,4 @@ const report = {
 Deno.mkdirSync(outFile.slice(0, outFile.lastIndexOf("/")), { recursive: true });
 Deno.writeTextFileSync(outFile, JSON.stringify(report, null, 2) + "\n");
 console.log(`\nJSON: ${outFile}`);
-await waitFor(() => true);
+await waitFor(() => true, { what: "nothing (one turn of the event loop)" });

@@ -22,7 +22,7 @@ import { Memfd } from "../src/sys/memfd.ts";
 import { ClusterTier } from "../src/cluster/tier.ts";
 import { defaultClusterOptions } from "../src/cluster/options.ts";
 import type { ClusterEntry } from "../src/cluster/model.ts";
-import { NATS_SERVER, NatsNode } from "../tests/cluster_support.ts";
+import { NATS_SERVER, NatsNode } from "../tests/support/cluster.ts";
 
 const quick = Deno.args.includes("--quick");
 const memory = Deno.args.includes("--memory");
