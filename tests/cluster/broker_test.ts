@@ -7,13 +7,32 @@
  * @module
  */
 
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { assertEquals, ok as assert } from "../support/assert.ts";
 import { connect } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
-import { BrokerProcess, CLI, cli, CLI_PERMS, digestOf, enc, fdTable, tempDir } from "./helpers.ts";
-import { NATS_IGNORE, NatsNode, waitFor } from "./cluster_support.ts";
-import { ROOT } from "./helpers.ts";
+import {
+  BrokerProcess,
+  CLI,
+  cli,
+  CLI_PERMS,
+  digestOf,
+  enc,
+  fdTable,
+  tempDir,
+} from "../support/harness.ts";
+import { NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import { waitFor as waitForValue } from "../support/wait.ts";
+
+/** Wait until `cond` holds, naming `what` when it never does. */
+async function waitFor(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs?: number,
+): Promise<void> {
+  await waitForValue(cond, timeoutMs === undefined ? { what } : { what, timeoutMs });
+}
+import { ROOT } from "../support/harness.ts";
 
 // The tests decide the job id of every call themselves.
 Deno.env.delete("MEMFDBUS_JOB_ID");
