@@ -74,4 +74,10 @@ export { type FdProblem } from "./src/protocol/fd_problem.ts";
 export { ReadOnlyMapping } from "./src/sys/mapping.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
-export { DigestBuilder, digestBytes, digestFd } from "./src/hash/digest.ts";
+export {
+  DigestBuilder,
+  digestBytes,
+  digestFd,
+  digestFdRead,
+  digestObjectFd,
+} from "./src/hash/digest.ts";

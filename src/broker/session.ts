@@ -421,7 +421,11 @@ export class Sessions {
     const h = conn.header;
     const inSync = h !== null && isValidHeader(h) && conn.consumed === requestBytes(h);
     conn.keepAlive = conn.keepAlive && inSync && !p.run.stopping;
-    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0);
+    // Flag.DIGEST advertises broker-computed digests: on every kept-alive reply, and on the
+    // reply to a request that asked for one (so the client knows which broker answered).
+    const asked = h !== null && (extFlags(h.reserved) & Flag.DIGEST) !== 0;
+    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE | Flag.DIGEST : 0) |
+      (conn.waited ? Flag.WAIT : 0) | (asked ? Flag.DIGEST : 0);
     conn.waited = false;
     if (flags !== 0) {
       new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);

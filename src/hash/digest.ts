@@ -7,6 +7,7 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { ReadOnlyMapping } from "../sys/mapping.ts";
+import { pread, tryFstat } from "../sys/fd.ts";
 import { digestFromHex } from "../protocol/digest.ts";
 
 /** Bytes fed to the hash per update call; large enough to amortise the call, small for cache. */
@@ -91,4 +92,69 @@ export function digestBytes(bytes: Uint8Array): string {
 export function digestFd(fd: number, size: number): string {
   using map = ReadOnlyMapping.of(fd, size, "mmap object");
   return digestBytes(map.bytes);
+}
+
+/** Bytes {@link digestFdRead} reads per pread call. */
+export const READ_SLICE = 1 << 20;
+
+let readBuffer: Uint8Array | null = null;
+
+/**
+ * The digest string of the first `size` bytes of a descriptor, read with pread into one bounded
+ * buffer (1 MiB) rather than through a mapping. Reading a hole of a sparse memfd returns zeros
+ * without allocating a page, where a read fault through a mapping allocates (and charges to the
+ * reader) every page of the hole. It also costs fewer system calls than a mapping for small
+ * objects (one pread against mmap, madvise and munmap).
+ *
+ * @example
+ * ```ts
+ * import { digestFd, digestFdRead, Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("greeting");
+ * memfd.writeAll(new TextEncoder().encode("hello"));
+ * memfd.seal();
+ * console.log(digestFdRead(memfd.fd, memfd.size) === digestFd(memfd.fd, memfd.size)); // true
+ * ```
+ *
+ * @throws {ErrnoError} when a read fails
+ * @throws {RangeError} when the descriptor holds fewer than `size` bytes
+ */
+export function digestFdRead(fd: number, size: number): string {
+  const buf = readBuffer ??= new Uint8Array(READ_SLICE);
+  const hash = new DigestBuilder();
+  for (let off = 0; off < size;) {
+    const want = Math.min(READ_SLICE, size - off);
+    const n = pread(fd, want === READ_SLICE ? buf : buf.subarray(0, want), off, "pread object");
+    if (n === 0) throw new RangeError("digest verification short read");
+    hash.update(buf.subarray(0, n));
+    off += n;
+  }
+  return hash.digest();
+}
+
+/**
+ * The digest of a peer's object the cheapest safe way: objects up to {@link READ_SLICE} and
+ * sparse ones (fewer blocks allocated than their size) are read with {@link digestFdRead}, so a
+ * hole never faults a page into the reader; dense large ones are hashed through a read-only
+ * mapping, which skips the copy (measured: 1 GiB dense, about 0.8 s mapped against 1.2 s read).
+ * A sealed memfd cannot change between the check and the hash.
+ *
+ * @example
+ * ```ts
+ * import { digestBytes, digestObjectFd, Memfd } from "@memfdbus/memfdbus";
+ * const bytes = new TextEncoder().encode("hello");
+ * using memfd = Memfd.create("greeting");
+ * memfd.writeAll(bytes);
+ * memfd.seal();
+ * console.log(digestObjectFd(memfd.fd, memfd.size) === digestBytes(bytes)); // true
+ * ```
+ *
+ * @throws {ErrnoError} when a read or the mapping fails
+ * @throws {RangeError} when the descriptor holds fewer than `size` bytes
+ */
+export function digestObjectFd(fd: number, size: number): string {
+  if (size <= READ_SLICE) return digestFdRead(fd, size);
+  const st = tryFstat(fd);
+  const dense = typeof st !== "number" && st.blocks * 512n >= BigInt(size) &&
+    st.size >= BigInt(size);
+  return dense ? digestFd(fd, size) : digestFdRead(fd, size);
 }

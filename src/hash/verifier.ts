@@ -5,7 +5,7 @@
  * @module
  */
 
-import { digestFd } from "./digest.ts";
+import { digestObjectFd } from "./digest.ts";
 import { ErrnoError } from "../errors.ts";
 import { errno, libc, strerror } from "../ffi.ts";
 import { digestReadFailedText, Text } from "../protocol/wire.ts";
@@ -26,8 +26,9 @@ export type HashOutcome = { readonly digest: string } | { readonly error: string
 /** Hash a descriptor, turning failures into the C broker's error texts. */
 export function digestOrError(fd: number, size: number): HashOutcome {
   try {
-    return { digest: digestFd(fd, size) };
+    return { digest: digestObjectFd(fd, size) };
   } catch (e) {
+    if (e instanceof RangeError) return { error: Text.digestShortRead };
     if (e instanceof ErrnoError) {
       if (e.code === "ENOMEM") return { error: Text.digestAlloc };
       // The C broker reads with pread: report what pread says about this descriptor (a
