@@ -26,6 +26,7 @@ export {
   Client,
   type ClientOptions,
   DEFAULT_TIMEOUT_MS,
+  defaultSocket,
   type DropResult,
   type FdSource,
   type GetOptions,
@@ -55,7 +56,7 @@ export {
   TimeoutError,
   UsageError,
 } from "./src/errors.ts";
-export { SocketPathError } from "./src/client/connection.ts";
+export { ConnectError, SocketPathError } from "./src/client/connection.ts";
 export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";

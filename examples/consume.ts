@@ -18,7 +18,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { BrokerError, Client, digestBytes, Status } from "../mod.ts";
+import { BrokerError, Client, digestBytes, Status, TimeoutError } from "../mod.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
@@ -54,7 +54,10 @@ try {
   }
   // Leaving the block unmaps the view (detaching `view`) and closes the descriptor.
 } catch (e) {
-  if (!(e instanceof BrokerError && e.status === Status.NOT_FOUND)) throw e;
+  // A wait that runs out is a TimeoutError; a missing object without a wait, NOT_FOUND.
+  if (!(e instanceof TimeoutError || (e instanceof BrokerError && e.status === Status.NOT_FOUND))) {
+    throw e;
+  }
   console.error(`nothing was published as "${name}" within ${waitMs} ms`);
   code = 1;
 }

@@ -25,6 +25,16 @@ export function unignore(text: string): string {
   return text.split("\n").map((line) => line.replace(IGNORED_FENCE, "$1")).join("\n");
 }
 
+/**
+ * How many example blocks `deno check --doc-only` reports checking: its `Check
+ * file:///.../x.ts$12-20.ts` lines (`#` in older versions), colour codes removed first.
+ */
+export function countChecked(output: string): number {
+  // deno-lint-ignore no-control-regex
+  const plain = output.replace(/\x1b\[[0-9;]*m/g, "");
+  return plain.split("\n").filter((l) => /^\s*Check \S+[#$]\d+-\d+\.ts\s*$/.test(l)).length;
+}
+
 function copyTree(from: string, to: string, paths: string[]): void {
   Deno.mkdirSync(to, { recursive: true });
   for (const entry of Deno.readDirSync(from)) {
@@ -54,6 +64,8 @@ async function main(): Promise<number> {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["check", "--doc-only", ...modules.map((m) => m.slice(dir.length + 1)).sort()],
       cwd: dir,
+      // Plain text: the count below reads the "Check" lines, which colour would split.
+      env: { NO_COLOR: "1" },
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -65,7 +77,12 @@ async function main(): Promise<number> {
       console.error("JSDoc examples do not type-check");
       return 1;
     }
-    const blocks = text.split("\n").filter((l) => /Check .*#\d+-\d+\.ts/.test(l)).length;
+    const blocks = countChecked(text);
+    if (blocks === 0) {
+      console.error(text.trimEnd());
+      console.error("no JSDoc example was checked: the output did not list any (format changed?)");
+      return 1;
+    }
     console.log(`${blocks} JSDoc examples type-check`);
     return 0;
   } finally {

@@ -1,7 +1,8 @@
 /**
  * `deno task fuzz`: the seeded protocol fuzzer of tests/fault_fuzz_test.ts, long. It runs cases
- * against a live broker for --seconds (default 120) and at least --min-cases (default 100,000;
- * never past --max-seconds), checking after every case that the broker answered or closed within
+ * against a live broker for --seconds (default 120) and, unless --seconds is given alone, at
+ * least --min-cases (default 100,000; never past --max-seconds): `--seconds 15` runs about 15 s
+ * (plus the final checkpoint), and the first line says what bounds the run, checking after every case that the broker answered or closed within
  * a bound, and every --check-every cases that it is alive, that its audit log is valid and
  * complete, and that it holds exactly its fixed descriptors plus one per stored object (then it
  * drops everything and checks the fixed set again). Prints the seed; replay with --seed and
@@ -31,13 +32,20 @@ const flags = numberFlags(Deno.args, {
   requestTimeoutMs: 300,
   maxWaitMs: 200,
 }, USAGE);
+// An explicit --seconds without --min-cases is a time budget: the case floor does not stretch it.
+const given = (flag: string): boolean => Deno.args.some((a) => a === flag);
+if (given("--seconds") && !given("--min-cases")) flags.minCases = 0;
 const seed = Number.isNaN(flags.seed)
   ? crypto.getRandomValues(new Uint32Array(1))[0] ?? 1
   : flags.seed >>> 0;
 const replaying = Number.isFinite(flags.cases);
-console.log(
-  `fuzz: seed ${seed}${replaying ? `, cases ${flags.from}..${flags.from + flags.cases - 1}` : ""}`,
-);
+const plan = replaying
+  ? `cases ${flags.from}..${flags.from + flags.cases - 1}`
+  : `for ${flags.seconds} s` +
+    (flags.minCases > 0
+      ? ` and at least ${flags.minCases} cases (at most ${flags.maxSeconds} s)`
+      : "");
+console.log(`fuzz: seed ${seed}, ${plan}`);
 
 const dir = Deno.makeTempDirSync({ prefix: "memfdbus-fuzz-" });
 const broker = await StreamingBroker.start(`${dir}/fuzz.sock`, [

@@ -19,9 +19,8 @@
  */
 
 import { fromUtf8, utf8 } from "./protocol/bytes.ts";
-import { BrokerError, ErrnoError, ProtocolError, Status } from "./errors.ts";
+import { BrokerError, ErrnoError, ProtocolError, Status, TimeoutError } from "./errors.ts";
 import { trySeals } from "./sys/fd.ts";
-import { DEFAULT_SOCKET } from "./core/options.ts";
 import { closeAll } from "./sys/unix_socket.ts";
 import {
   Cmd,
@@ -40,6 +39,7 @@ import { digestBytesSliced, digestFdSliced } from "./client/hashing.ts";
 import {
   type ClientOptions,
   DEFAULT_TIMEOUT_MS,
+  defaultSocket,
   type DropResult,
   type GetOptions,
   jobIdFromEnv,
@@ -69,6 +69,7 @@ export { BusObject } from "./client/bus_object.ts";
 export {
   type ClientOptions,
   DEFAULT_TIMEOUT_MS,
+  defaultSocket,
   type DropResult,
   type GetOptions,
   jobIdFromEnv,
@@ -107,7 +108,7 @@ export class Client implements AsyncDisposable, Disposable {
     if (this.#jobId !== null) jobBytesOf(this.#jobId, "job id");
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#requester = new Requester({
-      socket: options.socket ?? DEFAULT_SOCKET,
+      socket: options.socket ?? defaultSocket(),
       keepAlive: options.keepAlive ?? true,
       syncWaitUs: options.syncWaitUs ?? 250,
     });
@@ -401,7 +402,7 @@ export class Client implements AsyncDisposable, Disposable {
         if (
           !(e instanceof BrokerError) || e.status !== Status.NOT_FOUND ||
           (extFlags(e.flags) & Flag.WAIT) !== 0 || performance.now() + pause > deadline
-        ) throw e;
+        ) throw waitExpired(e, name, waitMs);
       }
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(pause * 2, 1000);
@@ -471,7 +472,7 @@ export class Client implements AsyncDisposable, Disposable {
       ) {
         return await this.#statFallback(selector, options);
       }
-      throw e;
+      throw waitMs === null ? e : waitExpired(e, name, waitMs);
     }
     closeAll(r.reply.fds);
     try {
@@ -633,4 +634,18 @@ export class Client implements AsyncDisposable, Disposable {
 function basename(path: string): string {
   const i = path.lastIndexOf("/");
   return i < 0 ? path : path.slice(i + 1);
+}
+
+/**
+ * A wait by name that ended with "object not found" becomes a {@link TimeoutError}: no object
+ * named NAME appeared within N s. Any other error stays as it is.
+ */
+function waitExpired(e: unknown, name: Uint8Array, waitMs: number): unknown {
+  if (!(e instanceof BrokerError) || e.status !== Status.NOT_FOUND) return e;
+  const within = waitMs === 0 ? "the broker's longest wait" : `${waitMs / 1000} s`;
+  return new TimeoutError(
+    "wait",
+    waitMs,
+    `no object named ${fromUtf8(name)} appeared within ${within}`,
+  );
 }

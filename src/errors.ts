@@ -175,9 +175,10 @@ export class TimeoutError extends Error {
    *
    * @param what the step that timed out, for example `receive response`
    * @param timeoutMs the deadline in milliseconds
+   * @param message the whole message, when `what: timed out after N ms` does not say it well
    */
-  constructor(what: string, timeoutMs: number) {
-    super(`${what}: timed out after ${timeoutMs} ms`);
+  constructor(what: string, timeoutMs: number, message?: string) {
+    super(message ?? `${what}: timed out after ${timeoutMs} ms`);
     this.name = "TimeoutError";
     this.timeoutMs = timeoutMs;
   }

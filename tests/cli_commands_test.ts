@@ -306,14 +306,14 @@ sharedTest(
 );
 
 sharedTest(
-  "get into /dev/full fails with 'write output: No space left on device'",
+  "get into /dev/full fails with 'write output: /dev/full: No space left on device'",
   async ({ broker, dir }) => {
     const s = ["--socket", broker.socket];
     Deno.writeFileSync(`${dir}/full-src`, bytes(200_000, 5));
     const id = putId(await cli(["put", `${dir}/full-src`, ...s]));
     assertFails(
       await cli(["get", String(id), "/dev/full", ...s]),
-      "write output: No space left on device\n",
+      "write output: /dev/full: No space left on device\n",
     );
     const r = await sh('exec "$@" > /dev/full', cliArgv(["get", String(id), "-", ...s]));
     assertFails(r, "write output: No space left on device\n", "stdout is /dev/full");
@@ -321,15 +321,15 @@ sharedTest(
 );
 
 sharedTest(
-  "get into a directory or below a missing directory fails with 'open output: ...'",
+  "get into a directory or below a missing directory fails with 'open output: PATH: ...'",
   async ({ broker, dir }) => {
     const s = ["--socket", broker.socket];
     Deno.writeFileSync(`${dir}/open-src`, enc("x"));
     const id = putId(await cli(["put", `${dir}/open-src`, ...s]));
-    assertFails(await cli(["get", String(id), dir, ...s]), "open output: Is a directory\n");
+    assertFails(await cli(["get", String(id), dir, ...s]), `open output: ${dir}: Is a directory\n`);
     assertFails(
       await cli(["get", String(id), `${dir}/no-such-dir/out`, ...s]),
-      "open output: No such file or directory\n",
+      `open output: ${dir}/no-such-dir/out: No such file or directory\n`,
     );
     assertEquals(exists(`${dir}/no-such-dir`), false);
   },
@@ -356,7 +356,7 @@ Deno.test({
     try {
       assertFails(
         await cli(["get", String(id), `${mnt}/out.bin`, ...s]),
-        "write output: No space left on device\n",
+        `write output: ${mnt}/out.bin: No space left on device\n`,
         "new OUT",
       );
       assertEquals(listDir(mnt), []);
@@ -365,7 +365,7 @@ Deno.test({
       Deno.writeFileSync(`${mnt}/old.bin`, enc("old contents"));
       assertFails(
         await cli(["get", String(id), `${mnt}/old.bin`, ...s]),
-        "write output: No space left on device\n",
+        `write output: ${mnt}/old.bin: No space left on device\n`,
         "existing OUT",
       );
       assertEquals(listDir(mnt), ["old.bin"]);

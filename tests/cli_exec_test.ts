@@ -11,6 +11,7 @@ import {
   bytes,
   cliArgv,
   exists,
+  noBrokerLine,
   parseFdListing,
   plain,
   sha256,
@@ -239,7 +240,7 @@ sharedTest(
 );
 
 sharedTest(
-  "exec of a command that cannot be executed fails with 'execvp: <strerror>' and exit 1",
+  "exec of a missing command exits 127 with 'command not found: NAME', of one it cannot execute 126",
   async ({ broker, dir }) => {
     const id = await publish(broker.socket, dir, enc("x"), uniq("noexec"));
     const s = ["--socket", broker.socket];
@@ -250,9 +251,12 @@ sharedTest(
       cli(["exec", id, ...s, "--", `${dir}/missing/command`]),
       cli(["exec", id, ...s, "--", `${dir}/not-executable`]),
     ]);
-    assertFails(missing, "execvp: No such file or directory\n", "PATH search");
-    assertFails(path, "execvp: No such file or directory\n", "path");
-    assertFails(noperm, "execvp: Permission denied\n", "not executable");
+    const seen = [missing, path, noperm].map((r) => [r.code, r.stdout, r.stderr]);
+    assertEquals(seen, [
+      [127, "", "command not found: memfdbus-no-such-command-xyz\n"],
+      [127, "", `command not found: ${dir}/missing/command\n`],
+      [126, "", `cannot execute ${dir}/not-executable: Permission denied\n`],
+    ]);
   },
 );
 
@@ -345,7 +349,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
       for (const line of broker.lines.slice(1)) JSON.parse(line);
       assertFails(
         await cli(["list", "--socket", broker.socket]),
-        "connect: No such file or directory\n",
+        noBrokerLine(broker.socket),
       );
     } finally {
       await broker[Symbol.asyncDispose]();

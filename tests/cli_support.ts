@@ -270,6 +270,15 @@ export function probeTmpfs(): string | null {
   }
 }
 
+/**
+ * The line a client command prints when nothing is at socket `path`: the path, the reason and
+ * how to start a broker there.
+ */
+export function noBrokerLine(path: string): string {
+  return `cannot connect to memfdbus broker at ${path}: No such file or directory — ` +
+    `is the broker running? start it with \`memfdbus broker --socket ${path}\`\n`;
+}
+
 /** Assert a CLI run failed with exit code 1, nothing on stdout and exactly `stderr` on stderr. */
 export function assertFails(r: CliResult, stderr: string, what = ""): void {
   assertEquals(

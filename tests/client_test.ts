@@ -4,6 +4,7 @@ import { BusObject, Client, type ClientOptions, parseList } from "../src/client.
 import { SocketPathError } from "../src/client/connection.ts";
 import { digestBytes } from "../src/hash/digest.ts";
 import { BrokerError, ErrnoError, ProtocolError, TimeoutError } from "../src/errors.ts";
+import { ConnectError } from "../src/client/connection.ts";
 import { closeQuietly, libc } from "../src/ffi.ts";
 import { FileDescriptor, fstat, statusFlags } from "../src/sys/fd.ts";
 import { O_NONBLOCK } from "../src/sys/linux.ts";
@@ -163,11 +164,14 @@ brokerTest("put from a path names the object after the file's base name", {}, as
   ]);
 });
 
-brokerTest("put from a missing path fails with open input: ENOENT", {}, async (env) => {
+brokerTest("put from a missing path fails with open input: PATH: ENOENT", {}, async (env) => {
   await using client = env.client();
   await rejects(client.put(`${env.dir}/missing.bin`), (e: unknown) => {
     ok(e instanceof ErrnoError);
-    assertEquals([e.code, e.message], ["ENOENT", "open input: No such file or directory"]);
+    assertEquals([e.code, e.message], [
+      "ENOENT",
+      `open input: ${env.dir}/missing.bin: No such file or directory`,
+    ]);
     return true;
   });
   assertEquals(env.broker.objectCount, 0);
@@ -559,8 +563,8 @@ Deno.test("Client argument errors are TypeError or RangeError, raised before con
     await rejects(fn(), { name, message });
   }
   // 65536 bytes is the largest legal name, so that one gets as far as connecting.
-  await rejects(c.put(enc("x"), { name: "n".repeat(65536) }), { name: "ErrnoError" });
-  await rejects(c.get(2n ** 64n - 1n), { name: "ErrnoError" });
+  await rejects(c.put(enc("x"), { name: "n".repeat(65536) }), { name: "ConnectError" });
+  await rejects(c.get(2n ** 64n - 1n), { name: "ConnectError" });
   throws(() => new Client({ jobId: "j".repeat(257) }), {
     name: "RangeError",
     message: "job id too long",
@@ -574,7 +578,7 @@ Deno.test("Client argument errors are TypeError or RangeError, raised before con
 
 // ---- connection failures and timeouts -------------------------------------------------------
 
-Deno.test("a missing socket rejects with ErrnoError ENOENT connect: No such file or directory", async () => {
+Deno.test("a missing socket rejects with a ConnectError (an ErrnoError ENOENT) naming the socket", async () => {
   await warmReactor();
   const guard = fdGuard();
   using dir = tempDir();
@@ -582,11 +586,13 @@ Deno.test("a missing socket rejects with ErrnoError ENOENT connect: No such file
   for (const op of [(): Promise<unknown> => c.list(), (): Promise<unknown> => c.get(1)]) {
     await rejects(op(), (e: unknown) => {
       ok(e instanceof ErrnoError);
-      assertEquals([e.code, e.errno, e.syscall, e.message], [
+      ok(e instanceof ConnectError);
+      assertEquals([e.code, e.errno, e.syscall, e.message, e.socket], [
         "ENOENT",
         2,
         "connect",
-        "connect: No such file or directory",
+        `cannot connect to memfdbus broker at ${dir.path}/none.sock: No such file or directory`,
+        `${dir.path}/none.sock`,
       ]);
       return true;
     });

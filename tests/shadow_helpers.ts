@@ -169,7 +169,7 @@ export function payloadDigest(seed: number, size: number): string {
 
 /**
  * Runs the harness's `deno run PERMS cli.ts broker ...` with `--allow-run` added: a broker with
- * `--shadow` starts the shadow, and one that gets SIGHUP starts its successor, as subprocesses.
+ * `--shadow` starts the shadow, and one that gets SIGUSR2 starts its successor, as subprocesses.
  * The harness's CLI_PERMS (like `deno task broker`) lack it; see the report of issue 6's tests.
  * `exec` keeps the pid, so BrokerProcess.pid is the broker's.
  */

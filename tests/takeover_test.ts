@@ -1,5 +1,5 @@
 /**
- * Issue 6, point 4: a graceful upgrade. SIGHUP (or `memfdbus broker --takeover` started by hand)
+ * Issue 6, point 4: a graceful upgrade. SIGUSR2 (or `memfdbus broker --takeover` started by hand)
  * starts a new broker process that takes the listening socket and every object over from the
  * old one without failing a request. Real broker processes and clients publishing in a loop.
  */
@@ -167,7 +167,7 @@ async function checkAfterLoad(
 
 /**
  * Give a broker that just printed its first line time to install its signal handlers: until
- * then a SIGHUP or SIGTERM kills it (see "a SIGHUP sent right after a broker starts serving").
+ * then a SIGUSR2 or SIGTERM kills it (see "a SIGUSR2 sent right after a broker starts serving").
  */
 function settle(): Promise<void> {
   return new Promise((r) => setTimeout(r, 300));
@@ -188,7 +188,7 @@ async function successor(socket: string, not: number): Promise<number> {
 }
 
 Deno.test(
-  "SIGHUP hands socket and objects to a new broker process while keep-alive and new-connection clients publish and fetch, without a failed request",
+  "SIGUSR2 hands socket and objects to a new broker process while keep-alive and new-connection clients publish and fetch, without a failed request",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
@@ -197,9 +197,9 @@ Deno.test(
     await settle();
     const load = new Load(socket, CLIENTS);
     try {
-      await load.more(20, "20 operations before the SIGHUP");
+      await load.more(20, "20 operations before the SIGUSR2");
       const before = load.acked.length;
-      signal(old.pid, "SIGHUP");
+      signal(old.pid, "SIGUSR2");
       const status = await old.child.status;
       const handedAt = performance.now();
       assertEquals([status.code, status.signal], [0, null], "the old broker exits 0");
@@ -285,7 +285,7 @@ async function putOne(
 }
 
 Deno.test(
-  "with --shadow, brokers taking over (SIGHUP, then --takeover) keep the shadow in step: a kill -9 of the last one recovers every object",
+  "with --shadow, brokers taking over (SIGUSR2, then --takeover) keep the shadow in step: a kill -9 of the last one recovers every object",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
@@ -300,8 +300,8 @@ Deno.test(
     assertEquals(memfdCount(shadowPid), 6);
     await settle();
 
-    // SIGHUP: the successor takes over and seeds the same shadow.
-    signal(b1.pid, "SIGHUP");
+    // SIGUSR2: the successor takes over and seeds the same shadow.
+    signal(b1.pid, "SIGUSR2");
     assertEquals((await b1.child.status).code, 0);
     await waitFor(() => takeoverRecords(b1.lines).length > 0, 15_000, "the takeover record");
     assertEquals(takeoverRecords(b1.lines).map((r) => [r.result, r.count]), [["ok", 6]]);
@@ -376,14 +376,14 @@ async function requestDuringHandover(
 }
 
 Deno.test(
-  "a client that connected before a SIGHUP and sends its request during the handover is answered",
+  "a client that connected before a SIGUSR2 and sends its request during the handover is answered",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
     const socket = `${dir.path}/bus.sock`;
     const old = await t.broker(dir.path, ["--socket", socket]);
     const outcome = await requestDuringHandover(old, async () => {
-      signal(old.pid, "SIGHUP");
+      signal(old.pid, "SIGUSR2");
       return await old.child.status;
     });
     assertEquals(outcome, "status 0", "the request was dropped by the handover");
@@ -406,7 +406,7 @@ Deno.test(
 );
 
 Deno.test(
-  "a GET waiting for a name in the old broker is answered by the new one when the name is published after a SIGHUP",
+  "a GET waiting for a name in the old broker is answered by the new one when the name is published after a SIGUSR2",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
@@ -416,7 +416,7 @@ Deno.test(
     const waiting = waiter.get({ name: "later" }, { wait: 30_000 });
     await settle(); // and the GET is parked in the old broker
     assertEquals(old.audit(), [], "nothing answered yet");
-    signal(old.pid, "SIGHUP");
+    signal(old.pid, "SIGUSR2");
     assertEquals((await old.child.status).code, 0);
     await successor(socket, old.pid);
     await using c = new Client({ socket, jobId: null });
@@ -427,7 +427,7 @@ Deno.test(
 );
 
 Deno.test(
-  "a SIGHUP whose successor cannot start (its config file broke meanwhile) leaves the old broker serving, with an error record",
+  "a SIGUSR2 whose successor cannot start (its config file broke meanwhile) leaves the old broker serving, with an error record",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
@@ -441,7 +441,7 @@ Deno.test(
     await settle();
     // An upgrade with a broken configuration: the new process exits before taking over.
     Deno.writeTextFileSync(config, `{ "maxObjects": 0 }\n`);
-    signal(b.pid, "SIGHUP");
+    signal(b.pid, "SIGUSR2");
     await waitFor(() => takeoverRecords(b.lines).length > 0 || !alive(b.pid), 15_000);
     ok(alive(b.pid), `the broker died: ${b.stderr}`);
     const [rec] = takeoverRecords(b.lines);
@@ -458,7 +458,7 @@ Deno.test(
 );
 
 Deno.test(
-  "a SIGHUP sent right after a broker starts serving hands over instead of killing the broker",
+  "a SIGUSR2 sent right after a broker starts serving hands over instead of killing the broker",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
@@ -467,12 +467,12 @@ Deno.test(
       const socket = `${dir.path}/bus-${attempt}.sock`;
       const old = await t.broker(dir.path, ["--socket", socket]);
       const obj = await putOne(socket, attempt, 100, null);
-      signal(old.pid, "SIGHUP");
+      signal(old.pid, "SIGUSR2");
       const status = await old.child.status;
       assertEquals(
         [status.code, status.signal],
         [0, null],
-        `attempt ${attempt}: the broker died of the SIGHUP (its object ${obj.id} with it)`,
+        `attempt ${attempt}: the broker died of the SIGUSR2 (its object ${obj.id} with it)`,
       );
       await successor(socket, old.pid);
       await using c = new Client({ socket, jobId: null });
@@ -482,7 +482,7 @@ Deno.test(
 );
 
 Deno.test(
-  "a second SIGHUP sent as soon as the new broker has logged its takeover hands over again and loses nothing",
+  "a second SIGUSR2 sent as soon as the new broker has logged its takeover hands over again and loses nothing",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
@@ -494,17 +494,17 @@ Deno.test(
         await putOne(socket, 1, 100, null),
         await putOne(socket, 2, 2 * MiB, null),
       ];
-      signal(old.pid, "SIGHUP");
+      signal(old.pid, "SIGUSR2");
       await waitFor(() => takeoverRecords(old.lines).length > 0, 15_000, "the first takeover");
       const second = await successor(socket, old.pid);
-      signal(second, "SIGHUP"); // an operator upgrading twice in a row
+      signal(second, "SIGUSR2"); // an operator upgrading twice in a row
       assertEquals((await old.child.status).code, 0);
       await waitFor(() => !alive(second), 15_000, "the second broker to go");
       const third = brokerPids(socket).filter(alive);
       assertEquals(
         third.length,
         1,
-        `attempt ${attempt}: no broker serves the socket after the second SIGHUP (` +
+        `attempt ${attempt}: no broker serves the socket after the second SIGUSR2 (` +
           `${takeoverRecords(old.lines).length} takeover records): the objects are gone`,
       );
       await waitFor(() => takeoverRecords(old.lines).length > 1, 5000, "the second record");

@@ -8,7 +8,7 @@
  * Either way capture exits with COMMAND's status (128 + the signal number when a signal killed
  * it). A published object's id is printed like `put` prints it (`--json`: `{id, size, digest,
  * name}`); when nothing is published a one-line notice goes to stderr. A failure of capture
- * itself (bad arguments, the command cannot be started, the publish fails) exits 1.
+ * itself exits 1 (a usage mistake 2; a COMMAND not found 127, one that cannot be executed 126).
  *
  * The object holds what was written by the time COMMAND exits. A background process it left
  * behind with the descriptor can no longer write once the memfd is sealed; one that still has a
@@ -18,14 +18,22 @@
  */
 
 import { Client, jobIdFromEnv, type PutOptions } from "../client.ts";
+import { ConnectError } from "../client/connection.ts";
 import { UsageError } from "../errors.ts";
 import { tryLstat } from "../sys/fd.ts";
-import { errnoErrorOf } from "../ffi.ts";
 import { ENOENT } from "../sys/linux.ts";
 import { Memfd } from "../sys/memfd.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { checkJob, checkName, flagValue } from "./args.ts";
+import {
+  checkJob,
+  checkName,
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  CliUsageError,
+  parseCommandLine,
+} from "./args.ts";
+import { commandError } from "./exit.ts";
 import { err, jsonLine, out } from "./output.ts";
 import {
   type ChildExit,
@@ -38,30 +46,36 @@ import { CAPTURE_USAGE } from "./usage.ts";
 
 /** Run `capture`; returns the exit code (COMMAND's own status on success). */
 export async function captureCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
+  const { items, rest } = parseCommandLine(
+    args,
+    {
+      ...CLIENT_FLAGS,
+      name: "string",
+      "allow-job": "string",
+      json: "boolean",
+      always: "boolean",
+    },
+    true,
+  );
+  const s = clientDefaults();
   let name: string | undefined;
-  let jobFlag: string | undefined;
   let allow: string | undefined;
   let json = false;
   let always = false;
-  let cmdIndex = -1;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--allow-job") allow = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else if (a === "--always") always = true;
-    else if (a === "--") {
-      cmdIndex = i + 1;
-      break;
-    } else throw new UsageError(`unexpected argument before --: ${a}`);
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "flag" && it.flag === "--name") name = it.value;
+    else if (it.kind === "flag" && it.flag === "--allow-job") allow = it.value;
+    else if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind === "switch" && it.flag === "--always") always = true;
+    else if (it.kind === "positional") {
+      throw new UsageError(`unexpected argument before --: ${it.text}`);
+    }
   }
-  if (name === undefined || cmdIndex < 0 || cmdIndex >= args.length) {
-    throw new UsageError(CAPTURE_USAGE);
+  if (name === undefined || rest === null || rest.length === 0) {
+    throw new CliUsageError(CAPTURE_USAGE);
   }
-  const job = jobFlag ?? jobIdFromEnv();
+  const job = s.jobFlag ?? jobIdFromEnv();
   if (allow !== undefined && job === null) {
     throw new UsageError("--allow-job requires --job-id or MEMFDBUS_JOB_ID");
   }
@@ -69,10 +83,15 @@ export async function captureCommand(args: readonly string[]): Promise<number> {
   if (allow !== undefined) checkJob("--allow-job", allow);
   checkName(name);
   // Fail before running the command when no broker can be there at all: its output would be lost.
-  if (tryLstat(socket) === -ENOENT) throw errnoErrorOf("connect", ENOENT);
+  if (tryLstat(s.socket) === -ENOENT) throw new ConnectError(s.socket, ENOENT);
 
   using memfd = Memfd.create(name);
-  const exit = runInto(args.slice(cmdIndex), memfd);
+  let exit: ChildExit;
+  try {
+    exit = runInto(rest, memfd);
+  } catch (e) {
+    throw commandError(e, rest[0] ?? "");
+  }
   if (exit.kind !== "exited" || exit.code !== 0) {
     if (!always) {
       err(`not published: the command ${describeExit(exit)} (--always publishes anyway)\n`);
@@ -81,10 +100,11 @@ export async function captureCommand(args: readonly string[]): Promise<number> {
   }
   memfd.seal();
   await using client = new Client({
-    socket,
+    socket: s.socket,
     jobId: job,
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
   });
   const options: PutOptions = { name, ...(allow === undefined ? {} : { allowJob: allow }) };
   const result = await client.put(memfd, options);

@@ -7,37 +7,44 @@
 
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { checkName, flagValue, parseId, resolveJob } from "./args.ts";
+import {
+  checkName,
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  parseCommandLine,
+  parseId,
+  resolveJob,
+} from "./args.ts";
 import { jsonLine, out } from "./output.ts";
 import { DROP_USAGE } from "./usage.ts";
 
 /** Run `drop`; returns the exit code. */
 export async function dropCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
-  let jobFlag: string | undefined;
+  const { items } = parseCommandLine(args, { ...CLIENT_FLAGS, name: "string", json: "boolean" });
+  const s = clientDefaults();
   let name: string | undefined;
   let id: bigint | undefined;
   let json = false;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else if (name === undefined && id === undefined) id = parseId(a);
-    else throw new UsageError(`unexpected argument: ${a}`);
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "flag" && it.flag === "--name") name = it.value;
+    else if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind !== "positional") continue;
+    else if (name === undefined && id === undefined) id = parseId(it.text);
+    else throw new UsageError(`unexpected argument: ${it.text}`);
   }
   if ((id !== undefined) === (name !== undefined)) throw new UsageError(DROP_USAGE);
   if (name !== undefined) checkName(name);
-  const job = resolveJob(jobFlag);
+  const job = resolveJob(s.jobFlag);
 
   await using client = new Client({
-    socket,
+    socket: s.socket,
     jobId: job,
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
   });
   const r = await client.drop(id !== undefined ? id : { name: name ?? "" });
   out(json ? jsonLine({ id: r.id, size: r.size }) : `${r.id}\n`);

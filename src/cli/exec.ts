@@ -2,76 +2,77 @@
  * `memfdbus exec OBJECT_ID|--name NAME [--job-id JOB] [--socket PATH] -- COMMAND [ARG...]`:
  * fetch an object and replace this process with COMMAND, which inherits the sealed descriptor
  * (FD_CLOEXEC cleared on it alone) and MEMFDBUS_FD, _OBJECT_ID, _SIZE, _DIGEST and _NAME.
- * Extension: `--wait[=SECONDS]` (by name) waits for the name to be published first.
+ * Extensions: `--wait SECONDS` (by name) waits for the name to be published first;
+ * `--timeout SECONDS`. A COMMAND that is not found fails with `command not found: COMMAND`
+ * (exit 127), one that cannot be executed with `cannot execute COMMAND: <strerror>` (exit 126).
  *
  * @module
  */
 
 import { Client, type GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
+import { closeQuietly } from "../ffi.ts";
 import { setCloexec } from "../sys/fd.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
+import { execvp, setenv } from "../sys/exec.ts";
+import {
+  checkName,
+  checkWait,
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  parseCommandLine,
+  parseId,
+  parseWait,
+  resolveJob,
+} from "./args.ts";
+import { commandError } from "./exit.ts";
 import { EXEC_USAGE } from "./usage.ts";
-
-/** setenv(3) through libc, so the exec'd program sees it (`setenv: ...` on failure). */
-function setenv(name: string, value: string | Uint8Array): void {
-  if (libc.symbols.setenv(cstr(name), cstr(value), 1) < 0) throw lastError("setenv");
-}
-
-/**
- * execvp(3): replace the process image. Returns only on failure, by throwing
- * `execvp: <strerror>`.
- */
-export function execvp(argv: readonly string[]): never {
-  const strings = argv.map((a) => cstr(a));
-  const table = new BigUint64Array(strings.length + 1);
-  strings.forEach((
-    s,
-    i,
-  ) => (table[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(s)))));
-  const file = strings[0] ?? cstr("");
-  libc.symbols.execvp(file, new Uint8Array(table.buffer));
-  const e = lastError("execvp");
-  // Keep the strings reachable until after the call.
-  strings.length = 0;
-  throw e;
-}
 
 /** Run `exec`; on success it does not return. */
 export async function execCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
-  let jobFlag: string | undefined;
+  const { items, rest } = parseCommandLine(
+    args,
+    { ...CLIENT_FLAGS, name: "string", wait: "string" },
+    true,
+  );
+  const s = clientDefaults();
   let name: string | undefined;
   let id: bigint | undefined;
-  let cmdIndex = -1;
-  let wait: number | true | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    const w = parseWaitFlag(a);
-    if (w !== undefined) wait = w;
-    else if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--") {
-      cmdIndex = i + 1;
-      break;
-    } else if (id === undefined) id = parseId(a);
-    else throw new UsageError(`unexpected argument before --: ${a}`);
+  let waitText: string | undefined;
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "flag" && it.flag === "--name") name = it.value;
+    else if (it.kind === "flag" && it.flag === "--wait") {
+      // Checked at once: a mistaken value must not hide behind a usage message.
+      parseWait(it.value, 0);
+      waitText = it.value;
+    } else if (it.kind !== "positional") continue;
+    else if (id === undefined) id = parseId(it.text);
+    else throw new UsageError(`unexpected argument before --: ${it.text}`);
   }
-  if ((id !== undefined) === (name !== undefined) || cmdIndex < 0 || cmdIndex >= args.length) {
+  if ((id !== undefined) === (name !== undefined) || rest === null || rest.length === 0) {
     throw new UsageError(EXEC_USAGE);
   }
-  checkWait(wait, name !== undefined);
+  checkWait(waitText, name !== undefined);
+  const wait = waitText === undefined ? undefined : parseWait(waitText, s.timeoutMs);
   if (name !== undefined) checkName(name);
-  const job = resolveJob(jobFlag);
+  const job = resolveJob(s.jobFlag);
 
-  const client = new Client({ socket, jobId: job, keepAlive: false, syncWaitUs: CLI_SYNC_WAIT_US });
+  const client = new Client({
+    socket: s.socket,
+    jobId: job,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
+  });
   const options: GetOptions = wait === undefined ? {} : { wait };
-  const obj = await client.get(id !== undefined ? id : { name: name ?? "" }, options);
-  client.close();
+  let obj;
+  try {
+    obj = await client.get(id !== undefined ? id : { name: name ?? "" }, options);
+  } finally {
+    client.close();
+  }
   const fd = obj.releaseFd();
   try {
     setCloexec(fd, false);
@@ -80,9 +81,9 @@ export async function execCommand(args: readonly string[]): Promise<number> {
     setenv("MEMFDBUS_SIZE", String(obj.size));
     setenv("MEMFDBUS_DIGEST", obj.digest);
     setenv("MEMFDBUS_NAME", obj.nameBytes);
-    execvp(args.slice(cmdIndex));
+    execvp(rest);
   } catch (e) {
     closeQuietly(fd);
-    throw e;
+    throw commandError(e, rest[0] ?? "");
   }
 }

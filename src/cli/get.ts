@@ -1,67 +1,98 @@
 /**
  * `memfdbus get OBJECT_ID OUT` / `get --name NAME OUT`: fetch an object into a file or stdout.
- * Extensions: `--wait[=SECONDS]` (by name: wait for the name to be published) and `--json`
- * (describe what was written, on stdout; not with OUT `-`).
+ * Extensions: `--wait SECONDS` (by name: wait for the name to be published), `--json`
+ * (describe what was written, on stdout; not with OUT `-`) and `--timeout SECONDS`.
+ *
+ * SIGINT, SIGTERM and SIGHUP while the bytes are written stop the copy, remove the temporary
+ * file and exit 130, 143 or 129; a closed output pipe exits 141.
  *
  * @module
  */
 
 import { Client, type GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
+import {
+  checkName,
+  checkWait,
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  CliUsageError,
+  parseCommandLine,
+  parseId,
+  parseWait,
+  resolveJob,
+} from "./args.ts";
 import { jsonLine, out, writeObject } from "./output.ts";
 import { ProgressLine } from "./progress.ts";
 import { GET_USAGE } from "./usage.ts";
 
+/** The signals that stop a get while it writes. */
+const STOP_SIGNALS: readonly Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
 /** Run `get`; returns the exit code. */
 export async function getCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
-  let jobFlag: string | undefined;
+  const { items } = parseCommandLine(args, {
+    ...CLIENT_FLAGS,
+    name: "string",
+    wait: "string",
+    json: "boolean",
+  });
+  const s = clientDefaults();
   let name: string | undefined;
   let id: bigint | undefined;
   let outPath: string | undefined;
   let json = false;
-  let wait: number | true | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    const w = parseWaitFlag(a);
-    if (w !== undefined) wait = w;
-    else if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else if (name === undefined && id === undefined) id = parseId(a);
-    else if (outPath === undefined) outPath = a;
-    else throw new UsageError(`unexpected argument: ${a}`);
+  let waitText: string | undefined;
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "flag" && it.flag === "--name") name = it.value;
+    else if (it.kind === "flag" && it.flag === "--wait") {
+      // Checked at once: a mistaken value must not hide behind a usage message.
+      parseWait(it.value, 0);
+      waitText = it.value;
+    } else if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind !== "positional") continue;
+    else if (name === undefined && id === undefined) id = parseId(it.text);
+    else if (outPath === undefined) outPath = it.text;
+    else throw new UsageError(`unexpected argument: ${it.text}`);
   }
   if ((id !== undefined) === (name !== undefined) || outPath === undefined) {
     throw new UsageError(GET_USAGE);
   }
-  if (json && outPath === "-") throw new UsageError("--json cannot be combined with OUT -");
-  checkWait(wait, name !== undefined);
+  if (json && outPath === "-") throw new CliUsageError("--json cannot be combined with OUT -");
+  checkWait(waitText, name !== undefined);
+  const wait = waitText === undefined ? undefined : parseWait(waitText, s.timeoutMs);
   if (name !== undefined) checkName(name);
-  const job = resolveJob(jobFlag);
+  const job = resolveJob(s.jobFlag);
 
   await using client = new Client({
-    socket,
+    socket: s.socket,
     jobId: job,
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
   });
   const options: GetOptions = wait === undefined ? {} : { wait };
   using obj = await client.get(id !== undefined ? id : { name: name ?? "" }, options);
   const progress = ProgressLine.start("get", obj.size);
+  let signal: string | null = null;
+  const listeners = STOP_SIGNALS.map((sig) => {
+    const fn = (): void => {
+      signal ??= sig;
+    };
+    Deno.addSignalListener(sig, fn);
+    return [sig, fn] as const;
+  });
   try {
-    writeObject(
-      obj.fd,
-      obj.size,
-      outPath,
-      progress === null ? undefined : (n) => progress.update(n),
-    );
+    await writeObject(obj.fd, obj.size, outPath, {
+      onProgress: progress === null ? undefined : (n) => progress.update(n),
+      interrupted: () => signal,
+    });
   } finally {
     progress?.finish();
+    for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
   }
   if (json) {
     out(jsonLine({ id: obj.id, size: obj.size, digest: obj.digest, name: obj.name, out: outPath }));

@@ -8,29 +8,33 @@
 
 import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { flagValue, resolveJob } from "./args.ts";
+import {
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  parseCommandLine,
+  resolveJob,
+} from "./args.ts";
 import { jsonLine, out } from "./output.ts";
 
 /** Run `list`; returns the exit code. */
 export async function listCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
-  let jobFlag: string | undefined;
+  const { items } = parseCommandLine(args, { ...CLIENT_FLAGS, json: "boolean" });
+  const s = clientDefaults();
   let json = false;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else throw new UsageError(`unexpected argument: ${a}`);
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
   }
-  const job = resolveJob(jobFlag);
+  const job = resolveJob(s.jobFlag);
   await using client = new Client({
-    socket,
+    socket: s.socket,
     jobId: job,
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
   });
   if (json) {
     const entries = await client.list();

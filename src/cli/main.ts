@@ -1,12 +1,23 @@
 /**
- * The CLI dispatcher: picks the subcommand, prints errors as one line on stderr with exit code
- * 1, and usage on `--help` (stdout, exit 0) or a missing/unknown subcommand (stderr, exit 1).
+ * The CLI dispatcher: picks the subcommand and turns what it throws into one line on stderr
+ * and an exit code.
+ *
+ * Exit codes: 0 success; 1 an error, or a usage mistake the C CLI reports with the same text
+ * (PROTOCOL.md §6: a missing subcommand, `missing value for --FLAG`, `unexpected argument: X`,
+ * `invalid object id: X`, a two-line usage, ...); 2 any other usage mistake (an unknown
+ * subcommand, a bad `--wait` or `--timeout`, ...); 126/127 a COMMAND of exec or capture that
+ * cannot be executed / is not found; 128+N interrupted by signal N (get: 129 SIGHUP, 130 SIGINT,
+ * 141 a closed output pipe, 143 SIGTERM).
  *
  * @module
  */
 
+import denoJson from "../../deno.json" with { type: "json" };
+import { UsageError } from "../errors.ts";
+import { CliUsageError, HelpRequested } from "./args.ts";
+import { errorLine, ExitError, Interrupted } from "./exit.ts";
 import { err, out } from "./output.ts";
-import { USAGE } from "./usage.ts";
+import { COMMAND_HELP, USAGE } from "./usage.ts";
 
 type Command = (args: readonly string[]) => Promise<number>;
 
@@ -22,7 +33,63 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   shadow: async () => (await import("./shadow.ts")).shadowCommand,
   stat: async () => (await import("./stat.ts")).statCommand,
   capture: async () => (await import("./capture.ts")).captureCommand,
+  help: () => Promise.resolve(helpCommand),
 };
+
+/** The version of this CLI, from deno.json. */
+export const VERSION: string = denoJson.version;
+
+/** Edit distance with transpositions (`lsit` is one step from `list`), for the hint. */
+function distance(a: string, b: string): number {
+  const d: number[][] = Array.from(
+    { length: a.length + 1 },
+    (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  const at = (i: number, j: number): number => d[i]?.[j] ?? 0;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        v = Math.min(v, at(i - 2, j - 2) + 1);
+      }
+      (d[i] as number[])[j] = v;
+    }
+  }
+  return at(a.length, b.length);
+}
+
+/**
+ * `unknown command: lsit (did you mean list?)` when a command is close, else a pointer to
+ * `memfdbus --help`.
+ */
+export function unknownCommand(cmd: string): string {
+  const names = Object.keys(COMMANDS);
+  let best = "";
+  let bestD = Infinity;
+  for (const n of names) {
+    const d = distance(cmd.toLowerCase(), n);
+    if (d < bestD) [best, bestD] = [n, d];
+  }
+  const close = bestD <= Math.max(1, Math.floor(best.length / 3));
+  return `unknown command: ${cmd} (${
+    close ? `did you mean ${best}?` : "run `memfdbus --help` for the commands"
+  })`;
+}
+
+/** `memfdbus help [COMMAND]`. */
+function helpCommand(args: readonly string[]): Promise<number> {
+  const [topic, ...extra] = args;
+  if (extra.length > 0) throw new CliUsageError(`unexpected argument: ${extra[0]}`);
+  if (topic === undefined || topic === "--help" || topic === "-h") {
+    out(USAGE);
+    return Promise.resolve(0);
+  }
+  const text = Object.hasOwn(COMMAND_HELP, topic) ? COMMAND_HELP[topic] : undefined;
+  if (text === undefined) throw new CliUsageError(unknownCommand(topic));
+  out(text);
+  return Promise.resolve(0);
+}
 
 /**
  * Run the CLI with `args` (without the program name); resolves with the exit code. Output goes
@@ -51,16 +118,27 @@ export async function main(args: readonly string[]): Promise<number> {
     out(USAGE);
     return 0;
   }
+  if (cmd === "--version" || cmd === "-V") {
+    out(`memfdbus ${VERSION}\n`);
+    return 0;
+  }
   const load = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
   if (load === undefined) {
-    err(USAGE);
-    return 1;
+    err(`${unknownCommand(cmd)}\n`);
+    return 2;
   }
   try {
     const run = await load();
     return await run(args.slice(1));
   } catch (e) {
-    err(`${e instanceof Error ? e.message : String(e)}\n`);
+    if (e instanceof HelpRequested) {
+      out(COMMAND_HELP[cmd] ?? USAGE);
+      return 0;
+    }
+    if (e instanceof Interrupted) return e.exitCode;
+    err(`${errorLine(e)}\n`);
+    if (e instanceof CliUsageError || e instanceof ExitError) return e.exitCode;
+    if (e instanceof UsageError) return 1;
     return 1;
   }
 }

@@ -5,9 +5,12 @@
  * @module
  */
 
+import { ErrnoError } from "../errors.ts";
 import { copyFd } from "../sys/copy.ts";
-import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
+import { closeQuietly } from "../ffi.ts";
 import { isRegular, tryFstat, tryLstat } from "../sys/fd.ts";
+import { openPath, renamePath, tryFchmod, tryOpenPath, unlinkQuietly } from "../sys/file.ts";
+import { Interrupted } from "./exit.ts";
 import { ENOENT, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC, O_WRONLY, S_IFMT } from "../sys/linux.ts";
 import { PROGRESS_STEP_BYTES } from "./progress.ts";
 
@@ -48,26 +51,40 @@ export function jsonLine(value: unknown): string {
 /** Called with the bytes copied so far while an object is written. */
 export type OnProgress = (done: number) => void;
 
+/** What {@link writeObject} needs besides the object and the path. */
+export interface WriteOptions {
+  /** Called after each step with the bytes copied so far. */
+  readonly onProgress?: OnProgress | undefined;
+  /**
+   * Asked between steps: the name of a signal that asked the command to stop, or null. When it
+   * answers a name, the write stops, removes its temporary file and throws {@link Interrupted}.
+   */
+  readonly interrupted?: () => string | null;
+}
+
 /** S_IFLNK */
 const S_IFLNK = 0o120000;
+
+/** Bytes copied between two looks at {@link WriteOptions.interrupted}. */
+const STEP_BYTES = PROGRESS_STEP_BYTES;
 
 /**
  * Copy `size` bytes of `src` (from offset 0) to `path`, or to stdout for `-`.
  *
  * A regular (or not yet existing) output file is written under a temporary name in the same
- * directory and renamed into place only once complete, so an error never leaves a truncated
- * OUT. Other outputs (a FIFO, /dev/null, a terminal) are written directly.
- *
- * With `onProgress`, the copy runs in steps of {@link PROGRESS_STEP_BYTES} and reports after each.
+ * directory and renamed into place only once complete, so an error or an interruption never
+ * leaves a truncated OUT nor the temporary file. Other outputs (a FIFO, /dev/null, a terminal)
+ * are written directly. The copy runs in steps of {@link PROGRESS_STEP_BYTES}, letting signal
+ * handlers run between them; a closed output pipe (EPIPE) ends it with `Interrupted("SIGPIPE")`.
  */
-export function writeObject(
+export async function writeObject(
   src: number,
   size: number,
   path: string,
-  onProgress?: OnProgress,
-): void {
+  options: WriteOptions = {},
+): Promise<void> {
   if (path === "-") {
-    copyExact(src, 1, size, onProgress);
+    await copyExact(src, 1, size, path, options);
     return;
   }
   let target = path;
@@ -77,70 +94,97 @@ export function writeObject(
       target = Deno.realPathSync(path);
     } catch {
       // A dangling link: let open() create its target, as the C CLI would.
-      writeDirect(src, size, path, onProgress);
+      await writeDirect(src, size, path, options);
       return;
     }
   }
   const st = tryLstat(target);
   if (typeof st === "number" ? st !== -ENOENT : !isRegular(st.mode)) {
-    writeDirect(src, size, target, onProgress);
+    await writeDirect(src, size, target, options);
     return;
   }
   const slash = target.lastIndexOf("/");
   const dir = slash < 0 ? "." : slash === 0 ? "/" : target.slice(0, slash);
   const base = target.slice(slash + 1);
   const tmp = `${dir}/.${base}.memfdbus-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-  const fd = libc.symbols.open(cstr(tmp), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666);
+  const fd = tryOpenPath(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666);
   if (fd < 0) {
     // No room for a temporary file next to OUT (for example a read-only directory holding a
     // writable file): write in place.
-    writeDirect(src, size, target, onProgress);
+    await writeDirect(src, size, target, options);
     return;
   }
   try {
-    if (typeof st !== "number") libc.symbols.fchmod(fd, st.mode & 0o7777);
-    copyExact(src, fd, size, onProgress);
-    if (libc.symbols.rename(cstr(tmp), cstr(target)) < 0) {
-      throw lastError("rename", "rename output");
-    }
+    if (typeof st !== "number") tryFchmod(fd, st.mode & 0o7777);
+    await copyExact(src, fd, size, path, options);
+    renamePath(tmp, target, `rename output: ${path}`);
   } catch (e) {
-    libc.symbols.unlink(cstr(tmp));
+    unlinkQuietly(tmp);
     throw e;
   } finally {
     closeQuietly(fd);
   }
 }
 
-function writeDirect(src: number, size: number, path: string, onProgress?: OnProgress): void {
-  const fd = libc.symbols.open(cstr(path), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o666);
-  if (fd < 0) throw lastError("open", "open output");
+async function writeDirect(
+  src: number,
+  size: number,
+  path: string,
+  options: WriteOptions,
+): Promise<void> {
+  const fd = openPath(
+    path,
+    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+    0o666,
+    `open output: ${path}`,
+  );
   try {
-    copyExact(src, fd, size, onProgress);
+    await copyExact(src, fd, size, path, options);
   } finally {
     closeQuietly(fd);
   }
 }
 
-const GET_LABELS = {
-  read: "read memfd",
-  write: "write output",
-  copyFileRange: "copy_file_range",
-} as const;
+/** The copy's error contexts; a file's path is named in them (`write output: out.bin: ...`). */
+function labelsFor(path: string): { read: string; write: string; copyFileRange: string } {
+  const named = path === "-" ? "" : `: ${path}`;
+  return {
+    read: "read memfd",
+    write: `write output${named}`,
+    copyFileRange: `copy_file_range${named}`,
+  };
+}
 
-function copyExact(src: number, dst: number, size: number, onProgress?: OnProgress): void {
+/** Let pending signal handlers run. */
+function turn(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+async function copyExact(
+  src: number,
+  dst: number,
+  size: number,
+  path: string,
+  options: WriteOptions,
+): Promise<void> {
+  const labels = labelsFor(path);
   const s = tryFstat(dst);
   const regular = typeof s !== "number" && isRegular(s.mode);
-  if (onProgress === undefined) {
-    const r = copyFd(src, dst, size, GET_LABELS, regular, 0);
-    if (r.bytes < size) throw new Error("unexpected EOF from memfd");
-    return;
-  }
   let done = 0;
   while (done < size) {
-    const step = Math.min(PROGRESS_STEP_BYTES, size - done);
-    const r = copyFd(src, dst, step, GET_LABELS, regular, done);
+    if (done > 0) await turn();
+    const signal = options.interrupted?.() ?? null;
+    if (signal !== null) throw new Interrupted(signal);
+    const step = Math.min(STEP_BYTES, size - done);
+    let r;
+    try {
+      r = copyFd(src, dst, step, labels, regular, done);
+    } catch (e) {
+      if (e instanceof ErrnoError && e.code === "EPIPE") throw new Interrupted("SIGPIPE");
+      throw e;
+    }
     done += r.bytes;
     if (r.bytes < step) throw new Error("unexpected EOF from memfd");
-    onProgress(done);
+    options.onProgress?.(done);
   }
 }

@@ -167,6 +167,16 @@ export class ProgressLine {
     writeStderr(`\r${line}\x1b[K`);
   }
 
+  /**
+   * Replace the line with the label and `text` (for example `put verifying…` while the broker
+   * checks the digest after the copy reached 100%), so the line never goes blank while work
+   * goes on. Drawn only where a progress line was drawn.
+   */
+  note(text: string): void {
+    if (!this.#drawn) return;
+    writeStderr(`\r${fit(`${this.#label} ${text}`, terminalWidth() - 1)}\x1b[K`);
+  }
+
   /** Erase the line (if one was drawn), leaving the cursor at the start of an empty line. */
   finish(): void {
     if (this.#drawn) writeStderr("\r\x1b[K");

@@ -6,17 +6,23 @@
  * @module
  */
 
-import { Client, type PutOptions } from "../client.ts";
+import { Client, jobIdFromEnv, type PutOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
-import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
+import { closeQuietly } from "../ffi.ts";
 import { fstat, isRegular, seek, trySeals } from "../sys/fd.ts";
 import { O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "../sys/linux.ts";
 import { copyFd } from "../sys/copy.ts";
+import { openPath } from "../sys/file.ts";
 import { Memfd } from "../sys/memfd.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { jobIdFromEnv } from "../client.ts";
-import { checkJob, checkName, flagValue } from "./args.ts";
+import {
+  checkJob,
+  checkName,
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  parseCommandLine,
+} from "./args.ts";
 import { jsonLine, out } from "./output.ts";
 import { PROGRESS_MIN_BYTES, PROGRESS_STEP_BYTES, ProgressLine } from "./progress.ts";
 import { PUT_USAGE } from "./usage.ts";
@@ -24,58 +30,90 @@ import { PUT_USAGE } from "./usage.ts";
 /** lseek(2) whence: relative to the current offset. */
 const SEEK_CUR = 1;
 
+/** Whether `path` names a directory (following links). */
+function isDirectory(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
 /** Run `put`; returns the exit code. */
 export async function putCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
+  const { items } = parseCommandLine(args, {
+    ...CLIENT_FLAGS,
+    name: "string",
+    "content-addressed": "boolean",
+    "allow-job": "string",
+    json: "boolean",
+  });
+  const s = clientDefaults();
   let name: string | undefined;
   let contentAddressed = false;
-  let jobFlag: string | undefined;
   let allow: string | undefined;
   let path: string | undefined;
   let json = false;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--content-addressed") contentAddressed = true;
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--allow-job") allow = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else if (path === undefined) path = a;
-    else throw new UsageError(`unexpected argument: ${a}`);
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "flag" && it.flag === "--name") name = it.value;
+    else if (it.kind === "flag" && it.flag === "--allow-job") allow = it.value;
+    else if (it.kind === "switch" && it.flag === "--content-addressed") contentAddressed = true;
+    else if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind !== "positional") continue;
+    else if (path === undefined) path = it.text;
+    else throw new UsageError(`unexpected argument: ${it.text}`);
   }
   if (path === undefined) throw new UsageError(PUT_USAGE);
   if (contentAddressed && name !== undefined) {
     throw new UsageError("--content-addressed cannot be combined with --name");
   }
   const label = name ?? (path === "-" ? "stdin" : path.slice(path.lastIndexOf("/") + 1));
-  const job = jobFlag ?? jobIdFromEnv();
+  const job = s.jobFlag ?? jobIdFromEnv();
   if (allow !== undefined && job === null) {
     throw new UsageError("--allow-job requires --job-id or MEMFDBUS_JOB_ID");
   }
   if (job !== null) checkJob("--job-id", job);
   if (allow !== undefined) checkJob("--allow-job", allow);
+  if (path !== "-" && isDirectory(path)) {
+    throw new UsageError(
+      `cannot put ${path}: it is a directory (put takes one file, or - for stdin)`,
+    );
+  }
   // The name is checked before any copying (the C CLI copied the whole input first, D23).
+  if (!contentAddressed && name === undefined && label === "") {
+    throw new UsageError(
+      `object name must not be empty (FILE ${path} ends in /: name the object with --name NAME)`,
+    );
+  }
   if (!contentAddressed) checkName(label);
 
   await using client = new Client({
-    socket,
+    socket: s.socket,
     jobId: job,
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
   });
   const options: PutOptions = {
     ...(contentAddressed ? { contentAddressed: true } : { name: label }),
     ...(allow === undefined ? {} : { allowJob: allow }),
   };
-  using copied = copyWithProgress(path, label);
-  const source = copied ?? (path === "-" ? { fd: 0, fromCurrentOffset: true } : path);
-  const result = await client.put(source, options);
-  out(
-    json
-      ? jsonLine({ id: result.id, size: result.size, digest: result.digest, name: result.name })
-      : `${result.id}\n`,
-  );
+  const copied = copyWithProgress(path, label);
+  try {
+    const source = copied?.memfd ?? (path === "-" ? { fd: 0, fromCurrentOffset: true } : path);
+    copied?.progress?.note("verifying…");
+    const result = await client.put(source, options);
+    copied?.progress?.finish();
+    out(
+      json
+        ? jsonLine({ id: result.id, size: result.size, digest: result.digest, name: result.name })
+        : `${result.id}\n`,
+    );
+  } finally {
+    copied?.progress?.finish();
+    copied?.memfd.close();
+  }
   return 0;
 }
 
@@ -86,10 +124,12 @@ export async function putCommand(args: readonly string[]): Promise<number> {
  * is a regular file under {@link PROGRESS_MIN_BYTES}, or it is already sealed (published without
  * a copy). The messages are those of the client's copy (`open input: ...`, `read input: ...`).
  */
-function copyWithProgress(path: string, label: string): Memfd | null {
+function copyWithProgress(
+  path: string,
+  label: string,
+): { memfd: Memfd; progress: ProgressLine | null } | null {
   if (!ProgressLine.available()) return null;
-  const fd = path === "-" ? 0 : libc.symbols.open(cstr(path), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) throw lastError("open", "open input");
+  const fd = path === "-" ? 0 : openPath(path, O_RDONLY | O_CLOEXEC, 0, `open input: ${path}`);
   try {
     const st = fstat(fd, "fstat input");
     const regular = isRegular(st.mode);
@@ -110,7 +150,7 @@ function copyWithProgress(path: string, label: string): Memfd | null {
           fd,
           memfd.fd,
           PROGRESS_STEP_BYTES,
-          { read: "read input", write: "write destination" },
+          { read: `read input: ${path}`, write: "write destination" },
           regular,
         );
         done += r.bytes;
@@ -118,12 +158,11 @@ function copyWithProgress(path: string, label: string): Memfd | null {
         if (r.bytes < PROGRESS_STEP_BYTES) break;
       }
       memfd.seal();
-      return memfd;
+      return { memfd, progress };
     } catch (e) {
+      progress?.finish();
       memfd.close();
       throw e;
-    } finally {
-      progress?.finish();
     }
   } finally {
     if (path !== "-") closeQuietly(fd);

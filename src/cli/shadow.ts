@@ -1,24 +1,25 @@
 /**
  * `memfdbus shadow --socket PATH`: hold the objects of a broker started with `--shadow PATH`
  * so they survive the broker's crash or restart. A broker starts one itself when none runs.
+ * SIGTERM or SIGINT stops it and removes its socket file.
  *
  * @module
  */
 
 import { UsageError } from "../errors.ts";
 import { runShadow } from "../shadow/server.ts";
-import { flagValue } from "./args.ts";
+import { CliUsageError, parseCommandLine } from "./args.ts";
 import { out } from "./output.ts";
 
-/** Run the shadow until it is killed. */
-export function shadowCommand(args: readonly string[]): Promise<number> {
+/** Run the shadow until a signal stops it. */
+export async function shadowCommand(args: readonly string[]): Promise<number> {
+  const { items } = parseCommandLine(args, { socket: "string" });
   let socket: string | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
-    else throw new UsageError(`unexpected argument: ${a}`);
+  for (const it of items) {
+    if (it.kind === "flag" && it.flag === "--socket") socket = it.value;
+    else if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
   }
-  if (socket === undefined) throw new UsageError("usage: memfdbus shadow --socket PATH");
+  if (socket === undefined) throw new CliUsageError("usage: memfdbus shadow --socket PATH");
   const path = socket;
-  runShadow(path, () => out(`memfdbus shadow listening on ${path}\n`));
+  return await runShadow(path, () => out(`memfdbus shadow listening on ${path}\n`));
 }

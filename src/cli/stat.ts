@@ -11,9 +11,19 @@
 import { Client, type GetOptions, type ObjectStat } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { Seal } from "../sys/memfd.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { CLI_SYNC_WAIT_US } from "./args.ts";
-import { checkName, checkWait, flagValue, parseId, parseWaitFlag, resolveJob } from "./args.ts";
+import {
+  checkName,
+  checkWait,
+  CLI_SYNC_WAIT_US,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  CliUsageError,
+  parseCommandLine,
+  parseId,
+  parseWait,
+  resolveJob,
+} from "./args.ts";
 import { jsonLine, out } from "./output.ts";
 import { STAT_USAGE } from "./usage.ts";
 
@@ -94,36 +104,44 @@ export function statJson(s: ObjectStat): Record<string, unknown> {
 
 /** Run `stat`; returns the exit code. */
 export async function statCommand(args: readonly string[]): Promise<number> {
-  let socket = DEFAULT_SOCKET;
-  let jobFlag: string | undefined;
+  const { items } = parseCommandLine(args, {
+    ...CLIENT_FLAGS,
+    name: "string",
+    wait: "string",
+    json: "boolean",
+  });
+  const s = clientDefaults();
   let name: string | undefined;
   let id: bigint | undefined;
   let json = false;
-  let wait: number | true | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    const w = parseWaitFlag(a);
-    if (w !== undefined) wait = w;
-    else if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else if (name === undefined && id === undefined) id = parseId(a);
-    else throw new UsageError(`unexpected argument: ${a}`);
+  let waitText: string | undefined;
+  for (const it of items) {
+    if (clientFlag(s, it)) continue;
+    if (it.kind === "flag" && it.flag === "--name") name = it.value;
+    else if (it.kind === "flag" && it.flag === "--wait") {
+      // Checked at once: a mistaken value must not hide behind a usage message.
+      parseWait(it.value, 0);
+      waitText = it.value;
+    } else if (it.kind === "switch" && it.flag === "--json") json = true;
+    else if (it.kind !== "positional") continue;
+    else if (name === undefined && id === undefined) id = parseId(it.text);
+    else throw new UsageError(`unexpected argument: ${it.text}`);
   }
-  if ((id !== undefined) === (name !== undefined)) throw new UsageError(STAT_USAGE);
-  checkWait(wait, name !== undefined);
+  if ((id !== undefined) === (name !== undefined)) throw new CliUsageError(STAT_USAGE);
+  checkWait(waitText, name !== undefined);
+  const wait = waitText === undefined ? undefined : parseWait(waitText, s.timeoutMs);
   if (name !== undefined) checkName(name);
-  const job = resolveJob(jobFlag);
+  const job = resolveJob(s.jobFlag);
 
   await using client = new Client({
-    socket,
+    socket: s.socket,
     jobId: job,
     keepAlive: false,
     syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
   });
   const options: GetOptions = wait === undefined ? {} : { wait };
-  const s = await client.stat(id !== undefined ? id : { name: name ?? "" }, options);
-  out(json ? jsonLine(statJson(s)) : statText(s));
+  const st = await client.stat(id !== undefined ? id : { name: name ?? "" }, options);
+  out(json ? jsonLine(statJson(st)) : statText(st));
   return 0;
 }

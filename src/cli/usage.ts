@@ -5,7 +5,7 @@
  * @module
  */
 
-/** Full usage, printed by `--help` (stdout) and on a missing or unknown subcommand (stderr). */
+/** Full usage, printed by `--help` and `help` (stdout) and with no subcommand (stderr). */
 export const USAGE: string = `usage:
   memfdbus broker [--socket PATH] [--max-name-bytes N] [--max-objects N]
                   [--max-request-bytes N] [--max-list-bytes N]
@@ -37,7 +37,7 @@ broker options beyond the C memfdbus:
 commands beyond the C memfdbus:
   memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
   memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json]
-                [--wait[=SECONDS]]
+                [--wait SECONDS]
   memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
                    [--json] [--always] -- COMMAND [ARG...]
     stat: id, name, size, digest, seals, owner, allowed job and creation time
@@ -50,11 +50,19 @@ commands beyond the C memfdbus:
 client options beyond the C memfdbus:
   --json            put, get, drop, list, stat, capture: print the result as
                     JSON; get cannot combine it with OUT -
-  --wait[=SECONDS]  get, exec, stat by --name: wait for the name to be
-                    published, up to SECONDS (fractions allowed) or, with no
-                    value, as long as the broker allows
+  --wait SECONDS    get, exec, stat by --name: wait for the name to be
+                    published, up to SECONDS (fractions allowed; max: as long
+                    as the broker allows)
   put and get show a progress line on stderr for 64 MiB or more when stderr
   is a terminal
+other commands and options:
+  memfdbus help [COMMAND]   help for one command (also: memfdbus COMMAND --help)
+  memfdbus --version        print the version
+  --timeout SECONDS         any client command: give up on the broker after this
+                            long (30)
+  every flag that takes a value takes it as --flag VALUE or --flag=VALUE
+defaults: --socket is $MEMFDBUS_SOCKET if set, else /tmp/memfdbus.sock;
+  --job-id is $MEMFDBUS_JOB_ID if set
 `;
 
 /** Two-line usage of `put`. */
@@ -76,9 +84,182 @@ export const DROP_USAGE = `usage: memfdbus drop OBJECT_ID [--job-id JOB] [--sock
 
 /** Two-line usage of `stat`. */
 export const STAT_USAGE = `usage: memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
-   or: memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json] [--wait[=SECONDS]]`;
+   or: memfdbus stat --name NAME [--job-id JOB] [--socket PATH] [--json] [--wait SECONDS]`;
 
 /** Two-line usage of `capture`. */
 export const CAPTURE_USAGE =
   `usage: memfdbus capture --name NAME [--job-id JOB] [--allow-job JOB] [--socket PATH]
    [--json] [--always] -- COMMAND [ARG...]`;
+
+/** The lines every client command's help ends with. */
+const CLIENT_OPTIONS =
+  `  --socket PATH      broker socket (default: $MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)
+  --job-id JOB       act as job JOB (default: $MEMFDBUS_JOB_ID; none: unscoped)
+  --timeout SECONDS  give up when the broker has not answered within SECONDS (30)
+  -h, --help         show this help`;
+
+/** The help of each subcommand, printed by `memfdbus COMMAND --help` and `memfdbus help COMMAND`. */
+export const COMMAND_HELP: Readonly<Record<string, string>> = {
+  broker: `usage: memfdbus broker [--socket PATH] [OPTION...]
+
+Run a broker in the foreground until SIGINT (Ctrl-C) or SIGTERM; it prints its audit
+records on stdout. Every option can also come from --config FILE.
+
+options (default):
+  --socket PATH              socket to create ($MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)
+  --config FILE              read options from a JSONC file (flags override it)
+  --policy FILE              identity policy (JSONC): bind job ids to uids/gids
+  --socket-mode MODE         permissions of the socket file (0600)
+  --max-name-bytes N         longest object name (65536)
+  --max-objects N            most objects stored at once (no limit)
+  --max-request-bytes N      largest request (no limit)
+  --max-list-bytes N         largest LIST reply (no limit)
+  --max-total-bytes N        most bytes stored at once (no limit)
+  --listen-backlog N         listen(2) backlog (128)
+  --max-clients N            connections served at once (128)
+  --request-timeout-ms N     close a connection that has not completed its request (10000)
+  --idle-timeout-ms N        close a kept-alive connection idle this long (60000)
+  --max-wait-ms N            longest a get --wait is parked (3600000)
+  --max-waiters N            most get --wait requests parked at once (1024)
+  --shadow PATH              mirror objects to a shadow process so they survive a restart
+  --takeover                 take the socket and objects over from the broker on --socket
+  --audit-peer               add the peer's pid, uid and gid to every audit record
+  --read-only-fds            hand consumers O_RDONLY descriptors
+  --require-job              refuse requests without a job id
+  --protect-names            only the job that first published a name may publish it again
+  -h, --help                 show this help
+
+signals: SIGINT, SIGTERM stop; SIGUSR2 hands over to a new broker process (binary
+upgrade; refused in a terminal: use --takeover from another one); SIGHUP stops a
+broker in a terminal and is ignored otherwise.
+
+example:
+  memfdbus broker --socket /tmp/memfdbus.sock --max-total-bytes 8589934592
+`,
+  put: `usage: memfdbus put FILE [--name NAME | --content-addressed] [--job-id JOB]
+                    [--allow-job JOB] [--socket PATH] [--json] [--timeout SECONDS]
+
+Publish FILE (- for stdin) as a new object and print its id. The name defaults to the
+part of FILE after the last /; a newer object with the same name replaces it for get.
+
+options:
+  --name NAME            publish under NAME (default: FILE's base name, stdin for -)
+  --content-addressed    publish under the digest, sha256:<hex>
+  --allow-job JOB        let job JOB read it too (needs --job-id or $MEMFDBUS_JOB_ID)
+  --json                 print {id, size, digest, name}
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus put ./model.bin --name model.bin
+`,
+  get: `usage: memfdbus get OBJECT_ID OUT [--job-id JOB] [--socket PATH]
+   or: memfdbus get --name NAME OUT [--wait SECONDS] [--json] [--timeout SECONDS]
+
+Write an object's bytes to OUT (- for stdout). OUT appears only when complete: the
+bytes go to a temporary file beside it, removed on an error or Ctrl-C.
+
+options:
+  --name NAME            the newest object named NAME (instead of OBJECT_ID)
+  --wait SECONDS         with --name: wait up to SECONDS for NAME to be published
+                         (fractions allowed; max: as long as the broker allows)
+  --json                 print {id, size, digest, name, out} (not with OUT -)
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus get --name model.bin ./model.bin --wait 30
+`,
+  exec: `usage: memfdbus exec OBJECT_ID [OPTION...] -- COMMAND [ARG...]
+   or: memfdbus exec --name NAME [OPTION...] -- COMMAND [ARG...]
+
+Fetch an object and replace this process with COMMAND, which inherits the sealed
+descriptor: MEMFDBUS_FD, MEMFDBUS_OBJECT_ID, MEMFDBUS_SIZE, MEMFDBUS_DIGEST and
+MEMFDBUS_NAME describe it. Exits with COMMAND's status (127: not found, 126: not
+executable).
+
+options:
+  --name NAME            the newest object named NAME (instead of OBJECT_ID)
+  --wait SECONDS         with --name: wait up to SECONDS for NAME to be published
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus exec --name model.bin -- sh -c 'wc -c < /proc/self/fd/$MEMFDBUS_FD'
+`,
+  drop: `usage: memfdbus drop OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
+   or: memfdbus drop --name NAME [--job-id JOB] [--socket PATH] [--json]
+
+Remove an object (by name: the newest) and print its id. Descriptors already handed
+out stay valid.
+
+options:
+  --name NAME            the newest object named NAME (instead of OBJECT_ID)
+  --json                 print {id, size}
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus drop --name model.bin
+`,
+  list: `usage: memfdbus list [--job-id JOB] [--socket PATH] [--json]
+
+Print the objects this caller may read, one line each, exactly as the broker sends
+the listing (id, owner job, allowed job, size, digest and name).
+
+options:
+  --json                 print an array of {id, owner, allowed, size, digest, name}
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus list --job-id trainer
+`,
+  stat: `usage: memfdbus stat OBJECT_ID [--job-id JOB] [--socket PATH] [--json]
+   or: memfdbus stat --name NAME [--wait SECONDS] [--json] [OPTION...]
+
+Describe an object without fetching it: id, name, size, digest, seals, owner, allowed
+job and creation time.
+
+options:
+  --name NAME            the newest object named NAME (instead of OBJECT_ID)
+  --wait SECONDS         with --name: wait up to SECONDS for NAME to be published
+  --json                 print one JSON object
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus stat --name model.bin --json
+`,
+  capture: `usage: memfdbus capture --name NAME [--allow-job JOB] [--always] [--json]
+                        [OPTION...] -- COMMAND [ARG...]
+
+Run COMMAND with its stdout in a new memfd and publish that memfd as NAME, only if
+COMMAND exits 0 (--always: whatever its status). Exits with COMMAND's status (128+N
+if signal N killed it; 127: not found, 126: not executable).
+
+options:
+  --name NAME            publish under NAME (required)
+  --allow-job JOB        let job JOB read it too (needs --job-id or $MEMFDBUS_JOB_ID)
+  --always               publish even when COMMAND fails
+  --json                 print {id, size, digest, name}
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus capture --name report.csv -- ./make-report --csv
+`,
+  shadow: `usage: memfdbus shadow --socket PATH
+
+Hold the objects of a broker started with --shadow PATH, so they survive its restart
+or crash. A broker starts one itself when none runs. SIGTERM or SIGINT stops it and
+removes PATH.
+
+options:
+  --socket PATH          the shadow's socket (required)
+  -h, --help             show this help
+
+example:
+  memfdbus shadow --socket /tmp/memfdbus.shadow
+`,
+  help: `usage: memfdbus help [COMMAND]
+
+Print the usage of all commands, or the help of COMMAND.
+
+example:
+  memfdbus help get
+`,
+};

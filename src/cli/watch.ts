@@ -13,8 +13,8 @@
 import { Connection } from "../client/connection.ts";
 import { type BusEvent, Watch, type WatchTarget } from "../client/watch.ts";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_SOCKET } from "../core/options.ts";
-import { checkName, flagValue, resolveJob } from "./args.ts";
+import { defaultSocket } from "../client.ts";
+import { checkName, parseCommandLine, resolveJob } from "./args.ts";
 import { jsonLine, out } from "./output.ts";
 
 /** Usage of `watch`. */
@@ -36,23 +36,34 @@ export interface WatchArgs {
   readonly once: boolean;
 }
 
-/** Parse the arguments after `watch` (the last of a repeated flag wins). */
+/**
+ * Parse the arguments after `watch` (the last of a repeated flag wins), in the grammar of every
+ * subcommand (`--flag value` or `--flag=value`).
+ */
 export function parseWatchArgs(args: readonly string[]): WatchArgs {
-  let socket = DEFAULT_SOCKET;
+  const { items } = parseCommandLine(args, {
+    socket: "string",
+    name: "string",
+    prefix: "string",
+    "job-id": "string",
+    json: "boolean",
+    once: "boolean",
+  });
+  let socket = defaultSocket();
   let name: string | undefined;
   let prefix: string | undefined;
   let jobFlag: string | undefined;
   let json = false;
   let once = false;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--socket") socket = flagValue(args, i++, a);
-    else if (a === "--name") name = flagValue(args, i++, a);
-    else if (a === "--prefix") prefix = flagValue(args, i++, a);
-    else if (a === "--job-id") jobFlag = flagValue(args, i++, a);
-    else if (a === "--json") json = true;
-    else if (a === "--once") once = true;
-    else throw new UsageError(`unexpected argument: ${a}`);
+  for (const it of items) {
+    if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
+    if (it.kind === "switch") {
+      if (it.flag === "--json") json = true;
+      else once = true;
+    } else if (it.flag === "--socket") socket = it.value;
+    else if (it.flag === "--name") name = it.value;
+    else if (it.flag === "--prefix") prefix = it.value;
+    else jobFlag = it.value;
   }
   if (name !== undefined && prefix !== undefined) {
     throw new UsageError("--name cannot be combined with --prefix");

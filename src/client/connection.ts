@@ -6,7 +6,7 @@
  */
 
 import { ErrnoError, ProtocolError, TimeoutError } from "../errors.ts";
-import { closeQuietly, errnoErrorOf, libc } from "../ffi.ts";
+import { closeQuietly, errnoErrorOf, libc, strerror } from "../ffi.ts";
 import { inProcess } from "../sys/inprocess.ts";
 import { EAGAIN, ECONNRESET, EPOLLIN, EPOLLOUT, POLLIN } from "../sys/linux.ts";
 import { waitReady } from "../sys/reactor.ts";
@@ -51,6 +51,39 @@ export class SocketPathError extends Error {
   constructor(path: string) {
     super(socketPathTooLong(path));
     this.name = "SocketPathError";
+  }
+}
+
+/**
+ * connect(2) to the broker socket failed. An {@link ErrnoError} (`code` tells why, for example
+ * `ENOENT` when nothing is at the path) whose message names the socket:
+ * `cannot connect to memfdbus broker at /tmp/x.sock: No such file or directory`.
+ *
+ * @example
+ * ```ts
+ * import { Client, ConnectError } from "@memfdbus/memfdbus";
+ * await using client = new Client({ socket: "/tmp/nowhere.sock" });
+ * try {
+ *   await client.list();
+ * } catch (e) {
+ *   if (e instanceof ConnectError) console.error(e.socket, e.code); // /tmp/nowhere.sock ENOENT
+ * }
+ * ```
+ */
+export class ConnectError extends ErrnoError {
+  /** The socket path that could not be connected to. */
+  readonly socket: string;
+
+  /**
+   * Wrap a failed connect(2).
+   *
+   * @param socket the socket path
+   * @param errno the errno value connect left
+   */
+  constructor(socket: string, errno: number) {
+    super("connect", errno, strerror(errno), `cannot connect to memfdbus broker at ${socket}`);
+    this.name = "ConnectError";
+    this.socket = socket;
   }
 }
 
@@ -104,7 +137,7 @@ export class Connection implements Disposable {
       for (;;) {
         const r = connectUnix(fd, addr);
         if (r === 0) return new Connection(fd, timeoutMs, syncWaitUs);
-        if (r !== -EAGAIN) throw errnoErrorOf("connect", -r);
+        if (r !== -EAGAIN) throw new ConnectError(path, -r);
         const left = deadline - performance.now();
         if (left <= 0) throw new TimeoutError("connect", timeoutMs);
         await new Promise((res) => setTimeout(res, Math.min(backoff, left)));

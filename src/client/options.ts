@@ -5,6 +5,8 @@
  * @module
  */
 
+import { DEFAULT_SOCKET } from "../core/options.ts";
+
 /**
  * Options of a {@link Client}.
  *
@@ -17,7 +19,7 @@
  * ```
  */
 export interface ClientOptions {
-  /** Broker socket path; `/tmp/memfdbus.sock` by default. */
+  /** Broker socket path; MEMFDBUS_SOCKET, else `/tmp/memfdbus.sock`, by default. */
   readonly socket?: string;
   /**
    * The job id requests carry. Undefined: `MEMFDBUS_JOB_ID` when it is set and non-empty.
@@ -185,6 +187,25 @@ export const WAIT_FOREVER_MS = 7 * 24 * 3_600_000;
 export const DEFAULT_TIMEOUT_MS = 30_000;
 /** Extra time a PUT allows per byte, for the broker's digest check (100 MB/s). */
 export const PUT_MS_PER_BYTE = 1 / 100_000;
+
+/**
+ * The socket a client uses when none is given: MEMFDBUS_SOCKET when set and non-empty, else
+ * `/tmp/memfdbus.sock`.
+ *
+ * @example
+ * ```ts
+ * import { defaultSocket } from "@memfdbus/memfdbus";
+ * console.log(defaultSocket()); // "/tmp/memfdbus.sock" unless MEMFDBUS_SOCKET is set
+ * ```
+ */
+export function defaultSocket(): string {
+  try {
+    const v = Deno.env.get("MEMFDBUS_SOCKET");
+    return v === undefined || v === "" ? DEFAULT_SOCKET : v;
+  } catch {
+    return DEFAULT_SOCKET;
+  }
+}
 
 /**
  * Read MEMFDBUS_JOB_ID, treating an empty value or a denied permission as unset.

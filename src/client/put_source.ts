@@ -77,7 +77,7 @@ export async function prepareSealed(
   if (source instanceof Memfd) return prepareFromFd(source.fd, label, false);
   if (typeof source === "string") {
     const fd = libc.symbols.open(cstr(source), O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0) throw lastError("open", "open input");
+    if (fd < 0) throw lastError("open", `open input: ${source}`);
     let prepared: Prepared;
     try {
       prepared = prepareFromFd(fd, label, true);

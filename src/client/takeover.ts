@@ -11,7 +11,7 @@ import { closeQuietly } from "../ffi.ts";
 import { fromUtf8 } from "../protocol/bytes.ts";
 import { Cmd, decodeHeader, encodeHeader, HEADER_SIZE } from "../protocol/wire.ts";
 import { closeAll } from "../sys/unix_socket.ts";
-import { Connection } from "./connection.ts";
+import { ConnectError, Connection } from "./connection.ts";
 
 /** What a granted takeover hands over. */
 export interface TakeoverGrant {
@@ -33,7 +33,9 @@ export async function requestTakeover(socket: string): Promise<TakeoverGrant> {
   try {
     conn = await Connection.connect(socket, 10_000);
   } catch (e) {
-    throw new UsageError(`no broker to take over from on ${socket}: ${(e as Error).message}`);
+    // The socket is named once: `connect: <strerror>` rather than ConnectError's whole message.
+    const why = e instanceof ConnectError ? `connect: ${e.description}` : (e as Error).message;
+    throw new UsageError(`no broker to take over from on ${socket}: ${why}`);
   }
   try {
     await conn.send(

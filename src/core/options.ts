@@ -37,12 +37,8 @@ export type MetricsAddress =
 /**
  * Parse a metrics address: `HOST:PORT` (HOST an IPv4 address, `localhost` or `[IPv6]`; PORT
  * 1..65535) or a Unix socket path starting with `/` or `.`. Null when it is neither.
- *
- * @example
- * ```ts
- * import { parseMetricsAddress } from "@memfdbus/memfdbus";
- * console.log(parseMetricsAddress("127.0.0.1:9464")); // { kind: "tcp", hostname: "127.0.0.1", port: 9464 }
- * ```
+ * For example `parseMetricsAddress("127.0.0.1:9464")` is
+ * `{ kind: "tcp", hostname: "127.0.0.1", port: 9464 }`.
  */
 export function parseMetricsAddress(value: string): MetricsAddress | null {
   if (value.startsWith("/") || value.startsWith(".")) {

@@ -13,7 +13,7 @@
 import { closeQuietly, libc } from "../ffi.ts";
 import { FDS_PER_FRAME, Frame, type WireObject } from "../protocol/shadow_frames.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
-import { Poller } from "../sys/poller.ts";
+import { Poller, type PollEvent } from "../sys/poller.ts";
 import { EPOLLIN } from "../sys/linux.ts";
 import { openListener } from "../sys/listener.ts";
 import { acceptUnix } from "../sys/unix_socket.ts";
@@ -133,16 +133,26 @@ export function applyFrame(state: ShadowState, f: FrameIn, link: FrameConn): voi
 }
 
 /**
- * Run a shadow on `path` until the process is killed. At most one broker is served at a time:
+ * Run a shadow on `path` until SIGTERM or SIGINT stops it (it then removes its socket file, if
+ * that is still the one it created, and resolves with exit code 0) or the process is killed.
+ * The poll waits off the main thread so the signal handlers can run. At most one broker is
+ * served at a time:
  * a new connection replaces the previous one (the broker it belonged to is gone or handing
  * over) once it sends its first frame. Until then it is only a candidate, so a connection that
  * says nothing (the liveness probe of a second `memfdbus shadow` or broker on the same path)
  * does not cost the attached broker its link.
  */
-export function runShadow(path: string, onReady: () => void = () => {}): never {
+export async function runShadow(path: string, onReady: () => void = () => {}): Promise<number> {
   libc.symbols.setsid();
   const listener = openListener(path, 0o600, 16, "shadow");
   const poller = new Poller(16);
+  let stopped = false;
+  const stop = (): void => {
+    stopped = true;
+    poller.wake();
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
   poller.add(listener.fd, EPOLLIN, LISTEN_TOKEN);
   const state = new ShadowState();
   let link: FrameConn | null = null;
@@ -164,8 +174,9 @@ export function runShadow(path: string, onReady: () => void = () => {}): never {
     }
   };
   onReady();
-  for (;;) {
-    const events = poller.poll([], -1);
+  const events: PollEvent[] = [];
+  while (!stopped) {
+    await poller.wait(-1, events);
     for (const ev of events) {
       if (ev.token === LISTEN_TOKEN) {
         const fd = acceptUnix(listener.fd);
@@ -210,4 +221,13 @@ export function runShadow(path: string, onReady: () => void = () => {}): never {
       serve(conn, frames);
     }
   }
+  Deno.removeSignalListener("SIGTERM", stop);
+  Deno.removeSignalListener("SIGINT", stop);
+  // Remove the socket file only if it is still ours (a newer shadow may have replaced it).
+  try {
+    if (Deno.lstatSync(path).ino === Number(listener.ino)) Deno.removeSync(path);
+  } catch {
+    // Already gone.
+  }
+  return 0;
 }

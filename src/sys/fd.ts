@@ -147,6 +147,11 @@ export function statusFlags(fd: number): number {
   return check(libc.symbols.fcntl(fd, F_GETFL, 0), "fcntl", "F_GETFL");
 }
 
+/** A new close-on-exec descriptor for the same open file (fcntl F_DUPFD_CLOEXEC). */
+export function dupCloexec(fd: number, context = "dup"): number {
+  return check(libc.symbols.fcntl(fd, F_DUPFD_CLOEXEC, 0), "fcntl", context);
+}
+
 /** Set or clear O_NONBLOCK. */
 export function setNonblocking(fd: number, on: boolean): void {
   const flags = statusFlags(fd);

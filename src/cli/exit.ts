@@ -1,0 +1,116 @@
+/**
+ * Errors that end a subcommand with a particular exit code, and the turning of library errors
+ * into the one line a user reads (with what to do about it).
+ *
+ * @module
+ */
+
+import { ErrnoError } from "../errors.ts";
+import { ConnectError } from "../client/connection.ts";
+import { defaultSocket } from "../client.ts";
+import { tryLstat } from "../sys/fd.ts";
+import { ENOENT, S_IFMT } from "../sys/linux.ts";
+
+/** A failure with its own exit code (127: command not found, 126: not executable). */
+export class ExitError extends Error {
+  /** The process exit code. */
+  readonly exitCode: number;
+
+  /**
+   * Describe the failure.
+   *
+   * @param message the line the CLI prints
+   * @param exitCode the exit code
+   */
+  constructor(message: string, exitCode: number) {
+    super(message);
+    this.name = "ExitError";
+    this.exitCode = exitCode;
+  }
+}
+
+/** The exit code of a process ended by each signal the CLI handles (128 + its number). */
+export const SIGNAL_EXIT: Readonly<Record<string, number>> = {
+  SIGHUP: 129,
+  SIGINT: 130,
+  SIGPIPE: 141,
+  SIGTERM: 143,
+};
+
+/**
+ * The command was interrupted by a signal (or its output pipe closed: SIGPIPE); it cleaned up
+ * and exits 128 + the signal's number, printing nothing, as a process killed by it would.
+ */
+export class Interrupted extends Error {
+  /** SIGINT, SIGTERM, SIGHUP or SIGPIPE. */
+  readonly signal: string;
+
+  /**
+   * Record the signal.
+   *
+   * @param signal its name
+   */
+  constructor(signal: string) {
+    super(`interrupted by ${signal}`);
+    this.name = "Interrupted";
+    this.signal = signal;
+  }
+
+  /** 128 + the signal's number. */
+  get exitCode(): number {
+    return SIGNAL_EXIT[this.signal] ?? 1;
+  }
+}
+
+/**
+ * exec or capture could not start COMMAND: `command not found: NAME` (exit 127) for ENOENT,
+ * `cannot execute NAME: <strerror>` (exit 126) otherwise, as a shell reports them.
+ */
+export function commandError(e: unknown, command: string): unknown {
+  if (!(e instanceof ErrnoError) || (e.syscall !== "execvp" && e.syscall !== "posix_spawnp")) {
+    return e;
+  }
+  if (e.code === "ENOENT") return new ExitError(`command not found: ${command}`, 127);
+  return new ExitError(`cannot execute ${command}: ${e.description}`, 126);
+}
+
+/** S_IFSOCK */
+const S_IFSOCK = 0o140000;
+
+/** S_IFDIR */
+const S_IFDIR = 0o040000;
+
+/**
+ * The line for a failed connection: the socket path, why, and what to do, for example
+ * `cannot connect to memfdbus broker at /tmp/x.sock: No such file or directory — is the broker
+ * running? start it with \`memfdbus broker\``.
+ */
+export function connectMessage(e: ConnectError): string {
+  const start = e.socket === defaultSocket()
+    ? "`memfdbus broker`"
+    : `\`memfdbus broker --socket ${e.socket}\``;
+  const head = `cannot connect to memfdbus broker at ${e.socket}`;
+  const st = tryLstat(e.socket);
+  if (st === -ENOENT || e.code === "ENOENT") {
+    return `${head}: ${e.description} — is the broker running? start it with ${start}`;
+  }
+  if (typeof st !== "number" && (st.mode & S_IFMT) !== S_IFSOCK) {
+    const what = (st.mode & S_IFMT) === S_IFDIR ? "a directory" : "a file";
+    return `${head}: ${what} is there, not a socket — check --socket (or MEMFDBUS_SOCKET)`;
+  }
+  if (e.code === "ECONNREFUSED") {
+    return `${head}: ${e.description} — no broker is listening on it (a broker that died left ` +
+      `it behind?); start one with ${start}`;
+  }
+  if (e.code === "EACCES") {
+    return `${head}: ${e.description} — the socket's mode (broker --socket-mode) does not ` +
+      `let this user connect`;
+  }
+  return e.message;
+}
+
+/** The line the CLI prints for an error. */
+export function errorLine(e: unknown): string {
+  if (e instanceof ConnectError) return connectMessage(e);
+  return e instanceof Error ? e.message : String(e);
+}
