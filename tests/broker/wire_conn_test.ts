@@ -354,6 +354,8 @@ Deno.test("one request per connection, unless the keep-alive flag is set", async
   const data = enc("alive");
   const digest = digestOf(data);
   const KA = withExt(Flag.KEEP_ALIVE);
+  // A kept-alive reply also advertises broker-computed digests.
+  const KA_REPLY = withExt(Flag.KEEP_ALIVE | Flag.DIGEST);
   const line1 = listLine(1, null, null, 5, digest, "ka");
 
   await t.step("setup: object 1", async () => {
@@ -374,14 +376,14 @@ Deno.test("one request per connection, unless the keep-alive flag is set", async
   );
 
   await t.step(
-    "LIST, GET and PUT with the flag share one connection and each reply has reserved 1",
+    "LIST, GET and PUT with the flag share one connection and each reply has KEEP_ALIVE and DIGEST",
     async () => {
       using c = await RawClient.connect(s.socket);
       await c.send(listRequest(undefined, KA));
       const list = await c.reply();
       assertEquals(
         list.header,
-        replyHeader({ cmd: Cmd.LIST, textLen: line1.length, reserved: KA }),
+        replyHeader({ cmd: Cmd.LIST, textLen: line1.length, reserved: KA_REPLY }),
       );
       assertEquals(bin(list.body), line1);
       await s.nextAudit();
@@ -397,7 +399,7 @@ Deno.test("one request per connection, unless the keep-alive flag is set", async
             size: 5n,
             nameLen: 2,
             textLen: 71,
-            reserved: KA,
+            reserved: KA_REPLY,
           }),
         );
         assertEquals([bin(get.body), get.fds.length], ["ka" + digest, 1]);
@@ -410,7 +412,10 @@ Deno.test("one request per connection, unless the keep-alive flag is set", async
       using m = sealedMemfd(data);
       await c.send(putRequest("ka2", data, { reserved: KA }), [m.fd]);
       const put = await c.reply();
-      assertEquals(put.header, replyHeader({ cmd: Cmd.PUT, objectId: 2n, size: 5n, reserved: KA }));
+      assertEquals(
+        put.header,
+        replyHeader({ cmd: Cmd.PUT, objectId: 2n, size: 5n, reserved: KA_REPLY }),
+      );
       await s.nextAudit();
 
       // The last request leaves the flag out: answered with reserved 0, then closed.
