@@ -6,7 +6,9 @@
  *
  * Everything runs on nonblocking sockets: a step that cannot finish registers the socket with
  * epoll (edge-triggered, only on the first EAGAIN) and returns; the loop calls
- * {@link Sessions.event} when it is ready again.
+ * {@link Sessions.event} when it is ready again. The reply half (sending, auditing after the
+ * send, keep-alive, watch, linger) is in `session_reply.ts`; what sessions are built from is in
+ * `session_parts.ts`.
  *
  * @module
  */
