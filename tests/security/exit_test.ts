@@ -21,7 +21,12 @@ const timer = setInterval(() => {
   try { Deno.lstatSync(socket); } catch { return; }
   clearInterval(timer);
   const nul = libc.symbols.open(new TextEncoder().encode("/dev/null\\0"), 0, 0);
-  for (const fd of epolls()) if (!before.has(fd)) libc.symbols.dup3(nul, fd, 0o2000000);
+  // Only the broker's own epoll: the new one that watches a socket (its listener). A Worker's
+  // runtime may have made another epoll meanwhile; breaking that one would hang the Worker.
+  const watchesSocket = (fd) => Deno.readTextFileSync("/proc/self/fdinfo/" + fd).split("\\n")
+    .map((l) => /^tfd:\\s*(\\d+)/.exec(l)?.[1]).filter((t) => t !== undefined)
+    .some((t) => { try { return Deno.readLinkSync("/proc/self/fd/" + t).startsWith("socket:"); } catch { return false; } });
+  for (const fd of epolls()) if (!before.has(fd) && watchesSocket(fd)) libc.symbols.dup3(nul, fd, 0o2000000);
   console.error("broke the epoll descriptor");
 }, 5);
 Deno.exit(await main(["broker", "--socket", socket]));
