@@ -225,6 +225,7 @@ export class Broker implements AsyncDisposable {
       store,
       governor,
       counters,
+      ...(options.cluster === null ? {} : { cluster: () => this.#cluster }),
     });
     // Fair shares per peer uid (src/core/fair_shares.ts); objects and bytes are counted by the
     // governor, which the PUT, DROP and release paths keep current.

@@ -11,8 +11,9 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { connect } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
+import parsePrometheus from "parse-prometheus-text-format";
 import { BrokerProcess, CLI, cli, CLI_PERMS, digestOf, enc, fdTable, tempDir } from "./helpers.ts";
-import { NATS_IGNORE, NatsNode, waitFor } from "./cluster_support.ts";
+import { freePorts, NATS_IGNORE, NatsNode, waitFor } from "./cluster_support.ts";
 import { ROOT } from "./helpers.ts";
 
 // The tests decide the job id of every call themselves.
@@ -20,6 +21,30 @@ Deno.env.delete("MEMFDBUS_JOB_ID");
 
 function clusterArgs(url: string, host: string, extra: readonly string[] = []): string[] {
   return ["--cluster", url, "--host-id", host, ...extra];
+}
+
+/** `--metrics 127.0.0.1:PORT` on a free port, and the URL to scrape. */
+function metricsArgs(): { args: string[]; url: string } {
+  const [port] = freePorts(1);
+  return { args: ["--metrics", `127.0.0.1:${port}`], url: `http://127.0.0.1:${port}/metrics` };
+}
+
+/** The `memfdbus_cluster_*` samples of a scrape (without the prefix), label-free ones only. */
+async function clusterMetrics(url: string): Promise<Record<string, number>> {
+  const r = await fetch(url);
+  assertEquals(r.status, 200);
+  const fams = parsePrometheus(await r.text()) as {
+    name: string;
+    metrics: { value?: string; labels?: Record<string, string> }[];
+  }[];
+  const out: Record<string, number> = {};
+  for (const f of fams) {
+    const m = f.metrics[0];
+    if (f.name.startsWith("memfdbus_cluster_") && m !== undefined) {
+      out[f.name.slice("memfdbus_cluster_".length)] = Number(m.value);
+    }
+  }
+  return out;
 }
 
 /** Memfds the broker pulled from the cluster (their label says so). */
@@ -98,8 +123,10 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     await using nats = await NatsNode.single();
-    await using a = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-a"));
-    await using b = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-b"));
+    const ma = metricsArgs();
+    const mb = metricsArgs();
+    await using a = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-a", ma.args));
+    await using b = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-b", mb.args));
     const d = dir.path;
     const v1 = new Uint8Array(300_000).map((_, i) => (i * 7) & 0xff);
     await Deno.writeFile(`${d}/v1`, v1);
@@ -117,6 +144,33 @@ Deno.test({
       assertEquals(g.bytes, v1);
     }
     assertEquals(pulledMemfds(b.pid).length, 1);
+    // The metrics say so: one upload on A (queue drained), one pull on B, both connected.
+    const quiet = {
+      connected: 1,
+      queue_objects: 0,
+      queue_bytes: 0,
+      queue_overflows_total: 0,
+      dedup_hits_total: 0,
+    };
+    let aMetrics: Record<string, number> = {};
+    await waitFor("A's upload queue drained in its metrics", async () => {
+      aMetrics = await clusterMetrics(ma.url);
+      return aMetrics.queue_objects === 0;
+    });
+    assertEquals(aMetrics, {
+      ...quiet,
+      uploads_total: 1,
+      uploaded_bytes_total: v1.length,
+      pulls_total: 0,
+      pulled_bytes_total: 0,
+    });
+    assertEquals(await clusterMetrics(mb.url), {
+      ...quiet,
+      uploads_total: 0,
+      uploaded_bytes_total: 0,
+      pulls_total: 1,
+      pulled_bytes_total: v1.length,
+    });
     const bList = await cli(["list", "--socket", b.socket]);
     assertEquals(bList.stdout.trim().split("\n").length, 1);
     const st = await cli(["stat", "--name", "model", "--socket", b.socket, "--json"]);
@@ -255,7 +309,8 @@ Deno.test({
         cluster: { servers: [nats.url], hostId: "down-a", maxQueueEntries: 1, timeoutMs: 500 },
       }),
     );
-    await using a = await BrokerProcess.start(d, ["--config", `${d}/a.jsonc`]);
+    const ma = metricsArgs();
+    await using a = await BrokerProcess.start(d, ["--config", `${d}/a.jsonc`, ...ma.args]);
     await using b = await BrokerProcess.start(d, clusterArgs(nats.url, "down-b"));
     await using c = await BrokerProcess.start(
       d,
@@ -285,6 +340,12 @@ Deno.test({
     assertEquals((await getBytes(a, "outage-2", `${d}/a2`)).bytes, two);
     const overflow = a.audit().find((r) => r.op === "put" && r.name === "outage-2" && r.error);
     assertEquals(overflow?.error, "cluster upload queue full: 1 objects, 24 bytes waiting");
+    // ...and so do A's metrics: one object queued, one refused, not connected.
+    const down = await clusterMetrics(ma.url);
+    assertEquals(
+      [down.connected, down.queue_objects, down.queue_bytes, down.queue_overflows_total],
+      [0, 1, one.length, 1],
+    );
     // A remote lookup fails at once, saying why.
     const miss = await getBytes(b, "outage-1", `${d}/b1`);
     assertEquals([miss.code, miss.stderr], [
@@ -305,6 +366,11 @@ Deno.test({
       const g = await getBytes(b, "outage-1", `${d}/b1`);
       return g.code === 0 && digestOf(g.bytes ?? new Uint8Array()) === digestOf(one);
     }, 30_000);
+    const up = await clusterMetrics(ma.url);
+    assertEquals(
+      [up.connected, up.queue_objects, up.queue_bytes, up.queue_overflows_total, up.uploads_total],
+      [1, 0, 0, 1, 1],
+    );
     const refused = await getBytes(b, "outage-2", `${d}/b2`);
     assertEquals([refused.code, refused.stderr], [1, "broker error: object not found\n"]);
   },
