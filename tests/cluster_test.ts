@@ -28,6 +28,7 @@ import {
   toObjectDigest,
 } from "../src/cluster/model.ts";
 import {
+  ClusterChangedError,
   ClusterCorruptError,
   ClusterDataError,
   ClusterQueueFullError,
@@ -361,6 +362,33 @@ natsTest("drop on B makes the previous version latest everywhere, down to none",
     "drop host-a",
     "drop host-b",
   ]);
+});
+
+natsTest("a drop that names a revision refuses once another version became newest", async () => {
+  await using node = await NatsNode.single();
+  const bucket = `t${bucketSeq++}`;
+  await using a = await tier([node.url], "host-a", bucket);
+  await using b = await tier([node.url], "host-b", bucket);
+  // B checks its policy against v1; A publishes v2 before B's drop lands.
+  const v1 = await put(a, "race", enc.encode("checked version"));
+  const checked = await b.resolve("race");
+  assertEquals(checked, v1);
+  const v2 = await put(a, "race", enc.encode("published after the check"));
+  await rejects(b.drop("race", v1.revision), (e: unknown) => {
+    assert(e instanceof ClusterChangedError, String(e));
+    assertEquals([e.expected, e.newest], [v1.revision, v2]);
+    assertEquals(
+      e.message,
+      `cluster name changed: expected revision ${v1.revision}, newest is ${v2.revision}`,
+    );
+    return true;
+  });
+  // Nothing was dropped: v2 is still latest on both hosts, v1 still live behind it.
+  assertEquals(await a.resolve("race"), v2);
+  assertEquals(await b.resolve("race"), v2);
+  const r = await b.drop("race", v2.revision);
+  assertEquals([r?.dropped, r?.current], [v2, v1]);
+  assertEquals(await a.resolve("race"), v1);
 });
 
 natsTest("known content is not uploaded twice, from any host", async () => {

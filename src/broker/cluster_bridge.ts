@@ -31,7 +31,13 @@ import { Text } from "../protocol/wire.ts";
 import { tryDup } from "../sys/fd.ts";
 import type { ClusterOptions } from "../cluster/options.ts";
 import type { ClusterEntry, ClusterVersion } from "../cluster/model.ts";
-import { type ClusterEvent, ClusterTier, type ClusterWatch } from "../cluster/tier.ts";
+import {
+  type ClusterDropResult,
+  type ClusterEvent,
+  ClusterTier,
+  type ClusterWatch,
+} from "../cluster/tier.ts";
+import { ClusterChangedError } from "../cluster/errors.ts";
 import type { AuditOutput, Diagnostics } from "./audit_sink.ts";
 import type { ClusterSeam, PublishResult } from "./cluster_seam.ts";
 import type { ObjectDescriptors } from "./descriptors.ts";
@@ -54,6 +60,9 @@ export interface BridgeParts {
   /** Quota accounting: pulled copies count like local objects. */
   readonly governor?: Governor;
 }
+
+/** Policy checks a DROP makes before giving up while other hosts keep publishing the name. */
+const DROP_CHECKS = 5;
 
 /** Revision of an object whose upload is still queued: newer than anything seen. */
 const PENDING = Number.MAX_SAFE_INTEGER;
@@ -243,11 +252,21 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
   }
 
   async #drop(name: string, caller: string | null): Promise<RemoteAnswer> {
-    const newest = await this.#tier.resolve(name);
-    if (newest === null) return { kind: "none" };
-    if (!droppable(newest, caller)) return { kind: "denied", version: newest };
-    const r = await this.#tier.drop(name);
-    if (r === null) return { kind: "none" };
+    let newest = await this.#tier.resolve(name);
+    let r: ClusterDropResult | null = null;
+    // The policy check and the drop are two steps: the drop names the revision that was checked
+    // and refuses if another version became newest meanwhile; then the check runs again on it.
+    for (let attempt = 1; r === null; attempt++) {
+      if (newest === null) return { kind: "none" };
+      if (!droppable(newest, caller)) return { kind: "denied", version: newest };
+      try {
+        r = await this.#tier.drop(name, newest.revision);
+        if (r === null) return { kind: "none" };
+      } catch (e) {
+        if (!(e instanceof ClusterChangedError) || attempt >= DROP_CHECKS) throw e;
+        newest = e.newest;
+      }
+    }
     this.#dropped(name, r.dropped.revision, r.current);
     const local = this.#removeCopies(name, r.dropped.revision);
     return { kind: "dropped", version: r.dropped, local };

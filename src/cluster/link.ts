@@ -21,6 +21,7 @@ import type { ClusterOptions } from "./options.ts";
 import type { ClusterEntry, ClusterVersion } from "./model.ts";
 import { KV_HISTORY } from "./model.ts";
 import {
+  ClusterChangedError,
   ClusterClosedError,
   ClusterCorruptError,
   ClusterDataError,
@@ -54,7 +55,7 @@ export interface Buckets {
 /** True for errors that say the engine could not be reached or answered too late. */
 export function transient(e: unknown): boolean {
   return !(e instanceof ClusterCorruptError || e instanceof ClusterDataError ||
-    e instanceof ClusterClosedError);
+    e instanceof ClusterClosedError || e instanceof ClusterChangedError);
 }
 
 /** The connection to the engine and the helpers every engine call uses. */

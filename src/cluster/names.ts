@@ -2,7 +2,9 @@
  * Reading and changing names in the KV bucket: the cluster's latest version of a name (one
  * direct get of the key's newest message), every name's latest version, and a drop of a name's
  * newest version, a tombstone written as a compare-and-set on the key's last revision after
- * folding its history. Loaded only with `--cluster`.
+ * folding its history. A drop names the revision its caller's policy check saw, so a publish
+ * landing between that check and the drop cannot be dropped unchecked. Loaded only with
+ * `--cluster`.
  *
  * @module
  */
@@ -17,7 +19,7 @@ import {
   nameKey,
   replay,
 } from "./model.ts";
-import { ClusterDataError, ClusterUnavailableError } from "./errors.ts";
+import { ClusterChangedError, ClusterDataError, ClusterUnavailableError } from "./errors.ts";
 import type { EngineLink } from "./link.ts";
 
 /** JetStream's error code for a compare-and-set whose expected last revision is stale. */
@@ -63,8 +65,10 @@ export class ClusterNames {
    * Drop the cluster's newest version of a name (see `ClusterTier.drop`).
    *
    * @param name the name (binary string of its bytes)
+   * @param expected the revision of the newest version the caller checked; when the newest is
+   *   another one, nothing is dropped and ClusterChangedError says which it is
    */
-  async drop(name: string): Promise<ClusterDropResult | null> {
+  async drop(name: string, expected?: number): Promise<ClusterDropResult | null> {
     const key = nameKey(name);
     const link = this.#link;
     for (let attempt = 1;; attempt++) {
@@ -82,6 +86,9 @@ export class ClusterNames {
       const dropped = live.pop();
       if (last === undefined || dropped === undefined) return null;
       if (dropped.name !== name) throw new ClusterDataError(`key ${key} names another name`);
+      if (expected !== undefined && dropped.revision !== expected) {
+        throw new ClusterChangedError(expected, dropped);
+      }
       const current = live.at(-1) ?? null;
       try {
         const revision = await link.interactive(

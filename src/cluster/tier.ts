@@ -165,10 +165,16 @@ export class ClusterTier implements AsyncDisposable {
    * name meanwhile (otherwise it looks again), makes the previous live version latest
    * everywhere. Null when the name has no live version.
    *
+   * With `expected` (the revision of the version the caller's policy check saw), the drop goes
+   * ahead only while that version is still the newest: if a publish landed after the check, it
+   * throws ClusterChangedError (carrying the newest version) and drops nothing, so a caller who
+   * may drop the old version cannot drop a new one it was never checked against.
+   *
    * @param name the name (binary string of its bytes)
+   * @param expected the revision the caller checked, if it checked one
    */
-  drop(name: string): Promise<ClusterDropResult | null> {
-    return this.#names.drop(name);
+  drop(name: string, expected?: number): Promise<ClusterDropResult | null> {
+    return this.#names.drop(name, expected);
   }
 
   /** The latest live version of every name in the cluster, sorted by name bytes. */
