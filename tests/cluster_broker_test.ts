@@ -270,6 +270,57 @@ Deno.test({
 });
 
 Deno.test({
+  name: "cluster: pulled copies fall under retention like local objects and can be pulled again",
+  ignore: NATS_IGNORE !== false,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    using dir = tempDir();
+    const d = dir.path;
+    await using nats = await NatsNode.single();
+    await using a = await BrokerProcess.start(d, clusterArgs(nats.url, "keep-a"));
+    const mb = metricsArgs();
+    await using b = await BrokerProcess.start(
+      d,
+      clusterArgs(nats.url, "keep-b", ["--keep-versions", "1", ...mb.args]),
+    );
+    const m1 = enc("weights, first version");
+    const m2 = enc("weights, second version!");
+    await Deno.writeFile(`${d}/m1`, m1);
+    await Deno.writeFile(`${d}/m2`, m2);
+    await put(a, `${d}/m1`, "w");
+    await committed(a, "w", digestOf(m1));
+    assertEquals((await getBytes(b, "w", `${d}/b1`)).bytes, m1);
+    await put(a, `${d}/m2`, "w");
+    await committed(a, "w", digestOf(m2));
+    assertEquals((await getBytes(b, "w", `${d}/b2`)).bytes, m2);
+
+    // B keeps one version of "w": pulling m2 released the copy of m1, with an audit record, and
+    // its memfd is gone from the broker's descriptor table.
+    const release = b.audit().filter((r) => r.op === "release");
+    assertEquals(
+      release.map((r) => [r.name, r.digest, r.reason]),
+      [["w", digestOf(m1), "retention"]],
+    );
+    assertEquals(pulledMemfds(b.pid).length, 1);
+    const listed = await cli(["list", "--socket", b.socket]);
+    assertEquals(listed.stdout.trim().split("\n").length, 1);
+    assert(listed.stdout.includes(digestOf(m2)), listed.stdout);
+    const m = await clusterMetrics(mb.url);
+    assertEquals([m.pulls_total, m.pulled_bytes_total], [2, m1.length + m2.length]);
+
+    // The released copy is only a cache: once m2 is dropped, B pulls m1 again.
+    const dropped = await cli(["drop", "--name", "w", "--socket", a.socket]);
+    assertEquals([dropped.code, dropped.stderr], [0, ""]);
+    await waitFor("B to serve m1 again after the drop on A", async () => {
+      const g = await getBytes(b, "w", `${d}/b3`);
+      return g.bytes !== null && digestOf(g.bytes) === digestOf(m1);
+    });
+    assertEquals((await clusterMetrics(mb.url)).pulls_total, 3);
+  },
+});
+
+Deno.test({
   name: "cluster: --cluster-sync acknowledges after the commit; a broker without --cluster says so",
   ignore: NATS_IGNORE !== false,
   sanitizeResources: false,
