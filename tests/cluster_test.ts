@@ -133,7 +133,10 @@ Deno.test("parseClusterConfig() applies every key and names the key of a mistake
     storage: "memory",
     sync: true,
     maxQueueEntries: 5,
+    maxBytes: 1 << 30,
   }, "host");
+  assertEquals(o.maxBytes, 1 << 30);
+  assertEquals(parseClusterConfig({ servers: "nats://x:1" }, "h").maxBytes, null);
   assertEquals(o.servers, ["nats://a:4222", "tls://b:4223"]);
   assertEquals([o.bucket, o.hostId, o.replicas, o.storage, o.sync], [
     "b1",
@@ -151,6 +154,10 @@ Deno.test("parseClusterConfig() applies every key and names the key of a mistake
       'cluster.servers: expected URLs such as ["nats://127.0.0.1:4222"]',
     ],
     [{ servers: "nats://x:1", replicas: 7 }, "cluster.replicas: expected an integer from 1 to 5"],
+    [
+      { servers: "nats://x:1", maxBytes: 0 },
+      "cluster.maxBytes: expected an integer from 1 to 9007199254740991",
+    ],
     [{ servers: "nats://x:1", storage: "disk" }, 'cluster.storage: expected "file" or "memory"'],
     [
       { servers: "nats://x:1", token: "t", nkey: "/k" },
@@ -390,6 +397,32 @@ natsTest("a drop that names a revision refuses once another version became newes
   assertEquals([r?.dropped, r?.current], [v2, v1]);
   assertEquals(await a.resolve("race"), v1);
 });
+
+natsTest(
+  "cluster.maxBytes sets the blob bucket's max_bytes, also on an existing bucket",
+  async () => {
+    await using node = await NatsNode.single();
+    const bucket = `t${bucketSeq++}`;
+    const maxBytes = async (): Promise<number> => {
+      const nc = await connect({ servers: node.url });
+      try {
+        const jsm = await jetstreamManager(nc);
+        return (await jsm.streams.info(`OBJ_${bucket}-blobs`)).config.max_bytes;
+      } finally {
+        await nc.close();
+      }
+    };
+    {
+      await using _a = await tier([node.url], "host-a", bucket);
+      assertEquals(await maxBytes(), -1);
+    }
+    await using b = await tier([node.url], "host-b", bucket, { maxBytes: 4 << 20 });
+    assertEquals(await maxBytes(), 4 << 20);
+    // A blob that fits is stored as usual.
+    const v = await put(b, "small", randomBytes(1 << 20, 7));
+    assertEquals((await b.resolve("small"))?.digest, v.digest);
+  },
+);
 
 natsTest("known content is not uploaded twice, from any host", async () => {
   await using node = await NatsNode.single();

@@ -253,7 +253,20 @@ export class EngineLink {
         replicas: o.replicas,
         storage,
       });
-      const os = await new Objm(js).create(`${o.bucket}-blobs`, { replicas: o.replicas, storage });
+      const os = await new Objm(js).create(`${o.bucket}-blobs`, {
+        replicas: o.replicas,
+        storage,
+        ...(o.maxBytes === null ? {} : { max_bytes: o.maxBytes }),
+      });
+      if (o.maxBytes !== null) {
+        // create() leaves an existing bucket's configuration alone: bring its limit in line.
+        const jsm = await js.jetstreamManager();
+        const stream = `OBJ_${o.bucket}-blobs`;
+        const si = await jsm.streams.info(stream);
+        if (si.config.max_bytes !== o.maxBytes) {
+          await jsm.streams.update(stream, { max_bytes: o.maxBytes });
+        }
+      }
       if (this.#closed) throw new ClusterClosedError();
       this.#nc = nc;
       this.#buckets = { kv, os };
