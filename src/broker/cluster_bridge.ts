@@ -191,8 +191,11 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       ? undefined
       : this.#latest.get(name);
     if (v === undefined) {
-      v = await this.#tier.resolve(name);
-      if (v !== null) this.#note(v);
+      const found = await this.#tier.resolve(name);
+      if (found !== null) this.#note(found);
+      // The watch may have delivered a publish while the lookup was out; its wake found nobody
+      // parked (this request was not yet), so without this a `get --wait` would miss it.
+      v = this.#latest.get(name) ?? null;
     }
     if (v === null) return { kind: "none" };
     // Policy travels with the name: a caller that may not read it costs no pull.
