@@ -89,4 +89,10 @@ export { checkSocketPath, UnsafePathError } from "./src/sys/path_safety.ts";
 export { PeerUidError } from "./src/sys/peer_uid.ts";
 export { type CopyLabels, type CopyMethod, type CopyResult } from "./src/sys/copy.ts";
 export { FileDescriptor, type FileStat } from "./src/sys/fd.ts";
-export { DigestBuilder, digestBytes, digestFd, digestFdRead } from "./src/hash/digest.ts";
+export {
+  DigestBuilder,
+  digestBytes,
+  digestFd,
+  digestFdRead,
+  digestObjectFd,
+} from "./src/hash/digest.ts";

@@ -5,7 +5,10 @@
  * Floors: a raw SCM_RIGHTS round trip between two processes (bench/floor.ts), node:crypto SHA-256
  * and a memcpy of the same bytes, and `deno run` of an empty script.
  *
- * Options: `--quick` (smaller sizes and counts, for a smoke run), `--out FILE`.
+ * Options: `--quick` (smaller sizes and counts, for a smoke run), `--out FILE`, section letters
+ * (`a`..`g`) to run only those. `--against PATH` (with `--c-bench PATH`, `--pin CPU`) runs the
+ * side-by-side comparison with another memfdbus broker binary instead (bench/side_by_side.ts),
+ * printing both brokers' figures and their ratio, pinned and unpinned.
  *
  * @module
  */
@@ -13,8 +16,10 @@
 import { Client } from "../src/client.ts";
 import { DigestBuilder } from "../src/hash/digest.ts";
 import { Memfd } from "../src/sys/memfd.ts";
-import { BrokerProcess, CLI, CLI_PERMS, ROOT, waitFor } from "../tests/helpers.ts";
+import { BrokerProcess, CLI, CLI_PERMS, ROOT } from "../tests/support/harness.ts";
+import { waitFor } from "../tests/support/wait.ts";
 import { floorRoundTrips } from "./floor.ts";
+import { sideBySide } from "./side_by_side.ts";
 
 const quick = Deno.args.includes("--quick");
 const outArg = Deno.args.indexOf("--out");
@@ -490,8 +495,7 @@ async function shadowCost(): Promise<void> {
           return false;
         }
       },
-      30_000,
-      `the shadow's socket ${shadowPath}`,
+      { what: `the shadow's socket ${shadowPath}`, timeoutMs: 30_000 },
     );
     mirrored = await measure(["--shadow", shadowPath]);
   } finally {
@@ -595,15 +599,39 @@ const sections: Record<string, () => Promise<void>> = {
   h: governanceCost,
 };
 const only = Deno.args.filter((a) => /^[a-h]$/.test(a));
+const against = Deno.args.includes("--against");
 try {
+  if (against) {
+    console.error("x. side by side with another broker binary");
+    const side = await sideBySide(Deno.args, dir);
+    for (const r of side) {
+      if (r.broker !== "ours") continue;
+      const other = side.find((o) =>
+        o.broker === "other" && o.metric === r.metric && o.mode === r.mode
+      );
+      const base = other?.value ?? 0;
+      // Ratio as "our cost over theirs": time over time, or their rate over ours.
+      const ratio = base === 0 ? undefined : r.unit === "us" ? r.value / base : base / r.value;
+      row({
+        section: "x",
+        metric: `${r.mode}: ${r.metric} (other ${base.toFixed(1)})`,
+        value: r.value,
+        unit: r.unit,
+        ...(ratio === undefined ? {} : { floor: base, ratio }),
+        target: "<= 1.0x other",
+        ...(ratio === undefined ? {} : { pass: ratio <= 1 }),
+      });
+    }
+  }
   for (const [name, run] of Object.entries(sections)) {
+    if (against && only.length === 0) break;
     if (only.length === 0 || only.includes(name)) await run();
   }
 } finally {
   Deno.removeSync(dir, { recursive: true });
 }
 
-const widths = [8, 52, 12, 7, 8, 30, 5];
+const widths = [8, 64, 12, 7, 8, 30, 5];
 const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 10)).join(" ");
 console.log(line(["section", "metric", "value", "unit", "ratio", "target", "ok"]));
 for (const r of rows) {
@@ -628,4 +656,4 @@ const report = {
 Deno.mkdirSync(outFile.slice(0, outFile.lastIndexOf("/")), { recursive: true });
 Deno.writeTextFileSync(outFile, JSON.stringify(report, null, 2) + "\n");
 console.log(`\nJSON: ${outFile}`);
-await waitFor(() => true);
+await waitFor(() => true, { what: "nothing (one turn of the event loop)" });

@@ -31,8 +31,8 @@ import { Client } from "../src/client.ts";
 import { ClusterTier } from "../src/cluster/tier.ts";
 import { defaultClusterOptions } from "../src/cluster/options.ts";
 import { decodeRecord } from "../src/cluster/model.ts";
-import { NATS_SERVER, NatsNode } from "../tests/cluster_support.ts";
-import { BrokerProcess } from "../tests/helpers.ts";
+import { NATS_SERVER, NatsNode } from "../tests/support/cluster.ts";
+import { BrokerProcess } from "../tests/support/harness.ts";
 
 const quick = Deno.args.includes("--quick");
 const memory = Deno.args.includes("--memory");

@@ -1,5 +1,5 @@
 /**
- * `deno task fuzz`: the seeded protocol fuzzer of tests/fault_fuzz_test.ts, long. It runs cases
+ * `deno task fuzz`: the seeded protocol fuzzer of tests/fault/fuzz_test.ts, long. It runs cases
  * against a live broker for --seconds (default 120) and, unless --seconds is given alone, at
  * least --min-cases (default 100,000; never past --max-seconds): `--seconds 15` runs about 15 s
  * (plus the final checkpoint), and the first line says what bounds the run, checking after every case that the broker answered or closed within
@@ -12,9 +12,10 @@
  */
 
 import { Client } from "../src/client.ts";
-import { dropIds, listText, runRange, type Violation } from "../tests/fuzz_engine.ts";
-import { countListLines, rssKiB, sleep } from "../tests/fault_support.ts";
-import { numberFlags, StreamingBroker } from "../tests/long_support.ts";
+import { dropIds, listText, runRange, type Violation } from "../tests/support/fuzz_engine.ts";
+import { countListLines, rssKiB } from "../tests/support/faults.ts";
+import { letTimePass as sleep } from "../tests/support/wait.ts";
+import { numberFlags, StreamingBroker } from "../tests/support/long_run.ts";
 
 const USAGE = `usage: deno task fuzz [--seconds 120] [--min-cases 100000] [--max-seconds 600]
                       [--seed N] [--from 0] [--cases N] [--concurrency 12] [--check-every 10000]

@@ -18,9 +18,10 @@ import { libc } from "../src/ffi.ts";
 import { SHUT_WR } from "../src/sys/linux.ts";
 import { Memfd } from "../src/sys/memfd.ts";
 import { Cmd, DIGEST_LEN, encodeHeader, Flag } from "../src/protocol/wire.ts";
-import { rssKiB, sleep } from "../tests/fault_support.ts";
-import { Rng } from "../tests/fuzz_engine.ts";
-import { numberFlags, StreamingBroker } from "../tests/long_support.ts";
+import { rssKiB } from "../tests/support/faults.ts";
+import { letTimePass as sleep } from "../tests/support/wait.ts";
+import { Rng } from "../tests/support/fuzz_engine.ts";
+import { numberFlags, StreamingBroker } from "../tests/support/long_run.ts";
 
 const USAGE = `usage: deno task soak [--seconds 120] [--clients 6] [--check-seconds 15]
                       [--max-live 400] [--max-rss-growth-mib 128] [--seed N]`;

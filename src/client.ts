@@ -19,7 +19,7 @@
  */
 
 import { fromUtf8, utf8 } from "./protocol/bytes.ts";
-import { BrokerError, ProtocolError, Status, TimeoutError } from "./errors.ts";
+import { BrokerError, ErrnoError, ProtocolError, Status, TimeoutError } from "./errors.ts";
 import { trySeals } from "./sys/fd.ts";
 import { closeAll } from "./sys/unix_socket.ts";
 import {
@@ -184,6 +184,16 @@ export class Client implements AsyncDisposable, Disposable {
     const label = nameOption ?? "memfdbus";
     const prepared = await prepareSealed(source, label, early !== null);
     try {
+      // One hash pass: a broker that advertised Flag.DIGEST (or any broker, for a large object:
+      // a C broker refuses at once, before reading the rest) computes the digest it verifies
+      // anyway and returns it; this side then hashes nothing.
+      if (
+        early !== null && prepared.digest === null &&
+        (this.#requester.brokerDigest || prepared.size >= EARLY_SEND_MIN)
+      ) {
+        const byBroker = await this.#putByBroker(prepared, early, job, allow);
+        if (byBroker !== null) return byBroker;
+      }
       if (early !== null && prepared.digest === null && prepared.size >= EARLY_SEND_MIN) {
         // Bytes the caller holds hash faster than a fresh mapping of the memfd (no page faults).
         const hashFrom = source instanceof Uint8Array ? source : null;
@@ -202,6 +212,73 @@ export class Client implements AsyncDisposable, Disposable {
       return { id, size: prepared.size, digest, name: fromUtf8(nameBytes) };
     } finally {
       prepared.release();
+    }
+  }
+
+  /**
+   * PUT with Flag.DIGEST and no digest: the broker computes it and returns it in the reply. Null
+   * when the broker is not one that honours the flag (a C broker's `invalid object digest`
+   * reply without extension bits, or its closing the connection on the unread body): the
+   * caller then sends a plain PUT. Other failures are the PUT's own and are thrown.
+   */
+  async #putByBroker(
+    prepared: Prepared,
+    name: Uint8Array,
+    job: Uint8Array,
+    allow: Uint8Array,
+  ): Promise<PutResult | null> {
+    const requester = this.#requester;
+    const known = requester.brokerDigest;
+    const header = encodeHeader({
+      cmd: Cmd.PUT,
+      jobLen: job.length,
+      size: BigInt(prepared.size),
+      nameLen: name.length,
+      allowLen: allow.length,
+      reserved: withExt(Flag.DIGEST),
+    });
+    const deadline = performance.now() + this.#timeoutMs + prepared.size * PUT_MS_PER_BYTE;
+    let reply;
+    try {
+      reply = await requester.exchange(
+        [[header, "send put request"], [name, "send object name"], [job, "send job id"], [
+          allow,
+          "send allowed job id",
+        ]],
+        [prepared.fd],
+        deadline - performance.now(),
+      );
+    } catch (e) {
+      const ours = e instanceof BrokerError && (extFlags(e.flags) & Flag.DIGEST) !== 0;
+      if (ours) throw e;
+      const refused = e instanceof BrokerError && e.status === Status.BAD_REQUEST &&
+        e.text === Text.invalidDigest;
+      const cut = e instanceof ErrnoError && (e.code === "ECONNRESET" || e.code === "EPIPE");
+      if (refused || (cut && !known)) {
+        requester.forgetBrokerDigest();
+        return null;
+      }
+      throw e;
+    }
+    try {
+      closeAll(reply.reply.fds);
+      const h = reply.reply.header;
+      if ((extFlags(h.reserved) & Flag.DIGEST) === 0 || h.textLen !== DIGEST_LEN) {
+        throw new ProtocolError("invalid response from broker");
+      }
+      const text = await reply.conn.recvExact(DIGEST_LEN, deadline, "receive response text");
+      closeAll(text.fds);
+      if (!isValidDigest(text.bytes)) throw new ProtocolError("invalid response from broker");
+      reply.done();
+      return {
+        id: h.objectId,
+        size: prepared.size,
+        digest: fromUtf8(text.bytes),
+        name: fromUtf8(name),
+      };
+    } catch (e) {
+      reply.fail();
+      throw e;
     }
   }
 

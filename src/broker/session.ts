@@ -533,8 +533,12 @@ export class Sessions {
 
   #complete(conn: Conn, o: Outcome): void {
     const p = this.#p;
-    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE : 0) | (conn.waited ? Flag.WAIT : 0) |
-      (o.extFlags ?? 0);
+    // Flag.DIGEST advertises broker-computed digests: on every kept-alive reply, and on the
+    // reply to a request that asked for one (so the client knows which broker answered).
+    const h = conn.header;
+    const asked = h !== null && (extFlags(h.reserved) & Flag.DIGEST) !== 0;
+    const flags = (conn.keepAlive ? Flag.KEEP_ALIVE | Flag.DIGEST : 0) |
+      (conn.waited ? Flag.WAIT : 0) | (asked ? Flag.DIGEST : 0) | (o.extFlags ?? 0);
     conn.waited = false;
     if (flags !== 0) {
       new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);

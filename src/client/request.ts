@@ -69,6 +69,7 @@ export class Requester {
   readonly #brokerUid: number | string | undefined;
   readonly #idle: Connection[] = [];
   #closed = false;
+  #brokerDigest = false;
 
   /** A requester; nothing connects until the first request. */
   constructor(options: RequesterOptions) {
@@ -81,6 +82,19 @@ export class Requester {
   /** The socket path. */
   get socket(): string {
     return this.#socket;
+  }
+
+  /**
+   * True once a reply from this socket advertised broker-computed digests (Flag.DIGEST); false
+   * again after {@link Requester.forgetBrokerDigest} (another broker took the path over).
+   */
+  get brokerDigest(): boolean {
+    return this.#brokerDigest;
+  }
+
+  /** The broker at this path did not honour Flag.DIGEST: send digests again. */
+  forgetBrokerDigest(): void {
+    this.#brokerDigest = false;
   }
 
   /**
@@ -159,7 +173,9 @@ export class Requester {
       }
       throw e;
     }
-    const keep = this.#keepAlive && (extFlags(reply.header.reserved) & Flag.KEEP_ALIVE) !== 0;
+    const ext = extFlags(reply.header.reserved);
+    if ((ext & Flag.DIGEST) !== 0) this.#brokerDigest = true;
+    const keep = this.#keepAlive && (ext & Flag.KEEP_ALIVE) !== 0;
     // Settled once: a failure noticed after the reply was read in full (a bad descriptor, a
     // digest mismatch) must not close a connection that is back in the pool.
     let settled = false;

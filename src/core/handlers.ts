@@ -347,12 +347,17 @@ function* put(h: Header, ctx: RequestContext): Handler {
   const nameRule = nameProblem(nameBytes, "object name");
   if (nameRule !== null) return fail(Status.BAD_REQUEST, nameRule);
 
-  if (h.textLen !== DIGEST_LEN) return fail(Status.BAD_REQUEST, Text.invalidDigest);
-  const digestBytes = (yield READ(DIGEST_LEN)) as Uint8Array | null;
-  if (digestBytes === null) return fail(Status.BAD_REQUEST, Text.readDigest);
-  const digest = toBinary(digestBytes);
-  rec.digest = digest;
-  if (!isValidDigest(digestBytes)) return fail(Status.BAD_REQUEST, Text.invalidDigest);
+  // Flag.DIGEST with no digest in the body: the digest computed below is the object's digest.
+  const brokerDigest = h.textLen === 0 && (extFlags(h.reserved) & Flag.DIGEST) !== 0;
+  let digest = "";
+  if (!brokerDigest) {
+    if (h.textLen !== DIGEST_LEN) return fail(Status.BAD_REQUEST, Text.invalidDigest);
+    const digestBytes = (yield READ(DIGEST_LEN)) as Uint8Array | null;
+    if (digestBytes === null) return fail(Status.BAD_REQUEST, Text.readDigest);
+    digest = toBinary(digestBytes);
+    rec.digest = digest;
+    if (!isValidDigest(digestBytes)) return fail(Status.BAD_REQUEST, Text.invalidDigest);
+  }
 
   if (h.allowLen > 0 && h.jobLen === 0) return fail(Status.BAD_REQUEST, Text.allowNeedsOwner);
   let owner: string | null = null;
@@ -395,7 +400,10 @@ function* put(h: Header, ctx: RequestContext): Handler {
   if (early !== null) return fail(Status.ERR, early);
   const verified = (yield { kind: "digest", fd: ctx.fd, size }) as DigestAnswer;
   if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
-  if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
+  if (brokerDigest) {
+    digest = verified.digest;
+    rec.digest = digest;
+  } else if (verified.digest !== digest) return fail(Status.BAD_REQUEST, Text.digestMismatch);
 
   if (!mayPublishName(options.policy, store.oldestByName(name)?.owner, owner)) {
     return fail(Status.FORBIDDEN, PolicyText.nameOwned);
@@ -431,7 +439,8 @@ function* put(h: Header, ctx: RequestContext): Handler {
   rec.result = "ok";
   rec.selector = null;
   rec.objectId = obj.id;
-  const o = headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
+  const reply = { cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size };
+  const o = brokerDigest ? withDigest(reply, digest, rec) : headerOnly(reply, rec, true);
   const retire = [...admitted.release, ...admitted.evict];
   return { ...o, deduped, retire };
 }
@@ -474,6 +483,22 @@ function* watch(h: Header, ctx: RequestContext): Handler {
     false,
   );
   return { ...o, watch: { selector, caller } };
+}
+
+/** A PUT OK reply that carries the digest the broker computed (Flag.DIGEST). */
+function withDigest(h: Partial<Header>, digest: string, audit: AuditRecord): Outcome {
+  const wire = new Uint8Array(HEADER_SIZE + DIGEST_LEN);
+  encodeHeader({ ...h, textLen: DIGEST_LEN }, wire);
+  wire.set(fromBinary(digest), HEADER_SIZE);
+  return {
+    wire,
+    segments: pieces(wire, [HEADER_SIZE, null], [DIGEST_LEN, null]),
+    fd: -1,
+    audit,
+    auditAfterSend: false,
+    keptFd: true,
+    ok: true,
+  };
 }
 
 function* getOrDrop(

@@ -7,7 +7,7 @@
 
 import { createHash, type Hash } from "node:crypto";
 import { ReadOnlyMapping } from "../sys/mapping.ts";
-import { pread } from "../sys/fd.ts";
+import { pread, tryFstat } from "../sys/fd.ts";
 import { digestFromHex } from "../protocol/digest.ts";
 
 /** Bytes fed to the hash per update call; large enough to amortise the call, small for cache. */
@@ -107,6 +107,8 @@ let readBuffer: Uint8Array | null = null;
  * Linux 6.18: a sparse 1 GiB memfd hashed through a mapping grew the system's Shmem by
  * 1,048,484 kB and took 2.4 s; with pread it grew by 40 kB and took 1.1 s. A dense 1 GiB object
  * costs about 1.2 s with pread against 0.8 s through a mapping (the copy).
+ * Small objects cost fewer system calls this way than through a mapping (one pread against
+ * mmap, madvise and munmap).
  *
  * @example
  * ```ts
@@ -131,4 +133,32 @@ export function digestFdRead(fd: number, size: number): string {
     off += n;
   }
   return hash.digest();
+}
+
+/**
+ * The digest of a peer's object the cheapest safe way: objects up to {@link READ_SLICE} and
+ * sparse ones (fewer blocks allocated than their size) are read with {@link digestFdRead}, so a
+ * hole never faults a page into the reader; dense large ones are hashed through a read-only
+ * mapping, which skips the copy (measured: 1 GiB dense, about 0.8 s mapped against 1.2 s read).
+ * A sealed memfd cannot change between the check and the hash.
+ *
+ * @example
+ * ```ts
+ * import { digestBytes, digestObjectFd, Memfd } from "@memfdbus/memfdbus";
+ * const bytes = new TextEncoder().encode("hello");
+ * using memfd = Memfd.create("greeting");
+ * memfd.writeAll(bytes);
+ * memfd.seal();
+ * console.log(digestObjectFd(memfd.fd, memfd.size) === digestBytes(bytes)); // true
+ * ```
+ *
+ * @throws {ErrnoError} when a read or the mapping fails
+ * @throws {RangeError} when the descriptor holds fewer than `size` bytes
+ */
+export function digestObjectFd(fd: number, size: number): string {
+  if (size <= READ_SLICE) return digestFdRead(fd, size);
+  const st = tryFstat(fd);
+  const dense = typeof st !== "number" && st.blocks * 512n >= BigInt(size) &&
+    st.size >= BigInt(size);
+  return dense ? digestFd(fd, size) : digestFdRead(fd, size);
 }

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { digestFdRead } from "./digest.ts";
+import { digestObjectFd } from "./digest.ts";
 import { ErrnoError } from "../errors.ts";
 import { errno, libc, strerror } from "../ffi.ts";
 import { digestReadFailedText, Text } from "../protocol/wire.ts";
@@ -41,7 +41,7 @@ export type HashOutcome = { readonly digest: string } | { readonly error: string
 /** Hash a descriptor, turning failures into the C broker's error texts. */
 export function digestOrError(fd: number, size: number): HashOutcome {
   try {
-    return { digest: digestFdRead(fd, size) };
+    return { digest: digestObjectFd(fd, size) };
   } catch (e) {
     if (e instanceof RangeError) return { error: Text.digestShortRead };
     if (e instanceof ErrnoError) {

@@ -137,6 +137,15 @@ export const Flag = {
    * listing without it.
    */
   CLUSTER: 0x8,
+  /**
+   * Request (PUT, with `text_len` 0 and no digest in the body): the broker computes the digest
+   * of the sealed memfd itself (it hashes it anyway to verify) and returns it in the OK reply's
+   * text (`text_len` 71), so the publisher hashes nothing. A C broker answers such a PUT with
+   * `invalid object digest` (`text_len` must be 71) before reading the rest, and its reply has
+   * no extension bits: the client then hashes and sends a plain PUT. Reply: set in every reply
+   * this broker sends to a request carrying extension bits, advertising that it honours the bit.
+   */
+  DIGEST: 0x10,
 } as const;
 
 /** The marker that must fill the high 16 bits of `reserved` for extension bits to count. */

@@ -28,6 +28,7 @@ import {
   S_IFMT,
   S_IFREG,
   STATX_BASIC_STATS,
+  STATX_BLOCKS,
   STATX_DEV_MAJOR,
   STATX_DEV_MINOR,
   STATX_FILESIZE,
@@ -65,6 +66,8 @@ export interface FileStat {
   readonly gid: number;
   /** Link count. */
   readonly nlink: number;
+  /** 512-byte blocks allocated (less than the size says for a sparse file). */
+  readonly blocks: bigint;
 }
 
 const statBuf = new Uint8Array(STATX_SIZE);
@@ -82,6 +85,7 @@ function decodeStat(): FileStat {
     uid: statView.getUint32(STATX_UID, true),
     gid: statView.getUint32(STATX_GID, true),
     nlink: statView.getUint32(STATX_NLINK, true),
+    blocks: statView.getBigUint64(STATX_BLOCKS, true),
   };
 }
 

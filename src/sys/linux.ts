@@ -189,6 +189,8 @@ export const STATX_MODE = 28;
 export const STATX_INO = 32;
 /** Offset of stx_size (u64). */
 export const STATX_FILESIZE = 40;
+/** Offset of stx_blocks (u64, 512-byte blocks allocated). */
+export const STATX_BLOCKS = 48;
 /** Offset of stx_dev_major (u32). */
 export const STATX_DEV_MAJOR = 136;
 /** Offset of stx_dev_minor (u32). */

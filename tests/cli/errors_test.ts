@@ -1,0 +1,143 @@
+/**
+ * Issue 11, point 4: errors that say what failed, on what, and what to do — run as real CLI
+ * processes (and the library) against real brokers, sockets and files.
+ */
+
+import { assertEquals, ok, rejects } from "../support/assert.ts";
+import { BrokerProcess, cli, enc, tempDir } from "../support/harness.ts";
+import { noBrokerLine } from "../support/cli.ts";
+import { Client } from "../../src/client.ts";
+import { TimeoutError } from "../../src/errors.ts";
+
+Deno.test("connection errors name the socket and say whether a broker could be there", async () => {
+  using dir = tempDir();
+  const missing = `${dir.path}/none.sock`;
+  Deno.writeFileSync(`${dir.path}/file.sock`, enc(""));
+  Deno.mkdirSync(`${dir.path}/dir.sock`);
+  // A socket file nobody listens on any more (a broker that died).
+  const stale = `${dir.path}/stale.sock`;
+  const l = Deno.listen({ transport: "unix", path: stale });
+  l.close();
+  const staleLeft = (() => {
+    try {
+      return Deno.lstatSync(stale).isSocket;
+    } catch {
+      return false;
+    }
+  })();
+  const [a, b, c, d] = await Promise.all([
+    cli(["list", "--socket", missing]),
+    cli(["list", "--socket", `${dir.path}/file.sock`]),
+    cli(["get", "1", "-", "--socket", `${dir.path}/dir.sock`]),
+    cli(["list", "--socket", stale]),
+  ]);
+  assertEquals([a.code, a.stdout, a.stderr], [1, "", noBrokerLine(missing)]);
+  assertEquals([b.code, b.stderr], [
+    1,
+    `connect: Connection refused (socket ${dir.path}/file.sock) — a file is there, not a socket; ` +
+    "check --socket (or MEMFDBUS_SOCKET)\n",
+  ]);
+  assertEquals([c.code, c.stderr], [
+    1,
+    `connect: Connection refused (socket ${dir.path}/dir.sock) — a directory is there, not a ` +
+    "socket; check --socket (or MEMFDBUS_SOCKET)\n",
+  ]);
+  if (staleLeft) {
+    assertEquals([d.code, d.stderr], [
+      1,
+      `connect: Connection refused (socket ${stale}) — no broker is listening ` +
+      `on it (a broker that died left it behind?); start one with \`memfdbus broker --socket ${stale}\`\n`,
+    ]);
+  } else {
+    assertEquals([d.code, d.stderr], [1, noBrokerLine(stale)]);
+  }
+});
+
+Deno.test("at the default socket the hint is plain `memfdbus broker`", async () => {
+  using dir = tempDir();
+  const sock = `${dir.path}/default.sock`;
+  const r = await cli(["drop", "1"], { env: { MEMFDBUS_SOCKET: sock } });
+  assertEquals([r.code, r.stderr], [
+    1,
+    `connect: No such file or directory (socket ${sock}) — is the broker ` +
+    "running? start it with `memfdbus broker`\n",
+  ]);
+});
+
+Deno.test("file errors name the path; put of a directory and get of a name give hints", async () => {
+  using dir = tempDir();
+  await using broker = await BrokerProcess.start(dir.path);
+  const s = ["--socket", broker.socket];
+  Deno.writeFileSync(`${dir.path}/x.txt`, enc("x"));
+  assertEquals((await cli(["put", `${dir.path}/x.txt`, ...s])).stdout, "1\n");
+  const [putDir, putMissing, getName, getOut, brokerBind] = await Promise.all([
+    cli(["put", `${dir.path}/`, ...s]),
+    cli(["put", `${dir.path}/modle.bin`, ...s]),
+    cli(["get", "model.bin", "out", ...s]),
+    cli(["get", "1", `${dir.path}/no/such/out`, ...s]),
+    cli(["broker", "--socket", `${dir.path}/no-dir/b.sock`]),
+  ]);
+  assertEquals([putDir.code, putDir.stderr], [
+    1,
+    `cannot put ${dir.path}/: it is a directory (put takes one file, or - for stdin)\n`,
+  ]);
+  assertEquals([putMissing.code, putMissing.stderr], [
+    1,
+    `open input: ${dir.path}/modle.bin: No such file or directory\n`,
+  ]);
+  assertEquals([getName.code, getName.stderr], [
+    1,
+    "invalid object id: model.bin (ids are numbers; to select by name use --name model.bin)\n",
+  ]);
+  assertEquals([getOut.code, getOut.stderr], [
+    1,
+    `open output: ${dir.path}/no/such/out: No such file or directory\n`,
+  ]);
+  assertEquals(brokerBind.code, 1);
+  ok(
+    brokerBind.stderr.includes(`${dir.path}/no-dir/b.sock: No such file or directory`),
+    brokerBind.stderr,
+  );
+});
+
+Deno.test("a --wait that runs out says no object NAME appeared within N s; the library throws TimeoutError", async () => {
+  using dir = tempDir();
+  await using broker = await BrokerProcess.start(dir.path);
+  const s = ["--socket", broker.socket];
+  const [get, stat] = await Promise.all([
+    cli(["get", "--name", "late", "-", "--wait", "0.2", ...s]),
+    cli(["stat", "--name", "late", "--wait=0.3", ...s]),
+  ]);
+  assertEquals([get.code, get.stdout, get.stderr], [
+    1,
+    "",
+    "no object named late appeared within 0.2 s\n",
+  ]);
+  assertEquals([stat.code, stat.stderr], [1, "no object named late appeared within 0.3 s\n"]);
+  await using client = new Client({ socket: broker.socket, jobId: null });
+  await rejects(client.get({ name: "late" }, { wait: 100 }), (e: unknown) => {
+    ok(e instanceof TimeoutError, String(e));
+    assertEquals([e.message, e.timeoutMs], ["no object named late appeared within 0.1 s", 100]);
+    return true;
+  });
+});
+
+Deno.test("--timeout bounds a request to a broker that never answers", async () => {
+  using dir = tempDir();
+  const path = `${dir.path}/hung.sock`;
+  // A listener that accepts and never replies: a hung broker.
+  const listener = Deno.listen({ transport: "unix", path });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of listener) held.push(c);
+  })();
+  try {
+    const r = await cli(["list", "--socket", path, "--timeout", "0.5"]);
+    assertEquals([r.code, r.stdout], [1, ""]);
+    ok(/timed out after 500 ms\n$/.test(r.stderr), r.stderr);
+  } finally {
+    listener.close();
+    await accepting.catch(() => {});
+    for (const c of held) c.close();
+  }
+});

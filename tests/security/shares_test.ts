@@ -1,0 +1,210 @@
+/**
+ * Issue 10, point 4: fair shares. One uid (65534, through setpriv) exhausts each per-uid budget
+ * (connections, parked waits, objects, bytes) while another uid (this test, root: the broker's
+ * own) keeps working. On the old code the second uid was the one refused, with the broker-wide
+ * error. Real broker process, real second user; skipped where a second user is impossible.
+ */
+
+import { assertEquals, ok } from "../support/assert.ts";
+import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { putRequest, selectRequest } from "../support/wire.ts";
+import { letTimePass, waitFor } from "../support/wait.ts";
+import { Client } from "../../src/client.ts";
+import { Cmd, Flag, withExt } from "../../src/protocol/wire.ts";
+import { libc } from "../../src/ffi.ts";
+
+const NOBODY = 65534;
+const PYTHON = "/usr/bin/python3";
+const canSwitchUser = libc.symbols.geteuid() === 0 &&
+  new Deno.Command("setpriv", { args: ["--version"], stdout: "null", stderr: "null" })
+    .outputSync().success;
+const hasPython = (() => {
+  try {
+    return Deno.statSync(PYTHON).isFile;
+  } catch {
+    return false;
+  }
+})();
+// A process of another uid needs root (to switch), setpriv and a system python3.
+const SKIP = !(canSwitchUser && hasPython);
+
+const hex = (b: Uint8Array): string =>
+  Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+/** The peer agent (tests/peer_agent.py) running as uid 65534, driven line by line. */
+class Agent implements AsyncDisposable {
+  readonly #child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #lines: string[] = [];
+  readonly #done: Promise<void>;
+
+  private constructor(child: Deno.ChildProcess) {
+    this.#child = child;
+    this.#writer = child.stdin.getWriter();
+    this.#done = (async () => {
+      let pending = "";
+      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+        pending += chunk;
+        let nl: number;
+        while ((nl = pending.indexOf("\n")) >= 0) {
+          this.#lines.push(pending.slice(0, nl));
+          pending = pending.slice(nl + 1);
+        }
+      }
+    })();
+  }
+
+  static start(dir: string, socket: string): Agent {
+    const script = `${dir}/peer_agent.py`;
+    Deno.copyFileSync(new URL("./peer_agent.py", import.meta.url), script);
+    Deno.chmodSync(script, 0o644);
+    return new Agent(
+      new Deno.Command("setpriv", {
+        args: [
+          `--reuid=${NOBODY}`,
+          `--regid=${NOBODY}`,
+          "--clear-groups",
+          PYTHON,
+          script,
+          socket,
+        ],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn(),
+    );
+  }
+
+  /** Send one command; resolves with its answer line. */
+  async do(cmd: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const before = this.#lines.length;
+    await this.#writer.write(enc(JSON.stringify(cmd) + "\n"));
+    await waitFor(() => this.#lines.length > before, {
+      what: `the agent's answer to ${JSON.stringify(cmd)}`,
+      timeoutMs: 60_000,
+    });
+    return JSON.parse(this.#lines[before] ?? "{}");
+  }
+
+  /** Send a request on a new connection and read its reply. */
+  request(req: Uint8Array, data?: Uint8Array): Promise<Record<string, unknown>> {
+    return this.do({ op: "send", req: hex(req), data: data ? hex(data) : null, read: true });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#writer.close().catch(() => {});
+    await this.#child.status;
+    await this.#done;
+  }
+}
+
+async function sharedBroker(dir: string, args: string[]): Promise<BrokerProcess> {
+  Deno.chmodSync(dir, 0o755);
+  return await BrokerProcess.start(dir, ["--socket-mode", "0666", ...args]);
+}
+
+const list = (): Uint8Array => selectRequest(Cmd.LIST, {});
+
+Deno.test({
+  name:
+    "one uid holding its share of connections is refused, naming the limit; another still connects",
+  ignore: SKIP,
+  fn: async () => {
+    using dir = tempDir();
+    // 8 clients: uid 65534 may hold 6.
+    await using broker = await sharedBroker(dir.path, ["--max-clients", "8"]);
+    await using agent = Agent.start(dir.path, broker.socket);
+    for (let i = 1; i <= 6; i++) assertEquals(await agent.do({ op: "hold" }), { held: i });
+    assertEquals(await agent.request(list()), {
+      status: 1,
+      text: `uid ${NOBODY} has 6 of 6 connections (the per-uid limit, peerLimits.connections)`,
+    });
+    await using c = new Client({ socket: broker.socket, keepAlive: false });
+    await c.put(enc("mine"), { name: "root-still-works" });
+    assertEquals((await c.list()).map((e) => e.name), ["root-still-works"]);
+  },
+});
+
+Deno.test({
+  name:
+    "one uid holding its share of parked waits is refused, naming the limit; another still parks",
+  ignore: SKIP,
+  fn: async () => {
+    using dir = tempDir();
+    // 4 parked waits: uid 65534 may park 3.
+    await using broker = await sharedBroker(dir.path, ["--max-waiters", "4"]);
+    await using agent = Agent.start(dir.path, broker.socket);
+    const wait = selectRequest(Cmd.GET, { name: "later", reserved: withExt(Flag.WAIT) });
+    for (let i = 0; i < 3; i++) {
+      assertEquals(await agent.do({ op: "send", req: hex(wait), data: null, read: false }), {
+        sent: true,
+      });
+      // A LIST round trip: the broker has handled the wait before anything sent after it.
+      assertEquals(await agent.request(list()), { status: 0, text: "" });
+    }
+    assertEquals(await agent.request(wait), {
+      status: 1,
+      text: `uid ${NOBODY} has 3 of 3 parked waits (the per-uid limit, peerLimits.waits)`,
+    });
+    await using waiter = new Client({ socket: broker.socket, keepAlive: false });
+    await using publisher = new Client({ socket: broker.socket, keepAlive: false });
+    const parked = waiter.get({ name: "later" }, { wait: true });
+    // Publish once the broker counts the root waiter's connection too (3 + 3 barriers + 1).
+    const end = performance.now() + 30_000;
+    let got: string | null = null;
+    while (got === null && performance.now() < end) {
+      await publisher.put(enc("now"), { name: "later" });
+      const r = await Promise.race([parked, letTimePass(50).then(() => null)]);
+      if (r !== null) {
+        got = r.text();
+        r.close();
+      }
+    }
+    assertEquals(got, "now", "the root uid's GET --wait was not answered");
+  },
+});
+
+Deno.test({
+  name:
+    "one uid at its share of objects and of bytes is refused before hashing; another still publishes",
+  ignore: SKIP,
+  fn: async (t) => {
+    await t.step("objects: 4 in all, uid 65534 may store 3", async () => {
+      using dir = tempDir();
+      await using broker = await sharedBroker(dir.path, ["--max-objects", "4"]);
+      await using agent = Agent.start(dir.path, broker.socket);
+      for (let i = 0; i < 3; i++) {
+        const data = enc(`obj${i}`);
+        const r = await agent.request(putRequest(`n${i}`, data), data);
+        assertEquals(r.status, 0, JSON.stringify(r));
+      }
+      const data = enc("one too many");
+      assertEquals(await agent.request(putRequest("n3", data), data), {
+        status: 1,
+        text: `uid ${NOBODY} has 3 of 3 objects (the per-uid limit, quotas.perUid)`,
+      });
+      await using c = new Client({ socket: broker.socket, keepAlive: false });
+      const { id } = await c.put(enc("root"), { name: "root-obj" });
+      assertEquals(id, 4n);
+    });
+    await t.step("bytes: 4000 in all, uid 65534 may store 3000", async () => {
+      using dir = tempDir();
+      await using broker = await sharedBroker(dir.path, ["--max-total-bytes", "4000"]);
+      await using agent = Agent.start(dir.path, broker.socket);
+      for (let i = 0; i < 2; i++) {
+        const data = new Uint8Array(1000).fill(i + 1);
+        const r = await agent.request(putRequest(`b${i}`, data), data);
+        assertEquals(r.status, 0, JSON.stringify(r));
+      }
+      const big = new Uint8Array(1500).fill(9);
+      assertEquals(await agent.request(putRequest("b2", big), big), {
+        status: 1,
+        text: `uid ${NOBODY} has 2000 of 3000 bytes (the per-uid limit, quotas.perUid); ` +
+          `this put needs 1500`,
+      });
+      await using c = new Client({ socket: broker.socket, keepAlive: false });
+      await c.put(new Uint8Array(1500).fill(7), { name: "root-bytes" });
+      ok((await c.list()).some((e) => e.name === "root-bytes"));
+    });
+  },
+});

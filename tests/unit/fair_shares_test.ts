@@ -1,0 +1,89 @@
+/** Pure fair-share decisions (src/core/fair_shares.ts) and the `peerLimits` config key. */
+
+import { assertEquals, rejects } from "../support/assert.ts";
+import {
+  DEFAULT_PEER_LIMITS,
+  shareFor,
+  shareOf,
+  shareOfBig,
+  storeShareProblem,
+} from "../../src/core/fair_shares.ts";
+import { NO_QUOTAS } from "../../src/core/governance.ts";
+import { parseConfig } from "../../src/core/config.ts";
+import { defaultBrokerOptions } from "../../src/core/options.ts";
+
+const GLOBAL = { maxClients: 128, maxWaiters: 1024, maxObjects: 1000n, maxTotalBytes: 4001n };
+
+Deno.test("default shares are 3/4 of each broker-wide limit, at least 1", () => {
+  assertEquals([shareOf(128), shareOf(1024), shareOf(1), shareOf(3)], [96, 768, 1, 2]);
+  assertEquals([shareOfBig(1000n), shareOfBig(4001n), shareOfBig(1n)], [750n, 3000n, 1n]);
+  const u64 = 18446744073709551615n;
+  assertEquals(shareOfBig(u64), u64 / 4n * 3n + 2n);
+});
+
+Deno.test("root and the broker's uid are exempt unless quotas.uids names them", () => {
+  const rules = {
+    peerLimits: DEFAULT_PEER_LIMITS,
+    quotas: NO_QUOTAS,
+    global: GLOBAL,
+    exempt: [0, 1000],
+  };
+  assertEquals(shareFor(0, rules), null);
+  assertEquals(shareFor(1000, rules), null);
+  assertEquals(shareFor(1001, rules), {
+    connections: 96,
+    waits: 768,
+    store: { objects: 750n, bytes: 3000n },
+    storeKey: "quotas.perUid",
+  });
+  const named = {
+    ...rules,
+    quotas: { ...NO_QUOTAS, uids: new Map([[1000, { objects: 5n, bytes: null }]]) },
+  };
+  assertEquals(shareFor(1000, named), {
+    connections: Infinity,
+    waits: Infinity,
+    store: { objects: 5n, bytes: null },
+    storeKey: "quotas.uids",
+  });
+});
+
+Deno.test("configured peerLimits and quotas.perUid replace the default shares", () => {
+  const share = shareFor(7, {
+    peerLimits: { connections: 3, waits: null },
+    quotas: { ...NO_QUOTAS, perUid: { objects: null, bytes: 10n } },
+    global: GLOBAL,
+    exempt: [0],
+  });
+  assertEquals(share, {
+    connections: 3,
+    waits: 768,
+    store: { objects: null, bytes: 10n },
+    storeKey: "quotas.perUid",
+  });
+  if (share === null) return;
+  assertEquals(storeShareProblem(7, share, { objects: 99, bytes: 4, size: 6 }), null);
+  assertEquals(
+    storeShareProblem(7, share, { objects: 0, bytes: 4, size: 7 }),
+    "uid 7 has 4 of 10 bytes (the per-uid limit, quotas.perUid); this put needs 7",
+  );
+});
+
+Deno.test("config key peerLimits: connections and waits per uid, checked", async () => {
+  const { options } = await parseConfig(
+    '{ "peerLimits": { "connections": 5, "waits": 6 } }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(options.peerLimits, { connections: 5, waits: 6 });
+  await rejects(
+    parseConfig('{ "peerLimits": { "connections": 0 } }', "/etc/m.jsonc", defaultBrokerOptions()),
+    {
+      message: "/etc/m.jsonc:1: peerLimits: connections: expected an integer from 1 to 2147483647",
+    },
+  );
+  await rejects(
+    parseConfig('{ "peerLimits": { "bytes": 1 } }', "/etc/m.jsonc", defaultBrokerOptions()),
+    { message: '/etc/m.jsonc:1: peerLimits: unknown key "bytes"' },
+  );
+});
