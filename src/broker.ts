@@ -165,6 +165,7 @@ export class Broker implements AsyncDisposable {
   readonly #mirror: ShadowMirror;
   readonly #handover: Handover;
   readonly #governor: Governor;
+  readonly #governorHooks: GovernorHooks;
   readonly #watchers: Watchers;
   readonly #metrics: BrokerMetrics | null;
   #metricsServer: MetricsServer | null = null;
@@ -212,7 +213,7 @@ export class Broker implements AsyncDisposable {
       diagnostics,
       governor,
     });
-    const hooks = new GovernorHooks({
+    const hooks = this.#governorHooks = new GovernorHooks({
       store,
       governor,
       descriptors,
@@ -225,6 +226,7 @@ export class Broker implements AsyncDisposable {
       store,
       governor,
       counters,
+      ...(options.cluster === null ? {} : { cluster: () => this.#cluster }),
     });
     // Fair shares per peer uid (src/core/fair_shares.ts); objects and bytes are counted by the
     // governor, which the PUT, DROP and release paths keep current.
@@ -385,6 +387,7 @@ export class Broker implements AsyncDisposable {
       diagnostics: this.#diagnostics,
       wake: (name) => this.#sessions.wake(name),
       governor: this.#governor,
+      retire: (list, causeId) => this.#governorHooks.retire(list, causeId),
     });
     this.#cluster = bridge;
     this.#sessions.attachCluster(bridge);

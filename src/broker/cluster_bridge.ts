@@ -9,7 +9,9 @@
  * - GET/STAT by name: when nothing here has the name, or the cluster's latest version is newer
  *   than the local newest, the latest version is pulled into a sealed memfd (verified) and
  *   stored as a local object carrying its origin; one pull per version at a time, every request
- *   for it waits on that pull. Content this host already holds is not pulled again.
+ *   for it waits on that pull. Content this host already holds is not pulled again. A copy is
+ *   admitted by the governor like a PUT of its name: quotas apply, and retention and eviction
+ *   release older versions (pulled or not) exactly as a local publish would.
  * - DROP by name drops the cluster's newest version (and this host's copy of it).
  * - The watch keeps "the cluster's latest version of each name" current, wakes `get --wait`
  *   requests parked for a name published elsewhere, removes local copies of versions dropped
@@ -21,7 +23,7 @@
  * @module
  */
 
-import type { Governor } from "../core/governance.ts";
+import type { Governor, PutRequest, Release } from "../core/governance.ts";
 import { blankRecord } from "../core/audit.ts";
 import { droppable, visible } from "../core/policy.ts";
 import type { ClusterView, RemoteAnswer, RemoteStep, RemoteVersion } from "../core/remote.ts";
@@ -31,7 +33,13 @@ import { Text } from "../protocol/wire.ts";
 import { tryDup } from "../sys/fd.ts";
 import type { ClusterOptions } from "../cluster/options.ts";
 import type { ClusterEntry, ClusterVersion } from "../cluster/model.ts";
-import { type ClusterEvent, ClusterTier, type ClusterWatch } from "../cluster/tier.ts";
+import {
+  type ClusterDropResult,
+  type ClusterEvent,
+  ClusterTier,
+  type ClusterWatch,
+} from "../cluster/tier.ts";
+import { ClusterChangedError } from "../cluster/errors.ts";
 import type { AuditOutput, Diagnostics } from "./audit_sink.ts";
 import type { ClusterSeam, PublishResult } from "./cluster_seam.ts";
 import type { ObjectDescriptors } from "./descriptors.ts";
@@ -51,9 +59,17 @@ export interface BridgeParts {
   readonly diagnostics: Diagnostics;
   /** Answer requests parked for `name` (a remote publish arrived). */
   readonly wake: (name: string) => void;
-  /** Quota accounting: pulled copies count like local objects. */
+  /**
+   * Governance: a pulled copy is admitted like a PUT of its name (quotas, retention of the
+   * name's older versions, eviction under pressure) and counted like a local object.
+   */
   readonly governor?: Governor;
+  /** Carry out the releases and evictions an admitted copy causes (the broker's GovernorHooks). */
+  readonly retire?: (list: readonly Release[], causeId: number) => void;
 }
+
+/** Policy checks a DROP makes before giving up while other hosts keep publishing the name. */
+const DROP_CHECKS = 5;
 
 /** Revision of an object whose upload is still queued: newer than anything seen. */
 const PENDING = Number.MAX_SAFE_INTEGER;
@@ -175,8 +191,11 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       ? undefined
       : this.#latest.get(name);
     if (v === undefined) {
-      v = await this.#tier.resolve(name);
-      if (v !== null) this.#note(v);
+      const found = await this.#tier.resolve(name);
+      if (found !== null) this.#note(found);
+      // The watch may have delivered a publish while the lookup was out; its wake found nobody
+      // parked (this request was not yet), so without this a `get --wait` would miss it.
+      v = this.#latest.get(name) ?? null;
     }
     if (v === null) return { kind: "none" };
     // Policy travels with the name: a caller that may not read it costs no pull.
@@ -208,7 +227,17 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
 
   /** Pull `v` (or reuse content already here) and store it as a local object. */
   async #materialize(v: ClusterVersion): Promise<StoredObject> {
-    const { store, events } = this.#p;
+    const { store, events, governor } = this.#p;
+    const put: PutRequest = {
+      name: v.name,
+      size: v.size,
+      digest: v.digest,
+      owner: v.owner,
+      uid: null,
+    };
+    // A copy the governor would refuse costs no transfer (it decides again once the bytes are here).
+    const early = governor?.admitPut(put);
+    if (early !== undefined && !early.ok) throw new Error(early.text);
     let fd: number;
     const content = store.contentOf(v.digest, v.size);
     if (content !== undefined) {
@@ -223,9 +252,24 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       closeQuietly(fd);
       return again;
     }
-    if (store.exceedsQuota(v.size)) {
-      closeQuietly(fd);
-      throw new Error(Text.objectQuota);
+    let retire: readonly Release[] = [];
+    if (governor === undefined) {
+      if (store.exceedsQuota(v.size)) {
+        closeQuietly(fd);
+        throw new Error(Text.objectQuota);
+      }
+    } else {
+      const admitted = governor.admitPut(put);
+      if (!admitted.ok) {
+        closeQuietly(fd);
+        throw new Error(admitted.text);
+      }
+      if (admitted.sharedFd >= 0) {
+        // Dedup: the copy shares the memfd of identical content already here.
+        closeQuietly(fd);
+        fd = admitted.sharedFd;
+      }
+      retire = [...admitted.release, ...admitted.evict];
     }
     const obj = store.add({
       size: v.size,
@@ -237,17 +281,30 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       createdNs: v.createdNs,
       origin: { host: v.originHost, id: v.originId, revision: v.revision },
     });
-    this.#p.governor?.added(obj);
+    governor?.added(obj);
     events.emit("publish", obj);
+    // Retention of the name and eviction apply to pulled copies as to PUTs; a released copy can
+    // always be pulled again.
+    if (retire.length > 0) this.#p.retire?.(retire, obj.id);
     return obj;
   }
 
   async #drop(name: string, caller: string | null): Promise<RemoteAnswer> {
-    const newest = await this.#tier.resolve(name);
-    if (newest === null) return { kind: "none" };
-    if (!droppable(newest, caller)) return { kind: "denied", version: newest };
-    const r = await this.#tier.drop(name);
-    if (r === null) return { kind: "none" };
+    let newest = await this.#tier.resolve(name);
+    let r: ClusterDropResult | null = null;
+    // The policy check and the drop are two steps: the drop names the revision that was checked
+    // and refuses if another version became newest meanwhile; then the check runs again on it.
+    for (let attempt = 1; r === null; attempt++) {
+      if (newest === null) return { kind: "none" };
+      if (!droppable(newest, caller)) return { kind: "denied", version: newest };
+      try {
+        r = await this.#tier.drop(name, newest.revision);
+        if (r === null) return { kind: "none" };
+      } catch (e) {
+        if (!(e instanceof ClusterChangedError) || attempt >= DROP_CHECKS) throw e;
+        newest = e.newest;
+      }
+    }
     this.#dropped(name, r.dropped.revision, r.current);
     const local = this.#removeCopies(name, r.dropped.revision);
     return { kind: "dropped", version: r.dropped, local };

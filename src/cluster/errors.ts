@@ -4,6 +4,8 @@
  * @module
  */
 
+import type { ClusterVersion } from "./model.ts";
+
 /** The engine cannot be reached right now (disconnected, or a request ran out of time). */
 export class ClusterUnavailableError extends Error {
   /**
@@ -62,6 +64,29 @@ export class ClusterQueueFullError extends Error {
     this.name = "ClusterQueueFullError";
     this.entries = entries;
     this.bytes = bytes;
+  }
+}
+
+/**
+ * A drop expected a name's newest version to be one revision, and it is another: something was
+ * published (or dropped) after the caller's policy check. Nothing was dropped; check the policy
+ * against `newest` and try again.
+ */
+export class ClusterChangedError extends Error {
+  /** The revision the caller checked. */
+  readonly expected: number;
+  /** The name's newest live version now. */
+  readonly newest: ClusterVersion;
+
+  /**
+   * @param expected the revision the caller checked
+   * @param newest the newest live version now
+   */
+  constructor(expected: number, newest: ClusterVersion) {
+    super(`cluster name changed: expected revision ${expected}, newest is ${newest.revision}`);
+    this.name = "ClusterChangedError";
+    this.expected = expected;
+    this.newest = newest;
   }
 }
 

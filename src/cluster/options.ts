@@ -12,7 +12,8 @@
  *   "credentials": "/etc/memfdbus/broker.creds", // or "token": "...", or "nkey": "/path/seed.nk"
  *   "tls": { "ca": "/etc/ca.pem", "cert": "/etc/c.pem", "key": "/etc/k.pem" }, // or true
  *   "replicas": 3, "storage": "file", "sync": false,
- *   "maxQueueBytes": 4294967296, "maxQueueEntries": 4096, "timeoutMs": 2000
+ *   "maxQueueBytes": 4294967296, "maxQueueEntries": 4096, "timeoutMs": 2000,
+ *   "maxBytes": 1099511627776      // the object store's max_bytes (default: unlimited)
  * }
  * ```
  *
@@ -62,6 +63,12 @@ export interface ClusterOptions {
   readonly maxQueueEntries: number;
   /** Deadline of one engine request (ms); failed steps are retried. */
   readonly timeoutMs: number;
+  /**
+   * The blob bucket's `max_bytes` (set when the bucket is created, raised or lowered on an
+   * existing one), or null for no limit. Blobs are never collected by the tier: this bounds the
+   * engine's storage; uploads into a full bucket wait in the queue (see README).
+   */
+  readonly maxBytes: number | null;
 }
 
 /** Default bucket prefix. */
@@ -90,6 +97,7 @@ export function defaultClusterOptions(
     maxQueueBytes: DEFAULT_QUEUE_BYTES,
     maxQueueEntries: DEFAULT_QUEUE_ENTRIES,
     timeoutMs: DEFAULT_TIMEOUT_MS,
+    maxBytes: null,
   };
 }
 
@@ -198,6 +206,7 @@ const CLUSTER_KEYS = new Set([
   "maxQueueBytes",
   "maxQueueEntries",
   "timeoutMs",
+  "maxBytes",
 ]);
 
 /**
@@ -286,6 +295,9 @@ export function parseClusterConfig(
   }
   if (v.maxQueueEntries !== undefined) {
     o = { ...o, maxQueueEntries: int(v.maxQueueEntries, "maxQueueEntries", 1, 1 << 20, fail) };
+  }
+  if (v.maxBytes !== undefined) {
+    o = { ...o, maxBytes: int(v.maxBytes, "maxBytes", 1, Number.MAX_SAFE_INTEGER, fail) };
   }
   if (v.timeoutMs !== undefined) {
     o = { ...o, timeoutMs: int(v.timeoutMs, "timeoutMs", 100, 600_000, fail) };

@@ -22,7 +22,8 @@ import {
   ROOT,
   tempDir,
 } from "../support/harness.ts";
-import { NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import { freePorts, NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import parsePrometheus from "parse-prometheus-text-format";
 import { waitFor } from "../support/wait.ts";
 
 // The tests decide the job id of every call themselves.
@@ -30,6 +31,30 @@ Deno.env.delete("MEMFDBUS_JOB_ID");
 
 function clusterArgs(url: string, host: string, extra: readonly string[] = []): string[] {
   return ["--cluster", url, "--host-id", host, ...extra];
+}
+
+/** `--metrics 127.0.0.1:PORT` on a free port, and the URL to scrape. */
+function metricsArgs(): { args: string[]; url: string } {
+  const [port] = freePorts(1);
+  return { args: ["--metrics", `127.0.0.1:${port}`], url: `http://127.0.0.1:${port}/metrics` };
+}
+
+/** The `memfdbus_cluster_*` samples of a scrape (without the prefix), label-free ones only. */
+async function clusterMetrics(url: string): Promise<Record<string, number>> {
+  const r = await fetch(url);
+  assertEquals(r.status, 200);
+  const fams = parsePrometheus(await r.text()) as {
+    name: string;
+    metrics: { value?: string; labels?: Record<string, string> }[];
+  }[];
+  const out: Record<string, number> = {};
+  for (const f of fams) {
+    const m = f.metrics[0];
+    if (f.name.startsWith("memfdbus_cluster_") && m !== undefined) {
+      out[f.name.slice("memfdbus_cluster_".length)] = Number(m.value);
+    }
+  }
+  return out;
 }
 
 /** Memfds the broker pulled from the cluster (their label says so). */
@@ -108,8 +133,10 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     await using nats = await NatsNode.single();
-    await using a = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-a"));
-    await using b = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-b"));
+    const ma = metricsArgs();
+    const mb = metricsArgs();
+    await using a = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-a", ma.args));
+    await using b = await BrokerProcess.start(dir.path, clusterArgs(nats.url, "host-b", mb.args));
     const d = dir.path;
     const v1 = new Uint8Array(300_000).map((_, i) => (i * 7) & 0xff);
     await Deno.writeFile(`${d}/v1`, v1);
@@ -127,6 +154,33 @@ Deno.test({
       assertEquals(g.bytes, v1);
     }
     assertEquals(pulledMemfds(b.pid).length, 1);
+    // The metrics say so: one upload on A (queue drained), one pull on B, both connected.
+    const quiet = {
+      connected: 1,
+      queue_objects: 0,
+      queue_bytes: 0,
+      queue_overflows_total: 0,
+      dedup_hits_total: 0,
+    };
+    let aMetrics: Record<string, number> = {};
+    await waitFor(async () => {
+      aMetrics = await clusterMetrics(ma.url);
+      return aMetrics.queue_objects === 0;
+    }, { what: "A's upload queue drained in its metrics" });
+    assertEquals(aMetrics, {
+      ...quiet,
+      uploads_total: 1,
+      uploaded_bytes_total: v1.length,
+      pulls_total: 0,
+      pulled_bytes_total: 0,
+    });
+    assertEquals(await clusterMetrics(mb.url), {
+      ...quiet,
+      uploads_total: 0,
+      uploaded_bytes_total: 0,
+      pulls_total: 1,
+      pulled_bytes_total: v1.length,
+    });
     const bList = await cli(["list", "--socket", b.socket]);
     assertEquals(bList.stdout.trim().split("\n").length, 1);
     const st = await cli(["stat", "--name", "model", "--socket", b.socket, "--json"]);
@@ -226,6 +280,57 @@ Deno.test({
 });
 
 Deno.test({
+  name: "cluster: pulled copies fall under retention like local objects and can be pulled again",
+  ignore: NATS_IGNORE !== false,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    using dir = tempDir();
+    const d = dir.path;
+    await using nats = await NatsNode.single();
+    await using a = await BrokerProcess.start(d, clusterArgs(nats.url, "keep-a"));
+    const mb = metricsArgs();
+    await using b = await BrokerProcess.start(
+      d,
+      clusterArgs(nats.url, "keep-b", ["--keep-versions", "1", ...mb.args]),
+    );
+    const m1 = enc("weights, first version");
+    const m2 = enc("weights, second version!");
+    await Deno.writeFile(`${d}/m1`, m1);
+    await Deno.writeFile(`${d}/m2`, m2);
+    await put(a, `${d}/m1`, "w");
+    await committed(a, "w", digestOf(m1));
+    assertEquals((await getBytes(b, "w", `${d}/b1`)).bytes, m1);
+    await put(a, `${d}/m2`, "w");
+    await committed(a, "w", digestOf(m2));
+    assertEquals((await getBytes(b, "w", `${d}/b2`)).bytes, m2);
+
+    // B keeps one version of "w": pulling m2 released the copy of m1, with an audit record, and
+    // its memfd is gone from the broker's descriptor table.
+    const release = b.audit().filter((r) => r.op === "release");
+    assertEquals(
+      release.map((r) => [r.name, r.digest, r.reason]),
+      [["w", digestOf(m1), "retention"]],
+    );
+    assertEquals(pulledMemfds(b.pid).length, 1);
+    const listed = await cli(["list", "--socket", b.socket]);
+    assertEquals(listed.stdout.trim().split("\n").length, 1);
+    assert(listed.stdout.includes(digestOf(m2)), listed.stdout);
+    const m = await clusterMetrics(mb.url);
+    assertEquals([m.pulls_total, m.pulled_bytes_total], [2, m1.length + m2.length]);
+
+    // The released copy is only a cache: once m2 is dropped, B pulls m1 again.
+    const dropped = await cli(["drop", "--name", "w", "--socket", a.socket]);
+    assertEquals([dropped.code, dropped.stderr], [0, ""]);
+    await waitFor(async () => {
+      const g = await getBytes(b, "w", `${d}/b3`);
+      return g.bytes !== null && digestOf(g.bytes) === digestOf(m1);
+    }, { what: "B to serve m1 again after the drop on A" });
+    assertEquals((await clusterMetrics(mb.url)).pulls_total, 3);
+  },
+});
+
+Deno.test({
   name: "cluster: --cluster-sync acknowledges after the commit; a broker without --cluster says so",
   ignore: NATS_IGNORE !== false,
   sanitizeResources: false,
@@ -265,7 +370,8 @@ Deno.test({
         cluster: { servers: [nats.url], hostId: "down-a", maxQueueEntries: 1, timeoutMs: 500 },
       }),
     );
-    await using a = await BrokerProcess.start(d, ["--config", `${d}/a.jsonc`]);
+    const ma = metricsArgs();
+    await using a = await BrokerProcess.start(d, ["--config", `${d}/a.jsonc`, ...ma.args]);
     await using b = await BrokerProcess.start(d, clusterArgs(nats.url, "down-b"));
     await using c = await BrokerProcess.start(
       d,
@@ -292,6 +398,12 @@ Deno.test({
     assertEquals((await getBytes(a, "outage-2", `${d}/a2`)).bytes, two);
     const overflow = a.audit().find((r) => r.op === "put" && r.name === "outage-2" && r.error);
     assertEquals(overflow?.error, "cluster upload queue full: 1 objects, 24 bytes waiting");
+    // ...and so do A's metrics: one object queued, one refused, not connected.
+    const down = await clusterMetrics(ma.url);
+    assertEquals(
+      [down.connected, down.queue_objects, down.queue_bytes, down.queue_overflows_total],
+      [0, 1, one.length, 1],
+    );
     // A remote lookup fails at once, saying why.
     const miss = await getBytes(b, "outage-1", `${d}/b1`);
     assertEquals([miss.code, miss.stderr], [
@@ -312,6 +424,11 @@ Deno.test({
       const g = await getBytes(b, "outage-1", `${d}/b1`);
       return g.code === 0 && digestOf(g.bytes ?? new Uint8Array()) === digestOf(one);
     }, { what: "B to fetch the object queued on A", timeoutMs: 30_000 });
+    const up = await clusterMetrics(ma.url);
+    assertEquals(
+      [up.connected, up.queue_objects, up.queue_bytes, up.queue_overflows_total, up.uploads_total],
+      [1, 0, 0, 1, 1],
+    );
     const refused = await getBytes(b, "outage-2", `${d}/b2`);
     assertEquals([refused.code, refused.stderr], [1, "broker error: object not found\n"]);
   },

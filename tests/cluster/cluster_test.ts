@@ -28,6 +28,7 @@ import {
   toObjectDigest,
 } from "../../src/cluster/model.ts";
 import {
+  ClusterChangedError,
   ClusterCorruptError,
   ClusterDataError,
   ClusterQueueFullError,
@@ -133,7 +134,10 @@ Deno.test("parseClusterConfig() applies every key and names the key of a mistake
     storage: "memory",
     sync: true,
     maxQueueEntries: 5,
+    maxBytes: 1 << 30,
   }, "host");
+  assertEquals(o.maxBytes, 1 << 30);
+  assertEquals(parseClusterConfig({ servers: "nats://x:1" }, "h").maxBytes, null);
   assertEquals(o.servers, ["nats://a:4222", "tls://b:4223"]);
   assertEquals([o.bucket, o.hostId, o.replicas, o.storage, o.sync], [
     "b1",
@@ -151,6 +155,10 @@ Deno.test("parseClusterConfig() applies every key and names the key of a mistake
       'cluster.servers: expected URLs such as ["nats://127.0.0.1:4222"]',
     ],
     [{ servers: "nats://x:1", replicas: 7 }, "cluster.replicas: expected an integer from 1 to 5"],
+    [
+      { servers: "nats://x:1", maxBytes: 0 },
+      "cluster.maxBytes: expected an integer from 1 to 9007199254740991",
+    ],
     [{ servers: "nats://x:1", storage: "disk" }, 'cluster.storage: expected "file" or "memory"'],
     [
       { servers: "nats://x:1", token: "t", nkey: "/k" },
@@ -363,6 +371,59 @@ natsTest("drop on B makes the previous version latest everywhere, down to none",
     "drop host-b",
   ]);
 });
+
+natsTest("a drop that names a revision refuses once another version became newest", async () => {
+  await using node = await NatsNode.single();
+  const bucket = `t${bucketSeq++}`;
+  await using a = await tier([node.url], "host-a", bucket);
+  await using b = await tier([node.url], "host-b", bucket);
+  // B checks its policy against v1; A publishes v2 before B's drop lands.
+  const v1 = await put(a, "race", enc.encode("checked version"));
+  const checked = await b.resolve("race");
+  assertEquals(checked, v1);
+  const v2 = await put(a, "race", enc.encode("published after the check"));
+  await rejects(b.drop("race", v1.revision), (e: unknown) => {
+    assert(e instanceof ClusterChangedError, String(e));
+    assertEquals([e.expected, e.newest], [v1.revision, v2]);
+    assertEquals(
+      e.message,
+      `cluster name changed: expected revision ${v1.revision}, newest is ${v2.revision}`,
+    );
+    return true;
+  });
+  // Nothing was dropped: v2 is still latest on both hosts, v1 still live behind it.
+  assertEquals(await a.resolve("race"), v2);
+  assertEquals(await b.resolve("race"), v2);
+  const r = await b.drop("race", v2.revision);
+  assertEquals([r?.dropped, r?.current], [v2, v1]);
+  assertEquals(await a.resolve("race"), v1);
+});
+
+natsTest(
+  "cluster.maxBytes sets the blob bucket's max_bytes, also on an existing bucket",
+  async () => {
+    await using node = await NatsNode.single();
+    const bucket = `t${bucketSeq++}`;
+    const maxBytes = async (): Promise<number> => {
+      const nc = await connect({ servers: node.url });
+      try {
+        const jsm = await jetstreamManager(nc);
+        return (await jsm.streams.info(`OBJ_${bucket}-blobs`)).config.max_bytes;
+      } finally {
+        await nc.close();
+      }
+    };
+    {
+      await using _a = await tier([node.url], "host-a", bucket);
+      assertEquals(await maxBytes(), -1);
+    }
+    await using b = await tier([node.url], "host-b", bucket, { maxBytes: 4 << 20 });
+    assertEquals(await maxBytes(), 4 << 20);
+    // A blob that fits is stored as usual.
+    const v = await put(b, "small", randomBytes(1 << 20, 7));
+    assertEquals((await b.resolve("small"))?.digest, v.digest);
+  },
+);
 
 natsTest("known content is not uploaded twice, from any host", async () => {
   await using node = await NatsNode.single();
