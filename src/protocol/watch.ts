@@ -99,7 +99,10 @@ const KIND_NAMES: readonly (WatchKindName | undefined)[] = [
 export interface WatchEvent {
   /** What happened. */
   readonly kind: WatchKindName;
-  /** The object id (0 for `missed`). */
+  /**
+   * The object id on this broker; 0 for `missed`, and for a publish or drop on another host of
+   * the cluster tier (ids are host-local: fetch such an object by name).
+   */
   readonly id: number;
   /** The object name; for `missed`, the name whose events were lost or "" for any name. */
   readonly name: string;
@@ -265,7 +268,10 @@ export function decodeWatchHead(bytes: Uint8Array): WatchFrameHead {
     }
   } else {
     if (digestLen !== DIGEST_LEN) invalid("bad digest length");
-    if (id === 0 || nameLen === 0) invalid("missing id or name");
+    if (nameLen === 0) invalid("missing id or name");
+    // Id 0 is a publish or drop on another host of the cluster (ids are host-local); an object
+    // this broker released or evicted always has its own id.
+    if (id === 0 && kind !== "publish" && kind !== "drop") invalid("missing id or name");
   }
   return { kind, nameLen, digestLen, id, size, timeNs: v.getBigUint64(32, true), missed };
 }

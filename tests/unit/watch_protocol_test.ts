@@ -93,6 +93,14 @@ Deno.test("decodeWatchEvent waits for a whole frame and decodes frames back to b
   assertEquals(decodeWatchEvent(encodeWatchEvent(ev("\xff\x00n", 3)))?.event.name, "\xff\x00n");
 });
 
+Deno.test("a publish or drop with id 0 (on another host of the cluster) decodes", () => {
+  for (const kind of ["publish", "drop"] as const) {
+    const frame = encodeWatchEvent(ev("remote", 0, { kind }));
+    const head = decodeWatchHead(frame);
+    assertEquals([head.kind, head.id], [kind, 0]);
+  }
+});
+
 Deno.test("hostile event frames are refused with ProtocolError naming what was wrong", () => {
   const good = encodeWatchEvent(ev("a", 5));
   const mutate = (f: (v: DataView, b: Uint8Array) => void): Uint8Array => {
@@ -108,7 +116,13 @@ Deno.test("hostile event frames are refused with ProtocolError naming what was w
     [mutate((v) => v.setUint16(6, 0, true)), "bad digest length"],
     [mutate((v) => v.setUint32(8, 65537, true)), "name too long"],
     [mutate((v) => v.setUint32(8, 0, true)), "missing id or name"],
-    [mutate((v) => v.setBigUint64(16, 0n, true)), "missing id or name"],
+    [
+      mutate((v) => {
+        v.setUint16(4, 3, true);
+        v.setBigUint64(16, 0n, true);
+      }),
+      "missing id or name",
+    ],
     [mutate((v) => v.setBigUint64(16, 1n << 53n, true)), "id out of range"],
     [mutate((v) => v.setBigUint64(24, 1n << 63n, true)), "size out of range"],
     [mutate((v) => v.setBigUint64(40, 1n << 60n, true)), "missed count out of range"],
