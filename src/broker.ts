@@ -335,6 +335,11 @@ export class Broker implements AsyncDisposable {
     inProcess.brokers++;
     try {
       if (options.cluster !== null) await broker.#openCluster(options.cluster);
+      // Metrics are served before the listening line, so whoever waits for it can scrape.
+      const metrics = broker.#metrics;
+      if (options.metrics !== null && metrics !== null) {
+        broker.#metricsServer = await serveMetrics(options.metrics, () => metrics.render());
+      }
       if (start.takeoverFd !== undefined) {
         await receiveTakeover(start.takeoverFd, start.shadow, {
           store: broker.#store,
@@ -354,16 +359,6 @@ export class Broker implements AsyncDisposable {
       throw e;
     }
     broker.#audit.flush();
-    if (options.metrics !== null && broker.#metrics !== null) {
-      const metrics = broker.#metrics;
-      try {
-        broker.#metricsServer = await serveMetrics(options.metrics, () => metrics.render());
-      } catch (e) {
-        broker.#beginStop();
-        broker.#finishStop();
-        throw e;
-      }
-    }
     void broker.#loop.run(broker.#driver());
     return broker;
   }

@@ -124,17 +124,17 @@ Deno.test("broker --metrics PATH serves /metrics on a Unix socket and removes it
   const path = `${dir.path}/metrics.sock`;
   const broker = await BrokerProcess.start(dir.path, ["--metrics", path]);
   try {
-    await waitFor(
-      () => {
+    // The socket file appears at bind(2); connect until the server accepts.
+    const conn = await waitFor(
+      async () => {
         try {
-          return Deno.lstatSync(path).isSocket;
+          return await Deno.connect({ transport: "unix", path });
         } catch {
-          return false;
+          return null;
         }
       },
-      { what: "the metrics socket", timeoutMs: 10_000 },
+      { what: "the metrics socket to accept a connection" },
     );
-    const conn = await Deno.connect({ transport: "unix", path });
     await conn.write(enc("GET /metrics HTTP/1.1\r\nHost: bus\r\nConnection: close\r\n\r\n"));
     let text = "";
     const buf = new Uint8Array(65536);
