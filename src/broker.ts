@@ -571,7 +571,8 @@ export class Broker implements AsyncDisposable {
     this.#hash.close();
     this.#admission.close();
     this.#descriptors.close();
-    this.#audit.flush();
+    // The last records (the stop, a takeover) must reach a slow reader too.
+    this.#audit.drain(2000);
     this.#loop.close();
     inProcess.brokers--;
     const server = this.#metricsServer;

@@ -153,6 +153,20 @@ export class AuditLog {
     if (!this.#broken && this.#fd >= 0) this.#append(text + "\n");
   }
 
+  /**
+   * At stop: write everything held, waiting for the output up to `timeoutMs` in all (a reader
+   * that is merely slow still gets every record; one that never reads cannot hold the exit up).
+   */
+  drain(timeoutMs: number): void {
+    const end = performance.now() + timeoutMs;
+    for (;;) {
+      this.flush();
+      const left = end - performance.now();
+      if (!this.waiting || left <= 0) return;
+      pollOne(this.#fd, POLLOUT, Math.ceil(Math.min(left, 100)));
+    }
+  }
+
   /** Write what the output takes now without blocking; the rest waits for the next flush. */
   flush(): void {
     if (this.#broken) return;
@@ -253,6 +267,11 @@ export class AuditOutput {
   /** Write what the output takes now (before the loop sleeps, at each sweep, and at the end). */
   flush(): void {
     this.#log.flush();
+  }
+
+  /** At stop: write everything held, waiting up to `timeoutMs` for a slow output. */
+  drain(timeoutMs: number): void {
+    this.#log.drain(timeoutMs);
   }
 
   /** True while audit lines wait for a stalled output. */
