@@ -18,6 +18,7 @@ import { formatStat } from "../protocol/stat.ts";
 import type { BrokerOptions } from "./options.ts";
 import {
   checkJobClaim,
+  checkReservation,
   droppable,
   mayPublishName,
   type PeerIdentity,
@@ -373,10 +374,13 @@ function* put(h: Header, ctx: RequestContext): Handler {
     if (typeof allow !== "string") return fail(Status.BAD_REQUEST, allow.error);
     allowed = allow;
   }
-  // Identity policy (off by default): the claimed owner job must match the peer, and with name
-  // protection the name must not belong to another job. Checked again at commit.
+  // Identity policy (off by default): the claimed owner job must match the peer, a reserved name
+  // belongs to its job, and with name protection the name must not belong to another job
+  // (checked again at commit; reservations do not depend on the store).
   const claim = checkJobClaim(options.policy, owner, ctx.peer);
   if (claim !== null) return fail(Status.FORBIDDEN, claim);
+  const reserved = checkReservation(options.policy, name, owner);
+  if (reserved !== null) return fail(Status.FORBIDDEN, reserved);
   if (!mayPublishName(options.policy, store.oldestByName(name)?.owner, owner)) {
     return fail(Status.FORBIDDEN, PolicyText.nameOwned);
   }
