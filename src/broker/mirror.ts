@@ -11,7 +11,7 @@
 import { type AuditResult, blankRecord } from "../core/audit.ts";
 import type { Outcome } from "../core/handlers.ts";
 import type { Governor } from "../core/governance.ts";
-import type { Store, StoredObject } from "../core/store.ts";
+import type { Store } from "../core/store.ts";
 import { closeQuietly } from "../ffi.ts";
 import type { HashPool } from "../hash/verifier.ts";
 import { type Refused, verifyRecovered } from "../shadow/admit.ts";
