@@ -19,23 +19,13 @@
  */
 
 import { fromUtf8, utf8 } from "./protocol/bytes.ts";
-import { BrokerError, ErrnoError, ProtocolError, Status, TimeoutError } from "./errors.ts";
+import { BrokerError, ProtocolError, Status } from "./errors.ts";
 import { trySeals } from "./sys/fd.ts";
 import { closeAll } from "./sys/unix_socket.ts";
-import {
-  Cmd,
-  DIGEST_LEN,
-  encodeHeader,
-  extFlags,
-  Flag,
-  isValidDigest,
-  Text,
-  withExt,
-} from "./protocol/wire.ts";
+import { Cmd, encodeHeader, extFlags, Flag, withExt } from "./protocol/wire.ts";
 import { type ListEntry, parseList } from "./protocol/list.ts";
-import { parseStat } from "./protocol/stat.ts";
-import { type BusObject, receiveObject } from "./client/bus_object.ts";
-import { digestBytesSliced, digestFdSliced } from "./client/hashing.ts";
+import type { BusObject } from "./client/bus_object.ts";
+import { digestFdSliced } from "./client/hashing.ts";
 import {
   type ClientOptions,
   DEFAULT_TIMEOUT_MS,
@@ -45,18 +35,14 @@ import {
   jobIdFromEnv,
   type JobOption,
   type ObjectStat,
-  PUT_MS_PER_BYTE,
   type PutOptions,
   type PutResult,
   WAIT_FOREVER_MS,
 } from "./client/options.ts";
-import {
-  EARLY_SEND_MIN,
-  type Prepared,
-  prepareSealed,
-  type PutSource,
-} from "./client/put_source.ts";
-import { Requester } from "./client/request.ts";
+import { EARLY_SEND_MIN, prepareSealed, type PutSource } from "./client/put_source.ts";
+import { Requester, type RequestLink } from "./client/request.ts";
+import { basename, putByBroker, putEarly, putSealedFd } from "./client/put.ts";
+import { getOnce, statRequest, waitExpired } from "./client/get_stat.ts";
 import type { Connection } from "./client/connection.ts";
 import { Watch, type WatchTarget } from "./client/watch.ts";
 
@@ -109,6 +95,7 @@ export class Client implements AsyncDisposable, Disposable {
   readonly #requester: Requester;
   readonly #jobId: string | null;
   readonly #timeoutMs: number;
+  readonly #link: RequestLink;
 
   /**
    * Create a client. Nothing connects until the first request.
@@ -125,6 +112,7 @@ export class Client implements AsyncDisposable, Disposable {
       syncWaitUs: options.syncWaitUs ?? 250,
       brokerUid: options.brokerUid,
     });
+    this.#link = { requester: this.#requester, timeoutMs: this.#timeoutMs };
   }
 
   /** The socket path. */
@@ -191,13 +179,19 @@ export class Client implements AsyncDisposable, Disposable {
         early !== null && prepared.digest === null &&
         (this.#requester.brokerDigest || prepared.size >= EARLY_SEND_MIN)
       ) {
-        const byBroker = await this.#putByBroker(prepared, early, job, allow);
+        const byBroker = await putByBroker(this.#link, prepared, { name: early, job, allow });
         if (byBroker !== null) return byBroker;
       }
       if (early !== null && prepared.digest === null && prepared.size >= EARLY_SEND_MIN) {
         // Bytes the caller holds hash faster than a fresh mapping of the memfd (no page faults).
         const hashFrom = source instanceof Uint8Array ? source : null;
-        return await this.#putEarly(prepared, early, job, allow, hashFrom, options.local === true);
+        return await putEarly(this.#link, prepared, {
+          name: early,
+          job,
+          allow,
+          hashFrom,
+          local: options.local === true,
+        });
       }
       const digest = prepared.digest ?? await digestFdSliced(prepared.fd, prepared.size);
       const nameBytes = early ?? utf8(digest);
@@ -213,122 +207,6 @@ export class Client implements AsyncDisposable, Disposable {
     } finally {
       prepared.release();
     }
-  }
-
-  /**
-   * PUT with Flag.DIGEST and no digest: the broker computes it and returns it in the reply. Null
-   * when the broker is not one that honours the flag (a C broker's `invalid object digest`
-   * reply without extension bits, or its closing the connection on the unread body): the
-   * caller then sends a plain PUT. Other failures are the PUT's own and are thrown.
-   */
-  async #putByBroker(
-    prepared: Prepared,
-    name: Uint8Array,
-    job: Uint8Array,
-    allow: Uint8Array,
-  ): Promise<PutResult | null> {
-    const requester = this.#requester;
-    const known = requester.brokerDigest;
-    const header = encodeHeader({
-      cmd: Cmd.PUT,
-      jobLen: job.length,
-      size: BigInt(prepared.size),
-      nameLen: name.length,
-      allowLen: allow.length,
-      reserved: withExt(Flag.DIGEST),
-    });
-    const deadline = performance.now() + this.#timeoutMs + prepared.size * PUT_MS_PER_BYTE;
-    let reply;
-    try {
-      reply = await requester.exchange(
-        [[header, "send put request"], [name, "send object name"], [job, "send job id"], [
-          allow,
-          "send allowed job id",
-        ]],
-        [prepared.fd],
-        deadline - performance.now(),
-      );
-    } catch (e) {
-      const ours = e instanceof BrokerError && (extFlags(e.flags) & Flag.DIGEST) !== 0;
-      if (ours) throw e;
-      const refused = e instanceof BrokerError && e.status === Status.BAD_REQUEST &&
-        e.text === Text.invalidDigest;
-      const cut = e instanceof ErrnoError && (e.code === "ECONNRESET" || e.code === "EPIPE");
-      if (refused || (cut && !known)) {
-        requester.forgetBrokerDigest();
-        return null;
-      }
-      throw e;
-    }
-    try {
-      closeAll(reply.reply.fds);
-      const h = reply.reply.header;
-      if ((extFlags(h.reserved) & Flag.DIGEST) === 0 || h.textLen !== DIGEST_LEN) {
-        throw new ProtocolError("invalid response from broker");
-      }
-      const text = await reply.conn.recvExact(DIGEST_LEN, deadline, "receive response text");
-      closeAll(text.fds);
-      if (!isValidDigest(text.bytes)) throw new ProtocolError("invalid response from broker");
-      reply.done();
-      return {
-        id: h.objectId,
-        size: prepared.size,
-        digest: fromUtf8(text.bytes),
-        name: fromUtf8(name),
-      };
-    } catch (e) {
-      reply.fail();
-      throw e;
-    }
-  }
-
-  /**
-   * PUT of a large object whose digest is not known yet: the header, descriptor and name go out
-   * as soon as the memfd is sealed, so the broker can start verifying the sealed memfd while
-   * this side computes the digest it then sends. The bytes on the wire are those of a plain
-   * PUT; only their timing differs (a C broker simply waits for the digest).
-   */
-  async #putEarly(
-    prepared: Prepared,
-    name: Uint8Array,
-    job: Uint8Array,
-    allow: Uint8Array,
-    hashFrom: Uint8Array | null,
-    local: boolean,
-  ): Promise<PutResult> {
-    const header = encodeHeader({
-      cmd: Cmd.PUT,
-      jobLen: job.length,
-      size: BigInt(prepared.size),
-      nameLen: name.length,
-      textLen: DIGEST_LEN,
-      allowLen: allow.length,
-      reserved: local ? withExt(Flag.LOCAL) : 0,
-    });
-    let digest: string | null = null;
-    const reply = await this.#requester.exchange(
-      [[header, "send put request"], [name, "send object name"]],
-      [prepared.fd],
-      this.#timeoutMs + prepared.size * PUT_MS_PER_BYTE,
-      async () => {
-        digest ??= hashFrom === null
-          ? await digestFdSliced(prepared.fd, prepared.size)
-          : await digestBytesSliced(hashFrom);
-        return [
-          [utf8(digest), "send object digest"],
-          [job, "send job id"],
-          [allow, "send allowed job id"],
-        ];
-      },
-    );
-    closeAll(reply.reply.fds);
-    reply.done();
-    return {
-      id: reply.reply.header.objectId,
-      size: prepared.size,
-      digest: digest ?? "",
-      name: fromUtf8(name),
-    };
   }
 
   /**
@@ -363,33 +241,7 @@ export class Client implements AsyncDisposable, Disposable {
       readonly local?: boolean;
     },
   ): Promise<bigint> {
-    const job = req.job ?? new Uint8Array(0);
-    const allow = req.allow ?? new Uint8Array(0);
-    const digest = utf8(req.digest);
-    if (!isValidDigest(digest)) throw new TypeError(`Invalid digest "${req.digest}"`);
-    const header = encodeHeader({
-      cmd: Cmd.PUT,
-      jobLen: job.length,
-      size: BigInt(req.size),
-      nameLen: req.name.length,
-      textLen: DIGEST_LEN,
-      allowLen: allow.length,
-      reserved: req.local === true ? withExt(Flag.LOCAL) : 0,
-    });
-    const reply = await this.#requester.exchange(
-      [
-        [header, "send put request"],
-        [req.name, "send object name"],
-        [digest, "send object digest"],
-        [job, "send job id"],
-        [allow, "send allowed job id"],
-      ],
-      [fd],
-      this.#timeoutMs + req.size * PUT_MS_PER_BYTE,
-    );
-    closeAll(reply.reply.fds);
-    reply.done();
-    return reply.reply.header.objectId;
+    return await putSealedFd(this.#link, fd, req);
   }
 
   // ---- GET ---------------------------------------------------------------------------------
@@ -410,12 +262,14 @@ export class Client implements AsyncDisposable, Disposable {
     const { id, name } = selectorParts(selector);
     const job = this.#job(options);
     const waitMs = waitOption(options.wait, id);
-    if (waitMs === null) return await this.#getOnce(id, name, job, options, null);
+    if (waitMs === null) {
+      return await getOnce(this.#link, { id, name, job, waitMs: null }, options.verify ?? false);
+    }
     const deadline = performance.now() + (waitMs === 0 ? WAIT_FOREVER_MS : waitMs);
     let pause = 50;
     for (;;) {
       try {
-        return await this.#getOnce(id, name, job, options, waitMs);
+        return await getOnce(this.#link, { id, name, job, waitMs }, options.verify ?? false);
       } catch (e) {
         // A broker that honoured the wait sets the bit in its reply: its "not found" is final.
         if (
@@ -426,29 +280,6 @@ export class Client implements AsyncDisposable, Disposable {
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(pause * 2, 1000);
     }
-  }
-
-  async #getOnce(
-    id: bigint,
-    name: Uint8Array,
-    job: Uint8Array,
-    options: GetOptions,
-    waitMs: number | null,
-  ): Promise<BusObject> {
-    const header = encodeHeader({
-      cmd: Cmd.GET,
-      objectId: id,
-      nameLen: name.length,
-      jobLen: job.length,
-      size: BigInt(waitMs ?? 0),
-      reserved: waitMs === null ? 0 : withExt(Flag.WAIT),
-    });
-    const r = await this.#requester.exchange(
-      [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
-      [],
-      this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
-    );
-    return await receiveObject(r, this.#timeoutMs, options.verify ?? false);
   }
 
   // ---- STAT --------------------------------------------------------------------------------
@@ -469,45 +300,8 @@ export class Client implements AsyncDisposable, Disposable {
     const { id, name } = selectorParts(selector);
     const job = this.#job(options);
     const waitMs = waitOption(options.wait, id);
-    const header = encodeHeader({
-      cmd: Cmd.STAT,
-      objectId: id,
-      nameLen: name.length,
-      jobLen: job.length,
-      size: BigInt(waitMs ?? 0),
-      reserved: waitMs === null ? 0 : withExt(Flag.WAIT),
-    });
-    let r;
-    try {
-      r = await this.#requester.exchange(
-        [[header, "send stat request"], [name, "send object name"], [job, "send job id"]],
-        [],
-        this.#timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
-      );
-    } catch (e) {
-      if (
-        e instanceof BrokerError && e.status === Status.BAD_REQUEST &&
-        e.text === Text.unknownCommand
-      ) {
-        return await this.#statFallback(selector, options);
-      }
-      throw waitMs === null ? e : waitExpired(e, name, waitMs);
-    }
-    closeAll(r.reply.fds);
-    try {
-      const body = await r.conn.recvExact(
-        r.reply.header.textLen,
-        performance.now() + this.#timeoutMs,
-        "receive stat",
-      );
-      closeAll(body.fds);
-      const st = parseStat(fromUtf8(body.bytes));
-      r.done();
-      return { id: r.reply.header.objectId, size: Number(r.reply.header.size), ...st };
-    } catch (e) {
-      r.fail();
-      throw e;
-    }
+    const st = await statRequest(this.#link, { id, name, job, waitMs });
+    return st ?? await this.#statFallback(selector, options);
   }
 
   async #statFallback(selector: Selector, options: GetOptions): Promise<ObjectStat> {
@@ -720,23 +514,4 @@ export class Client implements AsyncDisposable, Disposable {
     this.close();
     return Promise.resolve();
   }
-}
-
-function basename(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i < 0 ? path : path.slice(i + 1);
-}
-
-/**
- * A wait by name that ended with "object not found" becomes a {@link TimeoutError}: no object
- * named NAME appeared within N s. Any other error stays as it is.
- */
-function waitExpired(e: unknown, name: Uint8Array, waitMs: number): unknown {
-  if (!(e instanceof BrokerError) || e.status !== Status.NOT_FOUND) return e;
-  const within = waitMs === 0 ? "the broker's longest wait" : `${waitMs / 1000} s`;
-  return new TimeoutError(
-    "wait",
-    waitMs,
-    `no object named ${fromUtf8(name)} appeared within ${within}`,
-  );
 }

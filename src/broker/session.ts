@@ -6,7 +6,9 @@
  *
  * Everything runs on nonblocking sockets: a step that cannot finish registers the socket with
  * epoll (edge-triggered, only on the first EAGAIN) and returns; the loop calls
- * {@link Sessions.event} when it is ready again.
+ * {@link Sessions.event} when it is ready again. The reply half (sending, auditing after the
+ * send, keep-alive, watch, linger) is in `session_reply.ts`; what sessions are built from is in
+ * `session_parts.ts`.
  *
  * @module
  */
@@ -22,11 +24,9 @@ import {
   type StepInput,
   unknownCommandOutcome,
 } from "../core/handlers.ts";
-import type { BrokerOptions } from "../core/options.ts";
-import type { Store, StoredObject } from "../core/store.ts";
+import type { StoredObject } from "../core/store.ts";
 import { Status } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
-import type { HashPool } from "../hash/verifier.ts";
 import {
   Cmd,
   decodeHeader,
@@ -41,84 +41,32 @@ import {
 } from "../protocol/wire.ts";
 import { isRegular, tryFstat } from "../sys/fd.ts";
 import { peerUid } from "../sys/peer_uid.ts";
-import {
-  EAGAIN,
-  EPOLLERR,
-  EPOLLET,
-  EPOLLHUP,
-  EPOLLIN,
-  EPOLLOUT,
-  EPOLLRDHUP,
-  SHUT_WR,
-} from "../sys/linux.ts";
-import type { Poller, PollEvent } from "../sys/poller.ts";
-import { sendMsg, sendSome, shutdownQuietly } from "../sys/unix_socket.ts";
-import type { AuditOutput } from "./audit_sink.ts";
+import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../sys/linux.ts";
+import type { PollEvent } from "../sys/poller.ts";
+import { sendSome } from "../sys/unix_socket.ts";
 import { BufferPool, Conn, READ_CHUNK, State } from "./connection.ts";
-import { checkSealedFd, type ObjectDescriptors, sealsOf } from "./descriptors.ts";
-import type { PeerLedger } from "./admission.ts";
-import type { ObjectEvents } from "./events.ts";
+import { checkSealedFd, sealsOf } from "./descriptors.ts";
 import { FIRST_RESERVED_TOKEN } from "./loop.ts";
-import type { ParkedWaits } from "./waits.ts";
-import type { Governor } from "../core/governance.ts";
-import type { GovernorHooks } from "./governor_hooks.ts";
-import type { Watchers } from "./watchers.ts";
 import type { ClusterSeam } from "./cluster_seam.ts";
 import type { RemoteAnswer } from "../core/remote.ts";
+import type { SessionParts } from "./session_parts.ts";
+import {
+  linger,
+  LINGER_BYTES,
+  record,
+  sendFailed,
+  type SendHost,
+  sendReply,
+} from "./session_reply.ts";
 
-const LINGER_MS = 1000;
-const LINGER_BYTES = 1 << 20;
-
-/** Flags shared by the broker's parts. */
-export interface RunState {
-  /** The broker is stopping or handing over: no new requests, no keep-alive. */
-  stopping: boolean;
-}
-
-/** Where a committed PUT or DROP goes before its reply (the shadow mirror). */
-export interface Commit {
-  /** True when replies to PUT and DROP wait for the shadow. */
-  readonly active: boolean;
-  /** Mirror the change, then call `done` (once). */
-  commit(o: Outcome, done: () => void): void;
-}
-
-/** What sessions are built from. */
-export interface SessionParts {
-  readonly options: BrokerOptions;
-  readonly store: Store;
-  readonly poller: Poller;
-  readonly audit: AuditOutput;
-  readonly hash: HashPool;
-  readonly waits: ParkedWaits<Conn>;
-  readonly descriptors: ObjectDescriptors;
-  readonly events: ObjectEvents;
-  readonly run: RunState;
-  readonly mirror: Commit;
-  /** Largest object whose digest is computed on the loop; larger PUTs start hashing early. */
-  readonly inlineHashLimit: number;
-  /** A TAKEOVER request arrived on `conn` (its header is read and valid). */
-  readonly takeover: (conn: Conn) => void;
-  /** Per-peer accounting, told when a connection closes (see `admission.ts`). */
-  readonly ledger: PeerLedger | null;
-  /** Memory governance, and who carries out its releases. */
-  readonly governor?: { readonly rules: Governor; readonly hooks: GovernorHooks };
-  /** Watch streams. */
-  readonly watchers?: Watchers;
-  /** Told each request's time from its header to its reply, in seconds (metrics). */
-  readonly latency?: ((seconds: number) => void) | null;
-  /** Told of each PUT stored on the memfd of identical content (metrics). */
-  readonly deduped?: () => void;
-  /** Where an internal error in one request is reported (one line). */
-  readonly report: (message: string) => void;
-}
+export type { Commit, RunState, SessionParts } from "./session_parts.ts";
 
 /** Every open connection and the state machine that drives them. */
 export class Sessions {
   readonly #p: SessionParts;
   readonly #conns = new Map<number, Conn>();
   readonly #pool = new BufferPool();
-  readonly #scratch = new Uint8Array(READ_CHUNK);
+  readonly #host: SendHost;
   readonly #reopen: (obj: StoredObject) => number;
   readonly #release: (obj: StoredObject, last: boolean) => void;
   readonly #now: () => bigint;
@@ -140,6 +88,13 @@ export class Sessions {
       if (last) descriptors.release(obj);
     };
     this.#now = clock;
+    this.#host = {
+      parts,
+      scratch: new Uint8Array(READ_CHUNK),
+      watch: (conn) => this.#watch(conn),
+      close: (conn) => this.close(conn),
+      lingered: () => this.lingering++,
+    };
   }
 
   /** Use a cluster tier (`--cluster`) from now on. */
@@ -203,7 +158,7 @@ export class Sessions {
           "internal error",
           blankRecord("unknown", "error", null),
         );
-        this.#record(o, conn, null);
+        record(this.#p.audit, o, conn, null);
         for (const seg of o.segments) sendSome(conn.fd, seg.bytes);
       }
     } finally {
@@ -240,7 +195,7 @@ export class Sessions {
         this.pump(conn);
         return;
       case State.Send:
-        this.#sendFailed(conn);
+        sendFailed(this.#host, conn);
         return;
       case State.Wait:
         this.#unpark(conn);
@@ -313,10 +268,10 @@ export class Sessions {
           if (conn.len >= READ_CHUNK || !this.#fill(conn, conn.len + 1)) return;
           continue;
         case State.Send:
-          if (!this.#send(conn)) return;
+          if (!sendReply(this.#host, conn)) return;
           continue;
         case State.Linger:
-          this.#linger(conn);
+          linger(this.#host, conn);
           return;
         case State.Watch:
           if (this.#p.watchers?.pump(conn) !== true) this.close(conn);
@@ -518,7 +473,7 @@ export class Sessions {
             out = errorOutcome(Cmd.PUT, Status.ERR, error, { ...o.audit });
           }
           if (conn.state !== State.Remote) {
-            this.#record(out, conn, null);
+            record(this.#p.audit, out, conn, null);
             return;
           }
           this.#complete(conn, out);
@@ -543,7 +498,7 @@ export class Sessions {
     if (flags !== 0) {
       new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);
     }
-    if (!o.auditAfterSend) this.#record(o, conn, null);
+    if (!o.auditAfterSend) record(this.#p.audit, o, conn, null);
     if (o.keptFd && p.events.active) {
       const obj = p.store.byId(Number(o.audit.objectId ?? 0));
       if (obj !== undefined) p.events.emit("publish", obj);
@@ -576,104 +531,6 @@ export class Sessions {
     conn.state = State.Send;
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
-  }
-
-  #record(o: Outcome, conn: Conn, error: string | null): void {
-    const rec = error === null ? o.audit : { ...o.audit, result: "error" as const, error };
-    this.#p.audit.record(rec, conn.peer);
-  }
-
-  /** Send as much of the reply as possible (one sendmsg for all of it); true when it is out. */
-  #send(conn: Conn): boolean {
-    const out = conn.out;
-    while (conn.outOff < out.length) {
-      const part = conn.outOff === 0 ? out : out.subarray(conn.outOff);
-      const attach = conn.outOff === 0 && conn.replyFd >= 0;
-      const n = attach ? sendMsg(conn.fd, part, [conn.replyFd]) : sendSome(conn.fd, part);
-      if (n === -EAGAIN) {
-        this.#watch(conn);
-        return false;
-      }
-      if (n <= 0) {
-        this.#sendFailed(conn);
-        return false;
-      }
-      if (attach) {
-        closeQuietly(conn.replyFd);
-        conn.replyFd = -1;
-      }
-      conn.outOff += n;
-    }
-    this.#afterSend(conn);
-    return true;
-  }
-
-  #sendFailed(conn: Conn): void {
-    const o = conn.outcome;
-    if (o !== null && o.auditAfterSend) {
-      // Name the piece that could not be sent, as the C broker's three sends would have.
-      let end = 0;
-      let text = "failed to send response";
-      for (const seg of o.segments) {
-        end += seg.bytes.length;
-        if (conn.outOff < end) {
-          text = seg.failText ?? text;
-          break;
-        }
-      }
-      this.#record(o, conn, text);
-    }
-    this.close(conn);
-  }
-
-  #afterSend(conn: Conn): void {
-    const o = conn.outcome;
-    if (o !== null && o.auditAfterSend) this.#record(o, conn, null);
-    conn.clearReply();
-    conn.served++;
-    if (conn.startedAt >= 0) {
-      this.#p.latency?.((performance.now() - conn.startedAt) / 1000);
-      conn.startedAt = -1;
-    }
-    const watchers = this.#p.watchers;
-    if (o?.watch !== undefined && watchers !== undefined) {
-      // Accepted: from now on the connection carries events until either side closes.
-      if (this.#p.run.stopping || conn.len > 0 || conn.eof) {
-        this.close(conn);
-        return;
-      }
-      conn.state = State.Watch;
-      conn.deadline = Infinity;
-      watchers.add(conn, o.watch.selector, o.watch.caller);
-      this.#watch(conn);
-      return;
-    }
-    const options = this.#p.options;
-    if (conn.keepAlive && !this.#p.run.stopping) {
-      conn.header = null;
-      conn.fdLost = false;
-      conn.state = State.Header;
-      conn.deadline = performance.now() +
-        (conn.len > 0 ? options.requestTimeoutMs : options.idleTimeoutMs);
-      return;
-    }
-    if (conn.header === null || conn.lingerLeft > 0) {
-      // The client may still be writing a body the broker did not read: drain it so the client
-      // reads this reply instead of failing its send with EPIPE (defects D1, D2).
-      if (conn.header === null && conn.lingerLeft === 0) conn.lingerLeft = LINGER_BYTES;
-      shutdownQuietly(conn.fd, SHUT_WR);
-      conn.state = State.Linger;
-      conn.deadline = performance.now() + LINGER_MS;
-      conn.len = 0;
-      this.lingering++;
-      return;
-    }
-    this.close(conn);
-  }
-
-  #linger(conn: Conn): void {
-    if (conn.drainLinger(this.#scratch)) this.close(conn);
-    else this.#watch(conn);
   }
 
   /** Close a connection and everything it holds. */

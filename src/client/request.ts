@@ -266,3 +266,11 @@ function concat(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
   }
   return out;
 }
+
+/** What a client's request paths (`put.ts`, `get_stat.ts`) need: its requester and timeout. */
+export interface RequestLink {
+  /** Sends the requests. */
+  readonly requester: Requester;
+  /** The client's timeout for one request, in ms. */
+  readonly timeoutMs: number;
+}

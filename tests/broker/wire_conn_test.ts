@@ -226,6 +226,11 @@ Deno.test("--max-clients 1 rejects a second connection with cmd 0, status 1 `bro
   await t.step(
     "a PUT with a 60000-byte name over the quota also reads the quota reply",
     async () => {
+      // The previous step's connections must be gone first, or one of them still holding the
+      // slot would pass for the idle connection below.
+      await waitFor(() => broker.connections() === 0, {
+        what: "the broker to close the previous step's connections",
+      });
       using idle = await RawClient.connect(s.socket);
       await waitFor(() => broker.connections() === 1, {
         what: "the broker to accept the idle one",

@@ -19,20 +19,11 @@ import {
   digestOf,
   enc,
   fdTable,
+  ROOT,
   tempDir,
 } from "../support/harness.ts";
 import { NATS_IGNORE, NatsNode } from "../support/cluster.ts";
-import { waitFor as waitForValue } from "../support/wait.ts";
-
-/** Wait until `cond` holds, naming `what` when it never does. */
-async function waitFor(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs?: number,
-): Promise<void> {
-  await waitForValue(cond, timeoutMs === undefined ? { what } : { what, timeoutMs });
-}
-import { ROOT } from "../support/harness.ts";
+import { waitFor } from "../support/wait.ts";
 
 // The tests decide the job id of every call themselves.
 Deno.env.delete("MEMFDBUS_JOB_ID");
@@ -91,8 +82,8 @@ async function clusterList(b: BrokerProcess, job?: string): Promise<ClusterLine[
 /** Wait until the cluster's latest version of `name` has `digest`. */
 async function committed(b: BrokerProcess, name: string, digest: string): Promise<void> {
   await waitFor(
-    `"${name}" with ${digest} committed in the cluster`,
     async () => (await clusterList(b)).some((l) => l.name === name && l.digest === digest),
+    { what: `"${name}" with ${digest} committed in the cluster` },
   );
 }
 
@@ -160,10 +151,10 @@ Deno.test({
     const dropped = await cli(["drop", "--name", "model", "--socket", b.socket]);
     assertEquals([dropped.code, dropped.stderr], [0, ""]);
     await committed(a, "model", digestOf(v2));
-    await waitFor("A to serve v2 after the drop on B", async () => {
+    await waitFor(async () => {
       const g = await getBytes(a, "model", `${d}/a4`);
       return g.bytes !== null && digestOf(g.bytes) === digestOf(v2);
-    });
+    }, { what: "A to serve v2 after the drop on B" });
     assertEquals((await getBytes(b, "model", `${d}/b4`)).bytes, v2);
 
     // A get --wait on B is answered when A publishes the name.
@@ -179,7 +170,7 @@ Deno.test({
       "--socket",
       b.socket,
     ]);
-    await waitFor("the waiting get's connection on B", () => sockets() > idle);
+    await waitFor(() => sockets() > idle, { what: "the waiting get's connection on B" });
     const later = enc("published while B waited");
     await Deno.writeFile(`${d}/later.src`, later);
     await put(a, `${d}/later.src`, "later");
@@ -281,18 +272,15 @@ Deno.test({
       clusterArgs(nats.url, "down-c", ["--cluster-sync"]),
     );
     await nats.kill();
-    await waitFor(
-      "A to notice the engine is gone",
-      () => a.stderr.includes("cluster disconnected"),
-    );
-    await waitFor(
-      "B to notice the engine is gone",
-      () => b.stderr.includes("cluster disconnected"),
-    );
-    await waitFor(
-      "C to notice the engine is gone",
-      () => c.stderr.includes("cluster disconnected"),
-    );
+    await waitFor(() => a.stderr.includes("cluster disconnected"), {
+      what: "A to notice the engine is gone",
+    });
+    await waitFor(() => b.stderr.includes("cluster disconnected"), {
+      what: "B to notice the engine is gone",
+    });
+    await waitFor(() => c.stderr.includes("cluster disconnected"), {
+      what: "C to notice the engine is gone",
+    });
 
     // Local work goes on.
     const one = enc("queued during the outage");
@@ -320,10 +308,10 @@ Deno.test({
 
     // The engine returns (same port, same store): the queued upload flushes, B finds it.
     await nats.start();
-    await waitFor("B to fetch the object queued on A", async () => {
+    await waitFor(async () => {
       const g = await getBytes(b, "outage-1", `${d}/b1`);
       return g.code === 0 && digestOf(g.bytes ?? new Uint8Array()) === digestOf(one);
-    }, 30_000);
+    }, { what: "B to fetch the object queued on A", timeoutMs: 30_000 });
     const refused = await getBytes(b, "outage-2", `${d}/b2`);
     assertEquals([refused.code, refused.stderr], [1, "broker error: object not found\n"]);
   },

@@ -6,8 +6,10 @@
 
 import { assertEquals, ok } from "../support/assert.ts";
 import { Client } from "../../src/client.ts";
-import { Cmd } from "../../src/protocol/wire.ts";
+import { Cmd, extFlags, Flag, withExt } from "../../src/protocol/wire.ts";
+import { closeAll } from "../../src/sys/unix_socket.ts";
 import {
+  acceptedConnections,
   alive,
   type AuditLine,
   BrokerProcess,
@@ -16,6 +18,7 @@ import {
   RawClient,
   request,
   tempDir,
+  unreadBytes,
 } from "../support/harness.ts";
 import { letTimePass, waitFor } from "../support/wait.ts";
 import {
@@ -413,26 +416,50 @@ Deno.test(
 );
 
 Deno.test(
-  "a GET waiting for a name in the old broker is answered by the new one when the name is published after a SIGUSR2",
+  "a GET waiting for a name in the old broker is released at a SIGUSR2 as not found without the wait bit, and asked again, is answered by the new one when the name is published",
   async () => {
     using dir = tempDir();
     await using t = new Tracker();
     const socket = `${dir.path}/bus.sock`;
     const old = await t.broker(dir.path, ["--socket", socket]);
-    await using waiter = new Client({ socket, jobId: null });
-    const waiting = waiter.get({ name: "later" }, { wait: 30_000 });
     await settle(old);
-    await waitFor(() => old.connections() === 1, {
+    // A raw GET --wait (what Client.get sends): once its bytes are sent and the broker has read
+    // them all, it is parked.
+    const getWait = request(
+      { cmd: Cmd.GET, nameLen: 5, size: 30_000n, reserved: withExt(Flag.WAIT) },
+      "later",
+    );
+    using waiter = await RawClient.connect(socket);
+    await waiter.send(getWait);
+    await waitFor(() => old.connections() === 1 && unreadBytes(socket) === 0, {
       what: "the GET to be parked in the old broker",
+      everyMs: 50,
     });
     assertEquals(old.audit(), [], "nothing answered yet");
     signal(old.pid, "SIGUSR2");
+    // The old broker answers as a broker that does not wait (Client.get then asks again).
+    const released = await waiter.reply(30_000);
+    closeAll(released.fds);
+    assertEquals(
+      [released.header.status, extFlags(released.header.reserved) & Flag.WAIT, released.fds.length],
+      [2, 0, 0],
+    );
     assertEquals((await old.child.status).code, 0);
-    await successor(socket, old.pid);
+    const next = await successor(socket, old.pid);
+    using again = await RawClient.connect(socket);
+    await again.send(getWait);
+    await waitFor(() => acceptedConnections(next, socket) === 1 && unreadBytes(socket) === 0, {
+      what: "the repeated GET to be parked in the new broker",
+      everyMs: 50,
+    });
     await using c = new Client({ socket, jobId: null });
     const r = await c.put(payload(1, 100), { name: "later" });
-    using got = await waiting;
-    assertEquals([got.id, got.digest], [r.id, r.digest]);
+    const got = await again.reply(30_000);
+    closeAll(got.fds);
+    assertEquals(
+      [got.header.status, got.header.objectId, new TextDecoder().decode(got.body), got.fds.length],
+      [0, r.id, `later${r.digest}`, 1],
+    );
   },
 );
 

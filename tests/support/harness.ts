@@ -99,6 +99,23 @@ export function acceptedConnections(pid: number, path: string): number {
   return n;
 }
 
+/**
+ * Bytes that connections accepted on the listener bound to `path` have received and their owner
+ * has not read yet (the Recv-Q column of `ss -x`). Zero once a broker has read every request
+ * sent to it.
+ */
+export function unreadBytes(path: string): number {
+  const out = new Deno.Command("ss", { args: ["-xnH"], stdout: "piped", stderr: "null" })
+    .outputSync();
+  let n = 0;
+  for (const line of dec(out.stdout).split("\n")) {
+    // Netid State Recv-Q Send-Q Local-Address Port Peer-Address Port
+    const cols = line.trim().split(/\s+/);
+    if (cols[1] === "ESTAB" && cols[4] === path) n += Number(cols[2] ?? 0);
+  }
+  return n;
+}
+
 /** True when the process `pid` has a handler installed for `signal` (SigCgt of /proc/PID/status). */
 export function catchesSignal(
   pid: number,

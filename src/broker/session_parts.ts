@@ -1,0 +1,65 @@
+/**
+ * What sessions are built from ({@link SessionParts}) and the two small interfaces the broker's
+ * other parts share with them: {@link RunState} and {@link Commit}.
+ *
+ * @module
+ */
+
+import type { Outcome } from "../core/handlers.ts";
+import type { BrokerOptions } from "../core/options.ts";
+import type { Store } from "../core/store.ts";
+import type { Governor } from "../core/governance.ts";
+import type { HashPool } from "../hash/verifier.ts";
+import type { Poller } from "../sys/poller.ts";
+import type { AuditOutput } from "./audit_sink.ts";
+import type { Conn } from "./connection.ts";
+import type { ObjectDescriptors } from "./descriptors.ts";
+import type { PeerLedger } from "./admission.ts";
+import type { ObjectEvents } from "./events.ts";
+import type { ParkedWaits } from "./waits.ts";
+import type { GovernorHooks } from "./governor_hooks.ts";
+import type { Watchers } from "./watchers.ts";
+
+/** Flags shared by the broker's parts. */
+export interface RunState {
+  /** The broker is stopping or handing over: no new requests, no keep-alive. */
+  stopping: boolean;
+}
+
+/** Where a committed PUT or DROP goes before its reply (the shadow mirror). */
+export interface Commit {
+  /** True when replies to PUT and DROP wait for the shadow. */
+  readonly active: boolean;
+  /** Mirror the change, then call `done` (once). */
+  commit(o: Outcome, done: () => void): void;
+}
+
+/** What sessions are built from. */
+export interface SessionParts {
+  readonly options: BrokerOptions;
+  readonly store: Store;
+  readonly poller: Poller;
+  readonly audit: AuditOutput;
+  readonly hash: HashPool;
+  readonly waits: ParkedWaits<Conn>;
+  readonly descriptors: ObjectDescriptors;
+  readonly events: ObjectEvents;
+  readonly run: RunState;
+  readonly mirror: Commit;
+  /** Largest object whose digest is computed on the loop; larger PUTs start hashing early. */
+  readonly inlineHashLimit: number;
+  /** A TAKEOVER request arrived on `conn` (its header is read and valid). */
+  readonly takeover: (conn: Conn) => void;
+  /** Per-peer accounting, told when a connection closes (see `admission.ts`). */
+  readonly ledger: PeerLedger | null;
+  /** Memory governance, and who carries out its releases. */
+  readonly governor?: { readonly rules: Governor; readonly hooks: GovernorHooks };
+  /** Watch streams. */
+  readonly watchers?: Watchers;
+  /** Told each request's time from its header to its reply, in seconds (metrics). */
+  readonly latency?: ((seconds: number) => void) | null;
+  /** Told of each PUT stored on the memfd of identical content (metrics). */
+  readonly deduped?: () => void;
+  /** Where an internal error in one request is reported (one line). */
+  readonly report: (message: string) => void;
+}

@@ -1,0 +1,103 @@
+/**
+ * Building replies: error replies with their audit result, header-only replies, the pieces a
+ * reply is sent in, and the fixed replies the connection code sends without a handler.
+ *
+ * @module
+ */
+
+import { type AuditRecord, type AuditResult, blankRecord } from "../audit.ts";
+import { fromBinary } from "../../protocol/bytes.ts";
+import { encodeHeader, type Header, HEADER_SIZE, Text } from "../../protocol/wire.ts";
+import { Status } from "../../errors.ts";
+import type { Outcome, Segment } from "./context.ts";
+
+function resultOf(status: number): AuditResult {
+  switch (status) {
+    case Status.OK:
+      return "ok";
+    case Status.NOT_FOUND:
+      return "not_found";
+    case Status.FORBIDDEN:
+      return "forbidden";
+    case Status.BAD_REQUEST:
+      return "bad_request";
+    default:
+      return "error";
+  }
+}
+
+/** An error reply `cmd/status/text` with its (already filled) audit record. */
+export function errorOutcome(
+  cmd: number,
+  status: number,
+  text: string,
+  audit: AuditRecord,
+): Outcome {
+  audit.result = resultOf(status);
+  audit.error = text;
+  const body = fromBinary(text);
+  const wire = new Uint8Array(HEADER_SIZE + body.length);
+  encodeHeader({ cmd, status, textLen: body.length }, wire);
+  wire.set(body, HEADER_SIZE);
+  return {
+    wire,
+    segments: pieces(wire, [HEADER_SIZE, null], [body.length, null]),
+    fd: -1,
+    audit,
+    auditAfterSend: false,
+    keptFd: false,
+    ok: false,
+  };
+}
+
+/** A reply that is only a header. */
+export function headerOnly(h: Partial<Header>, audit: AuditRecord, keptFd: boolean): Outcome {
+  const wire = encodeHeader(h);
+  return {
+    wire,
+    segments: [{ bytes: wire, failText: null }],
+    fd: -1,
+    audit,
+    auditAfterSend: false,
+    keptFd,
+    ok: true,
+  };
+}
+
+/** Views into `wire` of the given lengths (empty pieces after the header are left out). */
+export function pieces(wire: Uint8Array, ...parts: [number, string | null][]): Segment[] {
+  const out: Segment[] = [];
+  let off = 0;
+  for (const [len, failText] of parts) {
+    if (len > 0 || off === 0) out.push({ bytes: wire.subarray(off, off + len), failText });
+    off += len;
+  }
+  return out;
+}
+
+/** The reply to a header whose magic or version is wrong. */
+export function badHeaderOutcome(): Outcome {
+  return errorOutcome(
+    0,
+    Status.BAD_REQUEST,
+    Text.badHeader,
+    blankRecord("unknown", "bad_request", null),
+  );
+}
+
+/** The reply to an unknown command (the audit record carries the command number as object_id). */
+export function unknownCommandOutcome(cmd: number): Outcome {
+  const rec = blankRecord("unknown", "bad_request", null);
+  rec.objectId = cmd;
+  return errorOutcome(cmd, Status.BAD_REQUEST, Text.unknownCommand, rec);
+}
+
+/** The reply to a connection over --max-clients, sent without reading the request. */
+export function clientQuotaOutcome(): Outcome {
+  return errorOutcome(0, Status.ERR, Text.clientQuota, blankRecord("unknown", "error", null));
+}
+
+/** The reply to a connection accepted while the broker had no descriptors to spare. */
+export function fdLimitOutcome(): Outcome {
+  return errorOutcome(0, Status.ERR, Text.fdLimit, blankRecord("unknown", "error", null));
+}
