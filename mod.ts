@@ -67,7 +67,14 @@ export {
 } from "./src/client/watch.ts";
 export type { WatchKindName } from "./src/protocol/watch.ts";
 export { BrokerIdentityError } from "./src/client/peer_check.ts";
-export { type IdentityPolicy, type JobBinding, OPEN_POLICY } from "./src/core/policy.ts";
+export {
+  type IdentityPolicy,
+  type JobBinding,
+  OPEN_POLICY,
+  type Reservation,
+  reservedText,
+  unlistedJobsRule,
+} from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
 export type { ClusterAuth, ClusterOptions, ClusterTls } from "./src/cluster/options.ts";
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";

@@ -12,8 +12,10 @@
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
  * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768 }: per uid; 3/4
  * of maxClients and maxWaiters by default), evict ("superseded" or "none"), dedup, metrics
- * ("127.0.0.1:9464" or a socket path). A policy file (--policy) may hold only auditPeer,
- * requireJob, protectNames and jobs.
+ * ("127.0.0.1:9464" or a socket path), unlistedJobs ("deny" or "allow"), reserve
+ * ({ "model/": "trainer", "report.csv": "ci", "tmp-*": "scratch" }: a key ending in / or * is a
+ * prefix). A policy file (--policy) may hold only auditPeer, requireJob, protectNames, jobs,
+ * unlistedJobs and reserve.
  *
  * @module
  */
@@ -23,7 +25,8 @@ import { utf8Binary } from "../protocol/bytes.ts";
 import { UsageError } from "../errors.ts";
 import { type BrokerOptions, parseMetricsAddress } from "./options.ts";
 import type { QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
-import type { JobBinding } from "./policy.ts";
+import type { JobBinding, Reservation } from "./policy.ts";
+import { nameProblem } from "../protocol/names.ts";
 import type { PeerLimits } from "./fair_shares.ts";
 import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
 import { parseClusterConfig } from "../cluster/options.ts";
@@ -200,6 +203,42 @@ function peerLimits(node: Node, fail: Fail): PeerLimits {
   return { connections, waits };
 }
 
+/** The longest reservation key, in bytes (it is quoted in refusal texts). */
+const RESERVE_KEY_MAX = 256;
+
+function reservations(node: Node, fail: Fail): Reservation[] {
+  if (node.type !== "object") {
+    return fail('expected an object such as { "model/": "trainer", "report.csv": "ci" }');
+  }
+  const out: Reservation[] = [];
+  for (const [k, v] of members(node)) {
+    const star = k.indexOf("*");
+    const bytes = new TextEncoder().encode(k);
+    if (k === "" || k === "*" || (star >= 0 && star !== k.length - 1)) {
+      return fail(`"${k}": expected a name, or a prefix ending in / or in one *`, v);
+    }
+    const keyProblem = bytes.includes(0) ? "object name must not contain NUL" : bytes.length >
+        RESERVE_KEY_MAX
+      ? `longer than ${RESERVE_KEY_MAX} bytes`
+      : nameProblem(bytes, "object name");
+    if (keyProblem !== null) return fail(`"${k}": ${keyProblem}`, v);
+    const job = v.type === "string" ? String(v.value) : "";
+    const jobBytes = new TextEncoder().encode(job);
+    const jobProblem = jobBytes.length === 0 || jobBytes.length > JOB_MAX || jobBytes.includes(0)
+      ? `expected a job id of 1 to ${JOB_MAX} bytes without NUL`
+      : nameProblem(jobBytes, "job id");
+    if (jobProblem !== null) return fail(`"${k}": ${jobProblem}`, v);
+    const prefix = star >= 0 || k.endsWith("/");
+    out.push({
+      pattern: utf8Binary(star >= 0 ? k.slice(0, -1) : k),
+      prefix,
+      job: utf8Binary(job),
+      source: utf8Binary(k),
+    });
+  }
+  return out;
+}
+
 const KEYS: Readonly<Record<string, Apply>> = {
   socket: (o, node, fail) => {
     if (node.type !== "string" || node.value === "") return fail("expected a non-empty path");
@@ -254,6 +293,13 @@ const KEYS: Readonly<Record<string, Apply>> = {
     }
     o.policy = { ...o.policy, jobs };
   },
+  unlistedJobs: (o, node, fail) => {
+    if (node.type !== "string" || (node.value !== "deny" && node.value !== "allow")) {
+      return fail('expected "deny" or "allow"');
+    }
+    o.policy = { ...o.policy, unlistedJobs: node.value };
+  },
+  reserve: (o, node, fail) => (o.policy = { ...o.policy, reserve: reservations(node, fail) }),
   shadow: (o, node, fail) => {
     if (node.type !== "string" || node.value === "") return fail("expected a non-empty path");
     o.shadow = node.value as string;
@@ -278,7 +324,14 @@ const KEYS: Readonly<Record<string, Apply>> = {
   },
 };
 
-const POLICY_KEYS = new Set(["auditPeer", "requireJob", "protectNames", "jobs"]);
+const POLICY_KEYS = new Set([
+  "auditPeer",
+  "requireJob",
+  "protectNames",
+  "jobs",
+  "unlistedJobs",
+  "reserve",
+]);
 
 function lineOf(text: string, offset: number): number {
   let line = 1;

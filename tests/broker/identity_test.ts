@@ -283,8 +283,9 @@ Deno.test({
       alpha: { put: notPermitted, list: notPermitted, get: notPermitted, drop: notPermitted },
       // Its group's job: allowed; alpha's object stays hidden from gamma.
       gamma: { put: "ok", list: "ok", get: [4, Text.accessDenied], drop: "ok" },
-      // An unbound job and no job at all are open, as in protocol v1.
-      beta: { put: "ok", list: "ok", get: [4, Text.accessDenied], drop: "ok" },
+      // A job the policy does not list is refused too (unlistedJobs: deny, the default of a
+      // policy that binds jobs); no job at all stays open, as in protocol v1.
+      beta: { put: notPermitted, list: notPermitted, get: notPermitted, drop: notPermitted },
       "-": { put: "ok", list: "ok", get: "ok", drop: "ok" },
     });
     // The refusals are audited as forbidden, with the other uid as the peer.
@@ -296,6 +297,10 @@ Deno.test({
       ["list", "forbidden", "alpha"],
       ["get", "forbidden", "alpha"],
       ["drop", "forbidden", "alpha"],
+      ["put", "forbidden", "beta"],
+      ["list", "forbidden", "beta"],
+      ["get", "forbidden", "beta"],
+      ["drop", "forbidden", "beta"],
     ]);
     assertEquals((await broker.stop()).code, 0);
   },
@@ -312,9 +317,20 @@ Deno.test("a policy binding a job to another uid refuses this process's claim wi
   assertEquals(await outcome(c.list()), refused);
   assertEquals(await outcome(c.get(1n)), refused);
   assertEquals(await outcome(c.drop(1n)), refused);
-  assertEquals(await outcome(c.list({ jobId: "beta" })), "ok");
+  // An unlisted job is refused by default once the policy binds a job...
+  assertEquals(await outcome(c.list({ jobId: "beta" })), refused);
   assertEquals(await outcome(c.list({ jobId: null })), "ok");
   assertEquals((await broker.stop()).code, 0);
+  // ...and open again with "unlistedJobs": "allow".
+  Deno.writeTextFileSync(
+    policy,
+    `{ "jobs": { "alpha": { "uids": [1000] } }, "unlistedJobs": "allow" }`,
+  );
+  await using open = await startBroker(dir.path, ["--policy", policy]);
+  await using o = new Client({ socket: open.socket, jobId: "beta", keepAlive: false });
+  assertEquals(await outcome(o.list()), "ok");
+  assertEquals(await outcome(o.list({ jobId: "alpha" })), refused);
+  assertEquals((await open.stop()).code, 0);
 });
 
 // ---- --require-job and --protect-names ----------------------------------------------------------

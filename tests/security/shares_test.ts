@@ -8,95 +8,10 @@
 import { assertEquals, ok } from "../support/assert.ts";
 import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
 import { putRequest, selectRequest } from "../support/wire.ts";
-import { letTimePass, waitFor } from "../support/wait.ts";
+import { letTimePass } from "../support/wait.ts";
 import { Client } from "../../src/client.ts";
 import { Cmd, Flag, withExt } from "../../src/protocol/wire.ts";
-import { libc } from "../../src/ffi.ts";
-
-const NOBODY = 65534;
-const PYTHON = "/usr/bin/python3";
-const canSwitchUser = libc.symbols.geteuid() === 0 &&
-  new Deno.Command("setpriv", { args: ["--version"], stdout: "null", stderr: "null" })
-    .outputSync().success;
-const hasPython = (() => {
-  try {
-    return Deno.statSync(PYTHON).isFile;
-  } catch {
-    return false;
-  }
-})();
-// A process of another uid needs root (to switch), setpriv and a system python3.
-const SKIP = !(canSwitchUser && hasPython);
-
-const hex = (b: Uint8Array): string =>
-  Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-
-/** The peer agent (tests/peer_agent.py) running as uid 65534, driven line by line. */
-class Agent implements AsyncDisposable {
-  readonly #child: Deno.ChildProcess;
-  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
-  readonly #lines: string[] = [];
-  readonly #done: Promise<void>;
-
-  private constructor(child: Deno.ChildProcess) {
-    this.#child = child;
-    this.#writer = child.stdin.getWriter();
-    this.#done = (async () => {
-      let pending = "";
-      for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-        pending += chunk;
-        let nl: number;
-        while ((nl = pending.indexOf("\n")) >= 0) {
-          this.#lines.push(pending.slice(0, nl));
-          pending = pending.slice(nl + 1);
-        }
-      }
-    })();
-  }
-
-  static start(dir: string, socket: string): Agent {
-    const script = `${dir}/peer_agent.py`;
-    Deno.copyFileSync(new URL("./peer_agent.py", import.meta.url), script);
-    Deno.chmodSync(script, 0o644);
-    return new Agent(
-      new Deno.Command("setpriv", {
-        args: [
-          `--reuid=${NOBODY}`,
-          `--regid=${NOBODY}`,
-          "--clear-groups",
-          PYTHON,
-          script,
-          socket,
-        ],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn(),
-    );
-  }
-
-  /** Send one command; resolves with its answer line. */
-  async do(cmd: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const before = this.#lines.length;
-    await this.#writer.write(enc(JSON.stringify(cmd) + "\n"));
-    await waitFor(() => this.#lines.length > before, {
-      what: `the agent's answer to ${JSON.stringify(cmd)}`,
-      timeoutMs: 60_000,
-    });
-    return JSON.parse(this.#lines[before] ?? "{}");
-  }
-
-  /** Send a request on a new connection and read its reply. */
-  request(req: Uint8Array, data?: Uint8Array): Promise<Record<string, unknown>> {
-    return this.do({ op: "send", req: hex(req), data: data ? hex(data) : null, read: true });
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.#writer.close().catch(() => {});
-    await this.#child.status;
-    await this.#done;
-  }
-}
+import { Agent, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
 
 async function sharedBroker(dir: string, args: string[]): Promise<BrokerProcess> {
   Deno.chmodSync(dir, 0o755);

@@ -332,6 +332,8 @@ Deno.test("mod.ts and the ./protocol entry export exactly the documented names",
     "isFdProblem",
     "jobIdFromEnv",
     "parseBrokerArgs",
+    "reservedText",
+    "unlistedJobsRule",
   ]);
   const protocol = Object.keys(await import("../../src/protocol/mod.ts")).sort();
   assertEquals(protocol, [

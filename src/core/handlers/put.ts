@@ -8,7 +8,7 @@
 import { type AuditRecord, blankRecord } from "../audit.ts";
 import { fromBinary, toBinary } from "../../protocol/bytes.ts";
 import { nameProblem } from "../../protocol/names.ts";
-import { checkJobClaim, mayPublishName, PolicyText } from "../policy.ts";
+import { checkJobClaim, checkReservation, mayPublishName, PolicyText } from "../policy.ts";
 import {
   Cmd,
   DIGEST_LEN,
@@ -87,10 +87,13 @@ export function* put(h: Header, ctx: RequestContext): Handler {
     if (typeof allow !== "string") return fail(Status.BAD_REQUEST, allow.error);
     allowed = allow;
   }
-  // Identity policy (off by default): the claimed owner job must match the peer, and with name
-  // protection the name must not belong to another job. Checked again at commit.
+  // Identity policy (off by default): the claimed owner job must match the peer, a reserved name
+  // belongs to its job, and with name protection the name must not belong to another job
+  // (checked again at commit; reservations do not depend on the store).
   const claim = checkJobClaim(options.policy, owner, ctx.peer);
   if (claim !== null) return fail(Status.FORBIDDEN, claim);
+  const reserved = checkReservation(options.policy, name, owner);
+  if (reserved !== null) return fail(Status.FORBIDDEN, reserved);
   if (!mayPublishName(options.policy, store.oldestByName(name)?.owner, owner)) {
     return fail(Status.FORBIDDEN, PolicyText.nameOwned);
   }
