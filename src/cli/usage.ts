@@ -22,7 +22,7 @@ export const USAGE: string = `usage:
   memfdbus list [--job-id JOB] [--socket PATH]
 broker options beyond the C memfdbus:
   --config FILE           read options from a JSONC file (flags override it)
-  --policy FILE           identity policy (JSONC): bind job ids to uids/gids
+  --policy FILE           identity policy (JSONC): bind jobs to uids/gids, reserve names
   --socket-mode MODE      permissions of the socket file (0600)
   --request-timeout-ms N  close a connection that has not completed its request (10000)
   --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
@@ -126,7 +126,7 @@ records on stdout. Every option can also come from --config FILE.
 options (default):
   --socket PATH              socket to create ($MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)
   --config FILE              read options from a JSONC file (flags override it)
-  --policy FILE              identity policy (JSONC): bind job ids to uids/gids
+  --policy FILE              identity policy (JSONC): bind jobs to uids/gids, reserve names
   --socket-mode MODE         permissions of the socket file (0600)
   --max-name-bytes N         longest object name (65536)
   --max-objects N            most objects stored at once (no limit)
