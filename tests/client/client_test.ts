@@ -663,9 +663,11 @@ async function assertTimesOut(
   }
   const elapsed = performance.now() - start;
   ok(elapsed >= timeoutMs - 20, `rejected after ${elapsed} ms, before the timeout`);
-  ok(elapsed < timeoutMs + 700, `rejected after ${elapsed} ms, long after the timeout`);
-  // The caller's event loop kept running during the wait.
-  ok(ticks >= 5, `only ${ticks} interval ticks during a ${elapsed} ms wait`);
+  // Generous: a loaded machine delays timers; a client that ignored its deadline would not.
+  ok(elapsed < timeoutMs + 5000, `rejected after ${elapsed} ms, long after the timeout`);
+  // The caller's event loop kept running during the wait: a client that blocked the thread for
+  // the whole wait lets no interval tick before its rejection is handled.
+  ok(ticks >= 1, `no interval tick during a ${elapsed} ms wait`);
   return elapsed;
 }
 
