@@ -14,19 +14,28 @@ const SCRIPT = `
 import { main } from "${ROOT}/src/cli/main.ts";
 import { libc } from "${ROOT}/src/ffi.ts";
 const socket = Deno.args[0];
-const epolls = () => new Set([...Deno.readDirSync("/proc/self/fd")].map((e) => Number(e.name))
-  .filter((fd) => { try { return Deno.readLinkSync("/proc/self/fd/" + fd) === "anon_inode:[eventpoll]"; } catch { return false; } }));
-const before = epolls();
+const link = (fd) => { try { return Deno.readLinkSync("/proc/self/fd/" + fd); } catch { return ""; } };
+const fds = () => [...Deno.readDirSync("/proc/self/fd")].map((e) => Number(e.name));
+// The broker's poller: the epoll that watches the listening socket bound to the path. The
+// socket is bound before the poller exists, and a Worker's runtime may add epolls of its own:
+// wait for exactly this one.
+const brokerEpoll = () => {
+  const inodes = Deno.readTextFileSync("/proc/net/unix").split("\\n")
+    .map((l) => l.trim().split(/\\s+/)).filter((c) => c[7] === socket).map((c) => c[6]);
+  const listeners = fds().filter((fd) => inodes.some((i) => link(fd) === "socket:[" + i + "]"));
+  return fds().find((fd) => {
+    if (link(fd) !== "anon_inode:[eventpoll]") return false;
+    let info = "";
+    try { info = Deno.readTextFileSync("/proc/self/fdinfo/" + fd); } catch { return false; }
+    return [...info.matchAll(/^tfd:\\s+(\\d+)/gm)].some((m) => listeners.includes(Number(m[1])));
+  });
+};
 const timer = setInterval(() => {
-  try { Deno.lstatSync(socket); } catch { return; }
+  const fd = brokerEpoll();
+  if (fd === undefined) return;
   clearInterval(timer);
   const nul = libc.symbols.open(new TextEncoder().encode("/dev/null\\0"), 0, 0);
-  // Only the broker's own epoll: the new one that watches a socket (its listener). A Worker's
-  // runtime may have made another epoll meanwhile; breaking that one would hang the Worker.
-  const watchesSocket = (fd) => Deno.readTextFileSync("/proc/self/fdinfo/" + fd).split("\\n")
-    .map((l) => /^tfd:\\s*(\\d+)/.exec(l)?.[1]).filter((t) => t !== undefined)
-    .some((t) => { try { return Deno.readLinkSync("/proc/self/fd/" + t).startsWith("socket:"); } catch { return false; } });
-  for (const fd of epolls()) if (!before.has(fd) && watchesSocket(fd)) libc.symbols.dup3(nul, fd, 0o2000000);
+  libc.symbols.dup3(nul, fd, 0o2000000);
   console.error("broke the epoll descriptor");
 }, 5);
 Deno.exit(await main(["broker", "--socket", socket]));
