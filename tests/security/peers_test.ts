@@ -44,12 +44,13 @@ const hasPython = (() => {
 const SKIP = !(canSwitchUser && hasPython);
 
 /**
- * A process of uid 65534 listening on `path` until disposed. With `reply`, it answers every
- * connection's first 48 bytes with those bytes (a broker's reply); without, it never accepts.
+ * A process of uid 65534 listening on `path` until disposed (killed by pid). With `reply`, it
+ * answers every connection's first 48 bytes with those bytes (a broker's reply); without, it
+ * never accepts and waits in `signal.pause()` for the kill.
  */
 async function squatter(path: string, reply?: Uint8Array): Promise<AsyncDisposable> {
   const serve = reply === undefined
-    ? "time.sleep(600)"
+    ? "signal.pause()"
     : "while True:\n  c,_=s.accept()\n  n=0\n  while n<48:\n    b=c.recv(48-n)\n    if not b: break\n" +
       "    n+=len(b)\n  try: c.sendall(bytes.fromhex(sys.argv[2]))\n  except OSError: pass\n  c.close()";
   const hex = Array.from(reply ?? [], (b) => b.toString(16).padStart(2, "0")).join("");
@@ -60,7 +61,7 @@ async function squatter(path: string, reply?: Uint8Array): Promise<AsyncDisposab
       "--clear-groups",
       PYTHON,
       "-c",
-      "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(16)\n" +
+      "import signal,socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(16)\n" +
       "print('ready',flush=True)\n" + serve,
       path,
       hex,
