@@ -63,6 +63,11 @@ export interface WireObject {
   readonly allowed: string | null;
   /** Publication time in ns, decimal. */
   readonly created: string;
+  /**
+   * The publisher's uid (per-uid quotas and shares count it), when the broker knew it. Absent in
+   * frames of brokers that predate it; such objects are charged to no uid.
+   */
+  readonly uid?: number;
 }
 
 // btoa and atob work on binary strings, which is what names and job ids are.
@@ -79,6 +84,7 @@ export function toWire(o: StoredObject): WireObject {
     owner: o.owner === null ? null : b64(o.owner),
     allowed: o.allowed === null ? null : b64(o.allowed),
     created: String(o.createdNs),
+    ...(o.uid === undefined ? {} : { uid: o.uid }),
   };
 }
 
@@ -93,7 +99,13 @@ export function fromWire(w: WireObject, fd: number): StoredObject {
     owner: w.owner === null ? null : unb64(w.owner),
     allowed: w.allowed === null ? null : unb64(w.allowed),
     createdNs: BigInt(w.created),
+    ...(isUid(w.uid) ? { uid: w.uid } : {}),
   };
+}
+
+/** Is `v` a uid (an integer from 0 to 4294967295)? */
+export function isUid(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
 }
 
 /** Encode one frame. */

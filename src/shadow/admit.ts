@@ -10,7 +10,7 @@
 
 import { closeQuietly } from "../ffi.ts";
 import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
-import { fromWire, type WireObject } from "../protocol/shadow_frames.ts";
+import { fromWire, isUid, type WireObject } from "../protocol/shadow_frames.ts";
 import { isPrintableName } from "../protocol/names.ts";
 import { isValidDigest } from "../protocol/wire.ts";
 import type { StoredObject } from "../core/store.ts";
@@ -53,6 +53,7 @@ export function admitObject(w: unknown, fd: number): StoredObject | Refused {
   if (typeof o.created !== "string" || !/^[0-9]{1,20}$/.test(o.created)) {
     return refuse("malformed creation time");
   }
+  if (o.uid !== undefined && !isUid(o.uid)) return refuse("malformed uid");
   const obj = fromWire(o as unknown as WireObject, fd);
   if (obj.name === "" || !isPrintableName(obj.name)) {
     return refuse("name breaks the name rule (empty, control bytes or invalid UTF-8)");
