@@ -9,6 +9,7 @@
  * maxWaitMs, maxWaiters, readOnlyFds,
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
+ * pin (["model/*", "config.json"]: eviction never releases their versions),
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
  * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768 }: per uid; 3/4
  * of maxClients and maxWaiters by default), evict ("superseded" or "none"), dedup, metrics
@@ -24,7 +25,7 @@ import type { Node, ParseError } from "jsonc-parser";
 import { utf8Binary } from "../protocol/bytes.ts";
 import { UsageError } from "../errors.ts";
 import { type BrokerOptions, parseMetricsAddress } from "./options.ts";
-import type { QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
+import type { PinRule, QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
 import type { JobBinding, Reservation } from "./policy.ts";
 import { nameProblem } from "../protocol/names.ts";
 import type { PeerLimits } from "./fair_shares.ts";
@@ -151,6 +152,21 @@ function retention(node: Node, fail: Fail): RetentionRule[] {
     rules.push({ pattern: utf8Binary(prefix ? k.slice(0, -1) : k), prefix, keep });
   }
   return rules;
+}
+
+function pins(node: Node, fail: Fail): PinRule[] {
+  if (node.type !== "array") return fail('expected an array such as ["model/*", "config.json"]');
+  const out: PinRule[] = [];
+  for (const v of node.children ?? []) {
+    const k = v.type === "string" ? String(v.value) : "";
+    const star = k.indexOf("*");
+    if (k === "" || k === "*" || (star >= 0 && star !== k.length - 1)) {
+      return fail("expected names, or prefixes ending in one *", v);
+    }
+    const prefix = star >= 0;
+    out.push({ pattern: utf8Binary(prefix ? k.slice(0, -1) : k), prefix });
+  }
+  return out;
 }
 
 function quotas(node: Node, fail: Fail): Quotas {
@@ -306,6 +322,7 @@ const KEYS: Readonly<Record<string, Apply>> = {
   },
   keepVersions: integer(INT_MAX, (o, v) => (o.keepVersions = Number(v))),
   retention: (o, node, fail) => (o.retention = retention(node, fail)),
+  pin: (o, node, fail) => (o.pins = pins(node, fail)),
   quotas: (o, node, fail) => (o.quotas = quotas(node, fail)),
   peerLimits: (o, node, fail) => (o.peerLimits = peerLimits(node, fail)),
   evict: (o, node, fail) => {

@@ -7,7 +7,7 @@
 import { UsageError } from "../errors.ts";
 import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "../protocol/wire.ts";
-import { NO_QUOTAS, type Quotas, type RetentionRule } from "./governance.ts";
+import { NO_QUOTAS, type PinRule, type Quotas, type RetentionRule } from "./governance.ts";
 import { DEFAULT_PEER_LIMITS, type PeerLimits } from "./fair_shares.ts";
 import { applyClusterFlags, type ClusterFlags, type ClusterOptions } from "../cluster/options.ts";
 
@@ -123,6 +123,8 @@ export interface BrokerOptions {
   evict: "none" | "superseded";
   /** Store identical contents (equal verified digests) on one memfd (on; --no-dedup). */
   dedup: boolean;
+  /** Names and prefixes whose versions eviction never releases (config `pin`). */
+  pins: readonly PinRule[];
   /** Where to serve Prometheus metrics (--metrics), or null for nowhere. */
   metrics: MetricsAddress | null;
   /**
@@ -163,6 +165,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     shadow: null,
     keepVersions: null,
     retention: [],
+    pins: [],
     quotas: NO_QUOTAS,
     peerLimits: DEFAULT_PEER_LIMITS,
     evict: "none",
