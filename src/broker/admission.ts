@@ -55,6 +55,8 @@ export interface PeerLedger {
   unparked(conn: Conn): void;
   /** Would one more object of `size` bytes take `uid` past its share? The text, or null. */
   storing(uid: number | undefined, size: number): string | null;
+  /** A WATCH asks to become a stream: the refusal text, or null (then it is counted). */
+  watching?(conn: Conn): string | null;
 }
 
 /** The listening socket this broker serves. */

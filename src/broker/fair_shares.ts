@@ -43,9 +43,13 @@ export class FairShares implements PeerLedger {
   readonly #shares = new Map<number, UidShare | null>();
   readonly #connections = new Map<number, number>();
   readonly #waits = new Map<number, number>();
+  readonly #watchers = new Map<number, number>();
+  #watching = 0;
   /** Connections counted (by their uid), and which of them are counted as parked. */
   readonly #counted = new WeakMap<Conn, number>();
   readonly #parked = new WeakSet<Conn>();
+  /** Connections counted as watchers (by their uid, or -1 when it is unknown). */
+  readonly #watched = new WeakMap<Conn, number>();
 
   /**
    * @param rules limits and exemptions
@@ -95,9 +99,52 @@ export class FairShares implements PeerLedger {
     return null;
   }
 
+  /** Watch streams `uid` has open. */
+  watchersOf(uid: number): number {
+    return this.#watchers.get(uid) ?? 0;
+  }
+
+  /**
+   * A WATCH request asks to become a watch stream: count it, or return the refusal text naming
+   * the limit (the broker-wide `--max-watchers`, then the uid's share, `peerLimits.watchers`).
+   */
+  watching(conn: Conn): string | null {
+    if (this.#watched.has(conn)) return null;
+    const max = this.#rules.global.maxWatchers;
+    if (max !== undefined && this.#watching >= max) {
+      return `the broker has ${this.#watching} of ${max} watchers ` +
+        `(the broker-wide limit, --max-watchers or maxWatchers)`;
+    }
+    const uid = conn.peer?.uid;
+    if (uid !== undefined) {
+      const share = this.#share(uid);
+      const held = this.watchersOf(uid);
+      if (share !== null && held >= share.watchers) {
+        return shareText(uid, "watchers", { held, max: share.watchers }, "peerLimits.watchers");
+      }
+      this.#watchers.set(uid, held + 1);
+    }
+    this.#watching++;
+    this.#watched.set(conn, uid ?? -1);
+    return null;
+  }
+
+  /** A watch stream ended (no effect when it was not counted). */
+  unwatched(conn: Conn): void {
+    const uid = this.#watched.get(conn);
+    if (uid === undefined) return;
+    this.#watched.delete(conn);
+    this.#watching--;
+    if (uid < 0) return;
+    const n = this.watchersOf(uid) - 1;
+    if (n > 0) this.#watchers.set(uid, n);
+    else this.#watchers.delete(uid);
+  }
+
   /** A connection closed. */
   closed(conn: Conn): void {
     this.unparked(conn);
+    this.unwatched(conn);
     const uid = this.#counted.get(conn);
     if (uid === undefined) return;
     this.#counted.delete(conn);

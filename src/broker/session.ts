@@ -342,6 +342,7 @@ export class Sessions {
       checkSealed: checkSealedFd,
       seals: sealsOf,
       storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
+      watchShare: () => p.ledger?.watching?.(conn) ?? null,
       now: this.#now,
       governor: p.governor?.rules,
       watchQueueLength: p.watchers?.queueLength ?? 0,

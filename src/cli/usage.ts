@@ -28,6 +28,7 @@ broker options beyond the C memfdbus:
   --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
   --max-wait-ms N         longest a get --wait is parked by the broker (3600000)
   --max-waiters N         most get --wait requests parked at once (1024)
+  --max-watchers N        most watch streams open at once (64; 3/4 of them per uid)
   --shadow PATH           mirror objects to a shadow process so they survive a restart
   --takeover              take the socket and objects over from the broker running on it
   --audit-peer            add the peer's pid, uid and gid to every audit record
@@ -139,6 +140,7 @@ options (default):
   --idle-timeout-ms N        close a kept-alive connection idle this long (60000)
   --max-wait-ms N            longest a get --wait is parked (3600000)
   --max-waiters N            most get --wait requests parked at once (1024)
+  --max-watchers N           most watch streams open at once (64; 3/4 of them per uid)
   --shadow PATH              mirror objects to a shadow process so they survive a restart
   --takeover                 take the socket and objects over from the broker on --socket
   --audit-peer               add the peer's pid, uid and gid to every audit record

@@ -55,6 +55,7 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
     "maxTotalBytes",
     "maxWaitMs",
     "maxWaiters",
+    "maxWatchers",
     "metrics",
     "peerLimits",
     "pins",
@@ -101,6 +102,8 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     "17",
     "--idle-timeout-ms",
     "18",
+    "--max-watchers",
+    "19",
   ]);
   const want: BrokerOptions = {
     socket: "/tmp/x.sock",
@@ -115,6 +118,7 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     idleTimeoutMs: 18,
     maxWaitMs: 3_600_000,
     maxWaiters: 1024,
+    maxWatchers: 19,
     readOnlyFds: false,
     socketMode: 0o600,
     auditPeer: false,
@@ -124,7 +128,7 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     retention: [],
     pins: [],
     quotas: NO_QUOTAS,
-    peerLimits: { connections: null, waits: null },
+    peerLimits: { connections: null, waits: null, watchers: null },
     evict: "none",
     dedup: true,
     metrics: null,

@@ -117,6 +117,11 @@ export interface RequestContext {
    * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
    */
   storeShare?(size: number): string | null;
+  /**
+   * May this connection become a watch stream? Counts it (until the connection closes) and
+   * returns null, or returns the refusal text naming the watcher limit that was hit.
+   */
+  watchShare?(): string | null;
   /** The broker's cluster tier, when it runs with `--cluster`. */
   readonly cluster?: ClusterView | null;
 }
