@@ -19,10 +19,13 @@ import {
   type UidShare,
 } from "../core/fair_shares.ts";
 import type { Governor } from "../core/governance.ts";
-import type { Quotas } from "../core/governance.ts";
+import type { QuotaLimits, Quotas } from "../core/governance.ts";
 import { Status } from "../errors.ts";
 import type { PeerLedger } from "./admission.ts";
 import type { Conn } from "./connection.ts";
+import type { Store } from "../core/store.ts";
+import { usageReport } from "../core/usage.ts";
+import type { UsageReport } from "../protocol/usage.ts";
 
 /** What the ledger is configured with. */
 export interface FairShareRules {
@@ -97,6 +100,16 @@ export class FairShares implements PeerLedger {
     this.#connections.set(uid, held + 1);
     this.#counted.set(conn, uid);
     return null;
+  }
+
+  /** The USAGE report for `conn`'s peer asking as `caller` (see `src/core/usage.ts`). */
+  usage(conn: Conn, caller: string | null, store: Store): UsageReport {
+    const uid = conn.peer?.uid;
+    return usageReport(this.#governor, store, {
+      caller,
+      uid,
+      operator: uid !== undefined && this.#rules.exempt.includes(uid),
+    }, (u) => tighter(this.#governor.uidQuota(u), this.#share(u)?.store ?? null));
   }
 
   /** Watch streams `uid` has open. */
@@ -187,4 +200,13 @@ export class FairShares implements PeerLedger {
     if (share === null) return null;
     return storeShareProblem(uid, share, { ...this.#governor.uidUsage(uid), size });
   }
+}
+
+/** The tighter of two limits per field (the governor's uid quota and the fair share both hold). */
+function tighter(a: QuotaLimits | null, b: QuotaLimits | null): QuotaLimits | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  const min = (x: bigint | null, y: bigint | null): bigint | null =>
+    x === null ? y : y === null ? x : x < y ? x : y;
+  return { objects: min(a.objects, b.objects), bytes: min(a.bytes, b.bytes) };
 }

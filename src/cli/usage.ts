@@ -57,11 +57,14 @@ commands beyond the C memfdbus:
   memfdbus watch [--name NAME | --prefix PREFIX] [--job-id JOB] [--socket PATH]
                  [--json] [--once]
     watch: one line per publish, drop, release or eviction until interrupted
+  memfdbus usage [--job-id JOB] [--socket PATH] [--json]
+    usage: objects and bytes (charged after dedup) held by the broker, each
+      job and each uid, next to their limits
   memfdbus shadow --socket PATH
     shadow: hold the objects of a broker started with --shadow PATH (it starts
       one itself when none is running); stop it with SIGTERM
 client options beyond the C memfdbus:
-  --json            put, get, drop, list, stat, capture: print the result as
+  --json            put, get, drop, list, stat, capture, usage: print the result as
                     JSON; get cannot combine it with OUT -
   --wait SECONDS    get, exec, stat by --name: wait for the name to be
                     published, up to SECONDS (fractions allowed; max: as long
@@ -249,6 +252,19 @@ ${CLIENT_OPTIONS}
 
 example:
   memfdbus stat --name model.bin --json
+`,
+  usage: `usage: memfdbus usage [--job-id JOB] [--socket PATH] [--json]
+
+Show what the broker, each job and each uid hold (objects, and bytes charged: identical
+contents count once) next to their limits (- when there is none). With a job id, only
+that job; without, every job. Uids: your own, or every uid for root and the broker's uid.
+
+options:
+  --json                 print one JSON object {scope, broker, jobs, uids}
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus usage --job-id trainer
 `,
   capture: `usage: memfdbus capture --name NAME [--allow-job JOB] [--always] [--json]
                         [OPTION...] -- COMMAND [ARG...]

@@ -34,6 +34,8 @@ Deno.test("a uid at its quota is still refused after broker --takeover, and usag
   assertEquals(before.ownerUsage, { objects: 2, bytes: 10 });
   assertEquals(before.shared, true);
   assertEquals(memfdCount(old.pid), 1);
+  const usageBefore = await client.usage({ jobId: null });
+  assertEquals(usageBefore.uids, [{ uid, objects: 2, bytes: 10, maxObjects: 2n, maxBytes: 100n }]);
 
   await using successor = await BrokerProcess.start(dir.path, [
     "--config",
@@ -49,6 +51,7 @@ Deno.test("a uid at its quota is still refused after broker --takeover, and usag
   assertEquals(after.ownerUsage, before.ownerUsage);
   assertEquals(after.shared, true);
   assertEquals(memfdCount(successor.pid), 1, "the successor shares the memfd again");
+  assertEquals(await client.usage({ jobId: null }), usageBefore);
   // Making room makes room for exactly one more.
   await client.drop(x.id);
   await client.put(enc("third"), { name: "z" });
