@@ -277,7 +277,10 @@ export class Broker implements AsyncDisposable {
       beginStop: () => this.#beginStop(true),
       stopping: () => run.stopping,
       releaseShadow: () => this.#mirror.release(),
-      ...(options.cluster === null ? {} : { share: (o: StoredObject) => this.#shareOf(o) }),
+      ...(options.cluster === null ? {} : {
+        share: (o: StoredObject) => this.#shareOf(o),
+        handedOver: () => this.#cluster?.handedOver(),
+      }),
     });
     counters.attach({
       connections: () => sessions.size,

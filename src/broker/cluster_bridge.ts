@@ -509,6 +509,14 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
     });
   }
 
+  /**
+   * A successor took this broker's objects over, queued uploads included: write nothing more to
+   * the engine (the connection closes with the broker).
+   */
+  handedOver(): void {
+    this.#tier.quiesce();
+  }
+
   /** Stop watching and close the connection (queued uploads are abandoned). */
   async close(): Promise<void> {
     this.#off();

@@ -113,6 +113,11 @@ export interface HandoverParts {
   readonly releaseShadow: () => void;
   /** With `--cluster`: each object's cluster state, handed over with it. */
   readonly share?: ShareOf;
+  /**
+   * The successor serves: from now on it owns the queued uploads (called before anything else
+   * can run, so this broker writes no name entry the successor may write too).
+   */
+  readonly handedOver?: () => void;
 }
 
 /** The old broker's side of a takeover. */
@@ -171,6 +176,7 @@ export class Handover {
     if (h === null) return "none";
     this.#pending = null;
     const ok = this.#transfer(h);
+    if (ok) this.#p.handedOver?.();
     if (!ok && "conn" in h) this.#p.sessions.close(h.conn);
     h.done(ok);
     return ok ? "done" : "failed";

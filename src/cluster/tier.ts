@@ -143,10 +143,10 @@ export class ClusterTier implements AsyncDisposable {
   /**
    * Queue again an object whose upload a predecessor (the broker taken over, or the one whose
    * shadow was recovered) had queued and may or may not have committed. Before the commit the
-   * name's history is read: an entry of this host with the object's id and digest means it is
-   * committed already (resolves with that version, nothing is written); an entry of a later
-   * object of this host, or a full history that may have lost the entry, means it must not be
-   * written (resolves with null); otherwise the entry is written with a compare-and-set on the
+   * name's history is read: an entry of this host with the object's id, digest and creation
+   * time means it is committed already (resolves with that version, nothing is written); an
+   * entry of a later object of this host, or a full history that may have lost the entry, means
+   * it must not be written (resolves with null); otherwise the entry is written with a compare-and-set on the
    * key's last revision, so a late commit of the predecessor cannot make it two revisions.
    * Rejects like {@link ClusterTier.publish}.
    *
@@ -215,6 +215,14 @@ export class ClusterTier implements AsyncDisposable {
    */
   watch(fromRevision: number, cb: (event: ClusterEvent) => void): ClusterWatch {
     return this.#watches.watch(fromRevision, cb);
+  }
+
+  /**
+   * Write nothing more to the engine from now on (a successor took the queued uploads over): a
+   * drain stops before its next step, and in particular before a name write. `close()` follows.
+   */
+  quiesce(): void {
+    this.#link.shut();
   }
 
   /**

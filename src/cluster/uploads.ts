@@ -229,7 +229,7 @@ export class UploadQueue {
 
   /**
    * What a recovered object's name history says: committed already (an entry of this host
-   * with its id and digest), not to be committed (`skip`: a later object of this host is named
+   * with its id, digest and creation time), not to be committed (`skip`: a later object of this host is named
    * there, so this one was handled before it, or the history is full and may have lost its
    * entry; committing it could make an old version latest again), or the key's last revision
    * (0: no key) for the compare-and-set.
@@ -250,10 +250,15 @@ export class UploadQueue {
         continue;
       }
       if (r.op !== "put" || r.entry.originHost !== host) continue;
-      if (r.entry.originId === entry.originId && r.entry.digest === entry.digest) {
+      const e2 = r.entry;
+      if (
+        e2.originId === entry.originId && e2.digest === entry.digest &&
+        e2.createdNs === entry.createdNs
+      ) {
         return { kind: "committed", revision: e.revision };
       }
-      if (r.entry.originId > entry.originId) later = true;
+      // Ids restart with a broker that has no shadow: a later object is later in both.
+      if (e2.originId > entry.originId && e2.createdNs > entry.createdNs) later = true;
     }
     if (later || n >= KV_HISTORY) return { kind: "skip" };
     return { kind: "last", last };

@@ -44,10 +44,28 @@ async function history(url: string, name: string): Promise<[string, number, stri
   }
 }
 
-async function put(socket: string, file: string, name: string, extra: string[] = []) {
+interface Put {
+  readonly id: number;
+  readonly digest: string;
+}
+
+interface Scene {
+  readonly files: Record<"pulled" | "early" | "queued" | "kept", Uint8Array>;
+  readonly originBefore: unknown;
+  readonly pulled: Put;
+  readonly early: Put;
+  readonly queued: Put;
+}
+
+async function put(
+  socket: string,
+  file: string,
+  name: string,
+  extra: string[] = [],
+): Promise<Put> {
   const r = await cli(["put", file, "--name", name, "--socket", socket, "--json", ...extra]);
   assertEquals([r.code, r.stderr], [0, ""]);
-  return JSON.parse(r.stdout) as { id: number; digest: string };
+  return JSON.parse(r.stdout) as Put;
 }
 
 async function getBytes(socket: string, name: string, out: string): Promise<Uint8Array | null> {
@@ -73,7 +91,7 @@ async function committed(url: string, name: string, digest: string): Promise<voi
  * on A and committed while the engine is up, then the engine goes down and A publishes
  * `queued` (its upload waits) and `kept` (`put --local`).
  */
-async function scene(d: string, nats: NatsNode, a: string, b: string) {
+async function scene(d: string, nats: NatsNode, a: string, b: string): Promise<Scene> {
   const files = {
     pulled: enc("published on B, pulled by A"),
     early: enc("committed before the outage"),
@@ -100,7 +118,7 @@ async function afterwards(
   nats: NatsNode,
   a: string,
   b: string,
-  s: Awaited<ReturnType<typeof scene>>,
+  s: Scene,
 ): Promise<void> {
   // While the engine is still down, the pulled copy says where it came from.
   assertEquals(await statOrigin(a, "pulled"), s.originBefore);
