@@ -150,9 +150,12 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
     return b;
   }
 
-  /** True while a request waits for the engine (a lookup, pull, drop or list). */
+  /**
+   * True while work waits for the engine: a request (lookup, pull, drop, list) or a queued
+   * upload. The broker's loop then waits off-thread, so the engine's answers are taken at once.
+   */
   get busy(): boolean {
-    return this.#answering > 0;
+    return this.#answering > 0 || this.#tier.uploading;
   }
 
   /** True while connected to the engine. */

@@ -92,6 +92,11 @@ export class ClusterTier implements AsyncDisposable {
     return this.#link.connected;
   }
 
+  /** True while the upload queue holds work and the engine is reachable. */
+  get uploading(): boolean {
+    return this.#uploads.pending && this.#link.connected;
+  }
+
   /** Counters (queue depth, uploads, dedup hits, pulls). */
   get stats(): ClusterStats {
     return { ...this.#uploads.stats, ...this.#puller.stats };

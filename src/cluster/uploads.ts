@@ -78,6 +78,11 @@ export class UploadQueue {
     this.#link = link;
   }
 
+  /** True while objects wait in the queue. */
+  get pending(): boolean {
+    return this.#queue.length > 0;
+  }
+
   /** Counters and the queue's depth. */
   get stats(): UploadStats {
     return { ...this.#stats, queueEntries: this.#queue.length, queueBytes: this.#queueBytes };
