@@ -8,7 +8,9 @@
  * @module
  */
 
-import { describeFdProblem, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { libraryFdProblemText } from "../protocol/fd_problem.ts";
+import { strerror } from "../ffi.ts";
 import { dupCloexec, FileDescriptor, pread } from "../sys/fd.ts";
 import type { KV } from "@nats-io/kv";
 import {
@@ -110,7 +112,9 @@ export class UploadQueue {
     const o = this.#link.options;
     if (this.#link.closed) return new ClusterClosedError();
     const info = inspectSealedFd(fd, BigInt(entry.size));
-    if (isFdProblem(info)) return new TypeError(describeFdProblem(info, BigInt(entry.size)));
+    if (isFdProblem(info)) {
+      return new TypeError(libraryFdProblemText(info, BigInt(entry.size), strerror));
+    }
     if (
       this.#queue.length >= o.maxQueueEntries ||
       this.#queueBytes + entry.size > o.maxQueueBytes

@@ -8,8 +8,9 @@
  * @module
  */
 
-import { closeQuietly } from "../ffi.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { closeQuietly, strerror } from "../ffi.ts";
+import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { fdRejectionText } from "../protocol/fd_problem.ts";
 import { fromWire, type WireObject } from "../protocol/shadow_frames.ts";
 import { isPrintableName } from "../protocol/names.ts";
 import { isValidDigest } from "../protocol/wire.ts";
@@ -79,7 +80,7 @@ export function admitObject(w: unknown, fd: number): StoredObject | Refused {
     }
   }
   const info = inspectSealedFd(fd, BigInt(obj.size));
-  if (isFdProblem(info)) return refuse(brokerFdProblemText(info, BigInt(obj.size)), obj.name);
+  if (isFdProblem(info)) return refuse(fdRejectionText(info, BigInt(obj.size), strerror), obj.name);
   return obj;
 }
 
