@@ -28,6 +28,12 @@ export interface Refused {
 }
 
 const isId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
+const isOrigin = (v: unknown): boolean => {
+  if (typeof v !== "object" || v === null) return false;
+  const o = v as Record<string, unknown>;
+  return typeof o.host === "string" && o.host !== "" && o.host.length <= 255 && isId(o.id) &&
+    isId(o.revision);
+};
 const isB64 = (v: unknown): v is string => typeof v === "string" && /^[A-Za-z0-9+/]*=*$/.test(v);
 
 /**
@@ -53,6 +59,13 @@ export function admitObject(w: unknown, fd: number): StoredObject | Refused {
   if (o.allowed !== null && !isB64(o.allowed)) return refuse("malformed allowed job id");
   if (typeof o.created !== "string" || !/^[0-9]{1,20}$/.test(o.created)) {
     return refuse("malformed creation time");
+  }
+  if (o.origin !== undefined && !isOrigin(o.origin)) return refuse("malformed origin");
+  if (
+    o.cluster !== undefined && o.cluster !== "local" && o.cluster !== "queued" &&
+    !(Number.isSafeInteger(o.cluster) && (o.cluster as number) >= 0)
+  ) {
+    return refuse("malformed cluster state");
   }
   const obj = fromWire(o as unknown as WireObject, fd);
   if (obj.name === "" || !isPrintableName(obj.name)) {
