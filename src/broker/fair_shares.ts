@@ -43,6 +43,11 @@ export class FairShares implements PeerLedger {
   readonly #shares = new Map<number, UidShare | null>();
   readonly #connections = new Map<number, number>();
   readonly #waits = new Map<number, number>();
+  /** Unsent reply bytes and descriptor replies per uid. */
+  readonly #replyBytes = new Map<number, number>();
+  readonly #replyFds = new Map<number, number>();
+  /** Connections not read from because their uid holds its reply share, by uid. */
+  readonly #throttled = new Map<number, Set<Conn>>();
   /** Connections counted (by their uid), and which of them are counted as parked. */
   readonly #counted = new WeakMap<Conn, number>();
   readonly #parked = new WeakSet<Conn>();
@@ -98,6 +103,12 @@ export class FairShares implements PeerLedger {
   /** A connection closed. */
   closed(conn: Conn): void {
     this.unparked(conn);
+    this.replying(conn, 0, 0);
+    if (conn.throttled) {
+      conn.throttled = false;
+      const uid = conn.peer?.uid;
+      if (uid !== undefined) this.#throttled.get(uid)?.delete(conn);
+    }
     const uid = this.#counted.get(conn);
     if (uid === undefined) return;
     this.#counted.delete(conn);
@@ -130,6 +141,65 @@ export class FairShares implements PeerLedger {
     else this.#waits.delete(uid);
   }
 
+  /** Unsent reply bytes `uid` holds. */
+  replyBytesOf(uid: number): number {
+    return this.#replyBytes.get(uid) ?? 0;
+  }
+
+  /** Unsent replies with a descriptor `uid` holds. */
+  replyFdsOf(uid: number): number {
+    return this.#replyFds.get(uid) ?? 0;
+  }
+
+  /** True while some uid is throttled (a cheap test for the request path). */
+  get throttling(): boolean {
+    return this.#throttled.size > 0;
+  }
+
+  /**
+   * The connection's unsent reply now holds `bytes` bytes and `fds` descriptors (0 or 1). Returns
+   * the connections to read from again when this took its uid back under its share, else null.
+   */
+  replying(conn: Conn, bytes: number, fds: number): Conn[] | null {
+    if (bytes === conn.heldBytes && fds === conn.heldFds) return null;
+    const uid = conn.peer?.uid;
+    const dBytes = bytes - conn.heldBytes;
+    const dFds = fds - conn.heldFds;
+    conn.heldBytes = bytes;
+    conn.heldFds = fds;
+    if (uid === undefined) return null;
+    add(this.#replyBytes, uid, dBytes);
+    add(this.#replyFds, uid, dFds);
+    const waiting = this.#throttled.get(uid);
+    if (waiting === undefined || this.#overReplies(uid) !== null) return null;
+    this.#throttled.delete(uid);
+    for (const c of waiting) c.throttled = false;
+    return [...waiting];
+  }
+
+  /**
+   * May a new request be read from `conn`? False (and the connection is remembered, to be
+   * handed back by {@link FairShares.replying}) while its uid holds its whole reply share.
+   */
+  mayRead(conn: Conn): boolean {
+    const uid = conn.peer?.uid;
+    if (uid === undefined || this.#overReplies(uid) === null) return true;
+    let set = this.#throttled.get(uid);
+    if (set === undefined) this.#throttled.set(uid, set = new Set());
+    set.add(conn);
+    conn.throttled = true;
+    return false;
+  }
+
+  /** The limit `uid` is at ("peerLimits.replyBytes" or "peerLimits.replyFds"), or null. */
+  #overReplies(uid: number): string | null {
+    const share = this.#share(uid);
+    if (share === null) return null;
+    if (this.replyBytesOf(uid) >= share.replyBytes) return "peerLimits.replyBytes";
+    if (this.replyFdsOf(uid) >= share.replyFds) return "peerLimits.replyFds";
+    return null;
+  }
+
   /**
    * Would one more object of `size` bytes take `uid` past its store share? The refusal text, or
    * null (also for an unknown uid).
@@ -140,4 +210,11 @@ export class FairShares implements PeerLedger {
     if (share === null) return null;
     return storeShareProblem(uid, share, { ...this.#governor.uidUsage(uid), size });
   }
+}
+
+function add(m: Map<number, number>, uid: number, delta: number): void {
+  if (delta === 0) return;
+  const n = (m.get(uid) ?? 0) + delta;
+  if (n > 0) m.set(uid, n);
+  else m.delete(uid);
 }

@@ -94,6 +94,7 @@ export class Sessions {
       watch: (conn) => this.#watch(conn),
       close: (conn) => this.close(conn),
       lingered: () => this.lingering++,
+      again: (conn) => this.#again(conn),
     };
   }
 
@@ -218,11 +219,50 @@ export class Sessions {
     this.#p.poller.add(conn.fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn.token);
   }
 
+  /**
+   * Have the loop come back to a writable connection at its next turn: re-arming an
+   * edge-triggered registration reports the readiness that holds now, so other connections are
+   * served in between (a streamed reply yields this way after each chunk).
+   */
+  #again(conn: Conn): void {
+    if (conn.fd < 0) return;
+    if (!conn.registered) this.#watch(conn);
+    else this.#p.poller.modify(conn.fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn.token);
+  }
+
+  /**
+   * Tell the per-uid ledger what the connection's unsent reply holds now (bytes queued, a
+   * LIST's snapshot, a descriptor not yet sent), and read again from connections whose uid this
+   * took back under its reply share.
+   */
+  #held(conn: Conn): void {
+    const ledger = this.#p.ledger;
+    if (ledger === null) return;
+    const sending = conn.state === State.Send;
+    const bytes = sending ? conn.out.length - conn.outOff + (conn.stream?.heldBytes ?? 0) : 0;
+    const fds = sending && conn.replyFd >= 0 ? 1 : 0;
+    const resume = ledger.replying(conn, bytes, fds);
+    if (resume === null) return;
+    const deadline = performance.now() + this.#p.options.requestTimeoutMs;
+    for (const c of resume) {
+      if (c.state !== State.Header || c.fd < 0) continue;
+      c.deadline = deadline;
+      this.#again(c);
+    }
+  }
+
   /** Drive a connection as far as it can go without blocking. */
   pump(conn: Conn): void {
     for (;;) {
       switch (conn.state) {
         case State.Header:
+          if (conn.throttled) return;
+          if (this.#p.ledger !== null && !this.#p.ledger.mayRead(conn)) {
+            // Its uid holds its whole share of unread replies: no new request starts until
+            // they drain (then #held re-arms it); the wait is the broker's, not a timeout.
+            conn.deadline = Infinity;
+            return;
+          }
           if (conn.len >= HEADER_SIZE) {
             this.#startRequest(conn);
             continue;
@@ -267,9 +307,12 @@ export class Sessions {
           }
           if (conn.len >= READ_CHUNK || !this.#fill(conn, conn.len + 1)) return;
           continue;
-        case State.Send:
-          if (!sendReply(this.#host, conn)) return;
+        case State.Send: {
+          const sent = sendReply(this.#host, conn);
+          this.#held(conn);
+          if (!sent) return;
           continue;
+        }
         case State.Linger:
           linger(this.#host, conn);
           return;
@@ -527,8 +570,11 @@ export class Sessions {
     conn.outcome = o;
     conn.out = o.wire;
     conn.outOff = 0;
+    conn.outBase = 0;
+    conn.stream = o.stream ?? null;
     conn.replyFd = o.fd;
     conn.state = State.Send;
+    this.#held(conn);
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
   }
@@ -540,6 +586,8 @@ export class Sessions {
     if (conn.state === State.Linger) this.lingering--;
     if (conn.state === State.Watch) this.#p.watchers?.remove(conn);
     conn.state = State.Closed;
+    conn.stream = null;
+    this.#held(conn);
     this.#conns.delete(conn.token);
     conn.dropReqFd();
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);

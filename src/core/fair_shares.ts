@@ -5,6 +5,10 @@
  * Budgets per uid, each by default 3/4 of the broker-wide limit (rounded down, at least 1):
  * - connections open (`--max-clients`), configured as `peerLimits.connections`;
  * - GET --wait requests parked (`--max-waiters`), `peerLimits.waits`;
+ * - unread replies (`peerLimits.replyBytes`, 16 MiB, and `peerLimits.replyFds`, 64): reply bytes
+ *   queued but not yet sent (a LIST's snapshot counts 8 bytes per object) and replies carrying a
+ *   descriptor not yet sent, summed over the uid's connections; a uid at either bound is not
+ *   read from (no new requests start) until its replies drain;
  * - objects and bytes stored (`--max-objects`, `--max-total-bytes`): these are the governance
  *   module's per-uid quotas (`quotas.perUid`, `quotas.uids`); when the config sets none, the
  *   3/4 share applies.
@@ -28,7 +32,16 @@ export interface PeerLimits {
   readonly connections: number | null;
   /** GET --wait requests one uid may have parked, or null for the share of `maxWaiters`. */
   readonly waits: number | null;
+  /** Unsent reply bytes one uid may hold before it is not read from (null: 16 MiB). */
+  readonly replyBytes?: number | null;
+  /** Unsent replies with a descriptor one uid may hold before it is not read from (null: 64). */
+  readonly replyFds?: number | null;
 }
+
+/** Default of `peerLimits.replyBytes`. */
+export const DEFAULT_REPLY_BYTES = 16 * 1024 * 1024;
+/** Default of `peerLimits.replyFds`. */
+export const DEFAULT_REPLY_FDS = 64;
 
 /** No explicit per-uid limits: the default shares apply. */
 export const DEFAULT_PEER_LIMITS: PeerLimits = { connections: null, waits: null };
@@ -62,6 +75,10 @@ export interface UidShare {
   readonly connections: number;
   /** Parked waits. */
   readonly waits: number;
+  /** Unsent reply bytes before reading stops. */
+  readonly replyBytes: number;
+  /** Unsent replies with a descriptor before reading stops. */
+  readonly replyFds: number;
   /** Objects and bytes, or null for none (an exempt uid without a quota entry). */
   readonly store: QuotaLimits | null;
   /** The config key of the store limit, for refusal texts. */
@@ -94,11 +111,20 @@ export function shareFor(
   };
   const storeKey = own !== undefined ? "quotas.uids" : "quotas.perUid";
   if (exempt) {
-    return { connections: Infinity, waits: Infinity, store, storeKey };
+    return {
+      connections: Infinity,
+      waits: Infinity,
+      replyBytes: Infinity,
+      replyFds: Infinity,
+      store,
+      storeKey,
+    };
   }
   return {
     connections: rules.peerLimits.connections ?? shareOf(g.maxClients),
     waits: rules.peerLimits.waits ?? shareOf(g.maxWaiters),
+    replyBytes: rules.peerLimits.replyBytes ?? DEFAULT_REPLY_BYTES,
+    replyFds: rules.peerLimits.replyFds ?? DEFAULT_REPLY_FDS,
     store,
     storeKey,
   };

@@ -21,6 +21,13 @@ Deno.test("default shares are 3/4 of each broker-wide limit, at least 1", () => 
   assertEquals(shareOfBig(u64), u64 / 4n * 3n + 2n);
 });
 
+const GLOBAL_RULES = {
+  peerLimits: DEFAULT_PEER_LIMITS,
+  quotas: NO_QUOTAS,
+  global: GLOBAL,
+  exempt: [0],
+};
+
 Deno.test("root and the broker's uid are exempt unless quotas.uids names them", () => {
   const rules = {
     peerLimits: DEFAULT_PEER_LIMITS,
@@ -33,6 +40,8 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
   assertEquals(shareFor(1001, rules), {
     connections: 96,
     waits: 768,
+    replyBytes: 16 * 1024 * 1024,
+    replyFds: 64,
     store: { objects: 750n, bytes: 3000n },
     storeKey: "quotas.perUid",
   });
@@ -43,6 +52,8 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
   assertEquals(shareFor(1000, named), {
     connections: Infinity,
     waits: Infinity,
+    replyBytes: Infinity,
+    replyFds: Infinity,
     store: { objects: 5n, bytes: null },
     storeKey: "quotas.uids",
   });
@@ -58,6 +69,8 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   assertEquals(share, {
     connections: 3,
     waits: 768,
+    replyBytes: 16 * 1024 * 1024,
+    replyFds: 64,
     store: { objects: null, bytes: 10n },
     storeKey: "quotas.perUid",
   });
@@ -69,13 +82,28 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   );
 });
 
-Deno.test("config key peerLimits: connections and waits per uid, checked", async () => {
+Deno.test("config key peerLimits: connections, waits and unread replies per uid, checked", async () => {
   const { options } = await parseConfig(
     '{ "peerLimits": { "connections": 5, "waits": 6 } }',
     "/etc/m.jsonc",
     defaultBrokerOptions(),
   );
-  assertEquals(options.peerLimits, { connections: 5, waits: 6 });
+  assertEquals(options.peerLimits, { connections: 5, waits: 6, replyBytes: null, replyFds: null });
+  const replies = await parseConfig(
+    '{ "peerLimits": { "replyBytes": 65536, "replyFds": 2 } }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(replies.options.peerLimits, {
+    connections: null,
+    waits: null,
+    replyBytes: 65536,
+    replyFds: 2,
+  });
+  assertEquals(
+    shareFor(7, { ...GLOBAL_RULES, peerLimits: replies.options.peerLimits })?.replyFds,
+    2,
+  );
   await rejects(
     parseConfig('{ "peerLimits": { "connections": 0 } }', "/etc/m.jsonc", defaultBrokerOptions()),
     {
