@@ -53,6 +53,7 @@ Deno.test({
     for (let i = 0; i < 3; i++) {
       assertEquals(await agent.do({ op: "send", req: hex(wait), data: null, read: false }), {
         sent: true,
+        conn: 2 * i + 1,
       });
       // A LIST round trip: the broker has handled the wait before anything sent after it.
       assertEquals(await agent.request(list()), { status: 0, text: "" });
