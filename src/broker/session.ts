@@ -39,7 +39,7 @@ import {
   Text,
   withExt,
 } from "../protocol/wire.ts";
-import { isRegular, tryFstat } from "../sys/fd.ts";
+import { isRegular, tryFstatCached } from "../sys/fd.ts";
 import { peerUid } from "../sys/peer_uid.ts";
 import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../sys/linux.ts";
 import type { PollEvent } from "../sys/poller.ts";
@@ -361,7 +361,7 @@ export class Sessions {
       conn.dropReqFd();
     } else if (conn.reqFd >= 0) {
       // Allow the publisher time to finish hashing its object before the digest arrives.
-      const st = tryFstat(conn.reqFd);
+      const st = tryFstatCached(conn.reqFd);
       if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
       // Nothing is hashed before the handler has checked the whole request (a digest started
       // here, speculatively, let any peer make the broker hash without a valid request).
