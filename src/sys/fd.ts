@@ -8,8 +8,8 @@
 import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "../ffi.ts";
 import {
   AT_EMPTY_PATH,
-  AT_STATX_DONT_SYNC,
   AT_FDCWD,
+  AT_STATX_DONT_SYNC,
   AT_SYMLINK_NOFOLLOW,
   EAGAIN,
   EINTR,
