@@ -94,6 +94,8 @@ export class Conn {
   /** Reply bytes and descriptors this connection is counted for in its uid's reply share. */
   heldBytes = 0;
   heldFds = 0;
+  /** The digest a Worker computes from {@link Conn.reqFd}, until it settles. */
+  hashing: Promise<unknown> | null = null;
   /** Reading stopped because the uid holds its whole reply share (see `fair_shares.ts`). */
   throttled = false;
   replyFd = -1;

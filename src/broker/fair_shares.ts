@@ -12,6 +12,8 @@ import { errorOutcome, type Outcome } from "../core/handlers.ts";
 import { blankRecord } from "../core/audit.ts";
 import {
   type GlobalLimits,
+  jobWaitShare,
+  jobWaitText,
   type PeerLimits,
   shareFor,
   shareText,
@@ -34,6 +36,8 @@ export interface FairShareRules {
   readonly global: GlobalLimits;
   /** Uids without limits unless `quotas.uids` names them (root and the broker's own). */
   readonly exempt: readonly number[];
+  /** Jobs the policy binds: each holds at most its share of parked waits. */
+  readonly boundJobs?: ReadonlySet<string>;
 }
 
 /** Per-uid counts and refusals. */
@@ -51,6 +55,9 @@ export class FairShares implements PeerLedger {
   /** Connections counted (by their uid), and which of them are counted as parked. */
   readonly #counted = new WeakMap<Conn, number>();
   readonly #parked = new WeakSet<Conn>();
+  /** Parked waits per bound job, and the job each counted connection is parked for. */
+  readonly #jobWaits = new Map<string, number>();
+  readonly #parkedJob = new WeakMap<Conn, string>();
 
   /**
    * @param rules limits and exemptions
@@ -119,6 +126,22 @@ export class FairShares implements PeerLedger {
 
   /** A request asks to park (GET --wait): count it, or return the refusal text. */
   parking(conn: Conn): string | null {
+    const step = conn.step;
+    const job = step?.kind === "wait" ? step.job ?? null : null;
+    if (job !== null && this.#rules.boundJobs?.has(job) === true && !this.#parkedJob.has(conn)) {
+      const held = this.#jobWaits.get(job) ?? 0;
+      const max = jobWaitShare(this.#rules.global);
+      if (held >= max) return jobWaitText(shortJob(job), held, max);
+      const refusal = this.#parkUid(conn);
+      if (refusal !== null) return refusal;
+      this.#jobWaits.set(job, held + 1);
+      this.#parkedJob.set(conn, job);
+      return null;
+    }
+    return this.#parkUid(conn);
+  }
+
+  #parkUid(conn: Conn): string | null {
     const uid = conn.peer?.uid;
     if (uid === undefined || this.#parked.has(conn)) return null;
     const share = this.#share(uid);
@@ -133,6 +156,13 @@ export class FairShares implements PeerLedger {
 
   /** A parked request was answered, expired or closed (no effect when it was not counted). */
   unparked(conn: Conn): void {
+    const job = this.#parkedJob.get(conn);
+    if (job !== undefined) {
+      this.#parkedJob.delete(conn);
+      const n = (this.#jobWaits.get(job) ?? 0) - 1;
+      if (n > 0) this.#jobWaits.set(job, n);
+      else this.#jobWaits.delete(job);
+    }
     if (!this.#parked.delete(conn)) return;
     const uid = conn.peer?.uid;
     if (uid === undefined) return;
@@ -217,4 +247,9 @@ function add(m: Map<number, number>, uid: number, delta: number): void {
   const n = (m.get(uid) ?? 0) + delta;
   if (n > 0) m.set(uid, n);
   else m.delete(uid);
+}
+
+/** A job id for a refusal text: at most 64 bytes. */
+function shortJob(job: string): string {
+  return job.length > 64 ? `${job.slice(0, 64)}...` : job;
 }

@@ -27,6 +27,7 @@ import {
 import type { StoredObject } from "../core/store.ts";
 import { Status } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
+import { closeDropped } from "../sys/closer.ts";
 import {
   Cmd,
   decodeHeader,
@@ -452,7 +453,9 @@ export class Sessions {
       this.#resume(conn, answer);
       return;
     }
+    conn.hashing = answer;
     answer.then((a: DigestAnswer) => {
+      conn.hashing = null;
       if (conn.state !== State.Hash) return;
       this.#resume(conn, a);
       this.pump(conn);
@@ -589,6 +592,15 @@ export class Sessions {
     conn.stream = null;
     this.#held(conn);
     this.#conns.delete(conn.token);
+    const hashing = conn.hashing;
+    if (hashing !== null && conn.reqFd >= 0) {
+      // A Worker is reading the descriptor: it closes once the digest is done, never under it
+      // (a closed number can be reused by another file at once).
+      const fd = conn.reqFd;
+      conn.reqFd = -1;
+      conn.hashing = null;
+      hashing.finally(() => closeDropped(fd));
+    }
     conn.dropReqFd();
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
     conn.replyFd = -1;

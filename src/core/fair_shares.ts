@@ -13,6 +13,12 @@
  *   module's per-uid quotas (`quotas.perUid`, `quotas.uids`); when the config sets none, the
  *   3/4 share applies.
  *
+ * Jobs the policy binds (`jobs`) hold shares too, whoever claims them: objects and bytes (3/4 of
+ * `--max-objects` and `--max-total-bytes` unless `quotas.jobs` names the job; refused by the
+ * governance module's job quota, see {@link withJobShares}) and parked waits (3/4 of
+ * `--max-waiters`, {@link jobWaitShare}). A connection has no job of its own (each request
+ * claims one), so connections are shared per uid only.
+ *
  * Root and the broker's own uid are exempt by default: they are trusted (root can read the
  * broker's memory anyway, and the broker's uid is its operator), and a broker used by one user,
  * as the C broker's conformance suite uses it, behaves exactly as before. A uid listed in
@@ -172,4 +178,42 @@ export function storeShareProblem(
       `; this put needs ${size}`;
   }
   return null;
+}
+
+/**
+ * `quotas` with a job quota for every job `bound` (the policy's `jobs`) that `quotas.jobs` does
+ * not name: the default share of the broker-wide object and byte limits.
+ *
+ * @param quotas the configured quotas
+ * @param bound the job ids the policy binds (binary strings)
+ * @param global the broker-wide limits
+ */
+export function withJobShares(
+  quotas: Quotas,
+  bound: Iterable<string>,
+  global: GlobalLimits,
+): Quotas {
+  const jobs = new Map(quotas.jobs);
+  for (const job of bound) {
+    if (!jobs.has(job)) {
+      jobs.set(job, {
+        objects: shareOfBig(global.maxObjects),
+        bytes: shareOfBig(global.maxTotalBytes),
+      });
+    }
+  }
+  return jobs.size === quotas.jobs.size ? quotas : { ...quotas, jobs };
+}
+
+/** The parked waits one bound job may hold: the default share of `--max-waiters`. */
+export function jobWaitShare(global: GlobalLimits): number {
+  return shareOf(global.maxWaiters);
+}
+
+/**
+ * The refusal when a bound job holds its whole share of parked waits, e.g.
+ * `job trainer has 768 of 768 parked waits (the per-job limit, 3/4 of --max-waiters)`.
+ */
+export function jobWaitText(job: string, held: number, max: number): string {
+  return `job ${job} has ${held} of ${max} parked waits (the per-job limit, 3/4 of --max-waiters)`;
 }

@@ -27,7 +27,13 @@ export type Step =
    * Wait (at most `ms`, 0: the broker's limit) until an object named `name` is published;
    * resumed with true when one was, false on timeout.
    */
-  | { readonly kind: "wait"; readonly name: string; readonly ms: number }
+  | {
+    readonly kind: "wait";
+    readonly name: string;
+    readonly ms: number;
+    /** The job the request claims (its per-job share of parked waits), or null. */
+    readonly job?: string | null;
+  }
   /** Ask the cluster tier (only with `ctx.cluster`); resumed with a {@link RemoteAnswer}. */
   | RemoteStep;
 
