@@ -181,7 +181,6 @@ export function inspectSealedFd(
   // anything else is looked at through the kernel's cached attributes only, to word the same
   // problem as before (not a regular file, size mismatch, F_GET_SEALS failed).
   const seals = trySeals(fd);
-  if (seals === -EBADF) return { kind: "bad-fd" };
   const st = seals < 0 ? tryFstatCached(fd) : tryFstat(fd);
   if (typeof st === "number") {
     return st === -EBADF ? { kind: "bad-fd" } : { kind: "fstat", errno: -st };
