@@ -61,6 +61,15 @@ export interface PeerLedger {
   watching?(conn: Conn): string | null;
   /** The USAGE report for `conn`'s peer asking as `caller`. */
   usage?(conn: Conn, caller: string | null, store: Store): UsageReport;
+  /** True while some uid is not read from (see {@link PeerLedger.mayRead}). */
+  readonly throttling: boolean;
+  /**
+   * The connection's unsent reply holds `bytes` bytes and `fds` descriptors now; returns the
+   * connections to read from again when its uid went back under its reply share, else null.
+   */
+  replying(conn: Conn, bytes: number, fds: number): Conn[] | null;
+  /** May a new request be read from `conn`? False while its uid holds its reply share. */
+  mayRead(conn: Conn): boolean;
 }
 
 /** The listening socket this broker serves. */

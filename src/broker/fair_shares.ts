@@ -12,6 +12,8 @@ import { errorOutcome, type Outcome } from "../core/handlers.ts";
 import { blankRecord } from "../core/audit.ts";
 import {
   type GlobalLimits,
+  jobWaitShare,
+  jobWaitText,
   type PeerLimits,
   shareFor,
   shareText,
@@ -37,6 +39,8 @@ export interface FairShareRules {
   readonly global: GlobalLimits;
   /** Uids without limits unless `quotas.uids` names them (root and the broker's own). */
   readonly exempt: readonly number[];
+  /** Jobs the policy binds: each holds at most its share of parked waits. */
+  readonly boundJobs?: ReadonlySet<string>;
 }
 
 /** Per-uid counts and refusals. */
@@ -53,6 +57,14 @@ export class FairShares implements PeerLedger {
   readonly #parked = new WeakSet<Conn>();
   /** Connections counted as watchers (by their uid, or -1 when it is unknown). */
   readonly #watched = new WeakMap<Conn, number>();
+  /** Unsent reply bytes and descriptor replies per uid. */
+  readonly #replyBytes = new Map<number, number>();
+  readonly #replyFds = new Map<number, number>();
+  /** Connections not read from because their uid holds its reply share, by uid. */
+  readonly #throttled = new Map<number, Set<Conn>>();
+  /** Parked waits per bound job, and the job each counted connection is parked for. */
+  readonly #jobWaits = new Map<string, number>();
+  readonly #parkedJob = new WeakMap<Conn, string>();
 
   /**
    * @param rules limits and exemptions
@@ -158,6 +170,12 @@ export class FairShares implements PeerLedger {
   closed(conn: Conn): void {
     this.unparked(conn);
     this.unwatched(conn);
+    this.replying(conn, 0, 0);
+    if (conn.throttled) {
+      conn.throttled = false;
+      const uid = conn.peer?.uid;
+      if (uid !== undefined) this.#throttled.get(uid)?.delete(conn);
+    }
     const uid = this.#counted.get(conn);
     if (uid === undefined) return;
     this.#counted.delete(conn);
@@ -168,6 +186,22 @@ export class FairShares implements PeerLedger {
 
   /** A request asks to park (GET --wait): count it, or return the refusal text. */
   parking(conn: Conn): string | null {
+    const step = conn.step;
+    const job = step?.kind === "wait" ? step.job ?? null : null;
+    if (job !== null && this.#rules.boundJobs?.has(job) === true && !this.#parkedJob.has(conn)) {
+      const held = this.#jobWaits.get(job) ?? 0;
+      const max = jobWaitShare(this.#rules.global);
+      if (held >= max) return jobWaitText(shortJob(job), held, max);
+      const refusal = this.#parkUid(conn);
+      if (refusal !== null) return refusal;
+      this.#jobWaits.set(job, held + 1);
+      this.#parkedJob.set(conn, job);
+      return null;
+    }
+    return this.#parkUid(conn);
+  }
+
+  #parkUid(conn: Conn): string | null {
     const uid = conn.peer?.uid;
     if (uid === undefined || this.#parked.has(conn)) return null;
     const share = this.#share(uid);
@@ -182,12 +216,78 @@ export class FairShares implements PeerLedger {
 
   /** A parked request was answered, expired or closed (no effect when it was not counted). */
   unparked(conn: Conn): void {
+    const job = this.#parkedJob.get(conn);
+    if (job !== undefined) {
+      this.#parkedJob.delete(conn);
+      const n = (this.#jobWaits.get(job) ?? 0) - 1;
+      if (n > 0) this.#jobWaits.set(job, n);
+      else this.#jobWaits.delete(job);
+    }
     if (!this.#parked.delete(conn)) return;
     const uid = conn.peer?.uid;
     if (uid === undefined) return;
     const n = this.waitsOf(uid) - 1;
     if (n > 0) this.#waits.set(uid, n);
     else this.#waits.delete(uid);
+  }
+
+  /** Unsent reply bytes `uid` holds. */
+  replyBytesOf(uid: number): number {
+    return this.#replyBytes.get(uid) ?? 0;
+  }
+
+  /** Unsent replies with a descriptor `uid` holds. */
+  replyFdsOf(uid: number): number {
+    return this.#replyFds.get(uid) ?? 0;
+  }
+
+  /** True while some uid is throttled (a cheap test for the request path). */
+  get throttling(): boolean {
+    return this.#throttled.size > 0;
+  }
+
+  /**
+   * The connection's unsent reply now holds `bytes` bytes and `fds` descriptors (0 or 1). Returns
+   * the connections to read from again when this took its uid back under its share, else null.
+   */
+  replying(conn: Conn, bytes: number, fds: number): Conn[] | null {
+    if (bytes === conn.heldBytes && fds === conn.heldFds) return null;
+    const uid = conn.peer?.uid;
+    const dBytes = bytes - conn.heldBytes;
+    const dFds = fds - conn.heldFds;
+    conn.heldBytes = bytes;
+    conn.heldFds = fds;
+    if (uid === undefined) return null;
+    add(this.#replyBytes, uid, dBytes);
+    add(this.#replyFds, uid, dFds);
+    const waiting = this.#throttled.get(uid);
+    if (waiting === undefined || this.#overReplies(uid) !== null) return null;
+    this.#throttled.delete(uid);
+    for (const c of waiting) c.throttled = false;
+    return [...waiting];
+  }
+
+  /**
+   * May a new request be read from `conn`? False (and the connection is remembered, to be
+   * handed back by {@link FairShares.replying}) while its uid holds its whole reply share.
+   */
+  mayRead(conn: Conn): boolean {
+    const uid = conn.peer?.uid;
+    if (uid === undefined || this.#overReplies(uid) === null) return true;
+    let set = this.#throttled.get(uid);
+    if (set === undefined) this.#throttled.set(uid, set = new Set());
+    set.add(conn);
+    conn.throttled = true;
+    return false;
+  }
+
+  /** The limit `uid` is at ("peerLimits.replyBytes" or "peerLimits.replyFds"), or null. */
+  #overReplies(uid: number): string | null {
+    const share = this.#share(uid);
+    if (share === null) return null;
+    if (this.replyBytesOf(uid) >= share.replyBytes) return "peerLimits.replyBytes";
+    if (this.replyFdsOf(uid) >= share.replyFds) return "peerLimits.replyFds";
+    return null;
   }
 
   /**
@@ -209,4 +309,17 @@ function tighter(a: QuotaLimits | null, b: QuotaLimits | null): QuotaLimits | nu
   const min = (x: bigint | null, y: bigint | null): bigint | null =>
     x === null ? y : y === null ? x : x < y ? x : y;
   return { objects: min(a.objects, b.objects), bytes: min(a.bytes, b.bytes) };
+}
+
+/** Add `delta` to `uid`'s count, forgetting it at zero. */
+function add(m: Map<number, number>, uid: number, delta: number): void {
+  if (delta === 0) return;
+  const n = (m.get(uid) ?? 0) + delta;
+  if (n > 0) m.set(uid, n);
+  else m.delete(uid);
+}
+
+/** A job id for a refusal text: at most 64 bytes. */
+function shortJob(job: string): string {
+  return job.length > 64 ? `${job.slice(0, 64)}...` : job;
 }

@@ -11,8 +11,9 @@
  * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
  * pin (["model/*", "config.json"]: eviction never releases their versions),
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
- * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768, "watchers": 48 }:
- * per uid; 3/4 of maxClients, maxWaiters and maxWatchers by default), evict ("superseded" or "none"), dedup, metrics
+ * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768, "watchers": 48,
+ * "replyBytes": 16777216, "replyFds": 64 }: per uid; 3/4 of maxClients, maxWaiters and maxWatchers
+ * by default), evict ("superseded" or "none"), dedup, metrics
  * ("127.0.0.1:9464" or a socket path), unlistedJobs ("deny" or "allow"), reserve
  * ({ "model/": "trainer", "report.csv": "ci", "tmp-*": "scratch" }: a key ending in / or * is a
  * prefix). A policy file (--policy) may hold only auditPeer, requireJob, protectNames, jobs,
@@ -204,23 +205,31 @@ function quotas(node: Node, fail: Fail): Quotas {
 
 function peerLimits(node: Node, fail: Fail): PeerLimits {
   if (node.type !== "object") {
-    return fail('expected an object with "connections", "waits" and/or "watchers"');
+    return fail(
+      'expected an object with "connections", "waits", "watchers", "replyBytes" and/or "replyFds"',
+    );
   }
-  let connections: number | null = null;
-  let waits: number | null = null;
-  let watchers: number | null = null;
+  const out: Record<string, number | null> = {
+    connections: null,
+    waits: null,
+    watchers: null,
+    replyBytes: null,
+    replyFds: null,
+  };
   for (const [k, v] of members(node)) {
-    if (k !== "connections" && k !== "waits" && k !== "watchers") {
-      return fail(`unknown key "${k}"`, v);
-    }
+    if (!(k in out)) return fail(`unknown key "${k}"`, v);
     if (v.type !== "number" || !Number.isInteger(v.value) || v.value < 1 || v.value > INT_MAX) {
       return fail(`${k}: expected an integer from 1 to ${INT_MAX}`, v);
     }
-    if (k === "connections") connections = v.value as number;
-    else if (k === "waits") waits = v.value as number;
-    else watchers = v.value as number;
+    out[k] = v.value as number;
   }
-  return { connections, waits, watchers };
+  return {
+    connections: out.connections ?? null,
+    waits: out.waits ?? null,
+    watchers: out.watchers ?? null,
+    replyBytes: out.replyBytes ?? null,
+    replyFds: out.replyFds ?? null,
+  };
 }
 
 /** The longest reservation key, in bytes (it is quoted in refusal texts). */

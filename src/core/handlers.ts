@@ -27,6 +27,7 @@ export type {
   DigestAnswer,
   Handler,
   Outcome,
+  ReplyStream,
   RequestContext,
   SealedCheck,
   Segment,
@@ -40,7 +41,7 @@ export {
   fdLimitOutcome,
   unknownCommandOutcome,
 } from "./handlers/reply.ts";
-export { buildListText } from "./handlers/list.ts";
+export { buildListText, LIST_CHUNK, ListStream } from "./handlers/list.ts";
 
 /** Start the handler for a valid header (magic and version already checked). */
 export function handle(h: Header, ctx: RequestContext): Handler {

@@ -39,7 +39,13 @@ export {
   withExt,
 } from "./wire.ts";
 export { DIGEST_LEN, DIGEST_PREFIX, formatDigest, isValidDigest } from "./digest.ts";
-export { formatListLine, type ListEntry, type ListLineFields, parseList } from "./list.ts";
+export {
+  formatListLine,
+  type ListEntry,
+  type ListLineFields,
+  listLineLength,
+  parseList,
+} from "./list.ts";
 export {
   formatUsage,
   type JobUsageEntry,

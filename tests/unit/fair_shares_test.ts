@@ -27,6 +27,13 @@ Deno.test("default shares are 3/4 of each broker-wide limit, at least 1", () => 
   assertEquals(shareOfBig(u64), u64 / 4n * 3n + 2n);
 });
 
+const GLOBAL_RULES = {
+  peerLimits: DEFAULT_PEER_LIMITS,
+  quotas: NO_QUOTAS,
+  global: GLOBAL,
+  exempt: [0],
+};
+
 Deno.test("root and the broker's uid are exempt unless quotas.uids names them", () => {
   const rules = {
     peerLimits: DEFAULT_PEER_LIMITS,
@@ -40,6 +47,8 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
     connections: 96,
     waits: 768,
     watchers: 48,
+    replyBytes: 16 * 1024 * 1024,
+    replyFds: 64,
     store: { objects: 750n, bytes: 3000n },
     storeKey: "quotas.perUid",
   });
@@ -51,6 +60,8 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
     connections: Infinity,
     waits: Infinity,
     watchers: Infinity,
+    replyBytes: Infinity,
+    replyFds: Infinity,
     store: { objects: 5n, bytes: null },
     storeKey: "quotas.uids",
   });
@@ -67,6 +78,8 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
     connections: 3,
     waits: 768,
     watchers: 2,
+    replyBytes: 16 * 1024 * 1024,
+    replyFds: 64,
     store: { objects: null, bytes: 10n },
     storeKey: "quotas.perUid",
   });
@@ -78,14 +91,36 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   );
 });
 
-Deno.test("config key peerLimits: connections, waits and watchers per uid, checked", async () => {
+Deno.test("config key peerLimits: connections, waits, watchers and unread replies per uid, checked", async () => {
   const { options } = await parseConfig(
     '{ "peerLimits": { "connections": 5, "waits": 6, "watchers": 7 }, "maxWatchers": 9 }',
     "/etc/m.jsonc",
     defaultBrokerOptions(),
   );
-  assertEquals(options.peerLimits, { connections: 5, waits: 6, watchers: 7 });
+  assertEquals(options.peerLimits, {
+    connections: 5,
+    waits: 6,
+    watchers: 7,
+    replyBytes: null,
+    replyFds: null,
+  });
   assertEquals(options.maxWatchers, 9);
+  const replies = await parseConfig(
+    '{ "peerLimits": { "replyBytes": 65536, "replyFds": 2 } }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(replies.options.peerLimits, {
+    connections: null,
+    waits: null,
+    watchers: null,
+    replyBytes: 65536,
+    replyFds: 2,
+  });
+  assertEquals(
+    shareFor(7, { ...GLOBAL_RULES, peerLimits: replies.options.peerLimits })?.replyFds,
+    2,
+  );
   await rejects(
     parseConfig('{ "peerLimits": { "connections": 0 } }', "/etc/m.jsonc", defaultBrokerOptions()),
     {
