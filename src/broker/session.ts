@@ -34,8 +34,8 @@ import {
   Flag,
   HEADER_SIZE,
   isValidHeader,
-  Off,
   requestBytes,
+  setReserved,
   Text,
   withExt,
 } from "../protocol/wire.ts";
@@ -502,7 +502,7 @@ export class Sessions {
       (conn.waited ? Flag.WAIT : 0) | (asked ? Flag.DIGEST : 0) | (o.extFlags ?? 0);
     conn.waited = false;
     if (flags !== 0) {
-      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);
+      setReserved(o.wire, withExt(flags));
     }
     if (!o.auditAfterSend) record(this.#p.audit, o, conn, null);
     if (o.keptFd && p.events.active) {

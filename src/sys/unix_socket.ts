@@ -212,8 +212,15 @@ export function sendMsg(fd: number, data: Uint8Array, fds: readonly number[] = [
 
 /** send(2) with MSG_NOSIGNAL|MSG_DONTWAIT; returns bytes sent or -errno. */
 export function sendSome(fd: number, data: Uint8Array): number {
+  // A small reply is usually a fresh array that V8 keeps on its heap, which the runtime would
+  // first have to move off it: send a copy from the fixed buffer instead.
+  let from = data;
+  if (data.length <= SEND_COPY_MAX) {
+    sendCopy.set(data);
+    from = sendCopy;
+  }
   for (;;) {
-    const n = libc.symbols.send(fd, data, BigInt(data.length), MSG_NOSIGNAL | MSG_DONTWAIT);
+    const n = libc.symbols.send(fd, from, BigInt(data.length), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return Number(n);
     const e = errno();
     if (e !== EINTR) return -e;
