@@ -283,7 +283,9 @@ export function decodeHeader(bytes: Uint8Array): Header {
   if (bytes.length < HEADER_SIZE) {
     throw new RangeError(`Header needs 48 bytes, got ${bytes.length}`);
   }
-  const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+  // Read from a copy: `bytes` is often a fresh 48-byte array (see encodeHeader).
+  for (let k = 0; k < HEADER_SIZE; k++) scratch[k] = bytes[k] ?? 0;
+  const v = scratchView;
   return {
     magic: v.getUint32(Off.magic, true),
     version: v.getUint16(Off.version, true),
