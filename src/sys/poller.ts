@@ -167,6 +167,9 @@ export class Poller implements Disposable {
     } finally {
       this.#waiting = false;
     }
+    // A failed wait's errno was set on the pool thread and is lost: ask again on this thread,
+    // which reports the failure (a broken epoll descriptor would otherwise spin silently).
+    if (n < 0 && !this.#closed) return this.poll(out, 0);
     return this.#collect(this.#asyncView, Math.max(n, 0), out);
   }
 
