@@ -19,10 +19,13 @@ import {
   type UidShare,
 } from "../core/fair_shares.ts";
 import type { Governor } from "../core/governance.ts";
-import type { Quotas } from "../core/governance.ts";
+import type { QuotaLimits, Quotas } from "../core/governance.ts";
 import { Status } from "../errors.ts";
 import type { PeerLedger } from "./admission.ts";
 import type { Conn } from "./connection.ts";
+import type { Store } from "../core/store.ts";
+import { usageReport } from "../core/usage.ts";
+import type { UsageReport } from "../protocol/usage.ts";
 
 /** What the ledger is configured with. */
 export interface FairShareRules {
@@ -43,9 +46,13 @@ export class FairShares implements PeerLedger {
   readonly #shares = new Map<number, UidShare | null>();
   readonly #connections = new Map<number, number>();
   readonly #waits = new Map<number, number>();
+  readonly #watchers = new Map<number, number>();
+  #watching = 0;
   /** Connections counted (by their uid), and which of them are counted as parked. */
   readonly #counted = new WeakMap<Conn, number>();
   readonly #parked = new WeakSet<Conn>();
+  /** Connections counted as watchers (by their uid, or -1 when it is unknown). */
+  readonly #watched = new WeakMap<Conn, number>();
 
   /**
    * @param rules limits and exemptions
@@ -95,9 +102,62 @@ export class FairShares implements PeerLedger {
     return null;
   }
 
+  /** The USAGE report for `conn`'s peer asking as `caller` (see `src/core/usage.ts`). */
+  usage(conn: Conn, caller: string | null, store: Store): UsageReport {
+    const uid = conn.peer?.uid;
+    return usageReport(this.#governor, store, {
+      caller,
+      uid,
+      operator: uid !== undefined && this.#rules.exempt.includes(uid),
+    }, (u) => tighter(this.#governor.uidQuota(u), this.#share(u)?.store ?? null));
+  }
+
+  /** Watch streams `uid` has open. */
+  watchersOf(uid: number): number {
+    return this.#watchers.get(uid) ?? 0;
+  }
+
+  /**
+   * A WATCH request asks to become a watch stream: count it, or return the refusal text naming
+   * the limit (the broker-wide `--max-watchers`, then the uid's share, `peerLimits.watchers`).
+   */
+  watching(conn: Conn): string | null {
+    if (this.#watched.has(conn)) return null;
+    const max = this.#rules.global.maxWatchers;
+    if (max !== undefined && this.#watching >= max) {
+      return `the broker has ${this.#watching} of ${max} watchers ` +
+        `(the broker-wide limit, --max-watchers or maxWatchers)`;
+    }
+    const uid = conn.peer?.uid;
+    if (uid !== undefined) {
+      const share = this.#share(uid);
+      const held = this.watchersOf(uid);
+      if (share !== null && held >= share.watchers) {
+        return shareText(uid, "watchers", { held, max: share.watchers }, "peerLimits.watchers");
+      }
+      this.#watchers.set(uid, held + 1);
+    }
+    this.#watching++;
+    this.#watched.set(conn, uid ?? -1);
+    return null;
+  }
+
+  /** A watch stream ended (no effect when it was not counted). */
+  unwatched(conn: Conn): void {
+    const uid = this.#watched.get(conn);
+    if (uid === undefined) return;
+    this.#watched.delete(conn);
+    this.#watching--;
+    if (uid < 0) return;
+    const n = this.watchersOf(uid) - 1;
+    if (n > 0) this.#watchers.set(uid, n);
+    else this.#watchers.delete(uid);
+  }
+
   /** A connection closed. */
   closed(conn: Conn): void {
     this.unparked(conn);
+    this.unwatched(conn);
     const uid = this.#counted.get(conn);
     if (uid === undefined) return;
     this.#counted.delete(conn);
@@ -140,4 +200,13 @@ export class FairShares implements PeerLedger {
     if (share === null) return null;
     return storeShareProblem(uid, share, { ...this.#governor.uidUsage(uid), size });
   }
+}
+
+/** The tighter of two limits per field (the governor's uid quota and the fair share both hold). */
+function tighter(a: QuotaLimits | null, b: QuotaLimits | null): QuotaLimits | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  const min = (x: bigint | null, y: bigint | null): bigint | null =>
+    x === null ? y : y === null ? x : x < y ? x : y;
+  return { objects: min(a.objects, b.objects), bytes: min(a.bytes, b.bytes) };
 }

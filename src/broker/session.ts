@@ -318,7 +318,10 @@ export class Sessions {
       this.#p.takeover(conn);
       return;
     }
-    if ((h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) && (h.cmd !== Cmd.WATCH || !this.#p.watchers)) {
+    if (
+      (h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) && h.cmd !== Cmd.USAGE &&
+      (h.cmd !== Cmd.WATCH || !this.#p.watchers)
+    ) {
       conn.dropReqFd();
       this.finish(conn, unknownCommandOutcome(h.cmd));
       return;
@@ -348,6 +351,8 @@ export class Sessions {
       checkSealed: checkSealedFd,
       seals: sealsOf,
       storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
+      watchShare: () => p.ledger?.watching?.(conn) ?? null,
+      usage: (caller) => p.ledger?.usage?.(conn, caller, p.store) ?? null,
       now: this.#now,
       governor: p.governor?.rules,
       watchQueueLength: p.watchers?.queueLength ?? 0,

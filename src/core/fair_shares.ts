@@ -5,6 +5,7 @@
  * Budgets per uid, each by default 3/4 of the broker-wide limit (rounded down, at least 1):
  * - connections open (`--max-clients`), configured as `peerLimits.connections`;
  * - GET --wait requests parked (`--max-waiters`), `peerLimits.waits`;
+ * - watch streams open (`--max-watchers`), `peerLimits.watchers`;
  * - objects and bytes stored (`--max-objects`, `--max-total-bytes`): these are the governance
  *   module's per-uid quotas (`quotas.perUid`, `quotas.uids`); when the config sets none, the
  *   3/4 share applies.
@@ -28,10 +29,12 @@ export interface PeerLimits {
   readonly connections: number | null;
   /** GET --wait requests one uid may have parked, or null for the share of `maxWaiters`. */
   readonly waits: number | null;
+  /** Watch streams one uid may have open, or null for the share of `maxWatchers`. */
+  readonly watchers?: number | null;
 }
 
 /** No explicit per-uid limits: the default shares apply. */
-export const DEFAULT_PEER_LIMITS: PeerLimits = { connections: null, waits: null };
+export const DEFAULT_PEER_LIMITS: PeerLimits = { connections: null, waits: null, watchers: null };
 
 /** The broker-wide limits the default shares are taken from. */
 export interface GlobalLimits {
@@ -39,6 +42,8 @@ export interface GlobalLimits {
   readonly maxClients: number;
   /** --max-waiters. */
   readonly maxWaiters: number;
+  /** --max-watchers (absent: watchers are not limited per uid). */
+  readonly maxWatchers?: number;
   /** --max-objects. */
   readonly maxObjects: bigint;
   /** --max-total-bytes. */
@@ -62,6 +67,8 @@ export interface UidShare {
   readonly connections: number;
   /** Parked waits. */
   readonly waits: number;
+  /** Watch streams open. */
+  readonly watchers: number;
   /** Objects and bytes, or null for none (an exempt uid without a quota entry). */
   readonly store: QuotaLimits | null;
   /** The config key of the store limit, for refusal texts. */
@@ -94,11 +101,13 @@ export function shareFor(
   };
   const storeKey = own !== undefined ? "quotas.uids" : "quotas.perUid";
   if (exempt) {
-    return { connections: Infinity, waits: Infinity, store, storeKey };
+    return { connections: Infinity, waits: Infinity, watchers: Infinity, store, storeKey };
   }
   return {
     connections: rules.peerLimits.connections ?? shareOf(g.maxClients),
     waits: rules.peerLimits.waits ?? shareOf(g.maxWaiters),
+    watchers: rules.peerLimits.watchers ??
+      (g.maxWatchers === undefined ? Infinity : shareOf(g.maxWatchers)),
     store,
     storeKey,
   };

@@ -21,6 +21,7 @@ import { put } from "./handlers/put.ts";
 import { getOrDrop } from "./handlers/get_drop_stat.ts";
 import { list } from "./handlers/list.ts";
 import { watch } from "./handlers/watch.ts";
+import { usage } from "./handlers/usage.ts";
 
 export type {
   DigestAnswer,
@@ -56,6 +57,8 @@ export function handle(h: Header, ctx: RequestContext): Handler {
       return getOrDrop(h, ctx, "stat");
     case Cmd.WATCH:
       return watch(h, ctx);
+    case Cmd.USAGE:
+      return usage(h, ctx);
     default:
       return done(unknownCommandOutcome(h.cmd));
   }

@@ -64,6 +64,11 @@ export interface WireObject {
   /** Publication time in ns, decimal. */
   readonly created: string;
   /**
+   * The publisher's uid (per-uid quotas and shares count it), when the broker knew it. Absent in
+   * frames of brokers that predate it; such objects are charged to no uid.
+   */
+  readonly uid?: number;
+  /**
    * With `--cluster`: where a copy pulled from the cluster was published (absent for objects
    * published on this host). An extension: receivers that do not know it ignore it.
    */
@@ -96,6 +101,7 @@ export function toWire(o: StoredObject, share: ClusterShare | undefined = o.clus
     owner: o.owner === null ? null : b64(o.owner),
     allowed: o.allowed === null ? null : b64(o.allowed),
     created: String(o.createdNs),
+    ...(o.uid === undefined ? {} : { uid: o.uid }),
     ...(o.origin === undefined ? {} : {
       origin: { host: o.origin.host, id: o.origin.id, revision: o.origin.revision },
     }),
@@ -114,9 +120,15 @@ export function fromWire(w: WireObject, fd: number): StoredObject {
     owner: w.owner === null ? null : unb64(w.owner),
     allowed: w.allowed === null ? null : unb64(w.allowed),
     createdNs: BigInt(w.created),
+    ...(isUid(w.uid) ? { uid: w.uid } : {}),
     ...(w.origin === undefined ? {} : { origin: w.origin }),
     ...(w.cluster === undefined ? {} : { cluster: w.cluster }),
   };
+}
+
+/** Is `v` a uid (an integer from 0 to 4294967295)? */
+export function isUid(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
 }
 
 /** Encode one frame. */

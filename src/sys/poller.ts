@@ -167,10 +167,11 @@ export class Poller implements Disposable {
     } finally {
       this.#waiting = false;
     }
-    // A failed wait's errno was set on the pool thread and is lost: ask again on this thread,
-    // which reports the failure (a broken epoll descriptor would otherwise spin silently).
-    if (n < 0 && !this.#closed) return this.poll(out, 0);
-    return this.#collect(this.#asyncView, Math.max(n, 0), out);
+    // The pool thread's errno is not readable here: ask again on this thread, where a lasting
+    // failure (the epoll descriptor gone or replaced) throws with its errno and an EINTR is
+    // simply a poll. (Collecting nothing still empties `out`, which holds the last call's events.)
+    if (n < 0) return this.#closed ? this.#collect(this.#asyncView, 0, out) : this.poll(out, 0);
+    return this.#collect(this.#asyncView, n, out);
   }
 
   /** End an outstanding {@link Poller.wait}. */

@@ -10,6 +10,8 @@ import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
 import { putRequest, selectRequest } from "../support/wire.ts";
 import { letTimePass } from "../support/wait.ts";
 import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
+import { encodeWatchRequest } from "../../src/protocol/watch.ts";
 import { Cmd, Flag, withExt } from "../../src/protocol/wire.ts";
 import { Agent, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
 
@@ -121,5 +123,38 @@ Deno.test({
       await c.put(new Uint8Array(1500).fill(7), { name: "root-bytes" });
       ok((await c.list()).some((e) => e.name === "root-bytes"));
     });
+  },
+});
+
+Deno.test({
+  name:
+    "one uid holding its share of watch streams is refused, naming the limit; another still watches until the broker-wide limit",
+  ignore: SKIP,
+  fn: async () => {
+    using dir = tempDir();
+    // 4 watchers: uid 65534 may hold 3.
+    await using broker = await sharedBroker(dir.path, ["--max-watchers", "4"]);
+    await using agent = Agent.start(dir.path, broker.socket);
+    const watch = encodeWatchRequest({ kind: "all" }, null);
+    for (let i = 0; i < 3; i++) {
+      assertEquals(await agent.request(watch), { status: 0, text: "" });
+    }
+    assertEquals(await agent.request(watch), {
+      status: 1,
+      text: `uid ${NOBODY} has 3 of 3 watchers (the per-uid limit, peerLimits.watchers)`,
+    });
+    // The broker's own uid has no per-uid share, but the broker-wide limit holds for everyone.
+    await using c = new Client({ socket: broker.socket, keepAlive: false });
+    using mine = await c.watch({ name: "x" });
+    const err = await c.watch({ name: "y" }).then(() => null, (e) => e as Error);
+    ok(err instanceof BrokerError, `refused with a BrokerError, not ${err}`);
+    assertEquals(
+      err.text,
+      "the broker has 4 of 4 watchers (the broker-wide limit, --max-watchers or maxWatchers)",
+    );
+    // The events still reach the agent's streams and this one.
+    await c.put(enc("v"), { name: "x" });
+    const first = await mine[Symbol.asyncIterator]().next();
+    assertEquals(first.value?.kind, "publish");
   },
 });

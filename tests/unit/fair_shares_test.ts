@@ -12,7 +12,13 @@ import { NO_QUOTAS } from "../../src/core/governance.ts";
 import { parseConfig } from "../../src/core/config.ts";
 import { defaultBrokerOptions } from "../../src/core/options.ts";
 
-const GLOBAL = { maxClients: 128, maxWaiters: 1024, maxObjects: 1000n, maxTotalBytes: 4001n };
+const GLOBAL = {
+  maxClients: 128,
+  maxWaiters: 1024,
+  maxWatchers: 64,
+  maxObjects: 1000n,
+  maxTotalBytes: 4001n,
+};
 
 Deno.test("default shares are 3/4 of each broker-wide limit, at least 1", () => {
   assertEquals([shareOf(128), shareOf(1024), shareOf(1), shareOf(3)], [96, 768, 1, 2]);
@@ -33,6 +39,7 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
   assertEquals(shareFor(1001, rules), {
     connections: 96,
     waits: 768,
+    watchers: 48,
     store: { objects: 750n, bytes: 3000n },
     storeKey: "quotas.perUid",
   });
@@ -43,6 +50,7 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
   assertEquals(shareFor(1000, named), {
     connections: Infinity,
     waits: Infinity,
+    watchers: Infinity,
     store: { objects: 5n, bytes: null },
     storeKey: "quotas.uids",
   });
@@ -50,7 +58,7 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
 
 Deno.test("configured peerLimits and quotas.perUid replace the default shares", () => {
   const share = shareFor(7, {
-    peerLimits: { connections: 3, waits: null },
+    peerLimits: { connections: 3, waits: null, watchers: 2 },
     quotas: { ...NO_QUOTAS, perUid: { objects: null, bytes: 10n } },
     global: GLOBAL,
     exempt: [0],
@@ -58,6 +66,7 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   assertEquals(share, {
     connections: 3,
     waits: 768,
+    watchers: 2,
     store: { objects: null, bytes: 10n },
     storeKey: "quotas.perUid",
   });
@@ -69,13 +78,14 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   );
 });
 
-Deno.test("config key peerLimits: connections and waits per uid, checked", async () => {
+Deno.test("config key peerLimits: connections, waits and watchers per uid, checked", async () => {
   const { options } = await parseConfig(
-    '{ "peerLimits": { "connections": 5, "waits": 6 } }',
+    '{ "peerLimits": { "connections": 5, "waits": 6, "watchers": 7 }, "maxWatchers": 9 }',
     "/etc/m.jsonc",
     defaultBrokerOptions(),
   );
-  assertEquals(options.peerLimits, { connections: 5, waits: 6 });
+  assertEquals(options.peerLimits, { connections: 5, waits: 6, watchers: 7 });
+  assertEquals(options.maxWatchers, 9);
   await rejects(
     parseConfig('{ "peerLimits": { "connections": 0 } }', "/etc/m.jsonc", defaultBrokerOptions()),
     {

@@ -11,6 +11,7 @@ import { type NameKind, nameProblem } from "../../protocol/names.ts";
 import type { AuditRecord } from "../audit.ts";
 import type { BrokerOptions } from "../options.ts";
 import type { PeerIdentity } from "../policy.ts";
+import type { UsageReport } from "../../protocol/usage.ts";
 import type { Store, StoredObject } from "../store.ts";
 import type { Governor, Release } from "../governance.ts";
 import type { WatchSelector } from "../../protocol/watch.ts";
@@ -117,6 +118,16 @@ export interface RequestContext {
    * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
    */
   storeShare?(size: number): string | null;
+  /**
+   * May this connection become a watch stream? Counts it (until the connection closes) and
+   * returns null, or returns the refusal text naming the watcher limit that was hit.
+   */
+  watchShare?(): string | null;
+  /**
+   * The USAGE report for this connection's peer asking as `caller` (see `src/core/usage.ts`).
+   * Absent or null: the broker answers USAGE with `unknown command`.
+   */
+  usage?(caller: string | null): UsageReport | null;
   /** The broker's cluster tier, when it runs with `--cluster`. */
   readonly cluster?: ClusterView | null;
 }
