@@ -111,6 +111,8 @@ export class Conn {
   hup = false;
   /** The last read came back short: nothing more is queued until epoll reports an edge. */
   drained = false;
+  /** The current request's deadline already allows for its object's size (PUT). */
+  sizedDeadline = true;
   /** When the current request's header was read (performance.now()), or -1 when not timed. */
   startedAt = -1;
 

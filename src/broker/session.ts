@@ -35,8 +35,8 @@ import {
   Flag,
   HEADER_SIZE,
   isValidHeader,
-  Off,
   requestBytes,
+  setReserved,
   Text,
   withExt,
 } from "../protocol/wire.ts";
@@ -330,12 +330,21 @@ export class Sessions {
   #fill(conn: Conn, need: number): boolean {
     const next = conn.len === 0 && conn.served > 0 && conn.state === State.Header;
     if (!conn.read(need, this.#pool)) {
+      if (!conn.sizedDeadline) this.#sizeDeadline(conn);
       this.#watch(conn);
       return false;
     }
     // The next request on a kept-alive connection has begun.
     if (next && conn.len > 0) conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
     return true;
+  }
+
+  /** Allow a publisher time to finish hashing its object before the digest arrives. */
+  #sizeDeadline(conn: Conn): void {
+    conn.sizedDeadline = true;
+    if (conn.state !== State.Body || conn.reqFd < 0) return;
+    const st = tryFstatCached(conn.reqFd);
+    if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
   }
 
   #startRequest(conn: Conn): void {
@@ -361,15 +370,12 @@ export class Sessions {
       this.finish(conn, unknownCommandOutcome(h.cmd));
       return;
     }
-    if (h.cmd !== Cmd.PUT) {
-      conn.dropReqFd();
-    } else if (conn.reqFd >= 0) {
-      // Allow the publisher time to finish hashing its object before the digest arrives.
-      const st = tryFstatCached(conn.reqFd);
-      if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
-      // Nothing is hashed before the handler has checked the whole request (a digest started
-      // here, speculatively, let any peer make the broker hash without a valid request).
-    }
+    // A PUT's deadline grows with its object's size (see #fill), but only once it has to wait
+    // for its body: a request that arrived whole needs no fstat for it.
+    conn.sizedDeadline = h.cmd !== Cmd.PUT;
+    if (h.cmd !== Cmd.PUT) conn.dropReqFd();
+    // Nothing is hashed before the handler has checked the whole request (a digest started
+    // here, speculatively, let any peer make the broker hash without a valid request).
     conn.keepAlive = (extFlags(h.reserved) & Flag.KEEP_ALIVE) !== 0;
     if (this.#p.latency) conn.startedAt = performance.now();
     conn.handler = handle(h, this.#context(conn));
@@ -547,7 +553,7 @@ export class Sessions {
       (conn.waited ? Flag.WAIT : 0) | (asked ? Flag.DIGEST : 0) | (o.extFlags ?? 0);
     conn.waited = false;
     if (flags !== 0) {
-      new DataView(o.wire.buffer, o.wire.byteOffset).setUint32(Off.reserved, withExt(flags), true);
+      setReserved(o.wire, withExt(flags));
     }
     if (!o.auditAfterSend) record(this.#p.audit, o, conn, null);
     if (o.keptFd && p.events.active) {

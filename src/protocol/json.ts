@@ -17,6 +17,15 @@ const ESCAPES: Record<number, string> = {
   0x5c: "\\\\",
 };
 
+/** True when every character is printable ASCII other than `"` and `\\` (nothing to escape). */
+function plain(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c >= 0x7f || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
+}
+
 /**
  * A JSON string literal for a binary string (one character per byte), itself a binary string of
  * UTF-8 bytes. As in the C broker: `\\ \" \b \f \n \r \t`, other bytes below 0x20 as `\u00xx`,
@@ -33,6 +42,8 @@ const ESCAPES: Record<number, string> = {
  */
 export function jsonString(s: string | null): string {
   if (s === null) return "null";
+  // Most values (digests, ordinary names and job ids) are printable ASCII with nothing to escape.
+  if (plain(s)) return '"' + s + '"';
   const at = (i: number): number => s.charCodeAt(i);
   const byteAt = (i: number): number => at(i) > 0xff ? 0 : at(i);
   let out = '"';

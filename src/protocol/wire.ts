@@ -181,8 +181,30 @@ export function withExt(flags: number): number {
  * ```
  */
 export function addExtFlags(header: Uint8Array, flags: number): void {
-  const v = new DataView(header.buffer, header.byteOffset, HEADER_SIZE);
-  v.setUint32(Off.reserved, withExt(extFlags(v.getUint32(Off.reserved, true)) | flags), true);
+  setReserved(header, withExt(extFlags(getReserved(header)) | flags));
+}
+
+// Byte by byte, not through a DataView: a view over a small fresh array makes V8 move the
+// array's bytes off its heap first, which costs more than these few stores.
+function getReserved(header: Uint8Array): number {
+  const o = Off.reserved;
+  return ((header[o] ?? 0) | (header[o + 1] ?? 0) << 8 | (header[o + 2] ?? 0) << 16 |
+    (header[o + 3] ?? 0) << 24) >>> 0;
+}
+
+/**
+ * Overwrite the `reserved` field (at {@link Off.reserved}) of an encoded header (the broker sets
+ * a reply's extension bits once it knows them).
+ */
+export function setReserved(header: Uint8Array, reserved: number): void {
+  if (header.length < HEADER_SIZE) {
+    throw new RangeError(`Header needs 48 bytes, got ${header.length}`);
+  }
+  const o = Off.reserved;
+  header[o] = reserved & 0xff;
+  header[o + 1] = (reserved >>> 8) & 0xff;
+  header[o + 2] = (reserved >>> 16) & 0xff;
+  header[o + 3] = (reserved >>> 24) & 0xff;
 }
 
 /** Hard cap on name length in any request. */
@@ -233,12 +255,20 @@ export function emptyHeader(): Header {
   };
 }
 
+// Headers are encoded here and copied out: a DataView over a fresh 48-byte array would make V8
+// move that array's bytes off its heap first (`.buffer`), which costs more than the encoding.
+const scratch = new Uint8Array(new ArrayBuffer(HEADER_SIZE));
+const scratchView = new DataView(scratch.buffer);
+
 /** Encode a header into `out` (48 bytes at offset 0), returning `out`. */
 export function encodeHeader(
   h: Partial<Header>,
   out: Uint8Array = new Uint8Array(HEADER_SIZE),
 ): Uint8Array {
-  const v = new DataView(out.buffer, out.byteOffset, HEADER_SIZE);
+  if (out.length < HEADER_SIZE) {
+    throw new RangeError(`Header needs 48 bytes, got ${out.length}`);
+  }
+  const v = scratchView;
   v.setUint32(Off.magic, h.magic ?? MAGIC, true);
   v.setUint16(Off.version, h.version ?? VERSION, true);
   v.setUint16(Off.cmd, h.cmd ?? 0, true);
@@ -250,6 +280,7 @@ export function encodeHeader(
   v.setUint32(Off.textLen, h.textLen ?? 0, true);
   v.setUint32(Off.allowLen, h.allowLen ?? 0, true);
   v.setUint32(Off.reserved, h.reserved ?? 0, true);
+  out.set(scratch);
   return out;
 }
 
@@ -258,7 +289,9 @@ export function decodeHeader(bytes: Uint8Array): Header {
   if (bytes.length < HEADER_SIZE) {
     throw new RangeError(`Header needs 48 bytes, got ${bytes.length}`);
   }
-  const v = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+  // Read from a copy: `bytes` is often a fresh 48-byte array (see encodeHeader).
+  for (let k = 0; k < HEADER_SIZE; k++) scratch[k] = bytes[k] ?? 0;
+  const v = scratchView;
   return {
     magic: v.getUint32(Off.magic, true),
     version: v.getUint16(Off.version, true),

@@ -106,9 +106,12 @@ export class Poller implements Disposable {
     this.#ctl(EPOLL_CTL_DEL, fd, 0, 0);
   }
 
+  // The event objects in `out` are reused from call to call (`out` is the caller's array, so
+  // an event stays valid until the caller polls with the same array again).
   #collect(view: DataView, n: number, out: PollEvent[]): PollEvent[] {
-    out.length = 0;
     let woken = false;
+    let k = 0;
+    const reusable = out.length;
     for (let i = 0; i < n; i++) {
       const base = i * EPOLL_EVENT_SIZE;
       const token = view.getUint32(base + EPOLL_EVENT_DATA, true);
@@ -116,8 +119,16 @@ export class Poller implements Disposable {
         woken = true;
         continue;
       }
-      out.push({ token, events: view.getUint32(base, true) });
+      const events = view.getUint32(base, true);
+      const ev = k < reusable ? out[k] : undefined;
+      if (ev === undefined) out[k] = { token, events };
+      else {
+        ev.token = token;
+        ev.events = events;
+      }
+      k++;
     }
+    out.length = k;
     if (woken) libc.symbols.read(this.#wakeFd, this.#wakeBuf, 8n);
     return out;
   }
@@ -158,8 +169,8 @@ export class Poller implements Disposable {
     }
     // The pool thread's errno is not readable here: ask again on this thread, where a lasting
     // failure (the epoll descriptor gone or replaced) throws with its errno and an EINTR is
-    // simply a poll.
-    if (n < 0) return this.#closed ? out : this.poll(out, 0);
+    // simply a poll. (Collecting nothing still empties `out`, which holds the last call's events.)
+    if (n < 0) return this.#closed ? this.#collect(this.#asyncView, 0, out) : this.poll(out, 0);
     return this.#collect(this.#asyncView, n, out);
   }
 

@@ -108,13 +108,15 @@ export interface PeerCredentials {
 }
 
 const credBuf = new Uint8Array(UCRED_SIZE);
+const credView = new DataView(credBuf.buffer);
 const credLen = new Uint8Array(4);
+const credLenView = new DataView(credLen.buffer);
 
 /** SO_PEERCRED of a connected socket. */
 export function peerCredentials(fd: number): PeerCredentials {
-  new DataView(credLen.buffer).setUint32(0, UCRED_SIZE, true);
+  credLenView.setUint32(0, UCRED_SIZE, true);
   check(libc.symbols.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, credBuf, credLen), "getsockopt");
-  const v = new DataView(credBuf.buffer);
+  const v = credView;
   return {
     pid: v.getInt32(Ucred.pid, true),
     uid: v.getUint32(Ucred.uid, true),
@@ -137,12 +139,43 @@ const controlAddr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(contro
 msgView.setBigUint64(Msghdr.iov, iovAddr, true);
 msgView.setBigUint64(Msghdr.iovlen, 1n, true);
 
-function prepare(data: Uint8Array, controlLen: number): void {
-  const base = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(data)));
-  iovView.setBigUint64(Iovec.base, base, true);
-  iovView.setBigUint64(Iovec.len, BigInt(data.length), true);
+// Start addresses of the buffers messages were sent from or received into. Asking the runtime
+// for a pointer costs about as much as the system call itself, and the same few buffers (pooled
+// connection buffers, reply headers) come back request after request; a backing store does not
+// move while its ArrayBuffer lives, so the address is looked up once per buffer.
+const addresses = new WeakMap<ArrayBufferLike, number>();
+const TWO_32 = 2 ** 32;
+
+function addressOf(data: Uint8Array): number {
+  const buffer = data.buffer;
+  let base = addresses.get(buffer);
+  if (base === undefined) {
+    // The pointer of the whole buffer, from a view at its start: user-space addresses fit in a
+    // number (below 2^47), so no BigInt is made per call.
+    base = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer as ArrayBuffer)));
+    addresses.set(buffer, base);
+  }
+  return base + data.byteOffset;
+}
+
+function setAddress(view: DataView, offset: number, address: number): void {
+  view.setUint32(offset, address % TWO_32, true);
+  view.setUint32(offset + 4, Math.floor(address / TWO_32), true);
+}
+
+// Small messages are sent from this buffer (its address is known): replies are fresh arrays,
+// and copying a few hundred bytes costs far less than asking for a new array's address.
+const SEND_COPY_MAX = 4096;
+const sendCopy = new Uint8Array(SEND_COPY_MAX);
+const sendCopyAddr = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(sendCopy)));
+
+function prepare(data: Uint8Array, controlLen: number, address?: number): void {
+  setAddress(iovView, Iovec.base, address ?? (data.length === 0 ? 0 : addressOf(data)));
+  iovView.setUint32(Iovec.len, data.length, true);
+  iovView.setUint32(Iovec.len + 4, 0, true);
   msgView.setBigUint64(Msghdr.control, controlLen > 0 ? controlAddr : 0n, true);
-  msgView.setBigUint64(Msghdr.controllen, BigInt(controlLen), true);
+  msgView.setUint32(Msghdr.controllen, controlLen, true);
+  msgView.setUint32(Msghdr.controllen + 4, 0, true);
   msgView.setInt32(Msghdr.flags, 0, true);
 }
 
@@ -156,13 +189,18 @@ export function sendMsg(fd: number, data: Uint8Array, fds: readonly number[] = [
   if (fds.length > SCM_MAX_FD) {
     throw new RangeError(`At most ${SCM_MAX_FD} descriptors per message`);
   }
-  prepare(data, clen);
+  if (data.length <= SEND_COPY_MAX) {
+    sendCopy.set(data);
+    prepare(data, clen, sendCopyAddr);
+  } else prepare(data, clen);
   if (clen > 0) {
     control.fill(0, 0, clen);
     controlView.setBigUint64(Cmsghdr.len, BigInt(cmsgLen(fds.length * 4)), true);
     controlView.setInt32(Cmsghdr.level, SOL_SOCKET, true);
     controlView.setInt32(Cmsghdr.type, SCM_RIGHTS, true);
-    fds.forEach((d, i) => controlView.setInt32(CMSGHDR_SIZE + 4 * i, d, true));
+    for (let i = 0; i < fds.length; i++) {
+      controlView.setInt32(CMSGHDR_SIZE + 4 * i, fds[i] ?? -1, true);
+    }
   }
   for (;;) {
     const n = libc.symbols.sendmsg(fd, msg, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -174,8 +212,15 @@ export function sendMsg(fd: number, data: Uint8Array, fds: readonly number[] = [
 
 /** send(2) with MSG_NOSIGNAL|MSG_DONTWAIT; returns bytes sent or -errno. */
 export function sendSome(fd: number, data: Uint8Array): number {
+  // A small reply is usually a fresh array that V8 keeps on its heap, which the runtime would
+  // first have to move off it: send a copy from the fixed buffer instead.
+  let from = data;
+  if (data.length <= SEND_COPY_MAX) {
+    sendCopy.set(data);
+    from = sendCopy;
+  }
   for (;;) {
-    const n = libc.symbols.send(fd, data, BigInt(data.length), MSG_NOSIGNAL | MSG_DONTWAIT);
+    const n = libc.symbols.send(fd, from, BigInt(data.length), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0) return Number(n);
     const e = errno();
     if (e !== EINTR) return -e;
