@@ -73,6 +73,10 @@ export function sendReply(host: SendHost, conn: Conn): boolean {
     }
     const stream = conn.stream;
     if (stream === null) break;
+    if (stream.done) {
+      conn.stream = null;
+      break;
+    }
     if (formatted) {
       host.again(conn);
       return false;

@@ -65,6 +65,12 @@ export interface ReplyStream {
   /** The audit error text when the body cannot be sent. */
   readonly failText: string;
   /**
+   * True once every chunk has been produced: the sender then finishes the reply in the same
+   * step as its last bytes, without another turn of the loop (a client that has read the whole
+   * reply may connect again at once, and must find this connection closed).
+   */
+  readonly done: boolean;
+  /**
    * The next chunk of about `max` bytes (whole lines, at least one), or null when the body is
    * complete. Throws when the chunks would not add up to {@link ReplyStream.total} (a bug).
    */

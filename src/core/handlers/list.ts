@@ -95,6 +95,7 @@ export class ListStream<T> implements ReplyStream {
   #rows: T[] | null;
   #next = 0;
   #produced = 0;
+  readonly #count: number;
   readonly #format: (row: T) => string;
 
   /** A stream over `rows`; its total is the sum of `length(row)`. */
@@ -105,15 +106,21 @@ export class ListStream<T> implements ReplyStream {
   }
 
   private constructor(rows: T[], total: number, format: (row: T) => string) {
-    this.#rows = rows;
+    this.#rows = rows.length === 0 ? null : rows;
     this.total = total;
     this.heldBytes = rows.length * 8;
+    this.#count = rows.length;
     this.#format = format;
+  }
+
+  /** True once the last row has been formatted. */
+  get done(): boolean {
+    return this.#rows === null;
   }
 
   /** Rows in the snapshot. */
   get count(): number {
-    return this.#rows?.length ?? 0;
+    return this.#count;
   }
 
   next(max: number): Uint8Array | null {
