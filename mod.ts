@@ -100,6 +100,8 @@ export {
   DigestBuilder,
   digestBytes,
   digestFd,
+  digestFdAhead,
   digestFdRead,
   digestObjectFd,
+  digestObjectFdAsync,
 } from "./src/hash/digest.ts";

@@ -76,6 +76,8 @@ export const O_DIRECTORY = ARCH === "aarch64" ? 0o40000 : 0o200000;
 export const SEEK_SET = 0;
 /** Seek relative to the end. */
 export const SEEK_END = 2;
+/** lseek(2): the next hole at or after the offset (the end of file counts as one). */
+export const SEEK_HOLE = 4;
 
 /** mmap protection and flags. */
 export const PROT_READ = 0x1;
@@ -91,6 +93,12 @@ export const MAP_POPULATE = 0x8000;
 export const MADV_SEQUENTIAL = 2;
 /** Will-need advice. */
 export const MADV_WILLNEED = 3;
+/** madvise(2): fault in the page tables of a range for reading (Linux 5.14+). */
+export const MADV_POPULATE_READ = 22;
+/** fallocate(2): allocate without changing the file size. */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+/** fallocate(2): free the range (with KEEP_SIZE). */
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
 
 /** Socket constants. */
 export const AF_UNIX = 1;
