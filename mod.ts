@@ -100,8 +100,6 @@ export {
   DigestBuilder,
   digestBytes,
   digestFd,
-  digestFdAhead,
   digestFdRead,
   digestObjectFd,
-  digestObjectFdAsync,
 } from "./src/hash/digest.ts";

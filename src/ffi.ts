@@ -80,13 +80,6 @@ const symbols = {
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   /** int madvise(void *addr, size_t len, int advice) */
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
-  /** int madvise(void *addr, size_t len, int advice), on Deno's blocking pool (MADV_POPULATE_READ ahead of a reader) */
-  madvise_async: {
-    name: "madvise",
-    parameters: ["pointer", "usize", "i32"],
-    result: "i32",
-    nonblocking: true,
-  },
   /** int fallocate64(int fd, int mode, off64_t offset, off64_t len), on Deno's blocking pool (allocating pages ahead of a writer) */
   fallocate_async: {
     name: "fallocate64",

@@ -96,34 +96,6 @@ export function digestFd(fd: number, size: number): string {
   return digestBytes(map.bytes);
 }
 
-/**
- * {@link digestFd} with the mapping's page tables faulted in on another thread just ahead of the
- * hash ({@link ReadOnlyMapping.populateAhead}), so the hashing thread spends its time hashing.
- * Measured on these machines (64 MiB, sealed memfd): about 52 ms through a plain mapping against
- * 45 ms for the same bytes in memory; the faults are the difference. Same caveat as
- * {@link digestFd}: holes get pages, so callers hashing a peer's object use it only for dense
- * ones (see {@link digestObjectFdAsync}).
- *
- * @example
- * ```ts
- * import { digestFd, digestFdAhead, Memfd } from "@memfdbus/memfdbus";
- * using memfd = Memfd.create("greeting");
- * memfd.writeAll(new TextEncoder().encode("hello"));
- * memfd.seal();
- * console.log(await digestFdAhead(memfd.fd, memfd.size) === digestFd(memfd.fd, memfd.size)); // true
- * ```
- */
-export async function digestFdAhead(fd: number, size: number): Promise<string> {
-  using map = ReadOnlyMapping.of(fd, size, "mmap object");
-  const populated = map.populateAhead();
-  try {
-    return digestBytes(map.bytes);
-  } finally {
-    // The helper must be done with the mapping before it is unmapped.
-    await populated.catch(() => false);
-  }
-}
-
 /** Bytes {@link digestFdRead} reads per pread call. */
 export const READ_SLICE = 1 << 20;
 
@@ -168,8 +140,8 @@ export function digestFdRead(fd: number, size: number): string {
 /**
  * The digest of a peer's object the cheapest safe way: objects up to {@link READ_SLICE} and
  * sparse ones (fewer blocks allocated than their size, or a hole before their end) are read
- * with {@link digestFdRead}, so a
- * hole never faults a page into the reader; dense large ones are hashed through a read-only
+ * with {@link digestFdRead}, so a hole never faults a page into the reader; dense large ones
+ * are hashed through a read-only
  * mapping, which skips the copy (measured: 1 GiB dense, about 0.8 s mapped against 1.2 s read).
  * A sealed memfd cannot change between the check and the hash.
  *
@@ -203,28 +175,4 @@ function isDense(fd: number, size: number): boolean {
     return false;
   }
   return libc.symbols.lseek(fd, 0n, SEEK_HOLE) >= BigInt(size);
-}
-
-/**
- * {@link digestObjectFd} for a thread that may wait (the broker's hash Workers): a dense large
- * object is hashed with {@link digestFdAhead}, page tables faulted in on another thread ahead
- * of the hash; small and sparse ones are read with {@link digestFdRead} as before, so a hole
- * still never faults a page into the reader.
- *
- * @example
- * ```ts
- * import { digestBytes, digestObjectFdAsync, Memfd } from "@memfdbus/memfdbus";
- * const bytes = new TextEncoder().encode("hello");
- * using memfd = Memfd.create("greeting");
- * memfd.writeAll(bytes);
- * memfd.seal();
- * console.log(await digestObjectFdAsync(memfd.fd, memfd.size) === digestBytes(bytes)); // true
- * ```
- *
- * @throws {ErrnoError} when a read or the mapping fails
- * @throws {RangeError} when the descriptor holds fewer than `size` bytes
- */
-export async function digestObjectFdAsync(fd: number, size: number): Promise<string> {
-  if (size <= READ_SLICE || !isDense(fd, size)) return digestFdRead(fd, size);
-  return await digestFdAhead(fd, size);
 }

@@ -2,9 +2,9 @@
  * Digest verification for PUT: inline for small objects, on a pool of Workers for large ones, so
  * one big publish never freezes the broker for other clients (defect D5).
  *
- * Small and sparse objects are read with pread into a bounded buffer (so the holes of a sparse
- * memfd cost no memory); dense large ones through a read-only mapping, faulted in ahead of the
- * hash on another thread (see `digestObjectFdAsync` in `./digest.ts`). Each peer (uid) may have only a few objects
+ * Small objects and any with a hole are read with pread into a bounded buffer (so the holes of
+ * a sparse memfd cost no memory); large objects whose every page exists are hashed through a
+ * read-only mapping (see `digestObjectFd` in `./digest.ts`). Each peer (uid) may have only a few objects
  * queued or being hashed ({@link HashPool} `perPeer`), and Workers take the next job from the
  * peer with the fewest jobs running, so one uid publishing many large objects delays its own
  * publishes, not everyone's.
@@ -12,7 +12,7 @@
  * @module
  */
 
-import { digestObjectFd, digestObjectFdAsync } from "./digest.ts";
+import { digestObjectFd } from "./digest.ts";
 import { ErrnoError } from "../errors.ts";
 import { errno, libc, strerror } from "../ffi.ts";
 import { digestReadFailedText, Text } from "../protocol/wire.ts";
@@ -44,36 +44,19 @@ export function digestOrError(fd: number, size: number): HashOutcome {
   try {
     return { digest: digestObjectFd(fd, size) };
   } catch (e) {
-    return failureOutcome(fd, e);
+    if (e instanceof RangeError) return { error: Text.digestShortRead };
+    if (e instanceof ErrnoError) {
+      if (e.code === "ENOMEM") return { error: Text.digestAlloc };
+      // The C broker reads with pread: report what pread says about this descriptor (a
+      // write-only one gives EBADF, where mmap says EACCES).
+      const probe = new Uint8Array(1);
+      const n = libc.symbols.pread(fd, probe, 1n, 0n);
+      if (n < 0) return { error: digestReadFailedText(strerror(errno())) };
+      if (n === 0n) return { error: Text.digestShortRead };
+      return { error: digestReadFailedText(e.description) };
+    }
+    return { error: digestReadFailedText((e as Error).message) };
   }
-}
-
-/**
- * {@link digestOrError} for a Worker: a dense large object's mapping is faulted in on another
- * thread ahead of the hash ({@link digestObjectFdAsync}).
- */
-export async function digestOrErrorAsync(fd: number, size: number): Promise<HashOutcome> {
-  try {
-    return { digest: await digestObjectFdAsync(fd, size) };
-  } catch (e) {
-    return failureOutcome(fd, e);
-  }
-}
-
-/** A failed verification as the C broker's error text. */
-function failureOutcome(fd: number, e: unknown): HashOutcome {
-  if (e instanceof RangeError) return { error: Text.digestShortRead };
-  if (e instanceof ErrnoError) {
-    if (e.code === "ENOMEM") return { error: Text.digestAlloc };
-    // The C broker reads with pread: report what pread says about this descriptor (a
-    // write-only one gives EBADF, where mmap says EACCES).
-    const probe = new Uint8Array(1);
-    const n = libc.symbols.pread(fd, probe, 1n, 0n);
-    if (n < 0) return { error: digestReadFailedText(strerror(errno())) };
-    if (n === 0n) return { error: Text.digestShortRead };
-    return { error: digestReadFailedText(e.description) };
-  }
-  return { error: digestReadFailedText((e as Error).message) };
 }
 
 interface Pending {

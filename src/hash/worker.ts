@@ -1,14 +1,12 @@
 /**
- * Worker entry point that verifies object digests off the broker's event loop. It hashes the
- * sealed memfd with node:crypto (the descriptor table is shared with the broker): a dense one
- * through a read-only mapping whose page tables another thread faults in just ahead, a sparse
- * one with pread; then answers `{ id, digest }` or `{ id, error }`. One job at a time: the pool
- * posts the next only after the answer.
+ * Worker entry point that verifies object digests off the broker's event loop. It maps the
+ * sealed memfd read-only (the descriptor table is shared with the broker) and hashes it with
+ * node:crypto, then answers `{ id, digest }` or `{ id, error }`.
  *
  * @module
  */
 
-import { digestOrErrorAsync, type HashJob } from "./verifier.ts";
+import { digestOrError, type HashJob } from "./verifier.ts";
 
 /** The worker's global scope, typed narrowly. */
 interface WorkerScope {
@@ -17,7 +15,7 @@ interface WorkerScope {
 }
 
 const scope = globalThis as unknown as WorkerScope;
-scope.onmessage = async (e: MessageEvent<HashJob>): Promise<void> => {
+scope.onmessage = (e: MessageEvent<HashJob>): void => {
   const job = e.data;
-  scope.postMessage({ id: job.id, ...await digestOrErrorAsync(job.fd, job.size) });
+  scope.postMessage({ id: job.id, ...digestOrError(job.fd, job.size) });
 };

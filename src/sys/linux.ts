@@ -93,8 +93,6 @@ export const MAP_POPULATE = 0x8000;
 export const MADV_SEQUENTIAL = 2;
 /** Will-need advice. */
 export const MADV_WILLNEED = 3;
-/** madvise(2): fault in the page tables of a range for reading (Linux 5.14+). */
-export const MADV_POPULATE_READ = 22;
 /** fallocate(2): allocate without changing the file size. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 /** fallocate(2): free the range (with KEEP_SIZE). */

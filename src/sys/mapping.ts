@@ -7,7 +7,7 @@
  */
 
 import { lastError, libc } from "../ffi.ts";
-import { MADV_POPULATE_READ, MADV_SEQUENTIAL, MAP_FAILED, MAP_SHARED, PROT_READ } from "./linux.ts";
+import { MADV_SEQUENTIAL, MAP_FAILED, MAP_SHARED, PROT_READ } from "./linux.ts";
 
 /**
  * A read-only shared mapping of a file.
@@ -88,35 +88,6 @@ export class ReadOnlyMapping implements Disposable {
   get bytes(): Uint8Array {
     if (this.#bytes === null) throw new TypeError("Mapping is closed");
     return this.#bytes;
-  }
-
-  /**
-   * Start faulting in the whole mapping's page tables on Deno's blocking pool
-   * (MADV_POPULATE_READ), so a reader walking the bytes on this thread finds them mapped instead
-   * of taking the faults itself: with a second CPU free, hashing a mapped object then costs
-   * about what hashing bytes in memory does. Resolves to false when the kernel refuses (before
-   * Linux 5.14) or the mapping is empty or closed. Await it before closing the mapping. Like
-   * reading, it allocates pages for the file's holes: use it only where reading every byte
-   * through the mapping is acceptable anyway.
-   *
-   * @example
-   * ```ts
-   * import { Memfd } from "@memfdbus/memfdbus";
-   * using memfd = Memfd.create("x");
-   * memfd.writeAll(new Uint8Array(1 << 16).fill(1));
-   * memfd.seal();
-   * using map = memfd.map();
-   * const populated = map.populateAhead();
-   * const sum = map.bytes.reduce((a, b) => a + b, 0);
-   * await populated;
-   * console.log(sum); // 65536
-   * ```
-   */
-  async populateAhead(): Promise<boolean> {
-    const ptr = this.#ptr;
-    if (ptr === null) return false;
-    const r = await libc.symbols.madvise_async(ptr, BigInt(this.#length), MADV_POPULATE_READ);
-    return r === 0;
   }
 
   /** The mapped length in bytes. */

@@ -705,16 +705,3 @@ Deno.test("allocateAhead allocates a memfd's pages without changing its size; re
   m.close();
   guard.assertClean();
 });
-
-Deno.test("populateAhead faults a mapping in on another thread; the bytes read the same", async () => {
-  using m = Memfd.create(UNIT);
-  const bytes = new Uint8Array(3 << 20).map((_, i) => (i * 13) & 0xff);
-  m.writeAll(bytes);
-  m.seal();
-  using map = m.map();
-  const populated = map.populateAhead();
-  assertEquals(map.bytes, bytes);
-  assertEquals(await populated, true);
-  map.close();
-  assertEquals(await map.populateAhead(), false);
-});
