@@ -11,7 +11,6 @@ import { closeQuietly, cstr, lastError, libc } from "../ffi.ts";
 import { fstat, isRegular } from "../sys/fd.ts";
 import { F_GET_SEALS, O_CLOEXEC, O_RDONLY, SEALS_IMMUTABLE } from "../sys/linux.ts";
 import { Memfd, memfdLabel } from "../sys/memfd.ts";
-import { ALLOCATE_AHEAD_MIN, allocateAhead, allocateAheadFrom, releaseAhead } from "../sys/copy.ts";
 import { digests } from "./hashing.ts";
 
 /**
@@ -75,13 +74,13 @@ export async function prepareSealed(
   label: string | Uint8Array,
   deferHash = false,
 ): Promise<Prepared> {
-  if (source instanceof Memfd) return await prepareFromFd(source.fd, label, false);
+  if (source instanceof Memfd) return prepareFromFd(source.fd, label, false);
   if (typeof source === "string") {
     const fd = libc.symbols.open(cstr(source), O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0) throw lastError("open", `open input: ${source}`);
     let prepared: Prepared;
     try {
-      prepared = await prepareFromFd(fd, label, true);
+      prepared = prepareFromFd(fd, label, true);
     } catch (e) {
       closeQuietly(fd);
       throw e;
@@ -94,13 +93,12 @@ export async function prepareSealed(
   }
   if (source instanceof Uint8Array) {
     const hashNow = !(deferHash && source.length >= EARLY_SEND_MIN);
-    if (!hashNow) return await prepareFromBytesAhead(source, label);
-    return prepareFromBytes([source], label, (await digests()).DigestBuilder);
+    return prepareFromBytes([source], label, hashNow ? (await digests()).DigestBuilder : null);
   }
   if (source instanceof ReadableStream) {
     return await prepareFromStream(source, label, (await digests()).DigestBuilder);
   }
-  return await prepareFromFd(source.fd, label, source.fromCurrentOffset ?? false);
+  return prepareFromFd(source.fd, label, source.fromCurrentOffset ?? false);
 }
 
 function sealedResult(memfd: Memfd, size: number, digest: string | null): Prepared {
@@ -129,35 +127,6 @@ function prepareFromBytes(
   }
 }
 
-/**
- * Copy bytes the caller holds into a fresh memfd without hashing them, a helper thread
- * allocating the memfd's pages ahead of the copy for large objects (see {@link allocateAhead}).
- * The copy itself runs synchronously, before the first await: what is published is the content
- * of `bytes` when `put` was called, as before.
- */
-async function prepareFromBytesAhead(
-  bytes: Uint8Array,
-  label: string | Uint8Array,
-): Promise<Prepared> {
-  const memfd = Memfd.create(memfdLabel(label));
-  let ahead: Promise<boolean> | null = null;
-  try {
-    if (bytes.length >= ALLOCATE_AHEAD_MIN) {
-      const from = allocateAheadFrom(bytes.length);
-      ahead = allocateAhead(memfd.fd, from, bytes.length - from);
-    }
-    memfd.writeAll(bytes);
-    // The helper may still be walking pages the copy already filled; let it finish before
-    // sealing (it never changes the size or any byte written).
-    await ahead;
-    return sealedResult(memfd, bytes.length, null);
-  } catch (e) {
-    await ahead?.catch(() => false);
-    memfd.close();
-    throw e;
-  }
-}
-
 async function prepareFromStream(
   stream: ReadableStream<Uint8Array>,
   label: string | Uint8Array,
@@ -179,11 +148,11 @@ async function prepareFromStream(
   }
 }
 
-async function prepareFromFd(
+function prepareFromFd(
   fd: number,
   label: string | Uint8Array,
   fromCurrentOffset: boolean,
-): Promise<Prepared> {
+): Prepared {
   const st = fstat(fd, "fstat input");
   // A sealed memfd (or any regular file carrying the four seals) is published as is: no copy.
   if (isRegular(st.mode)) {
@@ -193,29 +162,16 @@ async function prepareFromFd(
     }
   }
   const memfd = Memfd.create(memfdLabel(label));
-  // A large regular file read from its start: its size is known, so a helper thread can
-  // allocate the memfd's pages ahead of the in-kernel copy.
-  const expected = !fromCurrentOffset && isRegular(st.mode) ? Number(st.size) : 0;
-  let ahead: Promise<boolean> | null = null;
   try {
-    if (expected >= ALLOCATE_AHEAD_MIN) {
-      const from = allocateAheadFrom(expected);
-      ahead = allocateAhead(memfd.fd, from, expected - from);
-    }
     const copy = memfd.copyFrom(
       fd,
       undefined,
       { read: "read input", write: "write destination" },
       fromCurrentOffset || !isRegular(st.mode) ? undefined : 0,
     );
-    if (ahead !== null && await ahead && copy.bytes < expected) {
-      // The file shrank during the copy: free the pages allocated past its new end.
-      releaseAhead(memfd.fd, copy.bytes, expected - copy.bytes);
-    }
     memfd.seal();
     return { fd: memfd.fd, size: copy.bytes, digest: null, release: () => memfd.close() };
   } catch (e) {
-    await ahead?.catch(() => false);
     memfd.close();
     throw e;
   }

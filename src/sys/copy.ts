@@ -6,17 +6,7 @@
  */
 
 import { errno, errnoErrorOf, libc } from "../ffi.ts";
-import {
-  EAGAIN,
-  EBADF,
-  EINTR,
-  EINVAL,
-  ENOSYS,
-  EOPNOTSUPP,
-  EXDEV,
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-} from "./linux.ts";
+import { EAGAIN, EBADF, EINTR, EINVAL, ENOSYS, EOPNOTSUPP, EXDEV } from "./linux.ts";
 
 /**
  * How a copy labels its failures (the first word of `"<what>: <strerror>"`).
@@ -166,56 +156,4 @@ export function copyFd(
     method = "read/write";
   }
   return { bytes: done, method };
-}
-
-/** Files smaller than this are filled without a helper thread allocating ahead. */
-export const ALLOCATE_AHEAD_MIN = 8 << 20;
-
-/**
- * Start allocating the pages of `fd`'s byte range `[offset, offset + length)` on Deno's blocking
- * pool (fallocate with FALLOC_FL_KEEP_SIZE, so the file's size does not change), while the
- * caller goes on writing the bytes before `offset` on its own thread. Allocating a fresh shmem
- * page costs more than copying 4 KiB into it (measured on these machines: about 1.2–1.7 µs
- * against 0.8 µs a page), so with a second CPU free, a writer that finds its pages already
- * allocated fills a memfd in about half the time. It is only a hint: the promise resolves to
- * false when the file system or the kernel refuses (the writes then allocate as usual). Await it
- * before sealing. It touches no caller memory, only the file's pages.
- *
- * @param fd a regular file open for writing (a memfd)
- * @param offset where allocation starts (page aligned for best effect)
- * @param length bytes to allocate
- */
-export async function allocateAhead(fd: number, offset: number, length: number): Promise<boolean> {
-  if (length <= 0) return true;
-  const r = await libc.symbols.fallocate_async(
-    fd,
-    FALLOC_FL_KEEP_SIZE,
-    BigInt(offset),
-    BigInt(length),
-  );
-  return r === 0;
-}
-
-/**
- * Free the pages of `[offset, offset + length)` without changing the size (fallocate
- * FALLOC_FL_PUNCH_HOLE): pages {@link allocateAhead} allocated past what was finally written.
- * Returns false when the kernel refuses.
- */
-export function releaseAhead(fd: number, offset: number, length: number): boolean {
-  if (length <= 0) return true;
-  return libc.symbols.fallocate(
-    fd,
-    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-    BigInt(offset),
-    BigInt(length),
-  ) === 0;
-}
-
-/**
- * Where a filler of `size` bytes should start allocating ahead: the writer allocates and copies
- * the first fifth itself while the helper allocates the rest, so both meet near the end (writer
- * 2.4 µs a page for the first part then 0.9 µs, helper 1.5 µs a page, measured). Page aligned.
- */
-export function allocateAheadFrom(size: number): number {
-  return Math.floor(size / 5 / 4096) * 4096;
 }

@@ -95,8 +95,6 @@ export const MADV_SEQUENTIAL = 2;
 export const MADV_WILLNEED = 3;
 /** fallocate(2): allocate without changing the file size. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
-/** fallocate(2): free the range (with KEEP_SIZE). */
-export const FALLOC_FL_PUNCH_HOLE = 0x02;
 
 /** Socket constants. */
 export const AF_UNIX = 1;

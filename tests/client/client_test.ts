@@ -992,7 +992,7 @@ brokerTest(
     for (const id of [r.id, f.id]) {
       using obj = await client.get(id);
       assertEquals(obj.view, kept);
-      // The pages allocated ahead of the copy are exactly the object's, none past its end.
+      // Exactly the object's pages are allocated, none past its end.
       assertEquals(fstat(obj.fd).blocks * 512n, BigInt(Math.ceil(size / 4096) * 4096));
     }
   },

@@ -4,7 +4,6 @@ import { cstr, libc } from "../../src/ffi.ts";
 import { FileDescriptor, fstat } from "../../src/sys/fd.ts";
 import { O_CLOEXEC, O_RDONLY, O_RDWR } from "../../src/sys/linux.ts";
 import { ReadOnlyMapping } from "../../src/sys/mapping.ts";
-import { allocateAhead, allocateAheadFrom, releaseAhead } from "../../src/sys/copy.ts";
 import {
   brokerFdProblemText,
   describeFdProblem,
@@ -673,35 +672,3 @@ Deno.test(
     });
   }),
 );
-
-// ---- allocating ahead of a writer -------------------------------------------------------------
-
-Deno.test("allocateAhead allocates a memfd's pages without changing its size; releaseAhead frees them", async () => {
-  const guard = fdGuard();
-  using m = Memfd.create(UNIT);
-  const from = allocateAheadFrom(10 << 20);
-  assertEquals(from, 2097152);
-  assertEquals(await allocateAhead(m.fd, from, (10 << 20) - from), true);
-  let st = fstat(m.fd);
-  assertEquals(st.size, 0n);
-  ok(st.blocks * 512n >= BigInt((10 << 20) - from), `only ${st.blocks} blocks allocated`);
-  // The writer fills the whole range; the pages allocated ahead now hold its bytes.
-  const bytes = new Uint8Array(10 << 20).map((_, i) => i % 251);
-  m.writeAll(bytes);
-  st = fstat(m.fd);
-  assertEquals([st.size, st.blocks * 512n], [BigInt(bytes.length), BigInt(bytes.length)]);
-  // Pages allocated past what was written (a source that shrank) are given back.
-  assertEquals(await allocateAhead(m.fd, 10 << 20, 1 << 20), true);
-  assertEquals(fstat(m.fd).blocks * 512n, BigInt((10 << 20) + (1 << 20)));
-  assertEquals(releaseAhead(m.fd, 10 << 20, 1 << 20), true);
-  assertEquals([fstat(m.fd).size, fstat(m.fd).blocks * 512n], [BigInt(10 << 20), BigInt(10 << 20)]);
-  // A sealed memfd refuses: the hint reports it and nothing changes.
-  m.seal();
-  assertEquals(await allocateAhead(m.fd, 10 << 20, 1 << 20), false);
-  assertEquals(fstat(m.fd).blocks * 512n, BigInt(10 << 20));
-  const map = m.map();
-  assertEquals(map.bytes, bytes);
-  map.close();
-  m.close();
-  guard.assertClean();
-});
