@@ -80,7 +80,6 @@ export type { ClusterAuth, ClusterOptions, ClusterTls } from "./src/cluster/opti
 export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
 export type { PeerLimits } from "./src/core/fair_shares.ts";
 export {
-  describeFdProblem,
   getSeals,
   inspectSealedFd,
   isFdProblem,
@@ -91,6 +90,7 @@ export {
   type SealedFdInfo,
 } from "./src/sys/memfd.ts";
 export { type FdProblem } from "./src/protocol/fd_problem.ts";
+export { describeFdProblem } from "./src/client/fd_problem.ts";
 export { ReadOnlyMapping } from "./src/sys/mapping.ts";
 export { checkSocketPath, UnsafePathError } from "./src/sys/path_safety.ts";
 export { PeerUidError } from "./src/sys/peer_uid.ts";

@@ -26,7 +26,7 @@
  */
 
 import { type BrokerOptions, defaultBrokerOptions } from "./core/options.ts";
-import { Store } from "./core/store.ts";
+import { type ClusterShare, Store, type StoredObject } from "./core/store.ts";
 import { closeQuietly } from "./ffi.ts";
 import { HashPool } from "./hash/verifier.ts";
 import type { ShadowConfig } from "./shadow/link.ts";
@@ -212,6 +212,7 @@ export class Broker implements AsyncDisposable {
       run,
       diagnostics,
       governor,
+      ...(options.cluster === null ? {} : { share: (o: StoredObject) => this.#shareOf(o) }),
     });
     const hooks = this.#governorHooks = new GovernorHooks({
       store,
@@ -276,6 +277,10 @@ export class Broker implements AsyncDisposable {
       beginStop: () => this.#beginStop(true),
       stopping: () => run.stopping,
       releaseShadow: () => this.#mirror.release(),
+      ...(options.cluster === null ? {} : {
+        share: (o: StoredObject) => this.#shareOf(o),
+        handedOver: () => this.#cluster?.handedOver(),
+      }),
     });
     counters.attach({
       connections: () => sessions.size,
@@ -353,6 +358,8 @@ export class Broker implements AsyncDisposable {
         broker.#audit.line(`memfdbus broker listening on ${options.socket}`);
         if (start.shadow !== undefined) await broker.#mirror.attach(start.shadow, true);
       }
+      // Objects taken over or recovered go on where they were: queued uploads are queued again.
+      broker.#cluster?.recovered();
     } catch (e) {
       broker.#beginStop();
       broker.#finishStop();
@@ -372,6 +379,11 @@ export class Broker implements AsyncDisposable {
     return this.#failure;
   }
 
+  /** An object's cluster state, handed over and mirrored with it (with `--cluster`). */
+  #shareOf(o: StoredObject): ClusterShare | undefined {
+    return this.#cluster === null ? o.cluster : this.#cluster.shareOf(o);
+  }
+
   async #openCluster(cluster: NonNullable<BrokerOptions["cluster"]>): Promise<void> {
     const { ClusterBridge } = await import("./broker/cluster_bridge.ts");
     const bridge = await ClusterBridge.open(cluster, {
@@ -383,6 +395,8 @@ export class Broker implements AsyncDisposable {
       wake: (name) => this.#sessions.wake(name),
       governor: this.#governor,
       retire: (list, causeId) => this.#governorHooks.retire(list, causeId),
+      mirrorAdd: (id) => this.#mirror.added(id),
+      mirrorRemove: (id) => this.#mirror.removed(id),
     });
     this.#cluster = bridge;
     this.#sessions.attachCluster(bridge);
@@ -499,7 +513,7 @@ export class Broker implements AsyncDisposable {
       finished: (): boolean => run.stopping && this.#finishStopIfDone(),
       quiet: (): boolean =>
         sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting,
-      hashing: (): boolean => this.#hash.inFlight !== 0,
+      offLoopWork: (): boolean => this.#hash.inFlight !== 0 || this.#cluster?.busy === true,
       crashed: (e: unknown): void => {
         // A bug, not a client's doing: report it and stop cleanly rather than hang.
         this.#diagnostics(`memfdbus broker: internal error: ${(e as Error).stack ?? e}`);

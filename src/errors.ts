@@ -209,3 +209,23 @@ export class UsageError extends Error {
     this.name = "UsageError";
   }
 }
+
+/**
+ * Why a descriptor failed the sealed-memfd check: bad descriptor, fstat failure, not a regular
+ * file, size other than claimed, F_GET_SEALS failure, or seals missing.
+ *
+ * @example
+ * ```ts
+ * import { inspectSealedFd, isFdProblem, Memfd } from "@memfdbus/memfdbus";
+ * using memfd = Memfd.create("unsealed");
+ * const r = inspectSealedFd(memfd.fd);
+ * if (isFdProblem(r)) console.log(r.kind); // "seals"
+ * ```
+ */
+export type FdProblem =
+  | { readonly kind: "bad-fd" }
+  | { readonly kind: "fstat"; readonly errno: number }
+  | { readonly kind: "not-regular" }
+  | { readonly kind: "size"; readonly actual: bigint }
+  | { readonly kind: "get-seals"; readonly errno: number }
+  | { readonly kind: "seals"; readonly seals: number };

@@ -111,6 +111,8 @@ const symbols = {
   recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   /** int getsockname(int fd, struct sockaddr *addr, socklen_t *len) */
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /** int getpeername(int fd, struct sockaddr *addr, socklen_t *len) */
+  getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** int socketpair(int domain, int type, int protocol, int sv[2]) */
   socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   /** int shutdown(int fd, int how) */

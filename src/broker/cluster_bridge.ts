@@ -27,7 +27,7 @@ import type { Governor, PutRequest, Release } from "../core/governance.ts";
 import { blankRecord } from "../core/audit.ts";
 import { droppable, visible } from "../core/policy.ts";
 import type { ClusterView, RemoteAnswer, RemoteStep, RemoteVersion } from "../core/remote.ts";
-import type { Store, StoredObject } from "../core/store.ts";
+import type { ClusterShare, Store, StoredObject } from "../core/store.ts";
 import { closeQuietly } from "../ffi.ts";
 import { Text } from "../protocol/wire.ts";
 import { tryDup } from "../sys/fd.ts";
@@ -39,7 +39,11 @@ import {
   ClusterTier,
   type ClusterWatch,
 } from "../cluster/tier.ts";
-import { ClusterChangedError } from "../cluster/errors.ts";
+import {
+  ClusterChangedError,
+  ClusterClosedError,
+  ClusterQueueFullError,
+} from "../cluster/errors.ts";
 import type { AuditOutput, Diagnostics } from "./audit_sink.ts";
 import type { ClusterSeam, PublishResult } from "./cluster_seam.ts";
 import type { ObjectDescriptors } from "./descriptors.ts";
@@ -66,6 +70,10 @@ export interface BridgeParts {
   readonly governor?: Governor;
   /** Carry out the releases and evictions an admitted copy causes (the broker's GovernorHooks). */
   readonly retire?: (list: readonly Release[], causeId: number) => void;
+  /** Mirror a pulled copy to the shadow (so it survives a recovery with its origin). */
+  readonly mirrorAdd?: (id: number) => void;
+  /** Tell the shadow an object is gone (a copy of a version dropped on another host). */
+  readonly mirrorRemove?: (id: number) => void;
 }
 
 /** Policy checks a DROP makes before giving up while other hosts keep publishing the name. */
@@ -93,6 +101,8 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
   readonly #inflight = new Map<number, Promise<StoredObject>>();
   #watch: ClusterWatch | null = null;
   #seen = 0;
+  /** Requests waiting for the engine. */
+  #answering = 0;
   #off: () => void = () => {};
   /** The view handlers consult. */
   readonly view: ClusterView;
@@ -140,6 +150,14 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
     return b;
   }
 
+  /**
+   * True while work waits for the engine: a request (lookup, pull, drop, list) or a queued
+   * upload. The broker's loop then waits off-thread, so the engine's answers are taken at once.
+   */
+  get busy(): boolean {
+    return this.#answering > 0 || this.#tier.uploading;
+  }
+
   /** True while connected to the engine. */
   get connected(): boolean {
     return this.#tier.connected;
@@ -171,6 +189,7 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
 
   /** Carry out a handler's remote step; never rejects. */
   async answer(step: RemoteStep): Promise<RemoteAnswer> {
+    this.#answering++;
     try {
       switch (step.op) {
         case "fetch":
@@ -182,6 +201,8 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       }
     } catch (e) {
       return { kind: "error", text: message(e) };
+    } finally {
+      this.#answering--;
     }
   }
 
@@ -282,6 +303,7 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       origin: { host: v.originHost, id: v.originId, revision: v.revision },
     });
     governor?.added(obj);
+    this.#p.mirrorAdd?.(obj.id);
     events.emit("publish", obj);
     // Retention of the name and eviction apply to pulled copies as to PUTs; a released copy can
     // always be pulled again.
@@ -325,6 +347,7 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       if (this.#revOf(o) !== revision) continue;
       const last = store.remove(o);
       this.#p.governor?.removed(o);
+      this.#p.mirrorRemove?.(o.id);
       events.emit("drop", o);
       if (last) descriptors.release(o);
       removed = o;
@@ -340,16 +363,7 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       this.#keepLocal(obj);
       return null;
     }
-    const entry: ClusterEntry = {
-      name: obj.name,
-      digest: obj.digest,
-      size: obj.size,
-      owner: obj.owner,
-      allowed: obj.allowed,
-      originHost: this.#tier.hostId,
-      originId: obj.id,
-      createdNs: obj.createdNs,
-    };
+    const entry = this.#entryOf(obj);
     this.#rev.set(obj.id, PENDING);
     if (this.#sync) {
       if (!this.#tier.connected) {
@@ -370,6 +384,68 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       this.#p.diagnostics(`memfdbus broker: cluster: ${message(e)}`);
     }
     return null;
+  }
+
+  /**
+   * An object's cluster state, handed over and mirrored with it: undefined for pulled copies
+   * (their origin travels instead), `"local"`, `"queued"` (not known to be committed), or the
+   * revision that committed it (0: handled before, and not to be committed again).
+   */
+  shareOf(obj: StoredObject): ClusterShare | undefined {
+    if (obj.origin !== undefined) return undefined;
+    if (this.#localOnly.has(obj.id)) return "local";
+    const rev = this.#rev.get(obj.id);
+    if (rev === undefined) return obj.cluster;
+    return rev === PENDING ? "queued" : rev;
+  }
+
+  /**
+   * The store was filled from a broker taken over or from the shadow: take on each object's
+   * cluster state, and queue again the uploads that were not known to be committed (the tier
+   * reads the name's history first, so none is committed twice). Objects that came without a
+   * state stay on this host.
+   */
+  recovered(): void {
+    const store = this.#p.store;
+    for (const obj of store.values()) {
+      if (obj.origin !== undefined || this.#rev.has(obj.id)) continue;
+      const share = obj.cluster;
+      if (typeof share === "number") {
+        this.#rev.set(obj.id, share);
+        continue;
+      }
+      if (share !== "queued" || obj.name === obj.digest) {
+        this.#keepLocal(obj);
+        continue;
+      }
+      this.#rev.set(obj.id, PENDING);
+      const entry = this.#entryOf(obj);
+      this.#tier.requeue(entry, obj.fd).then(
+        (v) => {
+          if (v !== null) this.#committed(v);
+          else if (this.#p.store.byId(obj.id) === obj) this.#rev.set(obj.id, 0);
+        },
+        (e) => {
+          if (this.#p.store.byId(obj.id) !== obj) return;
+          this.#keepLocal(obj);
+          if (e instanceof ClusterQueueFullError || e instanceof ClusterClosedError) return;
+          this.#p.diagnostics(`memfdbus broker: cluster: ${message(e)}`);
+        },
+      );
+    }
+  }
+
+  #entryOf(obj: StoredObject): ClusterEntry {
+    return {
+      name: obj.name,
+      digest: obj.digest,
+      size: obj.size,
+      owner: obj.owner,
+      allowed: obj.allowed,
+      originHost: this.#tier.hostId,
+      originId: obj.id,
+      createdNs: obj.createdNs,
+    };
   }
 
   #keepLocal(obj: StoredObject): void {
@@ -434,6 +510,14 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       createdNs: v.createdNs,
       origin: { host: v.originHost, id: v.originId, revision: v.revision },
     });
+  }
+
+  /**
+   * A successor took this broker's objects over, queued uploads included: write nothing more to
+   * the engine (the connection closes with the broker).
+   */
+  handedOver(): void {
+    this.#tier.quiesce();
   }
 
   /** Stop watching and close the connection (queued uploads are abandoned). */

@@ -8,16 +8,17 @@
 
 import type { SealedCheck } from "../core/handlers.ts";
 import type { StoredObject } from "../core/store.ts";
-import { closeQuietly, cstr } from "../ffi.ts";
+import { closeQuietly, cstr, strerror } from "../ffi.ts";
 import { tryDup, tryOpen, tryOpenAt, trySeals } from "../sys/fd.ts";
 import { O_DIRECTORY, O_RDONLY, O_RDWR } from "../sys/linux.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { fdRejectionText } from "../protocol/fd_problem.ts";
 import type { ObjectEvents } from "./events.ts";
 
 /** Check that `fd` is a sealed memfd of `size` bytes, with the broker's wording of a problem. */
 export function checkSealedFd(fd: number, size: bigint): SealedCheck {
   const info = inspectSealedFd(fd, size);
-  return isFdProblem(info) ? { problem: brokerFdProblemText(info, size) } : info;
+  return isFdProblem(info) ? { problem: fdRejectionText(info, size, strerror) } : info;
 }
 
 /** The seal bits of a stored object's descriptor, or a negated errno. */

@@ -37,8 +37,11 @@ export interface LoopDriver {
   finished(): boolean;
   /** True when no deadline is pending, so the loop may sleep without a timeout. */
   quiet(): boolean;
-  /** True while Workers are hashing (then the loop waits off-thread to take their answers). */
-  hashing(): boolean;
+  /**
+   * True while work finishes outside the loop: Workers hashing, or cluster transfers (then the
+   * loop waits off-thread, so that the event loop takes their answers and data at once).
+   */
+  offLoopWork(): boolean;
   /** The loop failed (a bug): report it and stop. */
   crashed(error: unknown): void;
 }
@@ -67,10 +70,11 @@ export class EventLoop {
       for (;;) {
         if (driver.finished()) return;
         const now = performance.now();
-        // While a Worker verifies a digest, wait off-thread: the event loop then takes the
-        // Worker's answer the moment it comes (a thread blocked in epoll_wait would only see it
-        // at its next yield, which measured up to tens of milliseconds late).
-        const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS && !driver.hashing();
+        // While a Worker verifies a digest or the cluster tier streams a blob, wait off-thread:
+        // the event loop then takes the Worker's answer or the engine's data the moment it
+        // comes (a thread blocked in epoll_wait would only see it at its next yield, which
+        // measured up to tens of milliseconds late).
+        const busy = this.#blocking && now - lastEvent < IDLE_SWITCH_MS && !driver.offLoopWork();
         let events: PollEvent[];
         if (busy && now - lastYield < YIELD_MS) {
           // Block on this thread: the kernel wakes it directly, without a pool-thread hop. While

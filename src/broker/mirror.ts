@@ -15,7 +15,7 @@ import type { Store } from "../core/store.ts";
 import { closeQuietly } from "../ffi.ts";
 import type { HashPool } from "../hash/verifier.ts";
 import { type Refused, verifyRecovered } from "../shadow/admit.ts";
-import { type ShadowConfig, ShadowLink } from "../shadow/link.ts";
+import { type ShadowConfig, ShadowLink, type ShareOf } from "../shadow/link.ts";
 import { EPOLLET, EPOLLIN, EPOLLOUT } from "../sys/linux.ts";
 import type { Poller } from "../sys/poller.ts";
 import type { AuditOutput, Diagnostics } from "./audit_sink.ts";
@@ -39,6 +39,8 @@ export interface MirrorParts {
   readonly diagnostics: Diagnostics;
   /** Told of recovered objects added and removed. */
   readonly governor?: Governor;
+  /** With `--cluster`: each object's cluster state, mirrored with it. */
+  readonly share?: ShareOf;
 }
 
 /** The shadow mirror; inactive (replies never wait) until {@link ShadowMirror.attach}. */
@@ -69,6 +71,7 @@ export class ShadowMirror implements Commit {
     // Taking over, the old broker lets go of the shadow just before this: wait for that.
     const attached = ShadowLink.attach(config, recover ? 0 : 5_000);
     const { link, started } = attached;
+    link.share = p.share;
     let { objects, nextId } = attached;
     let refused: Refused[] = attached.refused;
     if (recover) {
@@ -146,6 +149,15 @@ export class ShadowMirror implements Commit {
     const obj = o.keptFd ? store.byId(id) : undefined;
     if (obj !== undefined) link.add(obj, store.nextId, done);
     else link.remove(id, done);
+    if (link.lost) this.#revive();
+  }
+
+  /** An object entered the store without a PUT (a copy pulled from the cluster tier). */
+  added(id: number): void {
+    const link = this.#link;
+    const obj = this.#p.store.byId(id);
+    if (link === null || obj === undefined) return;
+    link.add(obj, this.#p.store.nextId, () => {});
     if (link.lost) this.#revive();
   }
 

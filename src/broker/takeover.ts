@@ -18,7 +18,7 @@ import { Status } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
 import { FDS_PER_FRAME, Frame } from "../protocol/shadow_frames.ts";
 import { Cmd, encodeHeader, Text } from "../protocol/wire.ts";
-import { fetchState, serveState, type ShadowConfig } from "../shadow/link.ts";
+import { fetchState, serveState, type ShadowConfig, type ShareOf } from "../shadow/link.ts";
 import { FrameConn } from "../shadow/frame_conn.ts";
 import { setCloexec, setNonblocking } from "../sys/fd.ts";
 import { effectiveUid } from "../sys/spawn.ts";
@@ -111,6 +111,13 @@ export interface HandoverParts {
   readonly stopping: () => boolean;
   /** Let go of the shadow so that the successor can attach (it serves one broker). */
   readonly releaseShadow: () => void;
+  /** With `--cluster`: each object's cluster state, handed over with it. */
+  readonly share?: ShareOf;
+  /**
+   * The successor serves: from now on it owns the queued uploads (called before anything else
+   * can run, so this broker writes no name entry the successor may write too).
+   */
+  readonly handedOver?: () => void;
 }
 
 /** The old broker's side of a takeover. */
@@ -169,6 +176,7 @@ export class Handover {
     if (h === null) return "none";
     this.#pending = null;
     const ok = this.#transfer(h);
+    if (ok) this.#p.handedOver?.();
     if (!ok && "conn" in h) this.#p.sessions.close(h.conn);
     h.done(ok);
     return ok ? "done" : "failed";
@@ -209,7 +217,7 @@ export class Handover {
       setNonblocking(link.fd, true);
       const hello = link.nextBlocking(5_000);
       if (hello.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
-      serveState(link, p.store.values(), p.store.nextId);
+      serveState(link, p.store.values(), p.store.nextId, p.share);
       // Connections accepted but not read from yet go to the new broker too: their clients may
       // be sending a request right now, and it must be answered, not dropped.
       const idle = p.sessions.all().filter((c) => c.idle && !c.eof);

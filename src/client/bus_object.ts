@@ -7,9 +7,10 @@
 import { fromUtf8, toBinary } from "../protocol/bytes.ts";
 import { DIGEST_LEN, isValidDigest, NAME_HARD_MAX } from "../protocol/wire.ts";
 import { ProtocolError } from "../errors.ts";
-import { closeQuietly } from "../ffi.ts";
+import { closeQuietly, strerror } from "../ffi.ts";
 import { ReadOnlyMapping } from "../sys/mapping.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { fdRejectionText } from "../protocol/fd_problem.ts";
 import { closeAll } from "../sys/unix_socket.ts";
 import { digests } from "./hashing.ts";
 import type { Exchange } from "./request.ts";
@@ -240,7 +241,7 @@ export async function receiveObject(
     const info = inspectSealedFd(fd, h.size);
     if (isFdProblem(info)) {
       throw new ProtocolError(
-        `broker sent an invalid object fd: ${brokerFdProblemText(info, h.size)}`,
+        `broker sent an invalid object fd: ${fdRejectionText(info, h.size, strerror)}`,
       );
     }
     const digest = toBinary(digestChunk.bytes);

@@ -6,7 +6,6 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import { Memfd } from "../sys/memfd.ts";
 import { dupCloexec } from "../sys/fd.ts";
 import { type ClusterEntry, toObjectDigest } from "./model.ts";
@@ -98,7 +97,10 @@ export class Puller {
         throw new ClusterCorruptError(v.digest, `${r.info.digest} (${r.info.size} bytes)`);
       }
       mfd = Memfd.create(`cluster:${v.digest}`, { noexecSeal: "auto" });
-      const hash = createHash("sha256");
+      // The SHA-256 is checked by the object store client as the chunks arrive (native, see
+      // tier.ts), against the object's digest, which is the entry's (checked above): its stream
+      // ends (`done`) only when the bytes hash to it, and fails ("corrupt") otherwise. Hashing
+      // here again cost a second pass over every byte on the same thread (a fifth of the pull).
       let n = 0;
       for (;;) {
         let chunk: ReadableStreamReadResult<Uint8Array>;
@@ -113,12 +115,9 @@ export class Puller {
         if (chunk.done) break;
         n += chunk.value.length;
         if (n > v.size) throw new ClusterCorruptError(v.digest, `more than ${v.size} bytes`);
-        hash.update(chunk.value);
         mfd.writeAll(chunk.value);
       }
       if (n !== v.size) throw new ClusterCorruptError(v.digest, `${n} of ${v.size} bytes`);
-      const actual = "sha256:" + hash.digest("hex");
-      if (actual !== v.digest) throw new ClusterCorruptError(v.digest, actual);
       mfd.seal();
       this.#stats.pulls++;
       this.#stats.pulledBytes += n;

@@ -92,6 +92,11 @@ export class ClusterTier implements AsyncDisposable {
     return this.#link.connected;
   }
 
+  /** True while the upload queue holds work and the engine is reachable. */
+  get uploading(): boolean {
+    return this.#uploads.pending && this.#link.connected;
+  }
+
   /** Counters (queue depth, uploads, dedup hits, pulls). */
   get stats(): ClusterStats {
     return { ...this.#uploads.stats, ...this.#puller.stats };
@@ -133,7 +138,29 @@ export class ClusterTier implements AsyncDisposable {
    */
   publish(entry: ClusterEntry, fd: number): Promise<ClusterVersion> {
     return new Promise((resolve, reject) => {
-      const err = this.#uploads.add(entry, fd, resolve, reject);
+      const err = this.#uploads.add(entry, fd, (v) => {
+        if (v !== null) resolve(v);
+      }, reject);
+      if (err !== null) reject(err);
+    });
+  }
+
+  /**
+   * Queue again an object whose upload a predecessor (the broker taken over, or the one whose
+   * shadow was recovered) had queued and may or may not have committed. Before the commit the
+   * name's history is read: an entry of this host with the object's id, digest and creation
+   * time means it is committed already (resolves with that version, nothing is written); an
+   * entry of a later object of this host, or a full history that may have lost the entry, means
+   * it must not be written (resolves with null); otherwise the entry is written with a compare-and-set on the
+   * key's last revision, so a late commit of the predecessor cannot make it two revisions.
+   * Rejects like {@link ClusterTier.publish}.
+   *
+   * @param entry what the KV entry will say (with this host's id and the object's id)
+   * @param fd a sealed memfd of exactly `entry.size` bytes
+   */
+  requeue(entry: ClusterEntry, fd: number): Promise<ClusterVersion | null> {
+    return new Promise((resolve, reject) => {
+      const err = this.#uploads.add(entry, fd, resolve, reject, true);
       if (err !== null) reject(err);
     });
   }
@@ -193,6 +220,14 @@ export class ClusterTier implements AsyncDisposable {
    */
   watch(fromRevision: number, cb: (event: ClusterEvent) => void): ClusterWatch {
     return this.#watches.watch(fromRevision, cb);
+  }
+
+  /**
+   * Write nothing more to the engine from now on (a successor took the queued uploads over): a
+   * drain stops before its next step, and in particular before a name write. `close()` follows.
+   */
+  quiesce(): void {
+    this.#link.shut();
   }
 
   /**

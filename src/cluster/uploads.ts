@@ -8,12 +8,18 @@
  * @module
  */
 
-import { describeFdProblem, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { libraryFdProblemText } from "../protocol/fd_problem.ts";
+import { strerror } from "../ffi.ts";
 import { dupCloexec, FileDescriptor, pread } from "../sys/fd.ts";
+import type { KV } from "@nats-io/kv";
 import {
   type ClusterEntry,
   type ClusterVersion,
+  decodeRecord,
   encodePut,
+  type KeyRecord,
+  KV_HISTORY,
   nameKey,
   toObjectDigest,
 } from "./model.ts";
@@ -47,9 +53,19 @@ export interface UploadStats {
 interface Job {
   readonly entry: ClusterEntry;
   fd: number;
-  readonly resolve?: (v: ClusterVersion) => void;
+  /**
+   * Queued again after a takeover or a recovery from the shadow: the predecessor may have
+   * committed it already, so the commit checks the name's history first (see `#commitOnce`).
+   */
+  readonly recovered: boolean;
+  readonly resolve?: (v: ClusterVersion | null) => void;
   readonly reject?: (e: unknown) => void;
 }
+
+type HistoryVerdict =
+  | { readonly kind: "committed"; readonly revision: number }
+  | { readonly kind: "skip" }
+  | { readonly kind: "last"; readonly last: number };
 
 /** The bounded queue of objects to upload and name, drained in order. */
 export class UploadQueue {
@@ -64,6 +80,11 @@ export class UploadQueue {
     this.#link = link;
   }
 
+  /** True while objects wait in the queue. */
+  get pending(): boolean {
+    return this.#queue.length > 0;
+  }
+
   /** Counters and the queue's depth. */
   get stats(): UploadStats {
     return { ...this.#stats, queueEntries: this.#queue.length, queueBytes: this.#queueBytes };
@@ -76,19 +97,24 @@ export class UploadQueue {
    *
    * @param entry what the KV entry will say
    * @param fd a sealed memfd of exactly `entry.size` bytes (the queue dups it)
-   * @param resolve called with the committed version
+   * @param resolve called with the committed version (null: a recovered object that is not to
+   *   be committed, see `#commitOnce`)
    * @param reject called when the object cannot be committed
+   * @param recovered the object was queued by a predecessor (takeover, shadow recovery)
    */
   add(
     entry: ClusterEntry,
     fd: number,
-    resolve?: (v: ClusterVersion) => void,
+    resolve?: (v: ClusterVersion | null) => void,
     reject?: (e: unknown) => void,
+    recovered = false,
   ): Error | null {
     const o = this.#link.options;
     if (this.#link.closed) return new ClusterClosedError();
     const info = inspectSealedFd(fd, BigInt(entry.size));
-    if (isFdProblem(info)) return new TypeError(describeFdProblem(info, BigInt(entry.size)));
+    if (isFdProblem(info)) {
+      return new TypeError(libraryFdProblemText(info, BigInt(entry.size), strerror));
+    }
     if (
       this.#queue.length >= o.maxQueueEntries ||
       this.#queueBytes + entry.size > o.maxQueueBytes
@@ -98,7 +124,7 @@ export class UploadQueue {
       this.#link.hooks.onQueueOverflow?.(entry, err);
       return err;
     }
-    const job: Job = { entry, fd: dupCloexec(fd, "dup object for upload") };
+    const job: Job = { entry, fd: dupCloexec(fd, "dup object for upload"), recovered };
     if (resolve !== undefined && reject !== undefined) {
       Object.assign(job, { resolve, reject });
     }
@@ -135,11 +161,11 @@ export class UploadQueue {
       if (job === undefined) return;
       try {
         await link.waitConnected();
-        const [version, uploaded] = await this.#upload(job.entry, job.fd);
+        const [version, uploaded] = await this.#upload(job);
         this.#finish(job);
         backoff = 50;
         job.resolve?.(version);
-        link.hooks.onCommitted?.(version, uploaded);
+        if (version !== null) link.hooks.onCommitted?.(version, uploaded);
       } catch (e) {
         if (link.closed) return;
         if (!transient(e)) {
@@ -162,9 +188,17 @@ export class UploadQueue {
     job.fd = -1;
   }
 
-  async #upload(entry: ClusterEntry, fd: number): Promise<[ClusterVersion, boolean]> {
+  async #upload(job: Job): Promise<[ClusterVersion | null, boolean]> {
+    const { entry, fd } = job;
     const link = this.#link;
     const { kv, os } = link.bound("upload");
+    let last = 0;
+    if (job.recovered) {
+      const seen = await link.deadline("name history", this.#history(kv, entry));
+      if (seen.kind === "committed") return [{ ...entry, revision: seen.revision }, false];
+      if (seen.kind === "skip") return [null, false];
+      last = seen.last;
+    }
     const objDigest = toObjectDigest(entry.digest);
     const known = await link.deadline("object info", os.info(entry.digest));
     let uploaded = false;
@@ -186,12 +220,57 @@ export class UploadQueue {
     } else {
       this.#stats.dedupHits++;
     }
-    // The commit point: only now does the name refer to the blob.
+    // The commit point: only now does the name refer to the blob. A recovered object is
+    // written only if the name did not change since its history was read (else the drain tries
+    // again, and reads the history again): it cannot be committed twice.
+    const key = nameKey(entry.name);
+    if (link.closed) throw new ClusterClosedError();
     const revision = await link.deadline(
       "name put",
-      kv.put(nameKey(entry.name), encodePut(entry)),
+      !job.recovered
+        ? kv.put(key, encodePut(entry))
+        : last === 0
+        ? kv.create(key, encodePut(entry))
+        : kv.update(key, encodePut(entry), last),
     );
     return [{ ...entry, revision }, uploaded];
+  }
+
+  /**
+   * What a recovered object's name history says: committed already (an entry of this host
+   * with its id, digest and creation time), not to be committed (`skip`: a later object of this host is named
+   * there, so this one was handled before it, or the history is full and may have lost its
+   * entry; committing it could make an old version latest again), or the key's last revision
+   * (0: no key) for the compare-and-set.
+   */
+  async #history(kv: KV, entry: ClusterEntry): Promise<HistoryVerdict> {
+    const host = this.#link.options.hostId;
+    let last = 0;
+    let n = 0;
+    let later = false;
+    for await (const e of await kv.history({ key: nameKey(entry.name) })) {
+      n++;
+      last = Math.max(last, e.revision);
+      if (e.operation !== "PUT") continue;
+      let r: KeyRecord;
+      try {
+        r = decodeRecord(e.value);
+      } catch {
+        continue;
+      }
+      if (r.op !== "put" || r.entry.originHost !== host) continue;
+      const e2 = r.entry;
+      if (
+        e2.originId === entry.originId && e2.digest === entry.digest &&
+        e2.createdNs === entry.createdNs
+      ) {
+        return { kind: "committed", revision: e.revision };
+      }
+      // Ids restart with a broker that has no shadow: a later object is later in both.
+      if (e2.originId > entry.originId && e2.createdNs > entry.createdNs) later = true;
+    }
+    if (later || n >= KV_HISTORY) return { kind: "skip" };
+    return { kind: "last", last };
   }
 }
 

@@ -27,7 +27,19 @@ export interface StoredObject extends Owned {
   readonly uid?: number | undefined;
   /** Where an object pulled from the cluster tier was published (absent for local objects). */
   readonly origin?: ObjectOrigin | undefined;
+  /**
+   * The cluster state an object published on this host had when a shadow or an old broker
+   * handed it over (see {@link ClusterShare}); the cluster bridge tracks it from then on.
+   */
+  readonly cluster?: ClusterShare | undefined;
 }
+
+/**
+ * The cluster state of an object published on this host: kept on this host only (`"local"`),
+ * waiting for (or not known to have finished) its upload (`"queued"`), or committed under this
+ * cluster revision.
+ */
+export type ClusterShare = "local" | "queued" | number;
 
 /** The cluster-wide identity of an object published on another host. */
 export interface ObjectOrigin {

@@ -6,27 +6,10 @@
  * @module
  */
 
+import type { FdProblem } from "../errors.ts";
 import { Text } from "./wire.ts";
 
-/**
- * Why a descriptor failed the sealed-memfd check: bad descriptor, fstat failure, not a regular
- * file, size other than claimed, F_GET_SEALS failure, or seals missing.
- *
- * @example
- * ```ts
- * import { inspectSealedFd, isFdProblem, Memfd } from "@memfdbus/memfdbus";
- * using memfd = Memfd.create("unsealed");
- * const r = inspectSealedFd(memfd.fd);
- * if (isFdProblem(r)) console.log(r.kind); // "seals"
- * ```
- */
-export type FdProblem =
-  | { readonly kind: "bad-fd" }
-  | { readonly kind: "fstat"; readonly errno: number }
-  | { readonly kind: "not-regular" }
-  | { readonly kind: "size"; readonly actual: bigint }
-  | { readonly kind: "get-seals"; readonly errno: number }
-  | { readonly kind: "seals"; readonly seals: number };
+export type { FdProblem };
 
 /**
  * The broker's reply text for a refused descriptor (also what the C CLI prints after
@@ -52,6 +35,40 @@ export function fdRejectionText(
       return `size mismatch: header=${claimed} fd=${p.actual}`;
     case "get-seals":
       return `F_GET_SEALS failed: ${describeErrno(p.errno)}`;
+    case "seals":
+      return Text.notSealed;
+  }
+}
+
+/** EINVAL on Linux: what F_GET_SEALS fails with on a file that is not a memfd. */
+const EINVAL = 22;
+
+/**
+ * The C client library's wording of a descriptor problem (memfdbus_validate_fd), e.g.
+ * `size mismatch: expected=5 fd=4`.
+ *
+ * @param p the problem
+ * @param expectedSize the size the caller expected, if any
+ * @param describeErrno strerror(3) of an errno value
+ */
+export function libraryFdProblemText(
+  p: FdProblem,
+  expectedSize: bigint | undefined,
+  describeErrno: (errno: number) => string,
+): string {
+  switch (p.kind) {
+    case "bad-fd":
+      return "invalid object fd";
+    case "fstat":
+      return `fstat: ${describeErrno(p.errno)}`;
+    case "not-regular":
+      return Text.notRegular;
+    case "size":
+      return `size mismatch: expected=${expectedSize ?? 0n} fd=${p.actual}`;
+    case "get-seals":
+      return p.errno === EINVAL
+        ? "descriptor is not a sealed memfd"
+        : `F_GET_SEALS: ${describeErrno(p.errno)}`;
     case "seals":
       return Text.notSealed;
   }

@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { StoredObject } from "../core/store.ts";
+import type { ClusterShare, ObjectOrigin, StoredObject } from "../core/store.ts";
 
 /** `MFDS` as a little-endian u32. */
 export const SHADOW_MAGIC = 0x5344464d;
@@ -63,14 +63,31 @@ export interface WireObject {
   readonly allowed: string | null;
   /** Publication time in ns, decimal. */
   readonly created: string;
+  /**
+   * With `--cluster`: where a copy pulled from the cluster was published (absent for objects
+   * published on this host). An extension: receivers that do not know it ignore it.
+   */
+  readonly origin?: ObjectOrigin;
+  /**
+   * With `--cluster`, for objects published on this host: `"local"` (kept on this host),
+   * `"queued"` (waiting for upload, or not known to be committed) or the cluster revision that
+   * committed it (0: handled, not to be committed again). Absent means never shared. An
+   * extension like `origin`.
+   */
+  readonly cluster?: ClusterShare;
 }
 
 // btoa and atob work on binary strings, which is what names and job ids are.
 const b64 = (binary: string): string => btoa(binary);
 const unb64 = (s: string): string => atob(s);
 
-/** Metadata of a stored object for the wire. */
-export function toWire(o: StoredObject): WireObject {
+/**
+ * Metadata of a stored object for the wire.
+ *
+ * @param o the object
+ * @param share its cluster state now (else the one it was recovered with, if any)
+ */
+export function toWire(o: StoredObject, share: ClusterShare | undefined = o.cluster): WireObject {
   return {
     id: o.id,
     size: o.size,
@@ -79,6 +96,10 @@ export function toWire(o: StoredObject): WireObject {
     owner: o.owner === null ? null : b64(o.owner),
     allowed: o.allowed === null ? null : b64(o.allowed),
     created: String(o.createdNs),
+    ...(o.origin === undefined ? {} : {
+      origin: { host: o.origin.host, id: o.origin.id, revision: o.origin.revision },
+    }),
+    ...(share === undefined ? {} : { cluster: share }),
   };
 }
 
@@ -93,6 +114,8 @@ export function fromWire(w: WireObject, fd: number): StoredObject {
     owner: w.owner === null ? null : unb64(w.owner),
     allowed: w.allowed === null ? null : unb64(w.allowed),
     createdNs: BigInt(w.created),
+    ...(w.origin === undefined ? {} : { origin: w.origin }),
+    ...(w.cluster === undefined ? {} : { cluster: w.cluster }),
   };
 }
 

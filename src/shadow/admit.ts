@@ -8,8 +8,9 @@
  * @module
  */
 
-import { closeQuietly } from "../ffi.ts";
-import { brokerFdProblemText, inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { closeQuietly, strerror } from "../ffi.ts";
+import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
+import { fdRejectionText } from "../protocol/fd_problem.ts";
 import { fromWire, type WireObject } from "../protocol/shadow_frames.ts";
 import { isPrintableName } from "../protocol/names.ts";
 import { isValidDigest } from "../protocol/wire.ts";
@@ -27,6 +28,12 @@ export interface Refused {
 }
 
 const isId = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
+const isOrigin = (v: unknown): boolean => {
+  if (typeof v !== "object" || v === null) return false;
+  const o = v as Record<string, unknown>;
+  return typeof o.host === "string" && o.host !== "" && o.host.length <= 255 && isId(o.id) &&
+    isId(o.revision);
+};
 const isB64 = (v: unknown): v is string => typeof v === "string" && /^[A-Za-z0-9+/]*=*$/.test(v);
 
 /**
@@ -53,6 +60,13 @@ export function admitObject(w: unknown, fd: number): StoredObject | Refused {
   if (typeof o.created !== "string" || !/^[0-9]{1,20}$/.test(o.created)) {
     return refuse("malformed creation time");
   }
+  if (o.origin !== undefined && !isOrigin(o.origin)) return refuse("malformed origin");
+  if (
+    o.cluster !== undefined && o.cluster !== "local" && o.cluster !== "queued" &&
+    !(Number.isSafeInteger(o.cluster) && (o.cluster as number) >= 0)
+  ) {
+    return refuse("malformed cluster state");
+  }
   const obj = fromWire(o as unknown as WireObject, fd);
   if (obj.name === "" || !isPrintableName(obj.name)) {
     return refuse("name breaks the name rule (empty, control bytes or invalid UTF-8)");
@@ -66,7 +80,7 @@ export function admitObject(w: unknown, fd: number): StoredObject | Refused {
     }
   }
   const info = inspectSealedFd(fd, BigInt(obj.size));
-  if (isFdProblem(info)) return refuse(brokerFdProblemText(info, BigInt(obj.size)), obj.name);
+  if (isFdProblem(info)) return refuse(fdRejectionText(info, BigInt(obj.size), strerror), obj.name);
   return obj;
 }
 

@@ -11,7 +11,7 @@ import { childHasExited } from "../sys/spawn.ts";
 import { FrameConn, type FrameIn, LinkClosed } from "./frame_conn.ts";
 import { ECONNREFUSED, ENOENT } from "../sys/linux.ts";
 import { FDS_PER_FRAME, Frame, toWire } from "../protocol/shadow_frames.ts";
-import type { StoredObject } from "../core/store.ts";
+import type { ClusterShare, StoredObject } from "../core/store.ts";
 import { connectUnix, sockaddrUn, socketPathTooLong, unixSocket } from "../sys/unix_socket.ts";
 import { checkSocketPath } from "../sys/path_safety.ts";
 import { requireSameUid } from "../sys/peer_uid.ts";
@@ -166,12 +166,23 @@ function readState(
   }
 }
 
-/** Queue objects in OBJECTS batches. */
-export function queueObjects(conn: FrameConn, objects: Iterable<StoredObject>): void {
+/** An object's cluster state now (with `--cluster`), for the frames that carry it. */
+export type ShareOf = (o: StoredObject) => ClusterShare | undefined;
+
+/** Queue objects in OBJECTS batches (with their cluster state, when `share` is given). */
+export function queueObjects(
+  conn: FrameConn,
+  objects: Iterable<StoredObject>,
+  share?: ShareOf,
+): void {
   let batch: StoredObject[] = [];
   const emit = (): void => {
     if (batch.length === 0) return;
-    conn.queue(Frame.OBJECTS, batch.map(toWire), batch.map((o) => o.fd));
+    conn.queue(
+      Frame.OBJECTS,
+      batch.map((o) => toWire(o, share === undefined ? o.cluster : share(o))),
+      batch.map((o) => o.fd),
+    );
     batch = [];
   };
   for (const o of objects) {
@@ -182,8 +193,13 @@ export function queueObjects(conn: FrameConn, objects: Iterable<StoredObject>): 
 }
 
 /** Answer a HELLO on `conn` with the given state (used by a broker handing over). */
-export function serveState(conn: FrameConn, objects: Iterable<StoredObject>, nextId: number): void {
-  queueObjects(conn, objects);
+export function serveState(
+  conn: FrameConn,
+  objects: Iterable<StoredObject>,
+  nextId: number,
+  share?: ShareOf,
+): void {
+  queueObjects(conn, objects, share);
   conn.queue(Frame.STATE_END, { nextId });
 }
 
@@ -208,6 +224,8 @@ export class ShadowLink {
   onReconnect: (oldFd: number, newFd: number) => void = () => {};
   /** Called with a message when the shadow had to be revived or could not be. */
   onTrouble: (message: string) => void = () => {};
+  /** With `--cluster`: each object's cluster state, mirrored with it. */
+  share: ShareOf | undefined = undefined;
 
   private constructor(config: ShadowConfig, conn: FrameConn) {
     this.#config = config;
@@ -267,7 +285,7 @@ export class ShadowLink {
     const conn = this.#conn;
     if (conn === null) return done();
     conn.queue(Frame.SEED, null);
-    queueObjects(conn, objects);
+    queueObjects(conn, objects, this.share);
     conn.queue(Frame.SEED_END, { nextId });
     this.#push(done);
     this.#flush();
@@ -277,7 +295,8 @@ export class ShadowLink {
   add(obj: StoredObject, nextId: number, done: () => void): void {
     const conn = this.#conn;
     if (conn === null) return done();
-    conn.queue(Frame.ADD, { object: toWire(obj), nextId }, [obj.fd]);
+    const share = this.share === undefined ? obj.cluster : this.share(obj);
+    conn.queue(Frame.ADD, { object: toWire(obj, share), nextId }, [obj.fd]);
     this.#push(done);
     this.#flush();
   }

@@ -16,7 +16,7 @@
  */
 
 import { copyFd, type CopyLabels, type CopyResult } from "./copy.ts";
-import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc, strerror } from "../ffi.ts";
+import { check, checkBig, cstr, errno, lastError, libc } from "../ffi.ts";
 import { fstat, isRegular, seek, tryFstat, trySeals, writeAll } from "./fd.ts";
 import {
   EBADF,
@@ -38,8 +38,7 @@ import {
   SYS_memfd_create,
 } from "./linux.ts";
 import { ReadOnlyMapping } from "./mapping.ts";
-import { type FdProblem, fdRejectionText } from "../protocol/fd_problem.ts";
-import { Text } from "../protocol/wire.ts";
+import type { FdProblem } from "../errors.ts";
 
 /**
  * File seals (fcntl(2) F_ADD_SEALS). Combine them with `|`.
@@ -202,43 +201,6 @@ export function inspectSealedFd(
  */
 export function isFdProblem(r: SealedFdInfo | FdProblem): r is FdProblem {
   return "kind" in r;
-}
-
-/**
- * The C library's wording of a descriptor problem (memfdbus_validate_fd), e.g.
- * `size mismatch: expected=5 fd=4`.
- *
- * @example
- * ```ts
- * import { describeFdProblem } from "@memfdbus/memfdbus";
- * console.log(describeFdProblem({ kind: "size", actual: 4n }, 5n)); // size mismatch: expected=5 fd=4
- * ```
- */
-export function describeFdProblem(p: FdProblem, expectedSize: bigint | undefined): string {
-  switch (p.kind) {
-    case "bad-fd":
-      return "invalid object fd";
-    case "fstat":
-      return errnoErrorOf("fstat", p.errno).message;
-    case "not-regular":
-      return Text.notRegular;
-    case "size":
-      return `size mismatch: expected=${expectedSize ?? 0n} fd=${p.actual}`;
-    case "get-seals":
-      return p.errno === EINVAL
-        ? "descriptor is not a sealed memfd"
-        : errnoErrorOf("fcntl", p.errno, "F_GET_SEALS").message;
-    case "seals":
-      return Text.notSealed;
-  }
-}
-
-/**
- * The broker's wording of a descriptor problem (see `fdRejectionText` in
- * src/protocol/fd_problem.ts), with errno values described by strerror(3).
- */
-export function brokerFdProblemText(p: FdProblem, claimed: bigint): string {
-  return fdRejectionText(p, claimed, strerror);
 }
 
 /**

@@ -266,6 +266,25 @@ export function inheritedListener(fd: number): string {
   return path[0] === 0 ? "" : new TextDecoder().decode(end < 0 ? path : path.subarray(0, end));
 }
 
+/**
+ * The path of a Unix socket's own (`"sock"`, getsockname) or peer (`"peer"`, getpeername)
+ * address, or null when the descriptor has none (not a socket, unbound, abstract, or closed).
+ */
+export function trySocketAddressPath(fd: number, which: "sock" | "peer"): string | null {
+  const addr = new Uint8Array(SOCKADDR_UN_SIZE);
+  const alen = new Uint8Array(4);
+  new DataView(alen.buffer).setUint32(0, SOCKADDR_UN_SIZE, true);
+  const r = which === "sock"
+    ? libc.symbols.getsockname(fd, addr, alen)
+    : libc.symbols.getpeername(fd, addr, alen);
+  const n = new DataView(alen.buffer).getUint32(0, true);
+  if (r < 0 || n <= SockaddrUn.path) return null;
+  const path = addr.subarray(SockaddrUn.path, Math.min(SOCKADDR_UN_SIZE, n));
+  if (path[0] === 0) return null;
+  const end = path.indexOf(0);
+  return new TextDecoder().decode(end < 0 ? path : path.subarray(0, end));
+}
+
 /** A connected pair of AF_UNIX stream sockets, close-on-exec and blocking. */
 export function unixSocketPair(): [number, number] {
   const pair = new Int32Array(2);

@@ -9,6 +9,7 @@ import { assertEquals } from "./assert.ts";
 import { closeQuietly, libc } from "../../src/ffi.ts";
 import { F_GETFD, FD_CLOEXEC, O_CLOEXEC } from "../../src/sys/linux.ts";
 import { Memfd, Seal } from "../../src/sys/memfd.ts";
+import { trySocketAddressPath } from "../../src/sys/unix_socket.ts";
 import { fdCount, fdTable } from "./harness.ts";
 import { waitFor } from "./wait.ts";
 
@@ -50,29 +51,8 @@ export function ownSealedMemfd(
 
 const ownTargets = new Set<string>();
 
-// getpeername is not among src/ffi.ts's bindings (the library never needs it); the tests bind it
-// here, next to getsockname, to attribute sockets to this module.
-const sockLib = Deno.dlopen(
-  "libc.so.6",
-  {
-    getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-    getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
-  } as const,
-);
-
 /** The path of a socket's own (`"sock"`) or peer (`"peer"`) address, or null. */
-export function socketAddressPath(fd: number, which: "sock" | "peer"): string | null {
-  const addr = new Uint8Array(110);
-  const len = new Uint32Array([110]);
-  const lenBytes = new Uint8Array(len.buffer);
-  const r = which === "sock"
-    ? sockLib.symbols.getsockname(fd, addr, lenBytes)
-    : sockLib.symbols.getpeername(fd, addr, lenBytes);
-  if (r < 0 || (len[0] ?? 0) <= 2) return null;
-  const path = addr.subarray(2, Math.min(110, len[0] ?? 0));
-  const nul = path.indexOf(0);
-  return new TextDecoder().decode(nul < 0 ? path : path.subarray(0, nul));
-}
+export const socketAddressPath = trySocketAddressPath;
 
 /** What a descriptor refers to (readlink of /proc/self/fd/N), or null when it is not open. */
 export function fdTarget(fd: number): string | null {

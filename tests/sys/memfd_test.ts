@@ -1,12 +1,12 @@
 import { assertEquals, ok, throws } from "../support/assert.ts";
 import { ErrnoError } from "../../src/errors.ts";
-import { cstr, libc } from "../../src/ffi.ts";
+import { cstr, libc, strerror } from "../../src/ffi.ts";
+import { describeFdProblem } from "../../src/client/fd_problem.ts";
+import { fdRejectionText } from "../../src/protocol/fd_problem.ts";
 import { FileDescriptor, fstat } from "../../src/sys/fd.ts";
 import { O_CLOEXEC, O_RDONLY, O_RDWR } from "../../src/sys/linux.ts";
 import { ReadOnlyMapping } from "../../src/sys/mapping.ts";
 import {
-  brokerFdProblemText,
-  describeFdProblem,
   type FdProblem,
   getSeals,
   inspectSealedFd,
@@ -407,7 +407,7 @@ Deno.test("describeFdProblem words each problem like memfdbus_validate_fd", () =
   );
 });
 
-Deno.test("brokerFdProblemText words each problem like the C broker", () => {
+Deno.test("fdRejectionText words each problem like the C broker", () => {
   const cases: [FdProblem, string][] = [
     [{ kind: "bad-fd" }, "missing memfd descriptor"],
     [{ kind: "fstat", errno: 5 }, "fstat failed: Input/output error"],
@@ -417,9 +417,9 @@ Deno.test("brokerFdProblemText words each problem like the C broker", () => {
     [{ kind: "get-seals", errno: 9 }, "F_GET_SEALS failed: Bad file descriptor"],
     [{ kind: "seals", seals: 0 }, "fd is not fully immutable-sealed"],
   ];
-  assertEquals(cases.map(([p]) => brokerFdProblemText(p, 5n)), cases.map(([, t]) => t));
+  assertEquals(cases.map(([p]) => fdRejectionText(p, 5n, strerror)), cases.map(([, t]) => t));
   assertEquals(
-    brokerFdProblemText({ kind: "size", actual: 0n }, 18446744073709551615n),
+    fdRejectionText({ kind: "size", actual: 0n }, 18446744073709551615n, strerror),
     "size mismatch: header=18446744073709551615 fd=0",
   );
 });

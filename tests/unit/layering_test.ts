@@ -27,10 +27,7 @@ import { assertEquals, ok } from "../support/assert.ts";
  * Today's violations, as `file -> import (rule N)` or `file calls Deno.dlopen (rule 4)`. Remove
  * an entry when its violation is gone (the test says which).
  */
-const KNOWN_VIOLATIONS: readonly string[] = [
-  "src/sys/memfd.ts -> src/protocol/fd_problem.ts (rule 3)",
-  "src/sys/memfd.ts -> src/protocol/wire.ts (rule 3)",
-];
+const KNOWN_VIOLATIONS: readonly string[] = [];
 
 /** A source file: its repository-relative path and its text. */
 interface SourceFile {
