@@ -33,12 +33,16 @@ export {
   type GetOptions,
   jobIdFromEnv,
   type JobOption,
+  type JobUsageEntry,
   type ListEntry,
   type ObjectStat,
   type PutOptions,
   type PutResult,
   type PutSource,
   type Selector,
+  type UidUsageEntry,
+  type UsageEntry,
+  type UsageReport,
 } from "./src/client.ts";
 export { type AuditSink, Broker, type BrokerStartOptions } from "./src/broker.ts";
 export { ShadowBusyError, type ShadowConfig } from "./src/shadow/link.ts";
@@ -55,6 +59,7 @@ export {
   Status,
   type StatusCode,
   TimeoutError,
+  UnsupportedError,
   UsageError,
 } from "./src/errors.ts";
 export { ConnectError, SocketPathError } from "./src/client/connection.ts";
@@ -77,7 +82,7 @@ export {
 } from "./src/core/policy.ts";
 export type { MetricsAddress } from "./src/core/options.ts";
 export type { ClusterAuth, ClusterOptions, ClusterTls } from "./src/cluster/options.ts";
-export type { QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
+export type { PinRule, QuotaLimits, Quotas, RetentionRule } from "./src/core/governance.ts";
 export type { PeerLimits } from "./src/core/fair_shares.ts";
 export {
   getSeals,

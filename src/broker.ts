@@ -60,6 +60,7 @@ import { type BrokerMetrics, type MetricsServer, serveMetrics } from "./broker/m
 import { brokerMetrics } from "./broker/observe.ts";
 import type { MetricsAddress } from "./core/options.ts";
 import { FairShares } from "./broker/fair_shares.ts";
+import { withJobShares } from "./core/fair_shares.ts";
 import { effectiveUid } from "./sys/spawn.ts";
 // Only the type: the bridge and the NATS client are imported when the broker runs with --cluster.
 import type { ClusterBridge } from "./broker/cluster_bridge.ts";
@@ -197,7 +198,11 @@ export class Broker implements AsyncDisposable {
     const poller = loop.poller;
     const waits = this.#waits;
     const descriptors = this.#descriptors = new ObjectDescriptors(options.readOnlyFds, events);
-    const governor = this.#governor = new Governor(options, store);
+    // Jobs the policy binds hold at most a share of the store (src/core/fair_shares.ts).
+    const governor = this.#governor = new Governor({
+      ...options,
+      quotas: withJobShares(options.quotas, options.policy.jobs.keys(), options),
+    }, store);
     const watchers = this.#watchers = new Watchers({
       events,
       clock: realtimeNs,
@@ -236,6 +241,7 @@ export class Broker implements AsyncDisposable {
       quotas: options.quotas,
       global: options,
       exempt: [0, effectiveUid()],
+      boundJobs: new Set(options.policy.jobs.keys()),
     }, governor);
     const sessions = this.#sessions = new Sessions({
       options,

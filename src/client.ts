@@ -45,6 +45,8 @@ import { basename, putByBroker, putEarly, putSealedFd } from "./client/put.ts";
 import { getOnce, statRequest, waitExpired } from "./client/get_stat.ts";
 import type { Connection } from "./client/connection.ts";
 import { Watch, type WatchTarget } from "./client/watch.ts";
+import { usageRequest } from "./client/usage.ts";
+import type { UsageReport } from "./protocol/usage.ts";
 
 /** Options of {@link Client.watch}. */
 export interface ClientWatchOptions {
@@ -79,6 +81,7 @@ export {
 export { type FdSource, type PutSource } from "./client/put_source.ts";
 export { type Selector } from "./client/selectors.ts";
 export { type ListEntry, parseList } from "./protocol/list.ts";
+export type { JobUsageEntry, UidUsageEntry, UsageEntry, UsageReport } from "./protocol/usage.ts";
 
 /**
  * A client of one broker. Cheap to create; holds at most a few idle connections, closed by
@@ -321,6 +324,26 @@ export class Client implements AsyncDisposable, Disposable {
       ownerUsage: null,
       origin: null,
     };
+  }
+
+  // ---- USAGE -------------------------------------------------------------------------------
+
+  /**
+   * What the broker, jobs and uids hold (objects, bytes charged after dedup) next to their
+   * limits. With a job (the client's or `options.jobId`) the report shows that job only; without
+   * one it shows every job. Uids: your own, or every uid for root and the broker's own uid.
+   * Throws {@link UnsupportedError} against a broker without the extension (a C broker).
+   *
+   * @example
+   * ```ts ignore
+   * import { Client } from "@memfdbus/memfdbus";
+   * await using client = new Client({ jobId: "trainer" });
+   * const { jobs } = await client.usage();
+   * console.log(jobs[0]?.bytes, jobs[0]?.maxBytes);
+   * ```
+   */
+  async usage(options: JobOption = {}): Promise<UsageReport> {
+    return await usageRequest(this.#link, this.#job(options));
   }
 
   // ---- LIST --------------------------------------------------------------------------------

@@ -211,6 +211,39 @@ export class UsageError extends Error {
 }
 
 /**
+ * The broker does not know an extension the call needs (a C memfdbus broker, or an older
+ * memfdbus, answered `unknown command`), as in
+ * `the broker does not support usage (a C memfdbus broker or an older memfdbus)`.
+ *
+ * @example
+ * ```ts ignore
+ * import { Client, UnsupportedError } from "@memfdbus/memfdbus";
+ * await using client = new Client();
+ * try {
+ *   console.log(await client.usage());
+ * } catch (e) {
+ *   if (e instanceof UnsupportedError) console.error(e.message);
+ *   else throw e;
+ * }
+ * ```
+ */
+export class UnsupportedError extends Error {
+  /** The extension, for example `usage`. */
+  readonly feature: string;
+
+  /**
+   * Name the extension the broker lacks.
+   *
+   * @param feature the extension, for example `usage`
+   */
+  constructor(feature: string) {
+    super(`the broker does not support ${feature} (a C memfdbus broker or an older memfdbus)`);
+    this.name = "UnsupportedError";
+    this.feature = feature;
+  }
+}
+
+/**
  * Why a descriptor failed the sealed-memfd check: bad descriptor, fstat failure, not a regular
  * file, size other than claimed, F_GET_SEALS failure, or seals missing.
  *

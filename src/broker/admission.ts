@@ -35,6 +35,8 @@ import type { Poller } from "../sys/poller.ts";
 import { acceptUnix, peerCredentials, sendSome } from "../sys/unix_socket.ts";
 import type { AuditOutput } from "./audit_sink.ts";
 import type { Conn } from "./connection.ts";
+import type { Store } from "../core/store.ts";
+import type { UsageReport } from "../protocol/usage.ts";
 import type { BrokerCounters } from "./counters.ts";
 import { LISTEN_TOKEN } from "./loop.ts";
 import type { RunState, Sessions } from "./session.ts";
@@ -55,6 +57,19 @@ export interface PeerLedger {
   unparked(conn: Conn): void;
   /** Would one more object of `size` bytes take `uid` past its share? The text, or null. */
   storing(uid: number | undefined, size: number): string | null;
+  /** A WATCH asks to become a stream: the refusal text, or null (then it is counted). */
+  watching?(conn: Conn): string | null;
+  /** The USAGE report for `conn`'s peer asking as `caller`. */
+  usage?(conn: Conn, caller: string | null, store: Store): UsageReport;
+  /** True while some uid is not read from (see {@link PeerLedger.mayRead}). */
+  readonly throttling: boolean;
+  /**
+   * The connection's unsent reply holds `bytes` bytes and `fds` descriptors now; returns the
+   * connections to read from again when its uid went back under its reply share, else null.
+   */
+  replying(conn: Conn, bytes: number, fds: number): Conn[] | null;
+  /** May a new request be read from `conn`? False while its uid holds its reply share. */
+  mayRead(conn: Conn): boolean;
 }
 
 /** The listening socket this broker serves. */

@@ -8,7 +8,7 @@
  */
 
 import type { AuditPeer } from "../core/audit.ts";
-import type { Handler, Outcome, Step } from "../core/handlers.ts";
+import type { Handler, Outcome, ReplyStream, Step } from "../core/handlers.ts";
 import type { Header } from "../protocol/wire.ts";
 import { closeQuietly } from "../ffi.ts";
 import { HEADER_SIZE } from "../protocol/wire.ts";
@@ -87,6 +87,17 @@ export class Conn {
   outcome: Outcome | null = null;
   out: Uint8Array = EMPTY;
   outOff = 0;
+  /** Bytes of the reply sent before {@link Conn.out} (earlier chunks of a streamed body). */
+  outBase = 0;
+  /** The rest of a streamed reply body (LIST), or null. */
+  stream: ReplyStream | null = null;
+  /** Reply bytes and descriptors this connection is counted for in its uid's reply share. */
+  heldBytes = 0;
+  heldFds = 0;
+  /** The digest a Worker computes from {@link Conn.reqFd}, until it settles. */
+  hashing: Promise<unknown> | null = null;
+  /** Reading stopped because the uid holds its whole reply share (see `fair_shares.ts`). */
+  throttled = false;
   replyFd = -1;
   registered = false;
   keepAlive = false;
@@ -218,6 +229,9 @@ export class Conn {
   clearReply(): void {
     this.outcome = null;
     this.out = EMPTY;
+    this.outOff = 0;
+    this.outBase = 0;
+    this.stream = null;
     if (this.replyFd >= 0) closeQuietly(this.replyFd);
     this.replyFd = -1;
   }

@@ -22,6 +22,7 @@ const OPS: readonly AuditOp[] = [
   "release",
   "evict",
   "watch",
+  "usage",
   "unknown",
 ];
 const RESULTS: readonly AuditResult[] = ["ok", "bad_request", "not_found", "forbidden", "error"];

@@ -93,7 +93,17 @@ export class ShadowMirror implements Commit {
     link.onTrouble = (message) => this.#recoverRecord("error", message, store.count);
     p.poller.add(link.fd, EPOLLIN | EPOLLOUT | EPOLLET, SHADOW_TOKEN);
     let bytes = 0;
-    for (const obj of objects) {
+    for (const recovered of objects) {
+      // Objects that shared a memfd before the restart come back on separate descriptors: with
+      // dedup on, share them again so the bytes charged to the broker, jobs and uids stay the same.
+      const shared = p.governor?.rules.dedup === true
+        ? store.contentOf(recovered.digest, recovered.size)
+        : undefined;
+      let obj = recovered;
+      if (shared !== undefined) {
+        closeQuietly(recovered.fd);
+        obj = { ...recovered, fd: shared.fd };
+      }
       store.restore(obj, nextId);
       p.governor?.added(obj);
       p.events.emit("publish", obj);

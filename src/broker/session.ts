@@ -27,6 +27,7 @@ import {
 import type { StoredObject } from "../core/store.ts";
 import { Status } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
+import { closeDropped } from "../sys/closer.ts";
 import {
   Cmd,
   decodeHeader,
@@ -39,7 +40,7 @@ import {
   Text,
   withExt,
 } from "../protocol/wire.ts";
-import { isRegular, tryFstat } from "../sys/fd.ts";
+import { isRegular, tryFstatCached } from "../sys/fd.ts";
 import { peerUid } from "../sys/peer_uid.ts";
 import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../sys/linux.ts";
 import type { PollEvent } from "../sys/poller.ts";
@@ -94,6 +95,7 @@ export class Sessions {
       watch: (conn) => this.#watch(conn),
       close: (conn) => this.close(conn),
       lingered: () => this.lingering++,
+      again: (conn) => this.#again(conn),
     };
   }
 
@@ -218,11 +220,50 @@ export class Sessions {
     this.#p.poller.add(conn.fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn.token);
   }
 
+  /**
+   * Have the loop come back to a writable connection at its next turn: re-arming an
+   * edge-triggered registration reports the readiness that holds now, so other connections are
+   * served in between (a streamed reply yields this way after each chunk).
+   */
+  #again(conn: Conn): void {
+    if (conn.fd < 0) return;
+    if (!conn.registered) this.#watch(conn);
+    else this.#p.poller.modify(conn.fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn.token);
+  }
+
+  /**
+   * Tell the per-uid ledger what the connection's unsent reply holds now (bytes queued, a
+   * LIST's snapshot, a descriptor not yet sent), and read again from connections whose uid this
+   * took back under its reply share.
+   */
+  #held(conn: Conn): void {
+    const ledger = this.#p.ledger;
+    if (ledger === null) return;
+    const sending = conn.state === State.Send;
+    const bytes = sending ? conn.out.length - conn.outOff + (conn.stream?.heldBytes ?? 0) : 0;
+    const fds = sending && conn.replyFd >= 0 ? 1 : 0;
+    const resume = ledger.replying(conn, bytes, fds);
+    if (resume === null) return;
+    const deadline = performance.now() + this.#p.options.requestTimeoutMs;
+    for (const c of resume) {
+      if (c.state !== State.Header || c.fd < 0) continue;
+      c.deadline = deadline;
+      this.#again(c);
+    }
+  }
+
   /** Drive a connection as far as it can go without blocking. */
   pump(conn: Conn): void {
     for (;;) {
       switch (conn.state) {
         case State.Header:
+          if (conn.throttled) return;
+          if (this.#p.ledger !== null && !this.#p.ledger.mayRead(conn)) {
+            // Its uid holds its whole share of unread replies: no new request starts until
+            // they drain (then #held re-arms it); the wait is the broker's, not a timeout.
+            conn.deadline = Infinity;
+            return;
+          }
           if (conn.len >= HEADER_SIZE) {
             this.#startRequest(conn);
             continue;
@@ -267,9 +308,12 @@ export class Sessions {
           }
           if (conn.len >= READ_CHUNK || !this.#fill(conn, conn.len + 1)) return;
           continue;
-        case State.Send:
-          if (!sendReply(this.#host, conn)) return;
+        case State.Send: {
+          const sent = sendReply(this.#host, conn);
+          this.#held(conn);
+          if (!sent) return;
           continue;
+        }
         case State.Linger:
           linger(this.#host, conn);
           return;
@@ -309,7 +353,10 @@ export class Sessions {
       this.#p.takeover(conn);
       return;
     }
-    if ((h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) && (h.cmd !== Cmd.WATCH || !this.#p.watchers)) {
+    if (
+      (h.cmd < Cmd.PUT || h.cmd > Cmd.STAT) && h.cmd !== Cmd.USAGE &&
+      (h.cmd !== Cmd.WATCH || !this.#p.watchers)
+    ) {
       conn.dropReqFd();
       this.finish(conn, unknownCommandOutcome(h.cmd));
       return;
@@ -318,7 +365,7 @@ export class Sessions {
       conn.dropReqFd();
     } else if (conn.reqFd >= 0) {
       // Allow the publisher time to finish hashing its object before the digest arrives.
-      const st = tryFstat(conn.reqFd);
+      const st = tryFstatCached(conn.reqFd);
       if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
       // Nothing is hashed before the handler has checked the whole request (a digest started
       // here, speculatively, let any peer make the broker hash without a valid request).
@@ -342,6 +389,8 @@ export class Sessions {
       checkSealed: checkSealedFd,
       seals: sealsOf,
       storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
+      watchShare: () => p.ledger?.watching?.(conn) ?? null,
+      usage: (caller) => p.ledger?.usage?.(conn, caller, p.store) ?? null,
       now: this.#now,
       governor: p.governor?.rules,
       watchQueueLength: p.watchers?.queueLength ?? 0,
@@ -409,7 +458,9 @@ export class Sessions {
       this.#resume(conn, answer);
       return;
     }
+    conn.hashing = answer;
     answer.then((a: DigestAnswer) => {
+      conn.hashing = null;
       if (conn.state !== State.Hash) return;
       this.#resume(conn, a);
       this.pump(conn);
@@ -527,8 +578,11 @@ export class Sessions {
     conn.outcome = o;
     conn.out = o.wire;
     conn.outOff = 0;
+    conn.outBase = 0;
+    conn.stream = o.stream ?? null;
     conn.replyFd = o.fd;
     conn.state = State.Send;
+    this.#held(conn);
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
   }
@@ -540,7 +594,18 @@ export class Sessions {
     if (conn.state === State.Linger) this.lingering--;
     if (conn.state === State.Watch) this.#p.watchers?.remove(conn);
     conn.state = State.Closed;
+    conn.stream = null;
+    this.#held(conn);
     this.#conns.delete(conn.token);
+    const hashing = conn.hashing;
+    if (hashing !== null && conn.reqFd >= 0) {
+      // A Worker is reading the descriptor: it closes once the digest is done, never under it
+      // (a closed number can be reused by another file at once).
+      const fd = conn.reqFd;
+      conn.reqFd = -1;
+      conn.hashing = null;
+      hashing.finally(() => closeDropped(fd));
+    }
     conn.dropReqFd();
     if (conn.replyFd >= 0) closeQuietly(conn.replyFd);
     conn.replyFd = -1;

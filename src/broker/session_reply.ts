@@ -16,6 +16,8 @@ import { type Conn, State } from "./connection.ts";
 import type { SessionParts } from "./session_parts.ts";
 
 const LINGER_MS = 1000;
+/** The most bytes of a streamed reply body (LIST) formatted at once. */
+export const REPLY_CHUNK = 64 * 1024;
 /** The most body bytes a connection drains after its reply before closing. */
 export const LINGER_BYTES = 1 << 20;
 
@@ -31,6 +33,8 @@ export interface SendHost {
   close(conn: Conn): void;
   /** One more connection is in State.Linger. */
   lingered(): void;
+  /** Have the loop come back to the connection at its next turn (it is writable now). */
+  again(conn: Conn): void;
 }
 
 /** Write the audit record of `o` (with `error`, when sending it failed). */
@@ -39,26 +43,51 @@ export function record(audit: AuditOutput, o: Outcome, conn: Conn, error: string
   audit.record(rec, conn.peer);
 }
 
-/** Send as much of the reply as possible (one sendmsg for all of it); true when it is out. */
+/**
+ * Send as much of the reply as possible (one sendmsg for all of it); true when it is out. A
+ * streamed body (LIST) is formatted one chunk at a time: after a chunk has gone out, the
+ * connection yields to the loop ({@link SendHost.again}) before the next one is formatted, so
+ * one reply never holds the loop for more than a chunk, and an unread one holds one chunk.
+ */
 export function sendReply(host: SendHost, conn: Conn): boolean {
-  const out = conn.out;
-  while (conn.outOff < out.length) {
-    const part = conn.outOff === 0 ? out : out.subarray(conn.outOff);
-    const attach = conn.outOff === 0 && conn.replyFd >= 0;
-    const n = attach ? sendMsg(conn.fd, part, [conn.replyFd]) : sendSome(conn.fd, part);
-    if (n === -EAGAIN) {
-      host.watch(conn);
+  let formatted = false;
+  for (;;) {
+    const out = conn.out;
+    while (conn.outOff < out.length) {
+      const part = conn.outOff === 0 ? out : out.subarray(conn.outOff);
+      const attach = conn.outOff === 0 && conn.outBase === 0 && conn.replyFd >= 0;
+      const n = attach ? sendMsg(conn.fd, part, [conn.replyFd]) : sendSome(conn.fd, part);
+      if (n === -EAGAIN) {
+        host.watch(conn);
+        return false;
+      }
+      if (n <= 0) {
+        sendFailed(host, conn);
+        return false;
+      }
+      if (attach) {
+        closeQuietly(conn.replyFd);
+        conn.replyFd = -1;
+      }
+      conn.outOff += n;
+    }
+    const stream = conn.stream;
+    if (stream === null) break;
+    if (formatted) {
+      host.again(conn);
       return false;
     }
-    if (n <= 0) {
-      sendFailed(host, conn);
-      return false;
+    const chunk = stream.next(REPLY_CHUNK);
+    if (chunk === null) {
+      conn.stream = null;
+      break;
     }
-    if (attach) {
-      closeQuietly(conn.replyFd);
-      conn.replyFd = -1;
-    }
-    conn.outOff += n;
+    formatted = true;
+    conn.outBase += out.length;
+    conn.out = chunk;
+    conn.outOff = 0;
+    // Progress: a slow reader gets the request timeout for each chunk.
+    conn.deadline = performance.now() + host.parts.options.requestTimeoutMs;
   }
   afterSend(host, conn);
   return true;
@@ -70,10 +99,11 @@ export function sendFailed(host: SendHost, conn: Conn): void {
   if (o !== null && o.auditAfterSend) {
     // Name the piece that could not be sent, as the C broker's three sends would have.
     let end = 0;
-    let text = "failed to send response";
+    let text = o.stream?.failText ?? "failed to send response";
+    const sent = conn.outBase + conn.outOff;
     for (const seg of o.segments) {
       end += seg.bytes.length;
-      if (conn.outOff < end) {
+      if (sent < end) {
         text = seg.failText ?? text;
         break;
       }

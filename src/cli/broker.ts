@@ -67,6 +67,7 @@ const VALUED_FLAGS: ReadonlySet<string> = new Set([
   "--idle-timeout-ms",
   "--max-wait-ms",
   "--max-waiters",
+  "--max-watchers",
   "--socket-mode",
   "--shadow",
   "--config",

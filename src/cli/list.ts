@@ -6,11 +6,17 @@
  * `REVISION host=HOST owner=JOB allowed=JOB SIZE DIGEST NAME`, or with `--json`
  * `{revision, host, owner, allowed, size, digest, name}`.
  *
+ * A C broker accepts names with any bytes (this one refuses control bytes): on a terminal the
+ * listing's control characters other than tab and newline are shown escaped (`\x1b`), and
+ * `--json` reads a line that is not a listing line as the continuation of the name before it (a
+ * name holding a newline), so it stays valid JSON instead of failing.
+ *
  * @module
  */
 
 import { Client } from "../client.ts";
-import { UsageError } from "../errors.ts";
+import { ProtocolError, UsageError } from "../errors.ts";
+import { type ListEntry, parseList } from "../protocol/list.ts";
 import {
   CLI_SYNC_WAIT_US,
   CLIENT_FLAGS,
@@ -19,7 +25,7 @@ import {
   parseCommandLine,
   resolveJob,
 } from "./args.ts";
-import { jsonLine, out } from "./output.ts";
+import { escapeControls, jsonLine, out } from "./output.ts";
 
 /** Run `list`; returns the exit code. */
 export async function listCommand(args: readonly string[]): Promise<number> {
@@ -66,12 +72,13 @@ export async function listCommand(args: readonly string[]): Promise<number> {
       })));
       return 0;
     }
+    const shown = Deno.stdout.isTerminal() ? forTerminal(bytes) : bytes;
     let off = 0;
-    while (off < bytes.length) off += Deno.stdout.writeSync(bytes.subarray(off));
+    while (off < shown.length) off += Deno.stdout.writeSync(shown.subarray(off));
     return 0;
   }
   if (json) {
-    const entries = await client.list();
+    const entries = parseListJoined(await client.listText());
     out(jsonLine(entries.map((e) => ({
       id: e.id,
       owner: e.owner,
@@ -82,8 +89,36 @@ export async function listCommand(args: readonly string[]): Promise<number> {
     }))));
     return 0;
   }
-  const text = await client.listRaw();
+  const raw = await client.listRaw();
+  const text = Deno.stdout.isTerminal() ? forTerminal(raw) : raw;
   let off = 0;
   while (off < text.length) off += Deno.stdout.writeSync(text.subarray(off));
   return 0;
+}
+
+/** The listing with its control characters other than tab and newline escaped. */
+function forTerminal(bytes: Uint8Array): Uint8Array {
+  return new TextEncoder().encode(escapeControls(new TextDecoder().decode(bytes), "\t\n"));
+}
+
+/**
+ * {@link parseList}, reading a line that is not a listing line as the rest of the name before it
+ * (a C broker's name may hold a newline). A first line that is not a listing line still fails.
+ */
+export function parseListJoined(text: string): ListEntry[] {
+  const out: ListEntry[] = [];
+  for (const line of text.split("\n")) {
+    if (line === "") continue;
+    let entry: ListEntry | undefined;
+    try {
+      entry = parseList(line)[0];
+    } catch (e) {
+      const last = out.at(-1);
+      if (!(e instanceof ProtocolError) || last === undefined) throw e;
+      out[out.length - 1] = { ...last, name: `${last.name}\n${line}` };
+      continue;
+    }
+    if (entry !== undefined) out.push(entry);
+  }
+  return out;
 }

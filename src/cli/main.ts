@@ -36,6 +36,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   capture: async () => (await import("./capture.ts")).captureCommand,
   help: () => Promise.resolve(helpCommand),
   watch: async () => (await import("./watch.ts")).watchCommand,
+  usage: async () => (await import("./usage_cmd.ts")).usageCommand,
 };
 
 /** The version of this CLI, from deno.json. */

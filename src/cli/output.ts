@@ -48,6 +48,20 @@ export function jsonLine(value: unknown): string {
   }\n`;
 }
 
+/**
+ * `s` with its control characters (U+0000-U+001F, U+007F-U+009F) written as `\xHH` (or
+ * `\u00HH` past 0x7f), except those in `keep`: names and job ids from a C broker, which accepts
+ * any bytes, cannot move the cursor, recolour or retitle the terminal that shows them.
+ */
+export function escapeControls(s: string, keep = ""): string {
+  // deno-lint-ignore no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
+    if (keep.includes(c)) return c;
+    const code = c.charCodeAt(0);
+    return code < 0x80 ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u00${code.toString(16)}`;
+  });
+}
+
 /** Called with the bytes copied so far while an object is written. */
 export type OnProgress = (done: number) => void;
 

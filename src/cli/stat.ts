@@ -24,7 +24,7 @@ import {
   parseWait,
   resolveJob,
 } from "./args.ts";
-import { jsonLine, out } from "./output.ts";
+import { escapeControls, jsonLine, out } from "./output.ts";
 import { STAT_USAGE } from "./usage.ts";
 
 /** F_SEAL_EXEC (Linux 6.3): the exec bits can no longer change. */
@@ -75,12 +75,12 @@ export function isoFromNs(ns: bigint | null): string | null {
 export function statText(s: ObjectStat): string {
   const rows: Array<readonly [string, string]> = [
     ["id", String(s.id)],
-    ["name", s.name],
+    ["name", escapeControls(s.name)],
     ["size", String(s.size)],
     ["digest", s.digest],
     ["seals", describeSeals(s.seals)],
-    ["owner", s.owner ?? "-"],
-    ["allowed", s.allowed ?? "-"],
+    ["owner", escapeControls(s.owner ?? "-")],
+    ["allowed", escapeControls(s.allowed ?? "-")],
     ["created", isoFromNs(s.createdNs) ?? "-"],
   ];
   // Extensions, shown only when the broker tells them.

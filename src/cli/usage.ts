@@ -28,6 +28,7 @@ broker options beyond the C memfdbus:
   --idle-timeout-ms N     close a kept-alive connection idle this long (60000)
   --max-wait-ms N         longest a get --wait is parked by the broker (3600000)
   --max-waiters N         most get --wait requests parked at once (1024)
+  --max-watchers N        most watch streams open at once (64; 3/4 of them per uid)
   --shadow PATH           mirror objects to a shadow process so they survive a restart
   --takeover              take the socket and objects over from the broker running on it
   --audit-peer            add the peer's pid, uid and gid to every audit record
@@ -56,11 +57,14 @@ commands beyond the C memfdbus:
   memfdbus watch [--name NAME | --prefix PREFIX] [--job-id JOB] [--socket PATH]
                  [--json] [--once]
     watch: one line per publish, drop, release or eviction until interrupted
+  memfdbus usage [--job-id JOB] [--socket PATH] [--json]
+    usage: objects and bytes (charged after dedup) held by the broker, each
+      job and each uid, next to their limits
   memfdbus shadow --socket PATH
     shadow: hold the objects of a broker started with --shadow PATH (it starts
       one itself when none is running); stop it with SIGTERM
 client options beyond the C memfdbus:
-  --json            put, get, drop, list, stat, capture: print the result as
+  --json            put, get, drop, list, stat, capture, usage: print the result as
                     JSON; get cannot combine it with OUT -
   --wait SECONDS    get, exec, stat by --name: wait for the name to be
                     published, up to SECONDS (fractions allowed; max: as long
@@ -139,6 +143,7 @@ options (default):
   --idle-timeout-ms N        close a kept-alive connection idle this long (60000)
   --max-wait-ms N            longest a get --wait is parked (3600000)
   --max-waiters N            most get --wait requests parked at once (1024)
+  --max-watchers N           most watch streams open at once (64; 3/4 of them per uid)
   --shadow PATH              mirror objects to a shadow process so they survive a restart
   --takeover                 take the socket and objects over from the broker on --socket
   --audit-peer               add the peer's pid, uid and gid to every audit record
@@ -247,6 +252,19 @@ ${CLIENT_OPTIONS}
 
 example:
   memfdbus stat --name model.bin --json
+`,
+  usage: `usage: memfdbus usage [--job-id JOB] [--socket PATH] [--json]
+
+Show what the broker, each job and each uid hold (objects, and bytes charged: identical
+contents count once) next to their limits (- when there is none). With a job id, only
+that job; without, every job. Uids: your own, or every uid for root and the broker's uid.
+
+options:
+  --json                 print one JSON object {scope, broker, jobs, uids}
+${CLIENT_OPTIONS}
+
+example:
+  memfdbus usage --job-id trainer
 `,
   capture: `usage: memfdbus capture --name NAME [--allow-job JOB] [--always] [--json]
                         [OPTION...] -- COMMAND [ARG...]

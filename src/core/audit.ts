@@ -26,6 +26,7 @@ export type AuditOp =
   | "release"
   | "evict"
   | "watch"
+  | "usage"
   | "unknown";
 
 /** One audit record. Strings are binary strings (raw bytes); null prints as JSON null. */

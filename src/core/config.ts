@@ -6,12 +6,14 @@
  *
  * Keys (all optional): socket, socketMode ("0600"), maxNameBytes, maxObjects, maxRequestBytes,
  * maxListBytes, maxTotalBytes, listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
- * maxWaitMs, maxWaiters, readOnlyFds,
+ * maxWaitMs, maxWaiters, maxWatchers, readOnlyFds,
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
+ * pin (["model/*", "config.json"]: eviction never releases their versions),
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
- * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768 }: per uid; 3/4
- * of maxClients and maxWaiters by default), evict ("superseded" or "none"), dedup, metrics
+ * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768, "watchers": 48,
+ * "replyBytes": 16777216, "replyFds": 64 }: per uid; 3/4 of maxClients, maxWaiters and maxWatchers
+ * by default), evict ("superseded" or "none"), dedup, metrics
  * ("127.0.0.1:9464" or a socket path), unlistedJobs ("deny" or "allow"), reserve
  * ({ "model/": "trainer", "report.csv": "ci", "tmp-*": "scratch" }: a key ending in / or * is a
  * prefix). A policy file (--policy) may hold only auditPeer, requireJob, protectNames, jobs,
@@ -24,7 +26,7 @@ import type { Node, ParseError } from "jsonc-parser";
 import { utf8Binary } from "../protocol/bytes.ts";
 import { UsageError } from "../errors.ts";
 import { type BrokerOptions, parseMetricsAddress } from "./options.ts";
-import type { QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
+import type { PinRule, QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
 import type { JobBinding, Reservation } from "./policy.ts";
 import { nameProblem } from "../protocol/names.ts";
 import type { PeerLimits } from "./fair_shares.ts";
@@ -153,6 +155,21 @@ function retention(node: Node, fail: Fail): RetentionRule[] {
   return rules;
 }
 
+function pins(node: Node, fail: Fail): PinRule[] {
+  if (node.type !== "array") return fail('expected an array such as ["model/*", "config.json"]');
+  const out: PinRule[] = [];
+  for (const v of node.children ?? []) {
+    const k = v.type === "string" ? String(v.value) : "";
+    const star = k.indexOf("*");
+    if (k === "" || k === "*" || (star >= 0 && star !== k.length - 1)) {
+      return fail("expected names, or prefixes ending in one *", v);
+    }
+    const prefix = star >= 0;
+    out.push({ pattern: utf8Binary(prefix ? k.slice(0, -1) : k), prefix });
+  }
+  return out;
+}
+
 function quotas(node: Node, fail: Fail): Quotas {
   if (node.type !== "object") {
     return fail('expected an object with "perUid", "uids" and/or "jobs"');
@@ -188,19 +205,31 @@ function quotas(node: Node, fail: Fail): Quotas {
 
 function peerLimits(node: Node, fail: Fail): PeerLimits {
   if (node.type !== "object") {
-    return fail('expected an object with "connections" and/or "waits"');
+    return fail(
+      'expected an object with "connections", "waits", "watchers", "replyBytes" and/or "replyFds"',
+    );
   }
-  let connections: number | null = null;
-  let waits: number | null = null;
+  const out: Record<string, number | null> = {
+    connections: null,
+    waits: null,
+    watchers: null,
+    replyBytes: null,
+    replyFds: null,
+  };
   for (const [k, v] of members(node)) {
-    if (k !== "connections" && k !== "waits") return fail(`unknown key "${k}"`, v);
+    if (!(k in out)) return fail(`unknown key "${k}"`, v);
     if (v.type !== "number" || !Number.isInteger(v.value) || v.value < 1 || v.value > INT_MAX) {
       return fail(`${k}: expected an integer from 1 to ${INT_MAX}`, v);
     }
-    if (k === "connections") connections = v.value as number;
-    else waits = v.value as number;
+    out[k] = v.value as number;
   }
-  return { connections, waits };
+  return {
+    connections: out.connections ?? null,
+    waits: out.waits ?? null,
+    watchers: out.watchers ?? null,
+    replyBytes: out.replyBytes ?? null,
+    replyFds: out.replyFds ?? null,
+  };
 }
 
 /** The longest reservation key, in bytes (it is quoted in refusal texts). */
@@ -261,6 +290,7 @@ const KEYS: Readonly<Record<string, Apply>> = {
   idleTimeoutMs: integer(INT_MAX, (o, v) => (o.idleTimeoutMs = Number(v))),
   maxWaitMs: integer(INT_MAX, (o, v) => (o.maxWaitMs = Number(v))),
   maxWaiters: integer(INT_MAX, (o, v) => (o.maxWaiters = Number(v))),
+  maxWatchers: integer(INT_MAX, (o, v) => (o.maxWatchers = Number(v))),
   auditPeer: boolean((o, v) => (o.auditPeer = v)),
   readOnlyFds: boolean((o, v) => (o.readOnlyFds = v)),
   requireJob: boolean((o, v) => (o.policy = { ...o.policy, requireJob: v })),
@@ -306,6 +336,7 @@ const KEYS: Readonly<Record<string, Apply>> = {
   },
   keepVersions: integer(INT_MAX, (o, v) => (o.keepVersions = Number(v))),
   retention: (o, node, fail) => (o.retention = retention(node, fail)),
+  pin: (o, node, fail) => (o.pins = pins(node, fail)),
   quotas: (o, node, fail) => (o.quotas = quotas(node, fail)),
   peerLimits: (o, node, fail) => (o.peerLimits = peerLimits(node, fail)),
   evict: (o, node, fail) => {

@@ -5,9 +5,20 @@
  * Budgets per uid, each by default 3/4 of the broker-wide limit (rounded down, at least 1):
  * - connections open (`--max-clients`), configured as `peerLimits.connections`;
  * - GET --wait requests parked (`--max-waiters`), `peerLimits.waits`;
+ * - watch streams open (`--max-watchers`), `peerLimits.watchers`;
+ * - unread replies (`peerLimits.replyBytes`, 16 MiB, and `peerLimits.replyFds`, 64): reply bytes
+ *   queued but not yet sent (a LIST's snapshot counts 8 bytes per object) and replies carrying a
+ *   descriptor not yet sent, summed over the uid's connections; a uid at either bound is not
+ *   read from (no new requests start) until its replies drain;
  * - objects and bytes stored (`--max-objects`, `--max-total-bytes`): these are the governance
  *   module's per-uid quotas (`quotas.perUid`, `quotas.uids`); when the config sets none, the
  *   3/4 share applies.
+ *
+ * Jobs the policy binds (`jobs`) hold shares too, whoever claims them: objects and bytes (3/4 of
+ * `--max-objects` and `--max-total-bytes` unless `quotas.jobs` names the job; refused by the
+ * governance module's job quota, see {@link withJobShares}) and parked waits (3/4 of
+ * `--max-waiters`, {@link jobWaitShare}). A connection has no job of its own (each request
+ * claims one), so connections are shared per uid only.
  *
  * Root and the broker's own uid are exempt by default: they are trusted (root can read the
  * broker's memory anyway, and the broker's uid is its operator), and a broker used by one user,
@@ -28,10 +39,27 @@ export interface PeerLimits {
   readonly connections: number | null;
   /** GET --wait requests one uid may have parked, or null for the share of `maxWaiters`. */
   readonly waits: number | null;
+  /** Watch streams one uid may have open, or null for the share of `maxWatchers`. */
+  readonly watchers?: number | null;
+  /** Unsent reply bytes one uid may hold before it is not read from (null: 16 MiB). */
+  readonly replyBytes?: number | null;
+  /** Unsent replies with a descriptor one uid may hold before it is not read from (null: 64). */
+  readonly replyFds?: number | null;
 }
 
+/** Default of `peerLimits.replyBytes`. */
+export const DEFAULT_REPLY_BYTES = 16 * 1024 * 1024;
+/** Default of `peerLimits.replyFds`. */
+export const DEFAULT_REPLY_FDS = 64;
+
 /** No explicit per-uid limits: the default shares apply. */
-export const DEFAULT_PEER_LIMITS: PeerLimits = { connections: null, waits: null };
+export const DEFAULT_PEER_LIMITS: PeerLimits = {
+  connections: null,
+  waits: null,
+  watchers: null,
+  replyBytes: null,
+  replyFds: null,
+};
 
 /** The broker-wide limits the default shares are taken from. */
 export interface GlobalLimits {
@@ -39,6 +67,8 @@ export interface GlobalLimits {
   readonly maxClients: number;
   /** --max-waiters. */
   readonly maxWaiters: number;
+  /** --max-watchers (absent: watchers are not limited per uid). */
+  readonly maxWatchers?: number;
   /** --max-objects. */
   readonly maxObjects: bigint;
   /** --max-total-bytes. */
@@ -62,6 +92,12 @@ export interface UidShare {
   readonly connections: number;
   /** Parked waits. */
   readonly waits: number;
+  /** Watch streams open. */
+  readonly watchers: number;
+  /** Unsent reply bytes before reading stops. */
+  readonly replyBytes: number;
+  /** Unsent replies with a descriptor before reading stops. */
+  readonly replyFds: number;
   /** Objects and bytes, or null for none (an exempt uid without a quota entry). */
   readonly store: QuotaLimits | null;
   /** The config key of the store limit, for refusal texts. */
@@ -94,11 +130,23 @@ export function shareFor(
   };
   const storeKey = own !== undefined ? "quotas.uids" : "quotas.perUid";
   if (exempt) {
-    return { connections: Infinity, waits: Infinity, store, storeKey };
+    return {
+      connections: Infinity,
+      waits: Infinity,
+      watchers: Infinity,
+      replyBytes: Infinity,
+      replyFds: Infinity,
+      store,
+      storeKey,
+    };
   }
   return {
     connections: rules.peerLimits.connections ?? shareOf(g.maxClients),
     waits: rules.peerLimits.waits ?? shareOf(g.maxWaiters),
+    watchers: rules.peerLimits.watchers ??
+      (g.maxWatchers === undefined ? Infinity : shareOf(g.maxWatchers)),
+    replyBytes: rules.peerLimits.replyBytes ?? DEFAULT_REPLY_BYTES,
+    replyFds: rules.peerLimits.replyFds ?? DEFAULT_REPLY_FDS,
     store,
     storeKey,
   };
@@ -146,4 +194,42 @@ export function storeShareProblem(
       `; this put needs ${size}`;
   }
   return null;
+}
+
+/**
+ * `quotas` with a job quota for every job `bound` (the policy's `jobs`) that `quotas.jobs` does
+ * not name: the default share of the broker-wide object and byte limits.
+ *
+ * @param quotas the configured quotas
+ * @param bound the job ids the policy binds (binary strings)
+ * @param global the broker-wide limits
+ */
+export function withJobShares(
+  quotas: Quotas,
+  bound: Iterable<string>,
+  global: GlobalLimits,
+): Quotas {
+  const jobs = new Map(quotas.jobs);
+  for (const job of bound) {
+    if (!jobs.has(job)) {
+      jobs.set(job, {
+        objects: shareOfBig(global.maxObjects),
+        bytes: shareOfBig(global.maxTotalBytes),
+      });
+    }
+  }
+  return jobs.size === quotas.jobs.size ? quotas : { ...quotas, jobs };
+}
+
+/** The parked waits one bound job may hold: the default share of `--max-waiters`. */
+export function jobWaitShare(global: GlobalLimits): number {
+  return shareOf(global.maxWaiters);
+}
+
+/**
+ * The refusal when a bound job holds its whole share of parked waits, e.g.
+ * `job trainer has 768 of 768 parked waits (the per-job limit, 3/4 of --max-waiters)`.
+ */
+export function jobWaitText(job: string, held: number, max: number): string {
+  return `job ${job} has ${held} of ${max} parked waits (the per-job limit, 3/4 of --max-waiters)`;
 }

@@ -39,6 +39,14 @@ export interface RetentionRule {
   readonly keep: number | null;
 }
 
+/** A pinned name or name prefix (config `pin`): eviction never releases its versions. */
+export interface PinRule {
+  /** The name (binary string) or, when {@link PinRule.prefix} is set, the name prefix. */
+  readonly pattern: string;
+  /** True for a prefix (`model/*` in the config), false for an exact name. */
+  readonly prefix: boolean;
+}
+
 /** Per-job and per-uid quotas. */
 export interface Quotas {
   /** The quota of every uid without an entry in {@link Quotas.uids}, or null for none. */
@@ -61,6 +69,12 @@ export interface GovernanceRules {
   readonly evict: "none" | "superseded";
   /** Store identical contents (equal verified digests) once. */
   readonly dedup: boolean;
+  /**
+   * Names and prefixes eviction never releases a version of (config `pin`). Retention is not
+   * affected: it is the operator's explicit choice per name (give a pinned prefix the retention
+   * `"unlimited"` to keep all of its versions). Absent: nothing is pinned.
+   */
+  readonly pins?: readonly PinRule[];
   /** Most objects stored (--max-objects). */
   readonly maxObjects: bigint;
   /** Most bytes stored, counted by unique content (--max-total-bytes). */
@@ -169,7 +183,7 @@ function shortJob(job: string): string {
 }
 
 /** Does the name match a rule? */
-function matches(rule: RetentionRule, name: string): boolean {
+function matches(rule: RetentionRule | PinRule, name: string): boolean {
   return rule.prefix ? name.startsWith(rule.pattern) : name === rule.pattern;
 }
 
@@ -217,6 +231,13 @@ export class Governor {
     this.rules = rules;
     this.#store = store;
     for (const obj of store.values()) this.added(obj);
+  }
+
+  /** Is the object pinned by the config (`pin`), so that eviction never releases it? */
+  isPinned(obj: StoredObject): boolean {
+    const pins = this.rules.pins;
+    if (pins === undefined || pins.length === 0) return false;
+    return pins.some((r) => matches(r, obj.name));
   }
 
   /** What a job holds (zero when nothing). */
@@ -306,10 +327,11 @@ export class Governor {
    * the publisher uid's quota, the broker's object and byte limits. Retention of the name counts
    * as freed room; with `evict: "superseded"` superseded versions are evicted (least recently
    * fetched first) where that makes room, and the PUT is refused only when evicting everything
-   * evictable would not. A job's or uid's pressure evicts only its own objects.
+   * evictable would not. A job's or uid's pressure evicts only its own objects. Objects the
+   * config pins ({@link Governor.isPinned}) are never evicted; retention still applies to them.
    *
    * @param put the request
-   * @param pinned objects a policy keeps
+   * @param pinned objects a policy keeps besides the config's pins (kept by retention too)
    */
   admitPut(put: PutRequest, pinned: (obj: StoredObject) => boolean = () => false): Admission {
     const store = this.#store;
@@ -319,7 +341,8 @@ export class Governor {
     const gone = new Set<StoredObject>(release.map((r) => r.obj));
     const evict: Release[] = [];
     const order = this.rules.evict === "superseded"
-      ? this.evictionOrder(pinned, put.name).filter((o) => !gone.has(o))
+      ? this.evictionOrder((o) => this.isPinned(o) || pinned(o), put.name)
+        .filter((o) => !gone.has(o))
       : [];
 
     const scopes: Scope[] = [];

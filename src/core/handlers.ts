@@ -21,11 +21,13 @@ import { put } from "./handlers/put.ts";
 import { getOrDrop } from "./handlers/get_drop_stat.ts";
 import { list } from "./handlers/list.ts";
 import { watch } from "./handlers/watch.ts";
+import { usage } from "./handlers/usage.ts";
 
 export type {
   DigestAnswer,
   Handler,
   Outcome,
+  ReplyStream,
   RequestContext,
   SealedCheck,
   Segment,
@@ -39,7 +41,7 @@ export {
   fdLimitOutcome,
   unknownCommandOutcome,
 } from "./handlers/reply.ts";
-export { buildListText } from "./handlers/list.ts";
+export { buildListText, LIST_CHUNK, ListStream } from "./handlers/list.ts";
 
 /** Start the handler for a valid header (magic and version already checked). */
 export function handle(h: Header, ctx: RequestContext): Handler {
@@ -56,6 +58,8 @@ export function handle(h: Header, ctx: RequestContext): Handler {
       return getOrDrop(h, ctx, "stat");
     case Cmd.WATCH:
       return watch(h, ctx);
+    case Cmd.USAGE:
+      return usage(h, ctx);
     default:
       return done(unknownCommandOutcome(h.cmd));
   }

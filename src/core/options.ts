@@ -7,7 +7,7 @@
 import { UsageError } from "../errors.ts";
 import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "../protocol/wire.ts";
-import { NO_QUOTAS, type Quotas, type RetentionRule } from "./governance.ts";
+import { NO_QUOTAS, type PinRule, type Quotas, type RetentionRule } from "./governance.ts";
 import { DEFAULT_PEER_LIMITS, type PeerLimits } from "./fair_shares.ts";
 import { applyClusterFlags, type ClusterFlags, type ClusterOptions } from "../cluster/options.ts";
 
@@ -94,6 +94,11 @@ export interface BrokerOptions {
   /** Most GET --wait requests parked at once. */
   maxWaiters: number;
   /**
+   * Most watch streams open at once (--max-watchers, 64). Each uid may hold 3/4 of them
+   * (`peerLimits.watchers`); each costs a connection and a bounded queue.
+   */
+  maxWatchers: number;
+  /**
    * Hand consumers O_RDONLY descriptors (--read-only-fds). Off by default: the C broker hands
    * out O_RDWR ones, and C programs check that a write fails with EPERM (the seals), where an
    * O_RDONLY descriptor fails with EBADF (defect D21, kept unless asked).
@@ -123,6 +128,8 @@ export interface BrokerOptions {
   evict: "none" | "superseded";
   /** Store identical contents (equal verified digests) on one memfd (on; --no-dedup). */
   dedup: boolean;
+  /** Names and prefixes whose versions eviction never releases (config `pin`). */
+  pins: readonly PinRule[];
   /** Where to serve Prometheus metrics (--metrics), or null for nowhere. */
   metrics: MetricsAddress | null;
   /**
@@ -156,6 +163,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     idleTimeoutMs: 60_000,
     maxWaitMs: 3_600_000,
     maxWaiters: 1024,
+    maxWatchers: 64,
     readOnlyFds: false,
     socketMode: 0o600,
     auditPeer: false,
@@ -163,6 +171,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     shadow: null,
     keepVersions: null,
     retention: [],
+    pins: [],
     quotas: NO_QUOTAS,
     peerLimits: DEFAULT_PEER_LIMITS,
     evict: "none",
@@ -210,6 +219,7 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--idle-timeout-ms": num(INT_MAX, (o, n) => (o.idleTimeoutMs = n)),
   "--max-wait-ms": num(INT_MAX, (o, n) => (o.maxWaitMs = n)),
   "--max-waiters": num(INT_MAX, (o, n) => (o.maxWaiters = n)),
+  "--max-watchers": num(INT_MAX, (o, n) => (o.maxWatchers = n)),
   "--socket-mode": (o, v, f) => (o.socketMode = parseMode(f, v)),
   "--shadow": (o, v) => (o.shadow = v),
   "--keep-versions": num(INT_MAX, (o, n) => (o.keepVersions = n)),

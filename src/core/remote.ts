@@ -84,3 +84,10 @@ export function formatClusterListLine(v: RemoteVersion): string {
   return `${v.revision}\thost=${v.originHost}\towner=${v.owner ?? "-"}\t` +
     `allowed=${v.allowed ?? "-"}\t${v.size}\t${v.digest}\t${v.name}\n`;
 }
+
+/** The length of {@link formatClusterListLine}'s line for `v`, without building it. */
+export function clusterListLineLength(v: RemoteVersion): number {
+  // "\thost=" 6, "\towner=" 7, "\tallowed=" 9, three more tabs and the newline 4.
+  return String(v.revision).length + 6 + v.originHost.length + 7 + (v.owner ?? "-").length + 9 +
+    (v.allowed ?? "-").length + 4 + String(v.size).length + v.digest.length + v.name.length;
+}

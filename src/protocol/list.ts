@@ -68,6 +68,32 @@ export function formatListLine(o: ListLineFields): string {
   }\t${o.size}\t${o.digest}\t${o.name}\n`;
 }
 
+/**
+ * The length in bytes of {@link formatListLine}'s line for `o` (its strings are binary strings,
+ * one character per byte), computed without building the line.
+ *
+ * @example
+ * ```ts
+ * import { formatListLine, listLineLength } from "@memfdbus/memfdbus/protocol";
+ * const o = { id: 7, owner: null, allowed: null, size: 3, digest: "sha256:00", name: "m" };
+ * console.log(listLineLength(o) === formatListLine(o).length); // true
+ * ```
+ */
+export function listLineLength(o: ListLineFields): number {
+  // "\towner=" 7, "\tallowed=" 9, three more tabs and the newline 4.
+  return decimalLength(o.id) + 7 + (o.owner?.length ?? 1) + 9 + (o.allowed?.length ?? 1) + 4 +
+    decimalLength(o.size) + o.digest.length + o.name.length;
+}
+
+function decimalLength(n: number | bigint): number {
+  if (typeof n === "number" && n >= 0 && n < 1e15) {
+    let d = 1;
+    for (let v = n; v >= 10; v = Math.floor(v / 10)) d++;
+    return d;
+  }
+  return String(n).length;
+}
+
 const DECIMAL = /^[0-9]{1,20}$/;
 const U64_MAX = 0xffffffffffffffffn;
 

@@ -39,7 +39,21 @@ export {
   withExt,
 } from "./wire.ts";
 export { DIGEST_LEN, DIGEST_PREFIX, formatDigest, isValidDigest } from "./digest.ts";
-export { formatListLine, type ListEntry, type ListLineFields, parseList } from "./list.ts";
+export {
+  formatListLine,
+  type ListEntry,
+  type ListLineFields,
+  listLineLength,
+  parseList,
+} from "./list.ts";
+export {
+  formatUsage,
+  type JobUsageEntry,
+  parseUsage,
+  type UidUsageEntry,
+  type UsageEntry,
+  type UsageReport,
+} from "./usage.ts";
 export { formatStat, parseStat, type StatBody, type StatFields, type StatOrigin } from "./stat.ts";
 export { isPrintableName, type NameKind, nameProblem } from "./names.ts";
 export { Status, type StatusCode } from "../errors.ts";

@@ -10,6 +10,7 @@
  */
 
 import type { ClusterShare, ObjectOrigin, StoredObject } from "../core/store.ts";
+import { ProtocolError } from "../errors.ts";
 
 /** `MFDS` as a little-endian u32. */
 export const SHADOW_MAGIC = 0x5344464d;
@@ -17,6 +18,13 @@ export const SHADOW_MAGIC = 0x5344464d;
 export const FRAME_HEADER = 16;
 /** Most descriptors one frame carries (one SCM_RIGHTS message holds at most 253). */
 export const FDS_PER_FRAME = 200;
+
+/**
+ * The largest payload a frame may declare: 32 MiB. The largest frame sent is a batch of
+ * {@link FDS_PER_FRAME} objects whose names are at the 64 KiB limit (about 18 MiB of base64);
+ * a peer that declares more is dropped instead of being buffered.
+ */
+export const MAX_FRAME_PAYLOAD = 32 * 1024 * 1024;
 
 /** Frame types. */
 export const Frame = {
@@ -64,6 +72,11 @@ export interface WireObject {
   /** Publication time in ns, decimal. */
   readonly created: string;
   /**
+   * The publisher's uid (per-uid quotas and shares count it), when the broker knew it. Absent in
+   * frames of brokers that predate it; such objects are charged to no uid.
+   */
+  readonly uid?: number;
+  /**
    * With `--cluster`: where a copy pulled from the cluster was published (absent for objects
    * published on this host). An extension: receivers that do not know it ignore it.
    */
@@ -96,6 +109,7 @@ export function toWire(o: StoredObject, share: ClusterShare | undefined = o.clus
     owner: o.owner === null ? null : b64(o.owner),
     allowed: o.allowed === null ? null : b64(o.allowed),
     created: String(o.createdNs),
+    ...(o.uid === undefined ? {} : { uid: o.uid }),
     ...(o.origin === undefined ? {} : {
       origin: { host: o.origin.host, id: o.origin.id, revision: o.origin.revision },
     }),
@@ -114,9 +128,15 @@ export function fromWire(w: WireObject, fd: number): StoredObject {
     owner: w.owner === null ? null : unb64(w.owner),
     allowed: w.allowed === null ? null : unb64(w.allowed),
     createdNs: BigInt(w.created),
+    ...(isUid(w.uid) ? { uid: w.uid } : {}),
     ...(w.origin === undefined ? {} : { origin: w.origin }),
     ...(w.cluster === undefined ? {} : { cluster: w.cluster }),
   };
+}
+
+/** Is `v` a uid (an integer from 0 to 4294967295)? */
+export function isUid(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
 }
 
 /** Encode one frame. */
@@ -145,22 +165,35 @@ export interface DecodedFrame {
 }
 
 /**
- * Decode the frame at the start of `buf`, or return null when it is not complete yet. Throws on
- * a corrupt header.
+ * Decode the frame at the start of `buf`, or return null when it is not complete yet. Throws a
+ * {@link ProtocolError} on a corrupt header, a payload over {@link MAX_FRAME_PAYLOAD}, more than
+ * {@link FDS_PER_FRAME} descriptors, or a payload that is not JSON.
  */
 export function decodeFrame(buf: Uint8Array): DecodedFrame | null {
   if (buf.length < FRAME_HEADER) return null;
   const v = new DataView(buf.buffer, buf.byteOffset, buf.length);
-  if (v.getUint32(0, true) !== SHADOW_MAGIC) throw new Error("corrupt shadow frame");
+  if (v.getUint32(0, true) !== SHADOW_MAGIC) throw new ProtocolError("corrupt shadow frame");
   const len = v.getUint32(8, true);
+  if (len > MAX_FRAME_PAYLOAD) {
+    throw new ProtocolError(
+      `shadow frame payload of ${len} bytes exceeds the limit of ${MAX_FRAME_PAYLOAD}`,
+    );
+  }
+  const fds = v.getUint32(12, true);
+  if (fds > FDS_PER_FRAME) {
+    throw new ProtocolError(`shadow frame declares ${fds} descriptors (at most ${FDS_PER_FRAME})`);
+  }
   if (buf.length < FRAME_HEADER + len) return null;
-  const payload = JSON.parse(
-    new TextDecoder().decode(buf.subarray(FRAME_HEADER, FRAME_HEADER + len)),
-  );
+  let payload: unknown;
+  try {
+    payload = JSON.parse(new TextDecoder().decode(buf.subarray(FRAME_HEADER, FRAME_HEADER + len)));
+  } catch {
+    throw new ProtocolError("shadow frame payload is not JSON");
+  }
   return {
     type: v.getUint16(4, true),
     payload,
-    fdCount: v.getUint32(12, true),
+    fdCount: fds,
     length: FRAME_HEADER + len,
   };
 }

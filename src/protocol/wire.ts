@@ -96,6 +96,12 @@ export const Cmd = {
    * frames (see `src/protocol/watch.ts`). A C broker answers `unknown command`.
    */
   WATCH: 0x103,
+  /**
+   * Extension: what the broker, each job and each uid hold, next to their limits (JSON text,
+   * see `src/protocol/usage.ts`); the request carries at most a job id. A C broker answers
+   * `unknown command`.
+   */
+  USAGE: 0x104,
 } as const;
 
 /**

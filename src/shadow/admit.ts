@@ -11,7 +11,7 @@
 import { closeQuietly, strerror } from "../ffi.ts";
 import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
 import { fdRejectionText } from "../protocol/fd_problem.ts";
-import { fromWire, type WireObject } from "../protocol/shadow_frames.ts";
+import { fromWire, isUid, type WireObject } from "../protocol/shadow_frames.ts";
 import { isPrintableName } from "../protocol/names.ts";
 import { isValidDigest } from "../protocol/wire.ts";
 import type { StoredObject } from "../core/store.ts";
@@ -60,6 +60,7 @@ export function admitObject(w: unknown, fd: number): StoredObject | Refused {
   if (typeof o.created !== "string" || !/^[0-9]{1,20}$/.test(o.created)) {
     return refuse("malformed creation time");
   }
+  if (o.uid !== undefined && !isUid(o.uid)) return refuse("malformed uid");
   if (o.origin !== undefined && !isOrigin(o.origin)) return refuse("malformed origin");
   if (
     o.cluster !== undefined && o.cluster !== "local" && o.cluster !== "queued" &&

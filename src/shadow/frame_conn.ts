@@ -10,6 +10,7 @@ import { closeQuietly } from "../ffi.ts";
 import { pollOne } from "../sys/fd.ts";
 import { EAGAIN, POLLIN, POLLOUT } from "../sys/linux.ts";
 import { type DecodedFrame, decodeFrame, encodeFrame } from "../protocol/shadow_frames.ts";
+import { ProtocolError } from "../errors.ts";
 import { closeAll, recvMsg, sendMsg, sendSome } from "../sys/unix_socket.ts";
 
 /** A received frame with its descriptors (owned by the receiver). */
@@ -84,9 +85,15 @@ export class FrameConn implements Disposable {
     return true;
   }
 
-  /** Read what is available and return the complete frames. Throws LinkClosed at end. */
+  /**
+   * Read what is available and return the complete frames. Throws LinkClosed at the end of the
+   * stream and when the peer sends what is not a frame (a corrupt header, a payload over
+   * `MAX_FRAME_PAYLOAD`): the peer is then dropped. Frames are decoded as bytes arrive, so
+   * the buffer holds at most one frame and one read.
+   */
   read(): FrameIn[] {
     if (this.#ready.length > 0) return this.#ready.splice(0);
+    const frames: FrameIn[] = [];
     for (;;) {
       if (this.#in.length - this.#len < 4096) {
         const grown = new Uint8Array(this.#in.length * 2);
@@ -105,22 +112,32 @@ export class FrameConn implements Disposable {
         break;
       }
       this.#len += r.bytes;
+      this.#decode(frames);
     }
-    const frames: FrameIn[] = [];
+    this.#decode(frames);
+    if (this.#eof && frames.length === 0) throw new LinkClosed("shadow link closed");
+    return frames;
+  }
+
+  #decode(frames: FrameIn[]): void {
     let off = 0;
-    for (;;) {
-      const f = decodeFrame(this.#in.subarray(off, this.#len));
-      if (f === null) break;
-      if (f.fdCount > this.#fds.length) break;
-      frames.push({ ...f, fds: this.#fds.splice(0, f.fdCount) });
-      off += f.length;
+    try {
+      for (;;) {
+        const f = decodeFrame(this.#in.subarray(off, this.#len));
+        if (f === null) break;
+        if (f.fdCount > this.#fds.length) break;
+        frames.push({ ...f, fds: this.#fds.splice(0, f.fdCount) });
+        off += f.length;
+      }
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) throw e;
+      for (const f of frames) closeAll(f.fds);
+      throw new LinkClosed(`shadow link dropped: ${e.message}`);
     }
     if (off > 0) {
       this.#in.copyWithin(0, off, this.#len);
       this.#len -= off;
     }
-    if (this.#eof && frames.length === 0) throw new LinkClosed("shadow link closed");
-    return frames;
   }
 
   /** Block until readable or writable (used only where blocking is allowed). */

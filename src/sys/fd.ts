@@ -9,6 +9,7 @@ import { check, checkBig, cstr, errno, errnoErrorOf, lastError, libc } from "../
 import {
   AT_EMPTY_PATH,
   AT_FDCWD,
+  AT_STATX_DONT_SYNC,
   AT_SYMLINK_NOFOLLOW,
   EAGAIN,
   EINTR,
@@ -99,6 +100,22 @@ export function fstat(fd: number, context = "fstat"): FileStat {
 /** fstat(2) that reports failure as a negated errno (`-EBADF`) instead of throwing. */
 export function tryFstat(fd: number): FileStat | number {
   const r = libc.symbols.statx(fd, EMPTY_PATH, AT_EMPTY_PATH, STATX_BASIC_STATS, statBuf);
+  if (r < 0) return -errno();
+  return decodeStat();
+}
+
+/**
+ * {@link tryFstat} from the kernel's cached attributes only (`AT_STATX_DONT_SYNC`): a FUSE or
+ * network file system's server is not asked, so this cannot block on one.
+ */
+export function tryFstatCached(fd: number): FileStat | number {
+  const r = libc.symbols.statx(
+    fd,
+    EMPTY_PATH,
+    AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+    STATX_BASIC_STATS,
+    statBuf,
+  );
   if (r < 0) return -errno();
   return decodeStat();
 }

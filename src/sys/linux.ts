@@ -175,6 +175,8 @@ export const EFD_NONBLOCK = 0o4000;
 export const AT_FDCWD = -100;
 /** Operate on the descriptor itself when the path is empty. */
 export const AT_EMPTY_PATH = 0x1000;
+/** statx: return cached attributes, never ask a remote or FUSE file system. */
+export const AT_STATX_DONT_SYNC = 0x4000;
 /** Do not follow a final symbolic link. */
 export const AT_SYMLINK_NOFOLLOW = 0x100;
 /** Ask for the basic stat fields. */

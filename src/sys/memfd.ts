@@ -17,7 +17,7 @@
 
 import { copyFd, type CopyLabels, type CopyResult } from "./copy.ts";
 import { check, checkBig, cstr, errno, lastError, libc } from "../ffi.ts";
-import { fstat, isRegular, seek, tryFstat, trySeals, writeAll } from "./fd.ts";
+import { fstat, isRegular, seek, tryFstat, tryFstatCached, trySeals, writeAll } from "./fd.ts";
 import {
   EBADF,
   EINVAL,
@@ -176,7 +176,12 @@ export function inspectSealedFd(
   expectedSize?: bigint,
 ): SealedFdInfo | FdProblem {
   if (fd < 0) return { kind: "bad-fd" };
-  const st = tryFstat(fd);
+  // F_GET_SEALS first: it answers at once for any descriptor (EINVAL for what is not a memfd),
+  // where fstat of a FUSE or network file may wait for its server. A memfd's fstat never blocks;
+  // anything else is looked at through the kernel's cached attributes only, to word the same
+  // problem as before (not a regular file, size mismatch, F_GET_SEALS failed).
+  const seals = trySeals(fd);
+  const st = seals < 0 ? tryFstatCached(fd) : tryFstat(fd);
   if (typeof st === "number") {
     return st === -EBADF ? { kind: "bad-fd" } : { kind: "fstat", errno: -st };
   }
@@ -184,7 +189,6 @@ export function inspectSealedFd(
   if (expectedSize !== undefined && st.size !== expectedSize) {
     return { kind: "size", actual: st.size };
   }
-  const seals = trySeals(fd);
   if (seals < 0) return { kind: "get-seals", errno: -seals };
   if ((seals & SEALS_IMMUTABLE) !== SEALS_IMMUTABLE) return { kind: "seals", seals };
   return { size: st.size, seals };

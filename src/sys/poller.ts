@@ -156,7 +156,11 @@ export class Poller implements Disposable {
     } finally {
       this.#waiting = false;
     }
-    return this.#collect(this.#asyncView, Math.max(n, 0), out);
+    // The pool thread's errno is not readable here: ask again on this thread, where a lasting
+    // failure (the epoll descriptor gone or replaced) throws with its errno and an EINTR is
+    // simply a poll.
+    if (n < 0) return this.#closed ? out : this.poll(out, 0);
+    return this.#collect(this.#asyncView, n, out);
   }
 
   /** End an outstanding {@link Poller.wait}. */

@@ -231,3 +231,42 @@ Deno.test("a uid quota in the config refuses a publisher by its kernel-reported 
         `uid quota exceeded: uid ${uid} holds 1 of 1 objects; drop old versions or raise quotas.perUid`,
   );
 });
+
+Deno.test("eviction skips the versions of a pinned name, evicts the next one, and refuses when only pinned ones remain", async () => {
+  using dir = tempDir();
+  const config = `${dir.path}/bus.jsonc`;
+  Deno.writeTextFileSync(config, `{ "pin": ["model/*"], "evict": "superseded" }`);
+  await using broker = await BrokerProcess.start(dir.path, [
+    "--config",
+    config,
+    "--max-objects",
+    "4",
+  ]);
+  await using client = new Client({ socket: broker.socket, jobId: null });
+  const m1 = await client.put(blob(1, 100), { name: "model/w" }); // superseded, least recent
+  await client.put(blob(2, 100), { name: "model/w" });
+  const b1 = await client.put(blob(3, 100), { name: "b" });
+  await client.put(blob(4, 100), { name: "b" });
+  await client.put(blob(5, 100), { name: "c" }); // evicts b1, not the pinned m1
+  await rejects(
+    client.put(blob(6, 100), { name: "d" }), // only m1 is superseded: pinned
+    (e) => e instanceof BrokerError && e.text === "broker object quota exceeded",
+  );
+  using kept = await client.get(m1.id);
+  assertEquals(digestOf(kept.view), digestOf(blob(1, 100)));
+  const evicted = (await broker.waitAudit(7)).filter((l) => l.op === "evict");
+  assertEquals(evicted.map((l) => [l.object_id, l.reason]), [[Number(b1.id), "broker_objects"]]);
+  await memfdsSettle(broker, 4, "four memfds: the pinned version kept");
+});
+
+Deno.test("a pin in the config must be a name or a prefix ending in one *", async () => {
+  using dir = tempDir();
+  const config = `${dir.path}/bus.jsonc`;
+  Deno.writeTextFileSync(config, `{\n  "pin": ["model/*", "a*b"]\n}`);
+  const r = await cli(["broker", "--config", config, "--socket", `${dir.path}/s.sock`]);
+  assertEquals(r.code, 1);
+  ok(
+    r.stderr.includes(`${config}:2: pin: expected names, or prefixes ending in one *`),
+    r.stderr,
+  );
+});

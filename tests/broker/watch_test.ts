@@ -6,6 +6,7 @@
  */
 import { assertEquals, ok } from "../support/assert.ts";
 import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
 import type { BusEvent } from "../../src/client/watch.ts";
 import { BrokerProcess, CLI, CLI_PERMS, enc, tempDir } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
@@ -172,4 +173,35 @@ Deno.test("a watch carries on across memfdbus broker --takeover: the client reco
   ]);
   watch.close();
   await seen.done;
+});
+
+Deno.test("--max-watchers refuses one watch stream too many, naming the limit; a closed one frees its place", async () => {
+  using dir = tempDir();
+  await using broker = await BrokerProcess.start(dir.path, ["--max-watchers", "2"]);
+  await using client = new Client({ socket: broker.socket, jobId: null });
+  using first = await client.watch({ name: "a" });
+  using second = await client.watch({ prefix: "b" });
+  const refusal =
+    "the broker has 2 of 2 watchers (the broker-wide limit, --max-watchers or maxWatchers)";
+  const err = await client.watch({ name: "c" }).then(() => null, (e) => e as Error);
+  ok(err instanceof BrokerError, `refused with a BrokerError, not ${err}`);
+  assertEquals(err.text, refusal);
+  const refused = await waitFor(() => {
+    const l = broker.audit().filter((l) => l.op === "watch" && l.result === "error");
+    return l.length > 0 ? l : null;
+  }, { what: "the refused watch's audit record", timeoutMs: 10_000 });
+  assertEquals(refused.map((l) => l.error), [refusal]);
+  // Other requests still work, and a watcher that goes away frees its place.
+  await client.put(enc("x"), { name: "a" });
+  first.close();
+  await waitFor(async () => {
+    try {
+      (await client.watch({ name: "c" })).close();
+      return true;
+    } catch (e) {
+      if (!(e instanceof BrokerError) || e.text !== refusal) throw e;
+      return false;
+    }
+  }, { what: "a third watch accepted once the first closed", timeoutMs: 10_000 });
+  second.close();
 });

@@ -5,8 +5,12 @@
 #       connect, send the request bytes (with a sealed memfd holding DATA when given) and,
 #       with read, wait for the reply header and its text: {"status": N, "text": "..."};
 #       without, keep the connection open: {"sent": true}
+#       ({"sent": true, "conn": N}, N numbering the agent's connections from 1)
+#   {"op": "peek", "conn": N}             does connection N have reply bytes to read? {"ready": b}
+#   {"op": "drain", "conn": N}            read connection N's reply header and its whole text:
+#       {"status": N, "bytes": LENGTH, "sha256": HEX} (LIST replies of many MiB are fine)
 # Connections stay open until the agent exits (stdin closes).
-import json, os, socket, struct, sys, fcntl
+import hashlib, json, os, select, socket, struct, sys, fcntl
 
 path = sys.argv[1]
 held = []
@@ -23,8 +27,34 @@ def read_exact(s, n):
     return out
 
 
+def drain(s):
+    header = read_exact(s, 48)
+    if len(header) < 48:
+        return {"status": -1, "bytes": 0, "sha256": ""}
+    status = struct.unpack_from("<I", header, 8)[0]
+    left = struct.unpack_from("<I", header, 36)[0]
+    digest = hashlib.sha256()
+    total = 0
+    buf = bytearray(1 << 20)
+    while left > 0:
+        n = s.recv_into(buf, min(left, len(buf)))
+        if n == 0:
+            break
+        digest.update(memoryview(buf)[:n])
+        total += n
+        left -= n
+    return {"status": status, "bytes": total, "sha256": digest.hexdigest()}
+
+
 for line in sys.stdin:
     cmd = json.loads(line)
+    if cmd["op"] == "peek":
+        r, _, _ = select.select([held[cmd["conn"] - 1]], [], [], 0)
+        print(json.dumps({"ready": len(r) > 0}), flush=True)
+        continue
+    if cmd["op"] == "drain":
+        print(json.dumps(drain(held[cmd["conn"] - 1])), flush=True)
+        continue
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(60)
     s.connect(path)
@@ -43,7 +73,7 @@ for line in sys.stdin:
     else:
         s.sendall(req)
     if not cmd.get("read"):
-        print(json.dumps({"sent": True}), flush=True)
+        print(json.dumps({"sent": True, "conn": len(held)}), flush=True)
         continue
     header = read_exact(s, 48)
     if len(header) < 48:

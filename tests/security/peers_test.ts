@@ -21,9 +21,11 @@ import { Client } from "../../src/client.ts";
 import { BrokerIdentityError } from "../../src/client/peer_check.ts";
 import { Cmd, encodeHeader } from "../../src/protocol/wire.ts";
 import { openListener } from "../../src/sys/listener.ts";
-import { acceptUnix } from "../../src/sys/unix_socket.ts";
+import { acceptUnix, sendSome } from "../../src/sys/unix_socket.ts";
+import { pollOne } from "../../src/sys/fd.ts";
+import { EAGAIN, POLLOUT } from "../../src/sys/linux.ts";
 import { FrameConn } from "../../src/shadow/frame_conn.ts";
-import { Frame, toWire } from "../../src/protocol/shadow_frames.ts";
+import { Frame, SHADOW_MAGIC, toWire } from "../../src/protocol/shadow_frames.ts";
 import { Memfd } from "../../src/sys/memfd.ts";
 import { closeQuietly, libc } from "../../src/ffi.ts";
 
@@ -280,3 +282,58 @@ Deno.test("objects a shadow sends are checked like a PUT: an unsealed memfd and 
     unsealed.close();
   }
 });
+
+Deno.test("a shadow frame declaring a payload over 32 MiB drops the shadow with a clear error, unbuffered", async () => {
+  using dir = tempDir();
+  const shadowPath = `${dir.path}/shadow.sock`;
+  const listener = openListener(shadowPath, 0o600, 4, "shadow");
+  const start = BrokerProcess.start(dir.path, ["--shadow", shadowPath], { wrap: WITH_RUN });
+  let fd = -1;
+  await waitFor(() => (fd = acceptUnix(listener.fd)) >= 0, {
+    what: "the broker to connect",
+    timeoutMs: 15_000,
+  });
+  const conn = new FrameConn(fd);
+  try {
+    assertEquals(conn.nextBlocking(10_000).type, Frame.HELLO);
+    // A header announcing 4 GiB - 16 of payload, then the first MiB of it.
+    const head = new Uint8Array(16);
+    const v = new DataView(head.buffer);
+    v.setUint32(0, SHADOW_MAGIC, true);
+    v.setUint16(4, Frame.OBJECTS, true);
+    v.setUint32(8, 0xfffffff0, true);
+    sendAllBlocking(fd, head);
+    sendAllBlocking(fd, new Uint8Array(1 << 20).fill(0x20));
+    const text = "shadow frame payload of 4294967280 bytes exceeds the limit of 33554432";
+    // The broker either starts without its shadow or stops at once; either way it says why.
+    let said = "";
+    const b = await start.catch((e: Error) => {
+      said = e.message;
+      return null;
+    });
+    if (b !== null) {
+      await using broker = b;
+      said = await waitFor(() => (broker.stderr.includes(text) ? broker.stderr : null), {
+        what: "the broker to report the oversized shadow frame",
+      });
+    }
+    ok(said.includes(text), said);
+  } finally {
+    conn.close();
+    closeQuietly(listener.fd);
+  }
+});
+
+/** Send `bytes`, waiting while the socket is full; stop quietly once the peer closed. */
+function sendAllBlocking(fd: number, bytes: Uint8Array): void {
+  let off = 0;
+  while (off < bytes.length) {
+    const n = sendSome(fd, bytes.subarray(off));
+    if (n === -EAGAIN) {
+      pollOne(fd, POLLOUT, 10_000);
+      continue;
+    }
+    if (n <= 0) return; // the broker dropped the link: nothing more to send
+    off += n;
+  }
+}

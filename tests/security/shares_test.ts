@@ -10,6 +10,8 @@ import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
 import { putRequest, selectRequest } from "../support/wire.ts";
 import { letTimePass } from "../support/wait.ts";
 import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
+import { encodeWatchRequest } from "../../src/protocol/watch.ts";
 import { Cmd, Flag, withExt } from "../../src/protocol/wire.ts";
 import { Agent, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
 
@@ -53,6 +55,7 @@ Deno.test({
     for (let i = 0; i < 3; i++) {
       assertEquals(await agent.do({ op: "send", req: hex(wait), data: null, read: false }), {
         sent: true,
+        conn: 2 * i + 1,
       });
       // A LIST round trip: the broker has handled the wait before anything sent after it.
       assertEquals(await agent.request(list()), { status: 0, text: "" });
@@ -122,4 +125,119 @@ Deno.test({
       ok((await c.list()).some((e) => e.name === "root-bytes"));
     });
   },
+});
+
+Deno.test({
+  name:
+    "one uid holding its share of watch streams is refused, naming the limit; another still watches until the broker-wide limit",
+  ignore: SKIP,
+  fn: async () => {
+    using dir = tempDir();
+    // 4 watchers: uid 65534 may hold 3.
+    await using broker = await sharedBroker(dir.path, ["--max-watchers", "4"]);
+    await using agent = Agent.start(dir.path, broker.socket);
+    const watch = encodeWatchRequest({ kind: "all" }, null);
+    for (let i = 0; i < 3; i++) {
+      assertEquals(await agent.request(watch), { status: 0, text: "" });
+    }
+    assertEquals(await agent.request(watch), {
+      status: 1,
+      text: `uid ${NOBODY} has 3 of 3 watchers (the per-uid limit, peerLimits.watchers)`,
+    });
+    // The broker's own uid has no per-uid share, but the broker-wide limit holds for everyone.
+    await using c = new Client({ socket: broker.socket, keepAlive: false });
+    using mine = await c.watch({ name: "x" });
+    const err = await c.watch({ name: "y" }).then(() => null, (e) => e as Error);
+    ok(err instanceof BrokerError, `refused with a BrokerError, not ${err}`);
+    assertEquals(
+      err.text,
+      "the broker has 4 of 4 watchers (the broker-wide limit, --max-watchers or maxWatchers)",
+    );
+    // The events still reach the agent's streams and this one.
+    await c.put(enc("v"), { name: "x" });
+    const first = await mine[Symbol.asyncIterator]().next();
+    assertEquals(first.value?.kind, "publish");
+  },
+});
+
+Deno.test("a bound job holds at most 3/4 of the objects and parked waits, naming the limit; others go on", async (t) => {
+  using dir = tempDir();
+  const config = `${dir.path}/memfdbus.jsonc`;
+  Deno.writeTextFileSync(config, '{ "jobs": { "trainer": { "uids": [0] } } }\n');
+  await using broker = await BrokerProcess.start(dir.path, [
+    "--config",
+    config,
+    "--max-objects",
+    "4",
+    "--max-waiters",
+    "4",
+  ]);
+  await t.step(
+    "objects: the job stores 3 of 4, then is refused; an unscoped put still fits",
+    async () => {
+      await using trainer = new Client({ socket: broker.socket, jobId: "trainer" });
+      for (let i = 0; i < 3; i++) await trainer.put(enc(`t${i}`), { name: `t${i}` });
+      const refused = await trainer.put(enc("t3"), { name: "t3" }).then(
+        () => null,
+        (e: Error) => e,
+      );
+      assertEquals(
+        refused?.message,
+        "broker error: job quota exceeded: job trainer holds 3 of 3 objects; " +
+          "drop old versions or raise quotas.jobs",
+      );
+      await using other = new Client({ socket: broker.socket });
+      const { id } = await other.put(enc("free"), { name: "free" });
+      assertEquals(id, 4n);
+    },
+  );
+  await t.step(
+    "waits: the job parks 3 of 4, then is refused; an unscoped wait still parks",
+    async () => {
+      const wait = (job: string | null) =>
+        selectRequest(Cmd.GET, {
+          name: "later",
+          reserved: withExt(Flag.WAIT),
+          ...(job ? { job } : {}),
+        });
+      const raws: Deno.Conn[] = [];
+      try {
+        for (let i = 0; i < 3; i++) {
+          const c = await Deno.connect({ transport: "unix", path: broker.socket });
+          raws.push(c);
+          await c.write(wait("trainer"));
+        }
+        await using probe = new Client({ socket: broker.socket, jobId: "trainer" });
+        // A LIST round trip: the broker has handled the waits sent before it.
+        await probe.list();
+        const text = await probe.get({ name: "later" }, { wait: true }).then(
+          () => "answered",
+          (e: Error) => e.message,
+        );
+        assertEquals(
+          text,
+          "broker error: job trainer has 3 of 3 parked waits (the per-job limit, 3/4 of --max-waiters)",
+        );
+        await using free = new Client({ socket: broker.socket });
+        const parked = free.get({ name: "later" }, { wait: true });
+        await using pub = new Client({ socket: broker.socket });
+        // Make room (the store holds its 4 objects), then publish: every parked wait is
+        // answered, the unscoped one included.
+        await pub.drop({ name: "free" });
+        const end = performance.now() + 30_000;
+        let got: string | null = null;
+        while (got === null && performance.now() < end) {
+          await pub.put(enc("now"), { name: "later" }).catch(() => {});
+          const r = await Promise.race([parked, letTimePass(50).then(() => null)]);
+          if (r !== null) {
+            got = r.text();
+            r.close();
+          }
+        }
+        assertEquals(got, "now");
+      } finally {
+        for (const c of raws) c.close();
+      }
+    },
+  );
 });

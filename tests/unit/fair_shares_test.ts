@@ -12,7 +12,13 @@ import { NO_QUOTAS } from "../../src/core/governance.ts";
 import { parseConfig } from "../../src/core/config.ts";
 import { defaultBrokerOptions } from "../../src/core/options.ts";
 
-const GLOBAL = { maxClients: 128, maxWaiters: 1024, maxObjects: 1000n, maxTotalBytes: 4001n };
+const GLOBAL = {
+  maxClients: 128,
+  maxWaiters: 1024,
+  maxWatchers: 64,
+  maxObjects: 1000n,
+  maxTotalBytes: 4001n,
+};
 
 Deno.test("default shares are 3/4 of each broker-wide limit, at least 1", () => {
   assertEquals([shareOf(128), shareOf(1024), shareOf(1), shareOf(3)], [96, 768, 1, 2]);
@@ -20,6 +26,13 @@ Deno.test("default shares are 3/4 of each broker-wide limit, at least 1", () => 
   const u64 = 18446744073709551615n;
   assertEquals(shareOfBig(u64), u64 / 4n * 3n + 2n);
 });
+
+const GLOBAL_RULES = {
+  peerLimits: DEFAULT_PEER_LIMITS,
+  quotas: NO_QUOTAS,
+  global: GLOBAL,
+  exempt: [0],
+};
 
 Deno.test("root and the broker's uid are exempt unless quotas.uids names them", () => {
   const rules = {
@@ -33,6 +46,9 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
   assertEquals(shareFor(1001, rules), {
     connections: 96,
     waits: 768,
+    watchers: 48,
+    replyBytes: 16 * 1024 * 1024,
+    replyFds: 64,
     store: { objects: 750n, bytes: 3000n },
     storeKey: "quotas.perUid",
   });
@@ -43,6 +59,9 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
   assertEquals(shareFor(1000, named), {
     connections: Infinity,
     waits: Infinity,
+    watchers: Infinity,
+    replyBytes: Infinity,
+    replyFds: Infinity,
     store: { objects: 5n, bytes: null },
     storeKey: "quotas.uids",
   });
@@ -50,7 +69,7 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
 
 Deno.test("configured peerLimits and quotas.perUid replace the default shares", () => {
   const share = shareFor(7, {
-    peerLimits: { connections: 3, waits: null },
+    peerLimits: { connections: 3, waits: null, watchers: 2 },
     quotas: { ...NO_QUOTAS, perUid: { objects: null, bytes: 10n } },
     global: GLOBAL,
     exempt: [0],
@@ -58,6 +77,9 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   assertEquals(share, {
     connections: 3,
     waits: 768,
+    watchers: 2,
+    replyBytes: 16 * 1024 * 1024,
+    replyFds: 64,
     store: { objects: null, bytes: 10n },
     storeKey: "quotas.perUid",
   });
@@ -69,13 +91,36 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
   );
 });
 
-Deno.test("config key peerLimits: connections and waits per uid, checked", async () => {
+Deno.test("config key peerLimits: connections, waits, watchers and unread replies per uid, checked", async () => {
   const { options } = await parseConfig(
-    '{ "peerLimits": { "connections": 5, "waits": 6 } }',
+    '{ "peerLimits": { "connections": 5, "waits": 6, "watchers": 7 }, "maxWatchers": 9 }',
     "/etc/m.jsonc",
     defaultBrokerOptions(),
   );
-  assertEquals(options.peerLimits, { connections: 5, waits: 6 });
+  assertEquals(options.peerLimits, {
+    connections: 5,
+    waits: 6,
+    watchers: 7,
+    replyBytes: null,
+    replyFds: null,
+  });
+  assertEquals(options.maxWatchers, 9);
+  const replies = await parseConfig(
+    '{ "peerLimits": { "replyBytes": 65536, "replyFds": 2 } }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(replies.options.peerLimits, {
+    connections: null,
+    waits: null,
+    watchers: null,
+    replyBytes: 65536,
+    replyFds: 2,
+  });
+  assertEquals(
+    shareFor(7, { ...GLOBAL_RULES, peerLimits: replies.options.peerLimits })?.replyFds,
+    2,
+  );
   await rejects(
     parseConfig('{ "peerLimits": { "connections": 0 } }', "/etc/m.jsonc", defaultBrokerOptions()),
     {

@@ -195,8 +195,15 @@ function reply(o: Outcome): { header: Header; body: string } {
   assertEquals(first.bytes.length, HEADER_SIZE);
   return {
     header: decodeHeader(first.bytes),
-    body: toBinary(bytes(...o.segments.slice(1).map((s) => s.bytes))),
+    body: toBinary(bytes(...o.segments.slice(1).map((s) => s.bytes), ...streamed(o))),
   };
+}
+
+/** A streamed body (LIST), drained in small chunks so that the chunking is exercised. */
+function streamed(o: Outcome): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let c = o.stream?.next(64); c != null; c = o.stream?.next(64)) out.push(c);
+  return out;
 }
 
 /** The printed audit record without its time stamp. */
@@ -1207,11 +1214,40 @@ Deno.test(
       header: hdr({ cmd: Cmd.LIST, textLen: text.length }),
       body: text,
     });
-    assertEquals(outcome.segments.map((s) => s.failText), [
-      "failed to send object list response",
-      "failed to send object list payload",
-    ]);
+    assertEquals(outcome.segments.map((s) => s.failText), ["failed to send object list response"]);
+    assertEquals(outcome.stream?.failText, "failed to send object list payload");
     assertEquals(auditOf(outcome), audit("list", "ok", { size: 2, count: 2, job_id: "you" }));
+  }),
+);
+
+Deno.test(
+  "LIST streams whole lines in chunks; an object dropped after the header still gets its line",
+  withFixture({}, (f) => {
+    const long = "n".repeat(100);
+    for (let i = 0; i < 5; i++) f.add("hello", `${long}${i}`, "job\u00e9");
+    const { outcome } = drive(handle(hdr({ cmd: Cmd.LIST }), f.ctx()), []);
+    const total = decodeHeader(outcome.wire).textLen;
+    ok(outcome.stream !== undefined, "a LIST with lines streams its body");
+    // Drop every object after the header is built: the announced bytes still all come.
+    for (const obj of [...f.store.values()]) f.store.remove(obj);
+    const chunks: Uint8Array[] = [];
+    for (let c = outcome.stream.next(400); c !== null; c = outcome.stream.next(400)) chunks.push(c);
+    // 400 bytes hold two lines of 199 bytes: chunks of two, two, and one line.
+    assertEquals(chunks.map((c) => c.length), [398, 398, 199]);
+    assertEquals(total, 995);
+    const text = toBinary(bytes(...chunks));
+    assertEquals(text.split("\n").length, 6);
+    ok(text.startsWith(`1\towner=job\u00e9\tallowed=-\t5\t${HELLO_DIGEST}\t${long}0\n`), text);
+    assertEquals(outcome.stream.next(400), null);
+  }),
+);
+
+Deno.test(
+  "LIST over maxListBytes is refused before any line is formatted",
+  withFixture({ maxListBytes: 198 }, (f) => {
+    f.add("hello", "n".repeat(100) + "0", "job\u00e9");
+    const { outcome } = drive(handle(hdr({ cmd: Cmd.LIST }), f.ctx()), []);
+    assertError(outcome, Cmd.LIST, 1, "list response too large");
   }),
 );
 

@@ -63,6 +63,7 @@ Deno.test("the wire constants have the protocol v1 values", () => {
     STAT: 0x101,
     TAKEOVER: 0x102,
     WATCH: 0x103,
+    USAGE: 0x104,
   });
   assertEquals([Flag.KEEP_ALIVE, Flag.WAIT, EXT_MARK], [1, 2, 0x4d460000]);
   assertEquals([withExt(0), withExt(1), extFlags(0x4d460003), extFlags(0xffffffff)], [

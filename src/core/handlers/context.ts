@@ -11,6 +11,7 @@ import { type NameKind, nameProblem } from "../../protocol/names.ts";
 import type { AuditRecord } from "../audit.ts";
 import type { BrokerOptions } from "../options.ts";
 import type { PeerIdentity } from "../policy.ts";
+import type { UsageReport } from "../../protocol/usage.ts";
 import type { Store, StoredObject } from "../store.ts";
 import type { Governor, Release } from "../governance.ts";
 import type { WatchSelector } from "../../protocol/watch.ts";
@@ -27,7 +28,13 @@ export type Step =
    * Wait (at most `ms`, 0: the broker's limit) until an object named `name` is published;
    * resumed with true when one was, false on timeout.
    */
-  | { readonly kind: "wait"; readonly name: string; readonly ms: number }
+  | {
+    readonly kind: "wait";
+    readonly name: string;
+    readonly ms: number;
+    /** The job the request claims (its per-job share of parked waits), or null. */
+    readonly job?: string | null;
+  }
   /** Ask the cluster tier (only with `ctx.cluster`); resumed with a {@link RemoteAnswer}. */
   | RemoteStep;
 
@@ -43,6 +50,25 @@ export interface Segment {
   readonly bytes: Uint8Array;
   /** For replies audited after sending: the error text when this piece cannot be sent. */
   readonly failText: string | null;
+}
+
+/**
+ * A reply body produced in pieces while the socket drains (LIST): the header, sent first,
+ * already announces {@link ReplyStream.total} bytes; the session asks for one chunk at a time,
+ * so an unread reply holds one chunk and the stream's snapshot, never the whole body.
+ */
+export interface ReplyStream {
+  /** The body's length in bytes (what the header announced). */
+  readonly total: number;
+  /** Memory the stream holds until it ends (its snapshot), for the per-uid reply accounting. */
+  readonly heldBytes: number;
+  /** The audit error text when the body cannot be sent. */
+  readonly failText: string;
+  /**
+   * The next chunk of about `max` bytes (whole lines, at least one), or null when the body is
+   * complete. Throws when the chunks would not add up to {@link ReplyStream.total} (a bug).
+   */
+  next(max: number): Uint8Array | null;
 }
 
 /** The result of a request. */
@@ -72,6 +98,8 @@ export interface Outcome {
   readonly watch?: { readonly selector: WatchSelector; readonly caller: string | null };
   /** Extension bits the reply carries besides keep-alive and wait (the cluster listing's). */
   readonly extFlags?: number;
+  /** The rest of the reply after {@link Outcome.wire}, produced chunk by chunk (LIST). */
+  readonly stream?: ReplyStream;
 }
 
 /**
@@ -117,6 +145,16 @@ export interface RequestContext {
    * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
    */
   storeShare?(size: number): string | null;
+  /**
+   * May this connection become a watch stream? Counts it (until the connection closes) and
+   * returns null, or returns the refusal text naming the watcher limit that was hit.
+   */
+  watchShare?(): string | null;
+  /**
+   * The USAGE report for this connection's peer asking as `caller` (see `src/core/usage.ts`).
+   * Absent or null: the broker answers USAGE with `unknown command`.
+   */
+  usage?(caller: string | null): UsageReport | null;
   /** The broker's cluster tier, when it runs with `--cluster`. */
   readonly cluster?: ClusterView | null;
 }

@@ -174,7 +174,12 @@ export function* getOrDrop(
     if (refused !== null) return refused;
   }
   if (obj === undefined && lookupName !== null && waits) {
-    const published = (yield { kind: "wait", name: lookupName, ms: Number(h.size) }) as boolean;
+    const published = (yield {
+      kind: "wait",
+      name: lookupName,
+      ms: Number(h.size),
+      job: caller,
+    }) as boolean;
     if (published) {
       obj = store.newestByName(lookupName);
       const refused = yield* remote(lookupName);

@@ -6,10 +6,10 @@
 
 import { type AuditRecord, blankRecord } from "../audit.ts";
 import { fromBinary } from "../../protocol/bytes.ts";
-import { formatListLine } from "../../protocol/list.ts";
+import { formatListLine, listLineLength } from "../../protocol/list.ts";
 import { checkJobClaim, visible } from "../policy.ts";
-import type { Store } from "../store.ts";
-import { formatClusterListLine, type RemoteAnswer } from "../remote.ts";
+import type { Store, StoredObject } from "../store.ts";
+import { clusterListLineLength, formatClusterListLine, type RemoteAnswer } from "../remote.ts";
 import {
   Cmd,
   encodeHeader,
@@ -22,7 +22,14 @@ import {
   Text,
 } from "../../protocol/wire.ts";
 import { Status } from "../../errors.ts";
-import { type Handler, JOB_TEXTS, type Outcome, readJob, type RequestContext } from "./context.ts";
+import {
+  type Handler,
+  JOB_TEXTS,
+  type Outcome,
+  readJob,
+  type ReplyStream,
+  type RequestContext,
+} from "./context.ts";
 import { errorOutcome, pieces } from "./reply.ts";
 
 /** The LIST handler. */
@@ -53,44 +60,102 @@ export function* list(h: Header, ctx: RequestContext): Handler {
     if (!ctx.cluster) return fail(Status.ERR, Text.noCluster);
     const a = (yield { kind: "remote", op: "list", name: "", caller }) as RemoteAnswer;
     if (a.kind !== "list") return fail(Status.ERR, a.kind === "error" ? a.text : Text.listBuild);
-    let text = "";
-    let count = 0;
-    for (const v of a.versions) {
-      if (!visible(v, caller)) continue;
-      const line = formatClusterListLine(v);
-      if (text.length + line.length > options.maxListBytes) {
-        rec.size = 0;
-        rec.count = 0;
-        return fail(Status.ERR, Text.listTooLarge);
-      }
-      text += line;
-      count++;
-    }
-    return listReply(rec, text, count, Flag.CLUSTER);
+    const rows = a.versions.filter((v) => visible(v, caller));
+    const stream = ListStream.of(rows, clusterListLineLength, formatClusterListLine);
+    if (stream.total > options.maxListBytes) return tooLarge(rec);
+    return listReply(rec, stream, Flag.CLUSTER);
   }
-  const built = buildListText(store, caller, options.maxListBytes);
-  if (built === null) {
-    rec.size = 0;
-    rec.count = 0;
-    return fail(Status.ERR, Text.listTooLarge);
-  }
-  return listReply(rec, built.text, built.count, 0);
+  // A snapshot of references to the visible objects: what a line shows of an object never
+  // changes, so an object dropped before its line is formatted still gets exactly the bytes the
+  // header announced.
+  const rows: StoredObject[] = [];
+  for (const obj of store.values()) if (visible(obj, caller)) rows.push(obj);
+  const stream = ListStream.of(rows, listLineLength, formatListLine);
+  if (stream.total > options.maxListBytes) return tooLarge(rec);
+  return listReply(rec, stream, 0);
 }
 
-function listReply(rec: AuditRecord, text: string, count: number, flags: number): Outcome {
+function tooLarge(rec: AuditRecord): Outcome {
+  rec.size = 0;
+  rec.count = 0;
+  return errorOutcome(Cmd.LIST, Status.ERR, Text.listTooLarge, rec);
+}
+
+/** The most body bytes one LIST chunk holds (a chunk is whole lines, at least one). */
+export const LIST_CHUNK = 64 * 1024;
+
+/**
+ * A LIST body produced chunk by chunk from a snapshot of rows: the total length is computed
+ * first (lengths only, no strings), then lines are formatted as the socket takes them.
+ */
+export class ListStream<T> implements ReplyStream {
+  readonly total: number;
+  readonly heldBytes: number;
+  readonly failText = "failed to send object list payload";
+  #rows: T[] | null;
+  #next = 0;
+  #produced = 0;
+  readonly #format: (row: T) => string;
+
+  /** A stream over `rows`; its total is the sum of `length(row)`. */
+  static of<T>(rows: T[], length: (row: T) => number, format: (row: T) => string): ListStream<T> {
+    let total = 0;
+    for (const r of rows) total += length(r);
+    return new ListStream(rows, total, format);
+  }
+
+  private constructor(rows: T[], total: number, format: (row: T) => string) {
+    this.#rows = rows;
+    this.total = total;
+    this.heldBytes = rows.length * 8;
+    this.#format = format;
+  }
+
+  /** Rows in the snapshot. */
+  get count(): number {
+    return this.#rows?.length ?? 0;
+  }
+
+  next(max: number): Uint8Array | null {
+    const rows = this.#rows;
+    if (rows === null) return null;
+    let text = "";
+    while (this.#next < rows.length && (text.length === 0 || text.length < max)) {
+      const line = this.#format(rows[this.#next] as T);
+      if (text.length > 0 && text.length + line.length > max) break;
+      text += line;
+      this.#next++;
+    }
+    this.#produced += text.length;
+    if (this.#next >= rows.length) this.#rows = null; // the snapshot is no longer needed
+    if (this.#produced > this.total || (this.#rows === null && this.#produced !== this.total)) {
+      throw new Error(`LIST body of ${this.#produced} bytes, announced ${this.total}`);
+    }
+    return text.length === 0 ? null : fromBinary(text);
+  }
+}
+
+function listReply(
+  rec: AuditRecord,
+  stream: ReplyStream & { readonly count: number },
+  flags: number,
+): Outcome {
   rec.result = "ok";
-  rec.size = count;
-  rec.count = count;
-  const body = fromBinary(text);
-  const wire = new Uint8Array(HEADER_SIZE + body.length);
-  encodeHeader({ cmd: Cmd.LIST, textLen: body.length }, wire);
-  wire.set(body, HEADER_SIZE);
-  const segments = pieces(
+  rec.size = stream.count;
+  rec.count = stream.count;
+  const wire = new Uint8Array(HEADER_SIZE);
+  encodeHeader({ cmd: Cmd.LIST, textLen: stream.total }, wire);
+  const segments = pieces(wire, [HEADER_SIZE, "failed to send object list response"]);
+  const o: Outcome = {
     wire,
-    [HEADER_SIZE, "failed to send object list response"],
-    [body.length, "failed to send object list payload"],
-  );
-  const o = { wire, segments, fd: -1, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+    segments,
+    fd: -1,
+    audit: rec,
+    auditAfterSend: true,
+    keptFd: false,
+    ok: true,
+    ...(stream.total > 0 ? { stream } : {}),
+  };
   return flags === 0 ? o : { ...o, extFlags: flags };
 }
 

@@ -46,6 +46,8 @@ export function* watch(h: Header, ctx: RequestContext): Handler {
   if (refusal !== null) return fail(Status.FORBIDDEN, refusal);
   const selector = watchSelectorOf(h, name);
   if ("error" in selector) return fail(Status.BAD_REQUEST, selector.error);
+  const full = ctx.watchShare?.() ?? null;
+  if (full !== null) return fail(Status.ERR, full);
   rec.result = "ok";
   rec.selector = selector.kind === "all" ? null : selector.kind;
   const newest = store.nextId - 1;

@@ -1,0 +1,85 @@
+/**
+ * Quotas survive `memfdbus broker --takeover` (issue 12, point 3): the successor receives each
+ * object's owner uid, job and shared memfd with it, so a uid at its quota is still refused and
+ * what each job holds is the same before and after. Real broker processes and memfds.
+ */
+import { assertEquals, ok, rejects } from "../support/assert.ts";
+import { Client } from "../../src/client.ts";
+import { BrokerError } from "../../src/errors.ts";
+import { BrokerProcess, enc, fdTable, tempDir } from "../support/harness.ts";
+import { admitObject, isRefused } from "../../src/shadow/admit.ts";
+import { fromWire, toWire } from "../../src/protocol/shadow_frames.ts";
+import { sealedMemfd } from "../support/harness.ts";
+
+/** The memfds the process holds. */
+function memfdCount(pid: number): number {
+  return [...fdTable(pid).values()].filter((t) => t.startsWith("/memfd:")).length;
+}
+
+Deno.test("a uid at its quota is still refused after broker --takeover, and usage is the same", async () => {
+  using dir = tempDir();
+  const config = `${dir.path}/bus.jsonc`;
+  Deno.writeTextFileSync(config, `{ "quotas": { "perUid": { "objects": 2, "bytes": 100 } } }`);
+  const old = await BrokerProcess.start(dir.path, ["--config", config]);
+  const socket = old.socket;
+  await using client = new Client({ socket, jobId: "alpha", keepAlive: false });
+  const x = await client.put(enc("same bytes"), { name: "x" });
+  await client.put(enc("same bytes"), { name: "y" }); // dedup: one memfd, charged once
+  const uid = Deno.uid();
+  const refusal = `uid quota exceeded: uid ${uid} holds 2 of 2 objects; ` +
+    "drop old versions or raise quotas.perUid";
+  const refused = (e: unknown) => e instanceof BrokerError && e.text === refusal;
+  await rejects(client.put(enc("third"), { name: "z" }), refused);
+  const before = await client.stat(x.id);
+  assertEquals(before.ownerUsage, { objects: 2, bytes: 10 });
+  assertEquals(before.shared, true);
+  assertEquals(memfdCount(old.pid), 1);
+  const usageBefore = await client.usage({ jobId: null });
+  assertEquals(usageBefore.uids, [{ uid, objects: 2, bytes: 10, maxObjects: 2n, maxBytes: 100n }]);
+
+  await using successor = await BrokerProcess.start(dir.path, [
+    "--config",
+    config,
+    "--socket",
+    socket,
+    "--takeover",
+  ]);
+  await old.exited();
+  await old[Symbol.asyncDispose]();
+  await rejects(client.put(enc("third"), { name: "z" }), refused);
+  const after = await client.stat(x.id);
+  assertEquals(after.ownerUsage, before.ownerUsage);
+  assertEquals(after.shared, true);
+  assertEquals(memfdCount(successor.pid), 1, "the successor shares the memfd again");
+  assertEquals(await client.usage({ jobId: null }), usageBefore);
+  // Making room makes room for exactly one more.
+  await client.drop(x.id);
+  await client.put(enc("third"), { name: "z" });
+  await rejects(client.put(enc("fourth"), { name: "w" }), refused);
+});
+
+Deno.test("shadow frames carry the owner uid; frames without one are still accepted", () => {
+  using m = sealedMemfd(enc("abc"));
+  const obj = {
+    id: 7,
+    size: 3,
+    fd: m.fd,
+    digest: "sha256:" + "0".repeat(64),
+    name: "n",
+    owner: "alpha",
+    allowed: null,
+    createdNs: 5n,
+    uid: 1001,
+  };
+  const wire = toWire(obj);
+  assertEquals(wire.uid, 1001);
+  assertEquals(fromWire(JSON.parse(JSON.stringify(wire)), -1).uid, 1001);
+  const { uid: _, ...old } = wire;
+  const parsed = fromWire(JSON.parse(JSON.stringify(old)), -1);
+  ok(!("uid" in parsed) || parsed.uid === undefined, "an old frame's object has no uid");
+  // A hostile uid is refused like any malformed field (the descriptor is closed).
+  const bad = admitObject({ ...wire, uid: -1 }, -1);
+  ok(isRefused(bad) && bad.reason === "invalid object after recovery (malformed uid)");
+  const big = admitObject({ ...wire, uid: 2 ** 32 }, -1);
+  ok(isRefused(big) && big.reason === "invalid object after recovery (malformed uid)");
+});
