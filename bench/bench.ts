@@ -164,7 +164,7 @@ async function throughput(): Promise<void> {
   const client = new Client({ socket: broker.socket, jobId: null });
   const sizes = quick ? [4 * KiB, MiB, 64 * MiB] : [4 * KiB, MiB, 64 * MiB, GiB];
   for (const size of sizes) {
-    const reps = size <= 4 * KiB ? 300 : size <= MiB ? 40 : size <= 64 * MiB ? 5 : 3;
+    const reps = size <= 4 * KiB ? 300 : size <= MiB ? 40 : size <= 64 * MiB ? 9 : 3;
     const bytes = patternBytes(size);
     const path = `${dir}/put-${size}.bin`;
     Deno.writeFileSync(path, bytes);
@@ -174,30 +174,35 @@ async function throughput(): Promise<void> {
       ? `${size / MiB} MiB`
       : `${size / KiB} KiB`;
 
-    const sha = await timeIt(
-      reps,
-      () => Promise.resolve(new DigestBuilder().update(bytes).digest()),
-    );
     const dst = new Uint8Array(size);
     const copy = await timeIt(reps, () => Promise.resolve(dst.set(bytes)));
-    const shaGBs = size / (stats(sha).p50 / 1e6) / 1e9;
     const copyGBs = size / (stats(copy).p50 / 1e6) / 1e9;
 
+    // Only the put is timed: the drop after it frees the object's pages (about 0.5 µs a page
+    // here, 8 ms for 64 MiB), which is the drop's cost, not the put's.
+    const timedPut = async (source: Uint8Array | string): Promise<number> => {
+      const t0 = performance.now();
+      const r = await client.put(source, { name: `put-${size}` });
+      const us = (performance.now() - t0) * 1000;
+      await client.drop(r.id);
+      return us;
+    };
     // One untimed run first: the first fresh gigabyte of memfd pages costs the kernel several
     // times more (reclaiming page cache) than steady state, which is what is measured.
-    const putMem = async (): Promise<void> => {
-      const r = await client.put(bytes, { name: `mem-${size}` });
-      await client.drop(r.id);
-    };
-    const putFile = async (): Promise<void> => {
-      const r = await client.put(path, { name: `file-${size}` });
-      await client.drop(r.id);
-    };
-    await putMem();
-    const fromMem = await timeIt(reps, putMem);
-    await putFile();
-    const fromFile = await timeIt(reps, putFile);
-    // The drop round trip is tiny next to the put for the sizes that matter.
+    await timedPut(bytes);
+    await timedPut(path);
+    // The floor and the puts take turns, so a machine loaded by others slows both alike.
+    const sha: number[] = [];
+    const fromMem: number[] = [];
+    const fromFile: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      const t0 = performance.now();
+      new DigestBuilder().update(bytes).digest();
+      sha.push((performance.now() - t0) * 1000);
+      fromMem.push(await timedPut(bytes));
+      fromFile.push(await timedPut(path));
+    }
+    const shaGBs = size / (stats(sha).p50 / 1e6) / 1e9;
     const memGBs = size / (stats(fromMem).p50 / 1e6) / 1e9;
     const fileGBs = size / (stats(fromFile).p50 / 1e6) / 1e9;
     const big = size >= 64 * MiB;
@@ -210,7 +215,7 @@ async function throughput(): Promise<void> {
       unit: "GB/s",
       floor: shaGBs,
       ratio: memGBs / shaGBs,
-      ...(big ? { target: ">= 0.5x sha256", pass: memGBs / shaGBs >= 0.5 } : {}),
+      ...(big ? { target: ">= 0.6x sha256", pass: memGBs / shaGBs >= 0.6 } : {}),
     });
     row({
       section: "b",
@@ -219,7 +224,7 @@ async function throughput(): Promise<void> {
       unit: "GB/s",
       floor: shaGBs,
       ratio: fileGBs / shaGBs,
-      ...(big ? { target: ">= 0.5x sha256", pass: fileGBs / shaGBs >= 0.5 } : {}),
+      ...(big ? { target: ">= 0.6x sha256", pass: fileGBs / shaGBs >= 0.6 } : {}),
     });
     Deno.removeSync(path);
   }

@@ -80,6 +80,8 @@ const symbols = {
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   /** int madvise(void *addr, size_t len, int advice) */
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
+  /** int fallocate64(int fd, int mode, off64_t offset, off64_t len) */
+  fallocate: { name: "fallocate64", parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   /** ssize_t copy_file_range(int in, off64_t *off_in, int out, off64_t *off_out, size_t len, unsigned flags) */
   copy_file_range: {
     parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],

@@ -2,8 +2,9 @@
  * Digest verification for PUT: inline for small objects, on a pool of Workers for large ones, so
  * one big publish never freezes the broker for other clients (defect D5).
  *
- * Objects are read with pread into a bounded buffer ({@link digestFdRead}), never mapped: the
- * holes of a sparse memfd then cost no memory. Each peer (uid) may have only a few objects
+ * Small objects and any with a hole are read with pread into a bounded buffer (so the holes of
+ * a sparse memfd cost no memory); large objects whose every page exists are hashed through a
+ * read-only mapping (see `digestObjectFd` in `./digest.ts`). Each peer (uid) may have only a few objects
  * queued or being hashed ({@link HashPool} `perPeer`), and Workers take the next job from the
  * peer with the fewest jobs running, so one uid publishing many large objects delays its own
  * publishes, not everyone's.

@@ -76,6 +76,8 @@ export const O_DIRECTORY = ARCH === "aarch64" ? 0o40000 : 0o200000;
 export const SEEK_SET = 0;
 /** Seek relative to the end. */
 export const SEEK_END = 2;
+/** lseek(2): the next hole at or after the offset (the end of file counts as one). */
+export const SEEK_HOLE = 4;
 
 /** mmap protection and flags. */
 export const PROT_READ = 0x1;
@@ -91,6 +93,8 @@ export const MAP_POPULATE = 0x8000;
 export const MADV_SEQUENTIAL = 2;
 /** Will-need advice. */
 export const MADV_WILLNEED = 3;
+/** fallocate(2): allocate without changing the file size. */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
 
 /** Socket constants. */
 export const AF_UNIX = 1;

@@ -32,8 +32,10 @@ import {
 import { Session } from "../support/wire.ts";
 import { Client } from "../../src/client.ts";
 import { digestBytes, digestFd, digestFdRead, digestObjectFd } from "../../src/hash/digest.ts";
+import { fstat } from "../../src/sys/fd.ts";
+import { FALLOC_FL_KEEP_SIZE } from "../../src/sys/linux.ts";
 import { Memfd } from "../../src/sys/memfd.ts";
-import { closeQuietly } from "../../src/ffi.ts";
+import { closeQuietly, libc } from "../../src/ffi.ts";
 import {
   acceptUnix,
   bindUnix,
@@ -235,4 +237,21 @@ Deno.test("the broker's digest reads sparse objects and maps dense ones, with eq
     threw = e instanceof RangeError;
   }
   ok(threw, "reading past the end did not fail");
+});
+
+Deno.test("a memfd with holes that only looks dense (pages allocated past its end) is read, not mapped", () => {
+  const size = 4 << 20;
+  using m = Memfd.create("disguised");
+  m.truncate(size);
+  m.writeAll(new Uint8Array(4096).fill(2));
+  // As many blocks as its size, all but one page of them past the end of file.
+  assertEquals(libc.symbols.fallocate(m.fd, FALLOC_FL_KEEP_SIZE, BigInt(size), BigInt(size)), 0);
+  m.seal();
+  const before = fstat(m.fd).blocks;
+  ok(before * 512n >= BigInt(size), `only ${before} blocks`);
+  const expected = new Uint8Array(size);
+  expected.fill(2, 0, 4096);
+  assertEquals(digestObjectFd(m.fd, size), digestBytes(expected));
+  // Through a mapping, each hole would have become a page charged to the reader.
+  assertEquals(fstat(m.fd).blocks, before);
 });

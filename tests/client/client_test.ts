@@ -970,3 +970,30 @@ Deno.test("get() reports a broker error reply as BrokerError even with an fd att
   }
   await guard.waitClean();
 });
+
+brokerTest(
+  "a large put from bytes or a file publishes its exact bytes, no pages past its end, copied before put returns to the caller",
+  {},
+  async (env) => {
+    await using client = env.client();
+    const size = (9 << 20) + 123;
+    const bytes = new Uint8Array(size).map((_, i) => (i * 31) & 0xff);
+    const want = digestBytes(bytes);
+    const pending = client.put(bytes, { name: "big" });
+    // The copy is done by the time put() hands back its promise: changing the bytes now
+    // changes nothing published.
+    const kept = bytes.slice();
+    bytes.fill(0);
+    const r = await pending;
+    assertEquals([r.size, r.digest], [size, want]);
+    Deno.writeFileSync(`${env.dir}/big.bin`, kept);
+    const f = await client.put(`${env.dir}/big.bin`, { name: "from-file" });
+    assertEquals([f.size, f.digest], [size, want]);
+    for (const id of [r.id, f.id]) {
+      using obj = await client.get(id);
+      assertEquals(obj.view, kept);
+      // Exactly the object's pages are allocated, none past its end.
+      assertEquals(fstat(obj.fd).blocks * 512n, BigInt(Math.ceil(size / 4096) * 4096));
+    }
+  },
+);
