@@ -30,6 +30,8 @@ import type { ObjectEvents } from "./events.ts";
 import type { ShadowMirror } from "./mirror.ts";
 import type { Sessions } from "./session.ts";
 
+/** How long a spawned successor may take to start and say HELLO. */
+const SPAWNED_HELLO_MS = 30_000;
 /** What the successor's side needs. */
 export interface ReceiveParts {
   readonly store: Store;
@@ -215,7 +217,9 @@ export class Handover {
         p.sessions.detach(conn);
       }
       setNonblocking(link.fd, true);
-      const hello = link.nextBlocking(5_000);
+      // A successor this broker spawned (SIGUSR2) must first start its runtime and load its
+      // modules, which takes seconds on a loaded host: give it time rather than fail the upgrade.
+      const hello = link.nextBlocking("command" in h ? SPAWNED_HELLO_MS : 5_000);
       if (hello.type !== Frame.HELLO) throw new Error("no HELLO from the new broker");
       serveState(link, p.store.values(), p.store.nextId, p.share);
       // Connections accepted but not read from yet go to the new broker too: their clients may
