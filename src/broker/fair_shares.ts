@@ -52,11 +52,8 @@ export class FairShares implements PeerLedger {
   readonly #waits = new Map<number, number>();
   readonly #watchers = new Map<number, number>();
   #watching = 0;
-  /** Connections counted (by their uid), and which of them are counted as parked. */
-  readonly #counted = new WeakMap<Conn, number>();
-  readonly #parked = new WeakSet<Conn>();
-  /** Connections counted as watchers (by their uid, or -1 when it is unknown). */
-  readonly #watched = new WeakMap<Conn, number>();
+  // Which connections are counted (by their uid), counted as parked and counted as watchers
+  // is marked on the connections themselves (Conn.sharesUid and the fields after it).
   /** Unsent reply bytes and descriptor replies per uid. */
   readonly #replyBytes = new Map<number, number>();
   readonly #replyFds = new Map<number, number>();
@@ -64,7 +61,6 @@ export class FairShares implements PeerLedger {
   readonly #throttled = new Map<number, Set<Conn>>();
   /** Parked waits per bound job, and the job each counted connection is parked for. */
   readonly #jobWaits = new Map<string, number>();
-  readonly #parkedJob = new WeakMap<Conn, string>();
 
   /**
    * @param rules limits and exemptions
@@ -110,7 +106,7 @@ export class FairShares implements PeerLedger {
       return errorOutcome(0, Status.ERR, text, blankRecord("unknown", "error", null));
     }
     this.#connections.set(uid, held + 1);
-    this.#counted.set(conn, uid);
+    conn.sharesUid = uid;
     return null;
   }
 
@@ -134,7 +130,7 @@ export class FairShares implements PeerLedger {
    * the limit (the broker-wide `--max-watchers`, then the uid's share, `peerLimits.watchers`).
    */
   watching(conn: Conn): string | null {
-    if (this.#watched.has(conn)) return null;
+    if (conn.sharesWatchUid !== null) return null;
     const max = this.#rules.global.maxWatchers;
     if (max !== undefined && this.#watching >= max) {
       return `the broker has ${this.#watching} of ${max} watchers ` +
@@ -150,15 +146,15 @@ export class FairShares implements PeerLedger {
       this.#watchers.set(uid, held + 1);
     }
     this.#watching++;
-    this.#watched.set(conn, uid ?? -1);
+    conn.sharesWatchUid = uid ?? -1;
     return null;
   }
 
   /** A watch stream ended (no effect when it was not counted). */
   unwatched(conn: Conn): void {
-    const uid = this.#watched.get(conn);
-    if (uid === undefined) return;
-    this.#watched.delete(conn);
+    const uid = conn.sharesWatchUid;
+    if (uid === null) return;
+    conn.sharesWatchUid = null;
     this.#watching--;
     if (uid < 0) return;
     const n = this.watchersOf(uid) - 1;
@@ -176,9 +172,9 @@ export class FairShares implements PeerLedger {
       const uid = conn.peer?.uid;
       if (uid !== undefined) this.#throttled.get(uid)?.delete(conn);
     }
-    const uid = this.#counted.get(conn);
-    if (uid === undefined) return;
-    this.#counted.delete(conn);
+    const uid = conn.sharesUid;
+    if (uid < 0) return;
+    conn.sharesUid = -1;
     const n = this.connectionsOf(uid) - 1;
     if (n > 0) this.#connections.set(uid, n);
     else this.#connections.delete(uid);
@@ -188,14 +184,14 @@ export class FairShares implements PeerLedger {
   parking(conn: Conn): string | null {
     const step = conn.step;
     const job = step?.kind === "wait" ? step.job ?? null : null;
-    if (job !== null && this.#rules.boundJobs?.has(job) === true && !this.#parkedJob.has(conn)) {
+    if (job !== null && this.#rules.boundJobs?.has(job) === true && conn.sharesParkedJob === null) {
       const held = this.#jobWaits.get(job) ?? 0;
       const max = jobWaitShare(this.#rules.global);
       if (held >= max) return jobWaitText(shortJob(job), held, max);
       const refusal = this.#parkUid(conn);
       if (refusal !== null) return refusal;
       this.#jobWaits.set(job, held + 1);
-      this.#parkedJob.set(conn, job);
+      conn.sharesParkedJob = job;
       return null;
     }
     return this.#parkUid(conn);
@@ -203,27 +199,28 @@ export class FairShares implements PeerLedger {
 
   #parkUid(conn: Conn): string | null {
     const uid = conn.peer?.uid;
-    if (uid === undefined || this.#parked.has(conn)) return null;
+    if (uid === undefined || conn.sharesParked) return null;
     const share = this.#share(uid);
     const held = this.waitsOf(uid);
     if (share !== null && held >= share.waits) {
       return shareText(uid, "parked waits", { held, max: share.waits }, "peerLimits.waits");
     }
     this.#waits.set(uid, held + 1);
-    this.#parked.add(conn);
+    conn.sharesParked = true;
     return null;
   }
 
   /** A parked request was answered, expired or closed (no effect when it was not counted). */
   unparked(conn: Conn): void {
-    const job = this.#parkedJob.get(conn);
-    if (job !== undefined) {
-      this.#parkedJob.delete(conn);
+    const job = conn.sharesParkedJob;
+    if (job !== null) {
+      conn.sharesParkedJob = null;
       const n = (this.#jobWaits.get(job) ?? 0) - 1;
       if (n > 0) this.#jobWaits.set(job, n);
       else this.#jobWaits.delete(job);
     }
-    if (!this.#parked.delete(conn)) return;
+    if (!conn.sharesParked) return;
+    conn.sharesParked = false;
     const uid = conn.peer?.uid;
     if (uid === undefined) return;
     const n = this.waitsOf(uid) - 1;
