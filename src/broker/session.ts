@@ -20,7 +20,6 @@ import {
   errorOutcome,
   handle,
   type Outcome,
-  type RequestContext,
   type StepInput,
   unknownCommandOutcome,
 } from "../core/handlers.ts";
@@ -46,11 +45,10 @@ import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../s
 import type { PollEvent } from "../sys/poller.ts";
 import { sendSome } from "../sys/unix_socket.ts";
 import { BufferPool, Conn, READ_CHUNK, State } from "./connection.ts";
-import { checkSealedFd, sealsOf } from "./descriptors.ts";
 import { FIRST_RESERVED_TOKEN } from "./loop.ts";
 import type { ClusterSeam } from "./cluster_seam.ts";
 import type { RemoteAnswer } from "../core/remote.ts";
-import type { SessionParts } from "./session_parts.ts";
+import { requestContext, type SessionParts } from "./session_parts.ts";
 import {
   linger,
   LINGER_BYTES,
@@ -378,30 +376,16 @@ export class Sessions {
     // here, speculatively, let any peer make the broker hash without a valid request).
     conn.keepAlive = (extFlags(h.reserved) & Flag.KEEP_ALIVE) !== 0;
     if (this.#p.latency) conn.startedAt = performance.now();
-    conn.handler = handle(h, this.#context(conn));
+    conn.handler = handle(
+      h,
+      requestContext(this.#p, conn, {
+        reopen: this.#reopen,
+        release: this.#release,
+        now: this.#now,
+        cluster: this.#cluster?.view ?? null,
+      }),
+    );
     this.#resume(conn, null);
-  }
-
-  #context(conn: Conn): RequestContext {
-    const p = this.#p;
-    return {
-      store: p.store,
-      options: p.options,
-      fd: conn.reqFd,
-      fdLost: conn.fdLost,
-      peer: conn.peer,
-      reopen: this.#reopen,
-      release: this.#release,
-      checkSealed: checkSealedFd,
-      seals: sealsOf,
-      storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
-      watchShare: () => p.ledger?.watching?.(conn) ?? null,
-      usage: (caller) => p.ledger?.usage?.(conn, caller, p.store) ?? null,
-      now: this.#now,
-      governor: p.governor?.rules,
-      watchQueueLength: p.watchers?.queueLength ?? 0,
-      cluster: this.#cluster?.view ?? null,
-    };
   }
 
   #resume(conn: Conn, input: StepInput): void {

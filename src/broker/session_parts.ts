@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Outcome } from "../core/handlers.ts";
+import type { Outcome, RequestContext } from "../core/handlers.ts";
 import type { BrokerOptions } from "../core/options.ts";
 import type { Store } from "../core/store.ts";
 import type { Governor } from "../core/governance.ts";
@@ -13,7 +13,7 @@ import type { HashPool } from "../hash/verifier.ts";
 import type { Poller } from "../sys/poller.ts";
 import type { AuditOutput } from "./audit_sink.ts";
 import type { Conn } from "./connection.ts";
-import type { ObjectDescriptors } from "./descriptors.ts";
+import { checkSealedFd, type ObjectDescriptors, sealsOf } from "./descriptors.ts";
 import type { PeerLedger } from "./admission.ts";
 import type { ObjectEvents } from "./events.ts";
 import type { ParkedWaits } from "./waits.ts";
@@ -62,4 +62,42 @@ export interface SessionParts {
   readonly deduped?: () => void;
   /** Where an internal error in one request is reported (one line). */
   readonly report: (message: string) => void;
+}
+
+/** What a request's handler is given for `conn`, beyond the broker's parts. */
+export interface ContextDeps {
+  /** A fresh descriptor of a stored object, for a GET reply. */
+  readonly reopen: RequestContext["reopen"];
+  /** An object left the store (`last`: its memfd is no longer shared). */
+  readonly release: RequestContext["release"];
+  /** The audit clock. */
+  readonly now: RequestContext["now"];
+  /** The cluster tier's view, or null without --cluster. */
+  readonly cluster: NonNullable<RequestContext["cluster"]> | null;
+}
+
+/**
+ * The context a handler runs in for one request on `conn`: the store and options, the
+ * descriptor the request brought, the peer, and the checks and shares the pure core may not
+ * make itself.
+ */
+export function requestContext(p: SessionParts, conn: Conn, deps: ContextDeps): RequestContext {
+  return {
+    store: p.store,
+    options: p.options,
+    fd: conn.reqFd,
+    fdLost: conn.fdLost,
+    peer: conn.peer,
+    reopen: deps.reopen,
+    release: deps.release,
+    checkSealed: checkSealedFd,
+    seals: sealsOf,
+    storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
+    watchShare: () => p.ledger?.watching?.(conn) ?? null,
+    usage: (caller) => p.ledger?.usage?.(conn, caller, p.store) ?? null,
+    now: deps.now,
+    governor: p.governor?.rules,
+    watchQueueLength: p.watchers?.queueLength ?? 0,
+    cluster: deps.cluster,
+  };
 }
