@@ -82,3 +82,27 @@ export function jsonString(s: string | null): string {
   }
   return out + '"';
 }
+
+/**
+ * A `JSON.parse` reviver that reads the numbers under `keys` from their source text as bigints
+ * (a time in ns or a 64-bit limit exceeds 2^53); a non-integer there reads as null.
+ */
+export function exactIntegers(
+  keys: ReadonlySet<string>,
+): (this: unknown, key: string, value: unknown, context?: { source?: string }) => unknown {
+  return function (
+    this: unknown,
+    key: string,
+    value: unknown,
+    context?: { source?: string },
+  ): unknown {
+    if (!keys.has(key) || typeof value !== "number") return value;
+    const source = context?.source;
+    return source !== undefined && /^[0-9]+$/.test(source) ? BigInt(source) : null;
+  };
+}
+
+/** True for a count: a safe, non-negative integer. */
+export function isCount(n: unknown): n is number {
+  return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+}

@@ -8,7 +8,7 @@
  */
 
 import { ProtocolError } from "../errors.ts";
-import { jsonString } from "./json.ts";
+import { exactIntegers, isCount, jsonString } from "./json.ts";
 
 /** What a STAT body says of an object (the broker's strings are binary strings). */
 export interface StatFields {
@@ -126,7 +126,7 @@ const EXACT_KEYS = new Set(["created_ns"]);
 export function parseStat(text: string): StatBody {
   let v: unknown;
   try {
-    v = JSON.parse(text, exactNumbers);
+    v = JSON.parse(text, exactIntegers(EXACT_KEYS));
   } catch {
     throw invalid();
   }
@@ -143,10 +143,8 @@ export function parseStat(text: string): StatBody {
   }
   const created = o.created_ns;
   const seals = o.seals;
-  const count = (n: unknown): n is number =>
-    typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
-  const origin = typeof o.origin_host === "string" && count(o.origin_id) &&
-      count(o.origin_revision)
+  const origin = typeof o.origin_host === "string" && isCount(o.origin_id) &&
+      isCount(o.origin_revision)
     ? { host: o.origin_host, id: o.origin_id, revision: o.origin_revision }
     : null;
   return {
@@ -157,23 +155,11 @@ export function parseStat(text: string): StatBody {
     createdNs: typeof created === "bigint" ? created : null,
     seals: typeof seals === "number" && Number.isInteger(seals) && seals >= 0 ? seals : null,
     shared: typeof o.shared === "boolean" ? o.shared : null,
-    ownerUsage: count(o.owner_objects) && count(o.owner_bytes)
+    ownerUsage: isCount(o.owner_objects) && isCount(o.owner_bytes)
       ? { objects: o.owner_objects, bytes: o.owner_bytes }
       : null,
     origin,
   };
-}
-
-/** A JSON.parse reviver that reads the numbers of {@link EXACT_KEYS} from their source text. */
-function exactNumbers(
-  this: unknown,
-  key: string,
-  value: unknown,
-  context?: { source?: string },
-): unknown {
-  if (!EXACT_KEYS.has(key) || typeof value !== "number") return value;
-  const source = context?.source;
-  return source !== undefined && /^[0-9]+$/.test(source) ? BigInt(source) : null;
 }
 
 function invalid(): ProtocolError {

@@ -18,7 +18,7 @@
  */
 
 import { ProtocolError } from "../errors.ts";
-import { jsonString } from "./json.ts";
+import { exactIntegers, isCount, jsonString } from "./json.ts";
 
 /** What one holder (the broker, a job, a uid) holds, and its limits. */
 export interface UsageEntry {
@@ -82,29 +82,16 @@ export function formatUsage(r: UsageReport): string {
 /** Limits keep every digit (a limit may be up to 2^64 - 1). */
 const EXACT_KEYS = new Set(["max_objects", "max_bytes"]);
 
-function exactNumbers(
-  this: unknown,
-  key: string,
-  value: unknown,
-  context?: { source?: string },
-): unknown {
-  if (!EXACT_KEYS.has(key) || typeof value !== "number") return value;
-  const source = context?.source;
-  return source !== undefined && /^[0-9]+$/.test(source) ? BigInt(source) : null;
-}
-
 function invalid(): ProtocolError {
   return new ProtocolError("broker sent an invalid usage reply");
 }
 
-const count = (n: unknown): n is number =>
-  typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
 const limit = (n: unknown): bigint | null => (typeof n === "bigint" ? n : null);
 
 function entryOf(v: unknown): UsageEntry & Record<string, unknown> {
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw invalid();
   const o = v as Record<string, unknown>;
-  if (!count(o.objects) || !count(o.bytes)) throw invalid();
+  if (!isCount(o.objects) || !isCount(o.bytes)) throw invalid();
   return {
     ...o,
     objects: o.objects,
@@ -128,7 +115,7 @@ function entryOf(v: unknown): UsageEntry & Record<string, unknown> {
 export function parseUsage(text: string): UsageReport {
   let v: unknown;
   try {
-    v = JSON.parse(text, exactNumbers);
+    v = JSON.parse(text, exactIntegers(EXACT_KEYS));
   } catch {
     throw invalid();
   }
@@ -152,7 +139,7 @@ export function parseUsage(text: string): UsageReport {
   });
   const uids = o.uids.map((u): UidUsageEntry => {
     const e = entryOf(u);
-    if (!count(e.uid) || e.uid > 0xffffffff) throw invalid();
+    if (!isCount(e.uid) || e.uid > 0xffffffff) throw invalid();
     return { uid: e.uid, ...plain(e) };
   });
   return { scope: o.scope, broker: plain(entryOf(o.broker)), jobs, uids };
