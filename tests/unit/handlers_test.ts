@@ -1231,9 +1231,15 @@ Deno.test(
     // Drop every object after the header is built: the announced bytes still all come.
     for (const obj of [...f.store.values()]) f.store.remove(obj);
     const chunks: Uint8Array[] = [];
-    for (let c = outcome.stream.next(400); c !== null; c = outcome.stream.next(400)) chunks.push(c);
+    const done: boolean[] = [outcome.stream.done];
+    for (let c = outcome.stream.next(400); c !== null; c = outcome.stream.next(400)) {
+      chunks.push(c);
+      done.push(outcome.stream.done);
+    }
     // 400 bytes hold two lines of 199 bytes: chunks of two, two, and one line.
     assertEquals(chunks.map((c) => c.length), [398, 398, 199]);
+    // `done` turns true with the last chunk, so the session closes in that same step.
+    assertEquals(done, [false, false, false, true]);
     assertEquals(total, 995);
     const text = toBinary(bytes(...chunks));
     assertEquals(text.split("\n").length, 6);
