@@ -76,6 +76,31 @@ const symbols = {
     parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"],
     result: "pointer",
   },
+  /** void *memcpy(void *dst, const void *src, size_t n), into a raw pointer (a mapping) */
+  memcpy_to: { name: "memcpy", parameters: ["pointer", "buffer", "usize"], result: "pointer" },
+  /** void *memcpy(...) into a raw pointer, run on Deno's blocking pool (`src` must stay alive) */
+  memcpy_to_async: {
+    name: "memcpy",
+    parameters: ["pointer", "buffer", "usize"],
+    result: "pointer",
+    nonblocking: true,
+  },
+  /** ssize_t pread64(int fd, void *buf, size_t count, off64_t offset), into a raw pointer */
+  pread_to: { name: "pread64", parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
+  /** ssize_t pread64(...) into a raw pointer, run on the blocking pool; errno is lost */
+  pread_to_async: {
+    name: "pread64",
+    parameters: ["i32", "pointer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  /** int madvise(void *addr, size_t len, int advice), run on the blocking pool */
+  madvise_async: {
+    name: "madvise",
+    parameters: ["pointer", "usize", "i32"],
+    result: "i32",
+    nonblocking: true,
+  },
   /** int munmap(void *addr, size_t len) */
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   /** int madvise(void *addr, size_t len, int advice) */

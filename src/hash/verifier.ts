@@ -39,10 +39,13 @@ export function hashQuotaText(peer: number | string, limit: number): string {
 /** The digest string, or the broker's error text for a failed verification read. */
 export type HashOutcome = { readonly digest: string } | { readonly error: string };
 
-/** Hash a descriptor, turning failures into the C broker's error texts. */
-export function digestOrError(fd: number, size: number): HashOutcome {
+/**
+ * Hash a descriptor, turning failures into the C broker's error texts. With `later`, cleanup
+ * that can wait until the answer is out (unmapping) is pushed there instead of run.
+ */
+export function digestOrError(fd: number, size: number, later?: (() => void)[]): HashOutcome {
   try {
-    return { digest: digestObjectFd(fd, size) };
+    return { digest: digestObjectFd(fd, size, later) };
   } catch (e) {
     if (e instanceof RangeError) return { error: Text.digestShortRead };
     if (e instanceof ErrnoError) {

@@ -17,5 +17,8 @@ interface WorkerScope {
 const scope = globalThis as unknown as WorkerScope;
 scope.onmessage = (e: MessageEvent<HashJob>): void => {
   const job = e.data;
-  scope.postMessage({ id: job.id, ...digestOrError(job.fd, job.size) });
+  // The mapping is unmapped after the answer is posted: the broker replies meanwhile.
+  const later: (() => void)[] = [];
+  scope.postMessage({ id: job.id, ...digestOrError(job.fd, job.size, later) });
+  for (const run of later) run();
 };
