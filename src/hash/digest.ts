@@ -96,6 +96,9 @@ export function digestFd(fd: number, size: number): string {
   return digestBytes(map.bytes);
 }
 
+/** Where a large object's mapping starts being mapped in ahead of its hash (see {@link digestObjectFd}). */
+export const PREFETCH_FROM = 4 << 20;
+
 /** Bytes {@link digestFdRead} reads per pread call. */
 export const READ_SLICE = 1 << 20;
 
@@ -168,6 +171,9 @@ export function digestObjectFd(fd: number, size: number, later?: (() => void)[])
   // answers first and runs `later` afterwards.
   const map = ReadOnlyMapping.of(fd, size, "mmap object");
   try {
+    // Another thread maps the pages in ahead of the hash (measured for 64 MiB: 51 ms instead
+    // of 57, the floor being 46); the first slice is left to the hash's own faults.
+    if (size >= 2 * PREFETCH_FROM) void map.prefetch(PREFETCH_FROM);
     const digest = digestBytes(map.bytes);
     later.push(() => map.close());
     return digest;

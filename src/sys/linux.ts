@@ -93,6 +93,8 @@ export const MAP_POPULATE = 0x8000;
 export const MADV_SEQUENTIAL = 2;
 /** Will-need advice. */
 export const MADV_WILLNEED = 3;
+/** madvise(2): map the pages in now, read-only (Linux 5.14; EINVAL before). */
+export const MADV_POPULATE_READ = 22;
 /** fallocate(2): allocate without changing the file size. */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
 

@@ -7,7 +7,13 @@
  */
 
 import { lastError, libc } from "../ffi.ts";
-import { MADV_SEQUENTIAL, MAP_FAILED, MAP_SHARED, PROT_READ } from "./linux.ts";
+import {
+  MADV_POPULATE_READ,
+  MADV_SEQUENTIAL,
+  MAP_FAILED,
+  MAP_SHARED,
+  PROT_READ,
+} from "./linux.ts";
 
 /**
  * A read-only shared mapping of a file.
@@ -28,6 +34,7 @@ export class ReadOnlyMapping implements Disposable {
   #buffer: ArrayBuffer | null;
   #bytes: Uint8Array | null;
   #leaked = false;
+  #prefetching: Promise<unknown> | null = null;
 
   private constructor(ptr: Deno.PointerObject | null, length: number) {
     this.#ptr = ptr;
@@ -90,6 +97,40 @@ export class ReadOnlyMapping implements Disposable {
     return this.#bytes;
   }
 
+  /**
+   * Ask the kernel to map in the pages from `offset` to the end on another thread (Deno's
+   * blocking pool; `madvise(MADV_POPULATE_READ)`), so a reader walking the mapping from the
+   * start finds them mapped instead of faulting on each. Reading a hole of the file this way
+   * allocates a page for it, as a read fault would. Resolves when done; failures (an old kernel)
+   * are ignored, the reader then faults as usual. A {@link ReadOnlyMapping.close} meanwhile
+   * unmaps once it is done.
+   *
+   * @example
+   * ```ts
+   * import { Memfd } from "@memfdbus/memfdbus";
+   * using memfd = Memfd.create("x");
+   * memfd.writeAll(new Uint8Array(1 << 20));
+   * memfd.seal();
+   * using map = memfd.map();
+   * await map.prefetch(4096);
+   * console.log(map.bytes[4096]); // 0
+   * ```
+   *
+   * @param offset where to start, rounded down to a page
+   */
+  prefetch(offset: number): Promise<void> {
+    const ptr = this.#ptr;
+    const start = Math.max(0, Math.floor(offset / 4096) * 4096);
+    if (ptr === null || start >= this.#length) return Promise.resolve();
+    const at = Deno.UnsafePointer.offset(ptr, start);
+    if (at === null) return Promise.resolve();
+    const done = libc.symbols.madvise_async(at, BigInt(this.#length - start), MADV_POPULATE_READ)
+      .then(() => {}, () => {});
+    const all = this.#prefetching === null ? done : Promise.all([this.#prefetching, done]);
+    this.#prefetching = all;
+    return done;
+  }
+
   /** The mapped length in bytes. */
   get length(): number {
     return this.#length;
@@ -150,7 +191,13 @@ export class ReadOnlyMapping implements Disposable {
       return;
     }
     buffer.transfer(0);
-    libc.symbols.munmap(ptr, BigInt(this.#length));
+    const length = BigInt(this.#length);
+    const prefetching = this.#prefetching;
+    this.#prefetching = null;
+    // Unmapping under a running madvise is safe for the kernel, but it would make the populate
+    // fail part-way for nothing: wait for it.
+    if (prefetching === null) libc.symbols.munmap(ptr, length);
+    else void prefetching.then(() => libc.symbols.munmap(ptr, length));
   }
 
   /** Same as {@link ReadOnlyMapping.close}. */
