@@ -158,12 +158,18 @@ export function digestFdRead(fd: number, size: number): string {
  * console.log(digestObjectFd(memfd.fd, memfd.size) === digestBytes(bytes)); // true
  * ```
  *
- * @param later when given, a mapping used for the hash is left mapped and its unmapping pushed
- *   here, for the caller to run once it has answered (the descriptor may be closed before)
+ * @param later when given (the broker's Worker), a large dense object's pages are mapped in
+ *   ahead of the hash on another thread ({@link ReadOnlyMapping.prefetch}), and the mapping is
+ *   left mapped with its unmapping pushed here, for the caller to run once it has answered (the
+ *   descriptor may be closed before); the promise settles when the pages are unmapped
  * @throws {ErrnoError} when a read or the mapping fails
  * @throws {RangeError} when the descriptor holds fewer than `size` bytes
  */
-export function digestObjectFd(fd: number, size: number, later?: (() => void)[]): string {
+export function digestObjectFd(
+  fd: number,
+  size: number,
+  later?: (() => Promise<void>)[],
+): string {
   if (size <= READ_SLICE) return digestFdRead(fd, size);
   if (!isDense(fd, size)) return digestFdRead(fd, size);
   if (later === undefined) return digestFd(fd, size);
@@ -173,9 +179,12 @@ export function digestObjectFd(fd: number, size: number, later?: (() => void)[])
   try {
     // Another thread maps the pages in ahead of the hash (measured for 64 MiB: 51 ms instead
     // of 57, the floor being 46); the first slice is left to the hash's own faults.
-    if (size >= 2 * PREFETCH_FROM) void map.prefetch(PREFETCH_FROM);
+    const prefetched = size >= 2 * PREFETCH_FROM ? map.prefetch(PREFETCH_FROM) : Promise.resolve();
     const digest = digestBytes(map.bytes);
-    later.push(() => map.close());
+    later.push(() => {
+      map.close();
+      return prefetched;
+    });
     return digest;
   } catch (e) {
     map.close();

@@ -43,7 +43,11 @@ export type HashOutcome = { readonly digest: string } | { readonly error: string
  * Hash a descriptor, turning failures into the C broker's error texts. With `later`, cleanup
  * that can wait until the answer is out (unmapping) is pushed there instead of run.
  */
-export function digestOrError(fd: number, size: number, later?: (() => void)[]): HashOutcome {
+export function digestOrError(
+  fd: number,
+  size: number,
+  later?: (() => Promise<void>)[],
+): HashOutcome {
   try {
     return { digest: digestObjectFd(fd, size, later) };
   } catch (e) {

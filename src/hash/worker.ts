@@ -18,7 +18,7 @@ const scope = globalThis as unknown as WorkerScope;
 scope.onmessage = (e: MessageEvent<HashJob>): void => {
   const job = e.data;
   // The mapping is unmapped after the answer is posted: the broker replies meanwhile.
-  const later: (() => void)[] = [];
+  const later: (() => Promise<void>)[] = [];
   scope.postMessage({ id: job.id, ...digestOrError(job.fd, job.size, later) });
-  for (const run of later) run();
+  for (const run of later) void run();
 };

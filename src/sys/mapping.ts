@@ -7,13 +7,7 @@
  */
 
 import { lastError, libc } from "../ffi.ts";
-import {
-  MADV_POPULATE_READ,
-  MADV_SEQUENTIAL,
-  MAP_FAILED,
-  MAP_SHARED,
-  PROT_READ,
-} from "./linux.ts";
+import { MADV_POPULATE_READ, MADV_SEQUENTIAL, MAP_FAILED, MAP_SHARED, PROT_READ } from "./linux.ts";
 
 /**
  * A read-only shared mapping of a file.

@@ -255,3 +255,51 @@ Deno.test("a memfd with holes that only looks dense (pages allocated past its en
   // Through a mapping, each hole would have become a page charged to the reader.
   assertEquals(fstat(m.fd).blocks, before);
 });
+
+Deno.test("the Worker's way (pages mapped in ahead, unmapped after the answer) gives the same digest", async () => {
+  // Not a multiple of the page size, and large enough for the prefetch (from 4 MiB) to run.
+  const size = (9 << 20) + 12345;
+  const bytes = new Uint8Array(size).map((_, i) => (i * 131 + (i >> 12)) & 0xff);
+  using dense = sealedMemfd(bytes);
+  const later: (() => Promise<void>)[] = [];
+  assertEquals(digestObjectFd(dense.fd, size, later), digestBytes(bytes));
+  assertEquals(later.length, 1);
+  await Promise.all(later.map((run) => run()));
+  // A sparse object is read (nothing mapped, nothing left to do later).
+  using sparse = Memfd.create("sparse");
+  sparse.truncate(size);
+  sparse.seal();
+  const none: (() => Promise<void>)[] = [];
+  assertEquals(digestObjectFd(sparse.fd, size, none), digestBytes(new Uint8Array(size)));
+  assertEquals(none.length, 0);
+});
+
+Deno.test("a large put hashed on the broker's Worker reads back byte-identical, from memory and from a file", async (t) => {
+  using dir = tempDir();
+  await using broker = await BrokerProcess.start(dir.path);
+  await using client = new Client({ socket: broker.socket, jobId: null });
+  const size = (9 << 20) + 12345;
+  const original = new Uint8Array(size).map((_, i) => (i * 31 + (i >> 16)) & 0xff);
+  const want = digestBytes(original);
+
+  await t.step("from memory; the source buffer is not needed once put() resolves", async () => {
+    const source = original.slice();
+    const r = await client.put(source, { name: "big-mem" });
+    assertEquals([r.size, r.digest], [size, want]);
+    source.fill(0);
+    source.buffer.transfer(0);
+    using obj = await client.get({ name: "big-mem" });
+    const back = obj.bytes();
+    assertEquals(back.length, size);
+    ok(back.every((b, i) => b === original[i]), "the object's bytes differ from the source's");
+  });
+
+  await t.step("from a file", async () => {
+    const path = `${dir.path}/big.bin`;
+    Deno.writeFileSync(path, original);
+    const r = await client.put(path, { name: "big-file" });
+    assertEquals([r.size, r.digest], [size, want]);
+    using obj = await client.get(r.id);
+    assertEquals(digestBytes(obj.bytes()), want);
+  });
+});

@@ -672,3 +672,23 @@ Deno.test(
     });
   }),
 );
+
+Deno.test("ReadOnlyMapping.prefetch maps pages in ahead; a close meanwhile unmaps once it is done", async () => {
+  const guard = fdGuard();
+  const size = (2 << 20) + 5;
+  const data = new Uint8Array(size).map((_, i) => (i * 13) & 0xff);
+  {
+    using m = sealedMemfd(data);
+    const map = m.map();
+    await map.prefetch(4096);
+    assertEquals(map.bytes, data);
+    // Past the end, or on a closed mapping: nothing to do.
+    await map.prefetch(size + 4096);
+    const pending = map.prefetch(0);
+    map.close();
+    assertEquals(map.closed, true);
+    await pending;
+    await map.prefetch(0);
+  }
+  guard.assertClean();
+});
