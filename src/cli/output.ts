@@ -70,10 +70,33 @@ export interface WriteOptions {
   /** Called after each step with the bytes copied so far. */
   readonly onProgress?: OnProgress | undefined;
   /**
-   * Asked between steps: the name of a signal that asked the command to stop, or null. When it
-   * answers a name, the write stops, removes its temporary file and throws {@link Interrupted}.
+   * Signals that stop a write through a temporary file: while one is under way they are caught,
+   * and the next step removes the file and throws {@link Interrupted}. Other outputs (stdout, a
+   * pipe, a FIFO, a terminal) leave nothing to clean up, and a write to a pipe nobody reads
+   * blocks this thread, where no handler could run: there the signals keep their default
+   * action and end the process at once.
    */
-  readonly interrupted?: () => string | null;
+  readonly stopSignals?: readonly Deno.Signal[];
+}
+
+/** Catch `signals` until the returned function is called; `first()` names the first caught. */
+function catchSignals(
+  signals: readonly Deno.Signal[],
+): { first: () => string | null; release: () => void } {
+  let caught: string | null = null;
+  const listeners = signals.map((sig) => {
+    const fn = (): void => {
+      caught ??= sig;
+    };
+    Deno.addSignalListener(sig, fn);
+    return [sig, fn] as const;
+  });
+  return {
+    first: () => caught,
+    release: () => {
+      for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
+    },
+  };
 }
 
 /** S_IFLNK */
@@ -98,7 +121,7 @@ export async function writeObject(
   options: WriteOptions = {},
 ): Promise<void> {
   if (path === "-") {
-    await copyExact(src, 1, size, path, options);
+    await copyExact(src, 1, size, path, options.onProgress);
     return;
   }
   let target = path;
@@ -128,15 +151,17 @@ export async function writeObject(
     await writeDirect(src, size, target, options);
     return;
   }
+  const signals = catchSignals(options.stopSignals ?? []);
   try {
     if (typeof st !== "number") tryFchmod(fd, st.mode & 0o7777);
-    await copyExact(src, fd, size, path, options);
+    await copyExact(src, fd, size, path, options.onProgress, signals.first);
     renamePath(tmp, target, `rename output: ${path}`);
   } catch (e) {
     unlinkQuietly(tmp);
     throw e;
   } finally {
     closeQuietly(fd);
+    signals.release();
   }
 }
 
@@ -153,7 +178,7 @@ async function writeDirect(
     `open output: ${path}`,
   );
   try {
-    await copyExact(src, fd, size, path, options);
+    await copyExact(src, fd, size, path, options.onProgress);
   } finally {
     closeQuietly(fd);
   }
@@ -179,7 +204,8 @@ async function copyExact(
   dst: number,
   size: number,
   path: string,
-  options: WriteOptions,
+  onProgress: OnProgress | undefined,
+  interrupted: () => string | null = () => null,
 ): Promise<void> {
   const labels = labelsFor(path);
   const s = tryFstat(dst);
@@ -187,7 +213,7 @@ async function copyExact(
   let done = 0;
   while (done < size) {
     if (done > 0) await turn();
-    const signal = options.interrupted?.() ?? null;
+    const signal = interrupted();
     if (signal !== null) throw new Interrupted(signal);
     const step = Math.min(STEP_BYTES, size - done);
     let r;
@@ -199,6 +225,6 @@ async function copyExact(
     }
     done += r.bytes;
     if (r.bytes < step) throw new Error("unexpected EOF from memfd");
-    options.onProgress?.(done);
+    onProgress?.(done);
   }
 }

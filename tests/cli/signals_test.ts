@@ -116,6 +116,45 @@ Deno.test({
   },
 });
 
+/** The kernel function a process's main thread sleeps in (empty when not readable). */
+function wchan(pid: number): string {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/wchan`);
+  } catch {
+    return "";
+  }
+}
+
+for (const [sig, code] of [["SIGTERM", 143], ["SIGINT", 130], ["SIGHUP", 129]] as const) {
+  Deno.test({
+    name: `${sig} stops a get blocked writing to a pipe nobody reads, exit ${code}`,
+    sanitizeResources: false,
+    fn: async () => {
+      using dir = tempDir();
+      await using broker = await BrokerProcess.start(dir.path);
+      await using client = new Client({ socket: broker.socket, jobId: null });
+      await client.put(new Uint8Array(8 * 1024 * 1024), { name: "stall" });
+      // stdout is a pipe this test never reads: the get fills it and blocks in write(2), where
+      // a signal handler of its own could not run (as under `| less` left open).
+      const child = spawnCli(["get", "--name", "stall", "-", "--socket", broker.socket], "piped");
+      await waitFor(() => wchan(child.pid).includes("pipe"), {
+        what: "the get to block writing into the full pipe",
+        timeoutMs: 30_000,
+      });
+      child.kill(sig);
+      // A get that ignored the signal would wait for the reader forever: SIGKILL (137) then.
+      const guard = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      const status = await child.status;
+      clearTimeout(guard);
+      await child.stdout.cancel();
+      const stderr = new TextDecoder().decode(
+        new Uint8Array(await new Response(child.stderr).arrayBuffer()),
+      );
+      assertEquals([status.code, stderr], [code, ""]);
+    },
+  });
+}
+
 for (const sig of ["SIGTERM", "SIGINT"] as const) {
   Deno.test(`the shadow removes its socket file when ${sig} stops it, exit 0`, async () => {
     using dir = tempDir();
