@@ -17,9 +17,9 @@
 
 import { Broker } from "../broker.ts";
 import { parseConfig } from "../core/config.ts";
-import { ErrnoError, UsageError } from "../errors.ts";
+import { UsageError } from "../errors.ts";
 import { requestTakeover } from "../client/takeover.ts";
-import { type FlagKind, HelpRequested, parseCommandLine } from "./args.ts";
+import { type FlagKind, parseCommandLine } from "./args.ts";
 import { err } from "./output.ts";
 import { nameSocket } from "./exit.ts";
 import { defaultSocket } from "../client.ts";
@@ -66,7 +66,7 @@ function brokerSpec(): Record<string, FlagKind> {
 /**
  * The broker's arguments in the one grammar of every subcommand (`node:util` `parseArgs`, see
  * {@link parseCommandLine}): each `--flag=value` becomes `--flag value`; `--help`/`-h` throws
- * {@link HelpRequested}; a switch given a value is refused. Unknown flags and positionals are
+ * `HelpRequested`; a switch given a value is refused. Unknown flags and positionals are
  * passed on in place, so the option parser reports the first mistake in command-line order,
  * with the C broker's text.
  */
