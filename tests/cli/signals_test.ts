@@ -242,3 +242,33 @@ Deno.test({
     assertEquals([exists(sock), brokerPids(sock)], [false, []]);
   },
 });
+
+Deno.test({
+  name: "Ctrl-C typed in the terminal stops the broker it shows, removing its socket, exit 0" +
+    (script === null ? " [ignored: util-linux script is not installed]" : ""),
+  ignore: script === null,
+  fn: async () => {
+    using dir = tempDir();
+    const sock = `${dir.path}/ctrlc.sock`;
+    const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "broker", "--socket", sock]
+      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+    // script -e exits with the broker's status; its stdin is the terminal's keyboard.
+    const term = new Deno.Command(script ?? "script", {
+      args: ["-qec", line, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const pid = await waitFor(
+      () => (exists(sock) ? brokerPids(sock)[0] : undefined),
+      { what: "the broker in the terminal to listen", timeoutMs: 30_000 },
+    );
+    await waitFor(() => catchesSignal(pid, "SIGINT"), { what: "the broker's SIGINT handler" });
+    const keyboard = term.stdin.getWriter();
+    await keyboard.write(new Uint8Array([0x03])); // ^C: the terminal sends SIGINT
+    await waitFor(() => !alive(pid), { what: "the broker to stop on Ctrl-C", timeoutMs: 15_000 });
+    await keyboard.close();
+    const out = await term.output();
+    assertEquals([out.code, exists(sock), brokerPids(sock)], [0, false, []]);
+  },
+});
