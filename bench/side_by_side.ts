@@ -12,8 +12,12 @@
  * - with this project's client: GET over a new connection, and small PUTs one connection at a
  *   time (puts per second).
  *
+ * A third broker runs beside the two in every round: the Deno floor broker
+ * (`bench/floor_broker.ts`), the same requests answered through this project's FFI layer with
+ * none of this broker's own work, so its figures show what Deno itself costs per request.
+ *
  * With `--pin CPU` the whole section runs twice: unpinned, then with both brokers, the C bench
- * client and this process pinned to that CPU (taskset). Only processes this module started are
+ * client, the floor broker and this process pinned to that CPU (taskset). Only processes this module started are
  * ended, by their pid.
  *
  * @module
@@ -26,8 +30,11 @@ import { BrokerProcess } from "../tests/support/harness.ts";
 export interface SideRow {
   /** What was measured. */
   readonly metric: string;
-  /** "ours" or "other". */
-  readonly broker: "ours" | "other";
+  /**
+   * "ours", "other", or "floor": `bench/floor_broker.ts`, the least a Deno program does to answer
+   * the same requests through this project's FFI layer (no policy, limits or state machines).
+   */
+  readonly broker: Who;
   /** "pinned" or "unpinned". */
   readonly mode: "pinned" | "unpinned";
   /** Median over rounds. */
@@ -35,6 +42,8 @@ export interface SideRow {
   /** Unit. */
   readonly unit: string;
 }
+
+type Who = "ours" | "other" | "floor";
 
 interface Options {
   readonly against: string;
@@ -60,12 +69,26 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** The other broker, started as `PATH broker --socket SOCKET` (optionally under taskset). */
-async function startOther(
+function startOther(
   path: string,
   socket: string,
   pin: number | null,
 ): Promise<Deno.ChildProcess> {
-  const argv = [path, "broker", "--socket", socket];
+  return startServer([path, "broker", "--socket", socket], socket, pin);
+}
+
+/** The Deno floor broker (bench/floor_broker.ts) on `socket`. */
+function startFloor(socket: string, pin: number | null): Promise<Deno.ChildProcess> {
+  const script = new URL("./floor_broker.ts", import.meta.url).pathname;
+  return startServer([Deno.execPath(), "run", "-A", script, socket], socket, pin);
+}
+
+async function startServer(
+  argv: string[],
+  socket: string,
+  pin: number | null,
+): Promise<Deno.ChildProcess> {
+  const path = argv[0] ?? "";
   const full = pin === null ? argv : ["taskset", "-c", String(pin), ...argv];
   const child = new Deno.Command(full[0] ?? path, {
     args: full.slice(1),
@@ -146,16 +169,23 @@ async function measure(o: Options, pin: number | null): Promise<SideRow[]> {
   const otherSock = `${o.dir}/other-${crypto.randomUUID().slice(0, 8)}.sock`;
   const other = await startOther(o.against, otherSock, pin);
   const wrap = pin === null ? [] : ["taskset", "-c", String(pin)];
-  const samples: Record<string, Record<"ours" | "other", number[]>> = {};
-  const add = (metric: string, who: "ours" | "other", v: number): void => {
-    (samples[metric] ??= { ours: [], other: [] })[who].push(v);
+  const floorSock = `${o.dir}/floor-${crypto.randomUUID().slice(0, 8)}.sock`;
+  const floor = await startFloor(floorSock, pin);
+  const samples: Record<string, Record<Who, number[]>> = {};
+  const add = (metric: string, who: Who, v: number): void => {
+    (samples[metric] ??= { ours: [], other: [], floor: [] })[who].push(v);
   };
   try {
     await using ours = await BrokerProcess.start(o.dir, [], { wrap });
     await pinSelf(pin);
-    const sockets = { ours: ours.socket, other: otherSock } as const;
+    const sockets = { ours: ours.socket, other: otherSock, floor: floorSock } as const;
+    const orders: Who[][] = [
+      ["ours", "other", "floor"],
+      ["other", "floor", "ours"],
+      ["floor", "ours", "other"],
+    ];
     for (let r = 0; r < o.rounds; r++) {
-      const order: ("ours" | "other")[] = r % 2 === 0 ? ["ours", "other"] : ["other", "ours"];
+      const order = orders[r % orders.length] ?? [];
       for (const who of order) {
         if (o.cBench !== null) {
           const c = await cBenchRound(o.cBench, sockets[who], o.iterations, pin);
@@ -171,12 +201,15 @@ async function measure(o: Options, pin: number | null): Promise<SideRow[]> {
     await pinSelf(null);
     other.kill("SIGTERM");
     await other.status;
+    floor.kill("SIGTERM");
+    await floor.status;
   }
   const rows: SideRow[] = [];
   for (const [metric, s] of Object.entries(samples)) {
     const unit = metric.includes("puts") ? "puts/s" : "us";
     rows.push({ metric, broker: "ours", mode, value: median(s.ours), unit });
     rows.push({ metric, broker: "other", mode, value: median(s.other), unit });
+    rows.push({ metric, broker: "floor", mode, value: median(s.floor), unit });
   }
   return rows;
 }
