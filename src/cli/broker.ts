@@ -31,11 +31,12 @@ import {
   parseBrokerArgs,
 } from "../core/options.ts";
 
+/** A file named by --config or --policy; one that cannot be read is a file error (exit 1). */
 function readFile(flag: string, path: string): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (e) {
-    throw new UsageError(
+    throw new Error(
       `${flag} ${path}: ${(e as Error).message.replace(/ \(os error \d+\).*$/s, "")}`,
     );
   }

@@ -144,14 +144,18 @@ export async function writeObject(
   const dir = slash < 0 ? "." : slash === 0 ? "/" : target.slice(0, slash);
   const base = target.slice(slash + 1);
   const tmp = `${dir}/.${base}.memfdbus-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  // Caught from before the temporary file exists: a signal in between would leave it behind.
+  const signals = catchSignals(options.stopSignals ?? []);
   const fd = tryOpenPath(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666);
   if (fd < 0) {
+    signals.release();
+    const stop = signals.first();
+    if (stop !== null) throw new Interrupted(stop);
     // No room for a temporary file next to OUT (for example a read-only directory holding a
     // writable file): write in place.
     await writeDirect(src, size, target, options);
     return;
   }
-  const signals = catchSignals(options.stopSignals ?? []);
   try {
     if (typeof st !== "number") tryFchmod(fd, st.mode & 0o7777);
     await copyExact(src, fd, size, path, options.onProgress, signals.first);
