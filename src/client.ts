@@ -266,7 +266,8 @@ export class Client implements AsyncDisposable, Disposable {
     const job = this.#job(options);
     const waitMs = waitOption(options.wait, id);
     if (waitMs === null) {
-      return await getOnce(this.#link, { id, name, job, waitMs: null }, options.verify ?? false);
+      // No await: a GET done on this thread resolves this call's promise directly.
+      return getOnce(this.#link, { id, name, job, waitMs: null }, options.verify ?? false);
     }
     const deadline = performance.now() + (waitMs === 0 ? WAIT_FOREVER_MS : waitMs);
     let pause = 50;
