@@ -115,6 +115,8 @@ export class Connection implements Disposable {
   #rfds: number[] = [];
   // A request went out and nothing has been received since.
   #awaitingReply = false;
+  // fillNow's sync wait ran out: the next wait is off-thread (one sync wait per readiness).
+  #waitOffThread = false;
 
   /** Wrap a connected descriptor. */
   private constructor(fd: number, timeoutMs: number, syncWaitUs: number) {
@@ -252,15 +254,17 @@ export class Connection implements Disposable {
       this.#rend -= this.#rstart;
       this.#rstart = 0;
     }
+    // The sync wait ran out since the socket was last readable: only an off-thread wait is left.
+    if (this.#waitOffThread) return false;
     // Right after a request the reply is not there yet: a recvmsg could only say EAGAIN.
     if (this.#awaitingReply && this.#rend === 0 && this.#canWaitHere()) {
-      if (!this.#waitHere(deadline)) return false;
+      if (!this.#waitHere(deadline)) return this.#offThreadNext();
     }
     while (this.#rend - this.#rstart < length) {
       const r = recvMsg(fd, this.#rend === 0 ? this.#rbuf : this.#rbuf.subarray(this.#rend));
       if (typeof r === "number") {
         if (r !== -EAGAIN) throw errnoErrorOf("recvmsg", -r, what);
-        if (!this.#waitHere(deadline)) return false;
+        if (!this.#waitHere(deadline)) return this.#offThreadNext();
         continue;
       }
       this.#awaitingReply = false;
@@ -271,10 +275,17 @@ export class Connection implements Disposable {
     return true;
   }
 
+  /** The sync wait ran out: say so (false), and wait off-thread before waiting here again. */
+  #offThreadNext(): false {
+    this.#waitOffThread = true;
+    return false;
+  }
+
   /** Wait off-thread until the socket is readable (or the deadline passes: TimeoutError). */
   async readable(deadline: number, what: string): Promise<void> {
     await this.#wait(EPOLLIN, deadline, what);
     this.#awaitingReply = false;
+    this.#waitOffThread = false;
   }
 
   /** {@link Connection.fillNow}, waiting off-thread as often as needed. */
@@ -407,6 +418,7 @@ export class Connection implements Disposable {
     this.#rbuf = new Uint8Array(0);
     this.#rstart = this.#rend = 0;
     this.#awaitingReply = false;
+    this.#waitOffThread = false;
   }
 
   /** Same as {@link Connection.close}. */
