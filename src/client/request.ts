@@ -61,6 +61,8 @@ export interface RequesterOptions {
 
 const IDLE_POOL = 4;
 const NO_FDS: readonly number[] = [];
+// The connection the last request of this process was sent on (see Requester.#attempt).
+let lastSender: Connection | null = null;
 
 /** Sends requests to one broker, reusing kept-alive connections (at most a few idle ones). */
 export class Requester {
@@ -202,6 +204,13 @@ export class Requester {
       const left = data.slice(sent);
       return this.#finish(conn, left, sent === 0 ? fds : NO_FDS, what, deadline, rest);
     }
+    // When the last request of this process went out on another connection, several requests
+    // are under way at once (several clients, or concurrent calls on one): let the others send
+    // theirs before this one waits, so the broker gets them together and this thread wakes
+    // once for several replies instead of the requests going out one round trip at a time.
+    const concurrent = lastSender !== conn && lastSender !== null;
+    lastSender = conn;
+    if (concurrent && rest === undefined) return this.#yieldThenRead(conn, sendError, deadline);
     let reply: Reply | null;
     try {
       reply = readReplyNow(conn, deadline);
@@ -236,6 +245,12 @@ export class Requester {
     } catch (e) {
       throw this.#failed(conn, e);
     }
+    return await this.#finishRead(conn, sendError, deadline);
+  }
+
+  /** Read the reply header once the microtasks queued before this have run. */
+  async #yieldThenRead(conn: Connection, sendError: unknown, deadline: number): Promise<Exchange> {
+    await null;
     return await this.#finishRead(conn, sendError, deadline);
   }
 
