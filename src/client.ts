@@ -83,6 +83,9 @@ export { type Selector } from "./client/selectors.ts";
 export { type ListEntry, parseList } from "./protocol/list.ts";
 export type { JobUsageEntry, UidUsageEntry, UsageEntry, UsageReport } from "./protocol/usage.ts";
 
+// An empty field of a request (no job id); never written to.
+const NO_BYTES = new Uint8Array(0);
+
 /**
  * A client of one broker. Cheap to create; holds at most a few idle connections, closed by
  * {@link Client.close} or `await using`.
@@ -97,6 +100,8 @@ export type { JobUsageEntry, UidUsageEntry, UsageEntry, UsageReport } from "./pr
 export class Client implements AsyncDisposable, Disposable {
   readonly #requester: Requester;
   readonly #jobId: string | null;
+  // The default job id as request bytes, encoded once.
+  readonly #jobBytes: Uint8Array;
   readonly #timeoutMs: number;
   readonly #link: RequestLink;
 
@@ -107,7 +112,7 @@ export class Client implements AsyncDisposable, Disposable {
    */
   constructor(options: ClientOptions = {}) {
     this.#jobId = options.jobId === undefined ? jobIdFromEnv() : options.jobId;
-    if (this.#jobId !== null) jobBytesOf(this.#jobId, "job id");
+    this.#jobBytes = this.#jobId === null ? NO_BYTES : jobBytesOf(this.#jobId, "job id");
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#requester = new Requester({
       socket: options.socket ?? defaultSocket(),
@@ -129,8 +134,9 @@ export class Client implements AsyncDisposable, Disposable {
   }
 
   #job(opt: JobOption | undefined): Uint8Array {
-    const job = opt?.jobId === undefined ? this.#jobId : opt.jobId;
-    return job === null ? new Uint8Array(0) : jobBytesOf(job, "job id");
+    const job = opt?.jobId;
+    if (job === undefined) return this.#jobBytes;
+    return job === null ? NO_BYTES : jobBytesOf(job, "job id");
   }
 
   // ---- PUT ---------------------------------------------------------------------------------
@@ -266,7 +272,8 @@ export class Client implements AsyncDisposable, Disposable {
     const job = this.#job(options);
     const waitMs = waitOption(options.wait, id);
     if (waitMs === null) {
-      return await getOnce(this.#link, { id, name, job, waitMs: null }, options.verify ?? false);
+      // No await: a GET done on this thread resolves this call's promise directly.
+      return getOnce(this.#link, { id, name, job, waitMs: null }, options.verify ?? false);
     }
     const deadline = performance.now() + (waitMs === 0 ? WAIT_FOREVER_MS : waitMs);
     let pause = 50;

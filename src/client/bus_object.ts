@@ -14,6 +14,7 @@ import { fdRejectionText } from "../protocol/fd_problem.ts";
 import { closeAll } from "../sys/unix_socket.ts";
 import { digests } from "./hashing.ts";
 import type { Exchange } from "./request.ts";
+import { READ_AHEAD_BYTES } from "./connection.ts";
 
 /**
  * A fetched object: its metadata, a sealed descriptor of its own, and a lazily mapped view.
@@ -213,16 +214,18 @@ export class BusObject implements Disposable {
 /**
  * Read the rest of a GET reply (name and digest) and check the descriptor that came with it:
  * a sealed regular file of the size the header states. With `verify`, the contents are hashed
- * and compared with the digest. The exchange is settled either way.
+ * and compared with the digest. The exchange is settled either way. Done on this thread when the
+ * rest of the reply is already there or arrives within the sync wait (the object itself is
+ * returned); otherwise a promise of it.
  */
-export async function receiveObject(
+export function receiveObject(
   r: Exchange,
   timeoutMs: number,
   verify: boolean,
-): Promise<BusObject> {
+): BusObject | Promise<BusObject> {
   const { header: h, fds } = r.reply;
   let fd = fds.shift() ?? -1;
-  closeAll(fds);
+  if (fds.length > 0) closeAll(fds);
   try {
     if (fd < 0) throw new ProtocolError("broker did not send an object fd");
     if (h.nameLen > NAME_HARD_MAX) {
@@ -230,31 +233,82 @@ export async function receiveObject(
     }
     if (h.textLen !== DIGEST_LEN) throw new ProtocolError("broker sent an invalid object digest");
     const deadline = performance.now() + timeoutMs;
-    const nameChunk = await r.conn.recvExact(h.nameLen, deadline, "receive object name");
-    closeAll(nameChunk.fds);
-    const digestChunk = await r.conn.recvExact(DIGEST_LEN, deadline, "receive object digest");
-    closeAll(digestChunk.fds);
-    if (!isValidDigest(digestChunk.bytes)) {
-      throw new ProtocolError("broker sent an invalid object digest");
+    const body = h.nameLen + DIGEST_LEN;
+    if (body > READ_AHEAD_BYTES || !r.conn.fillNow(body, deadline, "receive object name")) {
+      const owned = fd;
+      fd = -1; // receiveRest owns it now
+      return receiveRest(r, owned, deadline, verify);
     }
-    r.done();
-    const info = inspectSealedFd(fd, h.size);
-    if (isFdProblem(info)) {
-      throw new ProtocolError(
-        `broker sent an invalid object fd: ${fdRejectionText(info, h.size, strerror)}`,
-      );
-    }
-    const digest = toBinary(digestChunk.bytes);
-    const obj = new BusObject(h.objectId, Number(h.size), nameChunk.bytes, digest, fd);
+    const conn = r.conn;
+    const name = conn.take(h.nameLen).slice();
+    const digest = conn.take(DIGEST_LEN);
+    closeAll(conn.takeFds());
+    const obj = objectOf(r, name, digest, fd);
     fd = -1; // the object owns it now
-    if (verify && !(await obj.verify())) {
-      obj.close();
-      throw new ProtocolError("object contents do not match the digest");
-    }
-    return obj;
+    return verify ? verified(obj) : obj;
   } catch (e) {
     if (fd >= 0) closeQuietly(fd);
     r.fail();
     throw e;
   }
+}
+
+/** {@link receiveObject} once it has to wait off-thread for the name and digest. */
+async function receiveRest(
+  r: Exchange,
+  fd: number,
+  deadline: number,
+  verify: boolean,
+): Promise<BusObject> {
+  const h = r.reply.header;
+  try {
+    let name: Uint8Array;
+    let digest: Uint8Array;
+    const conn = r.conn;
+    if (h.nameLen + DIGEST_LEN <= READ_AHEAD_BYTES) {
+      await conn.fill(h.nameLen + DIGEST_LEN, deadline, "receive object name");
+      name = conn.take(h.nameLen).slice();
+      digest = conn.take(DIGEST_LEN);
+      closeAll(conn.takeFds());
+    } else {
+      const nameChunk = await conn.recvExact(h.nameLen, deadline, "receive object name");
+      closeAll(nameChunk.fds);
+      const digestChunk = await conn.recvExact(DIGEST_LEN, deadline, "receive object digest");
+      closeAll(digestChunk.fds);
+      name = nameChunk.bytes;
+      digest = digestChunk.bytes;
+    }
+    const obj = objectOf(r, name, digest, fd);
+    fd = -1; // the object owns it now
+    return verify ? await verified(obj) : obj;
+  } catch (e) {
+    if (fd >= 0) closeQuietly(fd);
+    r.fail();
+    throw e;
+  }
+}
+
+/**
+ * The object of a GET reply read in full (the exchange is done): its digest checked, and its
+ * descriptor a sealed regular file of the size the header states. Throws otherwise; the caller
+ * still owns `fd` then.
+ */
+function objectOf(r: Exchange, name: Uint8Array, digest: Uint8Array, fd: number): BusObject {
+  if (!isValidDigest(digest)) throw new ProtocolError("broker sent an invalid object digest");
+  r.done();
+  const h = r.reply.header;
+  const info = inspectSealedFd(fd, h.size);
+  if (isFdProblem(info)) {
+    throw new ProtocolError(
+      `broker sent an invalid object fd: ${fdRejectionText(info, h.size, strerror)}`,
+    );
+  }
+  return new BusObject(h.objectId, Number(h.size), name, toBinary(digest), fd);
+}
+
+/** The object when its contents match its digest; closed and ProtocolError otherwise. */
+async function verified(obj: BusObject): Promise<BusObject> {
+  if (await obj.verify()) return obj;
+  obj.close();
+  throw new ProtocolError("object contents do not match the digest");
 }

@@ -113,6 +113,10 @@ export class Connection implements Disposable {
   #rstart = 0;
   #rend = 0;
   #rfds: number[] = [];
+  // A request went out and nothing has been received since.
+  #awaitingReply = false;
+  // fillNow's sync wait ran out: the next wait is off-thread (one sync wait per readiness).
+  #waitOffThread = false;
 
   /** Wrap a connected descriptor. */
   private constructor(fd: number, timeoutMs: number, syncWaitUs: number) {
@@ -197,33 +201,140 @@ export class Connection implements Disposable {
     data: Uint8Array,
     deadline: number,
     what: string,
-    fds: readonly number[] = [],
+    fds: readonly number[] = NO_FDS,
   ): Promise<void> {
+    let off = this.sendNow(data, what, fds);
+    while (off < data.length) {
+      await this.#wait(EPOLLOUT, deadline, what);
+      off += this.sendNow(off === 0 ? data : data.subarray(off), what, off === 0 ? fds : NO_FDS);
+    }
+  }
+
+  /**
+   * Send as much of `data` as the socket takes now, attaching `fds` to the first sendmsg, and
+   * return the number of bytes sent (less than `data.length` when the socket buffer is full;
+   * the descriptors go with the first byte sent). Errors are {@link ErrnoError}s labelled
+   * `what`. The next receive expects a reply, so it waits before its first recvmsg.
+   */
+  sendNow(data: Uint8Array, what: string, fds: readonly number[] = NO_FDS): number {
+    const fd = this.#live();
     let off = 0;
     let attach = fds;
     while (off < data.length || attach.length > 0) {
-      const part = off === 0 ? data : data.subarray(off);
-      const n = sendMsg(this.#live(), part, attach);
+      const n = sendMsg(fd, off === 0 ? data : data.subarray(off), attach);
       if (n >= 0) {
         off += n;
-        attach = [];
+        attach = NO_FDS;
         continue;
       }
       if (n !== -EAGAIN) throw errnoErrorOf("send", -n, what);
-      await this.#wait(EPOLLOUT, deadline, what);
+      break;
     }
+    this.#awaitingReply = true;
+    return off;
+  }
+
+  /** Bytes received and not yet taken. */
+  get buffered(): number {
+    return this.#rend - this.#rstart;
+  }
+
+  /**
+   * Have at least `length` bytes (at most {@link READ_AHEAD_BYTES}) in the read-ahead buffer,
+   * reading what the socket holds and waiting on this thread for at most the sync wait. True
+   * when they are there; false when the caller must wait off-thread ({@link Connection.readable})
+   * and try again. End of stream is ECONNRESET, like the C client.
+   */
+  fillNow(length: number, deadline: number, what: string): boolean {
+    if (this.#rend - this.#rstart >= length) return true;
+    const fd = this.#live();
+    if (this.#rstart === this.#rend) this.#rstart = this.#rend = 0;
+    else if (this.#rstart + length > this.#rbuf.length) {
+      this.#rbuf.copyWithin(0, this.#rstart, this.#rend);
+      this.#rend -= this.#rstart;
+      this.#rstart = 0;
+    }
+    // The sync wait ran out since the socket was last readable: only an off-thread wait is left.
+    if (this.#waitOffThread) return false;
+    // Right after a request the reply is not there yet: a recvmsg could only say EAGAIN.
+    if (this.#awaitingReply && this.#rend === 0 && this.#canWaitHere()) {
+      if (!this.#waitHere(deadline)) return this.#offThreadNext();
+    }
+    while (this.#rend - this.#rstart < length) {
+      const r = recvMsg(fd, this.#rend === 0 ? this.#rbuf : this.#rbuf.subarray(this.#rend));
+      if (typeof r === "number") {
+        if (r !== -EAGAIN) throw errnoErrorOf("recvmsg", -r, what);
+        if (!this.#waitHere(deadline)) return this.#offThreadNext();
+        continue;
+      }
+      this.#awaitingReply = false;
+      if (r.fds.length > 0) { for (const d of r.fds) this.#rfds.push(d); }
+      if (r.bytes === 0) throw errnoErrorOf("recvmsg", ECONNRESET, what);
+      this.#rend += r.bytes;
+    }
+    return true;
+  }
+
+  /** The sync wait ran out: say so (false), and wait off-thread before waiting here again. */
+  #offThreadNext(): false {
+    this.#waitOffThread = true;
+    return false;
+  }
+
+  /** Wait off-thread until the socket is readable (or the deadline passes: TimeoutError). */
+  async readable(deadline: number, what: string): Promise<void> {
+    await this.#wait(EPOLLIN, deadline, what);
+    this.#awaitingReply = false;
+    this.#waitOffThread = false;
+  }
+
+  /** {@link Connection.fillNow}, waiting off-thread as often as needed. */
+  async fill(length: number, deadline: number, what: string): Promise<void> {
+    while (!this.fillNow(length, deadline, what)) await this.readable(deadline, what);
+  }
+
+  /**
+   * The next `length` buffered bytes (see {@link Connection.fillNow}), consumed: a view of the
+   * read-ahead buffer, valid until the next receive on this connection.
+   */
+  take(length: number): Uint8Array {
+    const start = this.#rstart;
+    if (this.#rend - start < length) throw new RangeError("take: not enough bytes buffered");
+    this.#rstart = start + length;
+    return this.#rbuf.subarray(start, start + length);
+  }
+
+  /** The next `length` buffered bytes, not consumed: a view valid until the next receive. */
+  peek(length: number): Uint8Array {
+    if (this.#rend - this.#rstart < length) throw new RangeError("peek: not enough bytes buffered");
+    return this.#rbuf.subarray(this.#rstart, this.#rstart + length);
+  }
+
+  /** Descriptors received so far and not yet handed out; the caller owns them. */
+  takeFds(): number[] {
+    const fds = this.#rfds;
+    if (fds.length === 0) return [];
+    this.#rfds = [];
+    return fds;
+  }
+
+  #canWaitHere(): boolean {
+    return this.#syncWaitUs > 0 && inProcess.brokers === 0;
   }
 
   /** Wait on this thread (bounded by the sync wait); true when the socket became readable. */
   #waitHere(deadline: number): boolean {
-    if (this.#syncWaitUs <= 0 || inProcess.brokers > 0) return false;
+    if (!this.#canWaitHere()) return false;
     const us = Math.min(this.#syncWaitUs, Math.max(0, (deadline - performance.now()) * 1000));
     if (us <= 0) return false;
     pollView.setInt32(0, this.#live(), true);
     pollView.setInt16(4, POLLIN, true);
     pollView.setInt16(6, 0, true);
-    timespec[0] = BigInt(Math.floor(us / 1e6));
-    timespec[1] = BigInt(Math.floor((us % 1e6) * 1000));
+    if (us !== timespecUs) {
+      timespecUs = us;
+      timespec[0] = BigInt(Math.floor(us / 1e6));
+      timespec[1] = BigInt(Math.floor((us % 1e6) * 1000));
+    }
     return libc.symbols.ppoll(pollBuf, 1n, timespecBytes, null) > 0;
   }
 
@@ -241,6 +352,11 @@ export class Connection implements Disposable {
       this.#rstart += off;
     }
     try {
+      // Right after a request the reply is not there yet: a recvmsg could only say EAGAIN.
+      if (off === 0 && length > 0 && this.#awaitingReply && this.#canWaitHere()) {
+        if (!this.#waitHere(deadline)) await this.#wait(EPOLLIN, deadline, what);
+        this.#awaitingReply = false;
+      }
       while (off < length) {
         // Small remainders go through the read-ahead buffer, large ones straight into place.
         const direct = length - off >= this.#rbuf.length;
@@ -251,7 +367,8 @@ export class Connection implements Disposable {
           if (!this.#waitHere(deadline)) await this.#wait(EPOLLIN, deadline, what);
           continue;
         }
-        fds.push(...r.fds);
+        this.#awaitingReply = false;
+        if (r.fds.length > 0) fds.push(...r.fds);
         if (r.bytes === 0) throw errnoErrorOf("recvmsg", ECONNRESET, what);
         if (direct) {
           off += r.bytes;
@@ -300,6 +417,8 @@ export class Connection implements Disposable {
     if (bufferPool.length < 8) bufferPool.push(this.#rbuf);
     this.#rbuf = new Uint8Array(0);
     this.#rstart = this.#rend = 0;
+    this.#awaitingReply = false;
+    this.#waitOffThread = false;
   }
 
   /** Same as {@link Connection.close}. */
@@ -309,12 +428,16 @@ export class Connection implements Disposable {
 }
 
 const READ_AHEAD = 4096;
+/** The read-ahead buffer's size: the most {@link Connection.fillNow} can hold. */
+export const READ_AHEAD_BYTES = READ_AHEAD;
+const NO_FDS: readonly number[] = [];
 const bufferPool: Uint8Array[] = [];
 const addresses = new Map<string, Uint8Array<ArrayBuffer>>();
 const pollBuf = new Uint8Array(8);
 const pollView = new DataView(pollBuf.buffer);
 const timespec = new BigInt64Array(2);
 const timespecBytes = new Uint8Array(timespec.buffer);
+let timespecUs = -1;
 
 /** True for the send errors after which a reply may still be waiting (defect D1). */
 export function isPeerGone(e: unknown): boolean {

@@ -9,7 +9,7 @@
 import { fromUtf8 } from "../protocol/bytes.ts";
 import { BrokerError, Status, TimeoutError } from "../errors.ts";
 import { closeAll } from "../sys/unix_socket.ts";
-import { Cmd, encodeHeader, Flag, Text, withExt } from "../protocol/wire.ts";
+import { Cmd, encodeHeader, Flag, HEADER_SIZE, Text, withExt } from "../protocol/wire.ts";
 import { parseStat } from "../protocol/stat.ts";
 import { type BusObject, receiveObject } from "./bus_object.ts";
 import { type ObjectStat, WAIT_FOREVER_MS } from "./options.ts";
@@ -27,28 +27,42 @@ export interface Lookup {
   readonly waitMs: number | null;
 }
 
-/** One GET exchange; `verify` re-hashes the object received. */
-export async function getOnce(
+/**
+ * One GET exchange; `verify` re-hashes the object received. On a kept connection whose reply
+ * arrives within the sync wait this runs to the end on the calling thread and returns the object
+ * itself (no promise, no microtask turn); otherwise a promise of it.
+ */
+export function getOnce(
   link: RequestLink,
   lookup: Lookup,
   verify: boolean,
-): Promise<BusObject> {
+): BusObject | Promise<BusObject> {
   const { id, name, job, waitMs } = lookup;
-  const header = encodeHeader({
+  // The request is encoded into one reused buffer (the requester copies it before it waits).
+  const length = HEADER_SIZE + name.length + job.length;
+  const data = length <= requestScratch.length
+    ? requestScratch.subarray(0, length)
+    : new Uint8Array(length);
+  encodeHeader({
     cmd: Cmd.GET,
     objectId: id,
     nameLen: name.length,
     jobLen: job.length,
-    size: BigInt(waitMs ?? 0),
+    size: waitMs === null ? 0n : BigInt(waitMs),
     reserved: waitMs === null ? 0 : withExt(Flag.WAIT),
-  });
-  const r = await link.requester.exchange(
-    [[header, "send get request"], [name, "send object name"], [job, "send job id"]],
-    [],
+  }, data);
+  if (name.length > 0) data.set(name, HEADER_SIZE);
+  if (job.length > 0) data.set(job, HEADER_SIZE + name.length);
+  const r = link.requester.request(
+    data,
+    "send get request",
     link.timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
   );
-  return await receiveObject(r, link.timeoutMs, verify);
+  if (r instanceof Promise) return r.then((x) => receiveObject(x, link.timeoutMs, verify));
+  return receiveObject(r, link.timeoutMs, verify);
 }
+
+const requestScratch = new Uint8Array(1024);
 
 /**
  * One STAT exchange; null when the broker does not know the command (a C broker), so the caller

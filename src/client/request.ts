@@ -22,7 +22,7 @@ import {
   HEADER_SIZE,
   isValidHeader,
 } from "../protocol/wire.ts";
-import { Connection, isPeerGone } from "./connection.ts";
+import { Connection, isPeerGone, READ_AHEAD_BYTES } from "./connection.ts";
 
 /** A reply header and the descriptors that came with it. */
 export interface Reply {
@@ -60,6 +60,9 @@ export interface RequesterOptions {
 }
 
 const IDLE_POOL = 4;
+const NO_FDS: readonly number[] = [];
+// The connection the last request of this process was sent on (see Requester.#attempt).
+let lastSender: Connection | null = null;
 
 /** Sends requests to one broker, reusing kept-alive connections (at most a few idle ones). */
 export class Requester {
@@ -121,79 +124,167 @@ export class Requester {
     timeoutMs: number,
     rest?: () => Promise<readonly Part[]>,
   ): Promise<Exchange> {
+    const first = parts[0];
+    const data = parts.length === 1 && first !== undefined ? first[0] : concat(parts);
+    return await this.request(data, first?.[1] ?? "send", timeoutMs, fds, rest);
+  }
+
+  /**
+   * {@link Requester.exchange} of a request encoded in one buffer, done on this thread when it
+   * can be: the exchange itself when a kept connection took the request and its reply header
+   * arrived within the sync wait; a promise of it when some step had to wait off-thread or a new
+   * connection was needed. `data` may be a scratch buffer the caller reuses once this returns:
+   * it is copied before anything waits. A failure to send is an {@link ErrnoError} labelled
+   * `what` (`send get request: Broken pipe`).
+   */
+  request(
+    data: Uint8Array,
+    what: string,
+    timeoutMs: number,
+    fds: readonly number[] = NO_FDS,
+    rest?: () => Promise<readonly Part[]>,
+  ): Exchange | Promise<Exchange> {
     if (this.#closed) throw new TypeError("Client is closed");
     const reused = this.#idle.pop();
+    if (reused === undefined) return this.#fresh(data.slice(), what, timeoutMs, fds, rest);
+    let r: Exchange | Promise<Exchange>;
     try {
-      return await this.#attempt(
-        reused ?? await this.connect(timeoutMs),
-        parts,
-        fds,
-        timeoutMs,
-        rest,
-      );
+      r = this.#attempt(reused, data, what, timeoutMs, fds, rest);
     } catch (e) {
       // A kept-alive connection the broker closed meanwhile: retry once on a fresh one. The
       // broker only closes idle connections, so the request was never processed.
-      if (reused === undefined || !(e instanceof StaleConnection)) throw unwrapStale(e);
-      return await this.#attempt(await this.connect(timeoutMs), parts, fds, timeoutMs, rest)
-        .catch((e2) => Promise.reject(unwrapStale(e2)));
+      if (!(e instanceof StaleConnection)) throw e;
+      return this.#fresh(data.slice(), what, timeoutMs, fds, rest);
+    }
+    if (!(r instanceof Promise)) return r;
+    const copy = data.slice();
+    return r.catch((e) => {
+      if (!(e instanceof StaleConnection)) throw e;
+      return this.#fresh(copy, what, timeoutMs, fds, rest);
+    });
+  }
+
+  async #fresh(
+    data: Uint8Array,
+    what: string,
+    timeoutMs: number,
+    fds: readonly number[],
+    rest: (() => Promise<readonly Part[]>) | undefined,
+  ): Promise<Exchange> {
+    const conn = await this.connect(timeoutMs);
+    try {
+      return await this.#attempt(conn, data, what, timeoutMs, fds, rest);
+    } catch (e) {
+      throw unwrapStale(e);
     }
   }
 
-  async #attempt(
+  /** Send and read the reply header, on this thread as far as it goes without waiting. */
+  #attempt(
     conn: Connection,
-    parts: readonly Part[],
-    fds: readonly number[],
+    data: Uint8Array,
+    what: string,
     timeoutMs: number,
-    rest?: () => Promise<readonly Part[]>,
-  ): Promise<Exchange> {
+    fds: readonly number[],
+    rest: (() => Promise<readonly Part[]>) | undefined,
+  ): Exchange | Promise<Exchange> {
     const deadline = performance.now() + timeoutMs;
-    const first = parts[0]?.[0];
-    if (first !== undefined && this.#keepAlive) addExtFlags(first, Flag.KEEP_ALIVE);
-    let reply: Reply;
+    if (this.#keepAlive && data.length >= HEADER_SIZE) addExtFlags(data, Flag.KEEP_ALIVE);
+    let sent: number;
+    let sendError: unknown = null;
     try {
-      let sendError: unknown = null;
+      sent = conn.sendNow(data, what, fds);
+    } catch (e) {
+      if (!isPeerGone(e)) throw this.#failed(conn, e);
+      sendError = e;
+      sent = data.length;
+    }
+    if (sent < data.length || (rest !== undefined && sendError === null)) {
+      // What is left of the request is kept: `data` may be the caller's scratch buffer.
+      const left = data.slice(sent);
+      return this.#finish(conn, left, sent === 0 ? fds : NO_FDS, what, deadline, rest);
+    }
+    // When the last request of this process went out on another connection, several requests
+    // are under way at once (several clients, or concurrent calls on one): let the others send
+    // theirs before this one waits, so the broker gets them together and this thread wakes
+    // once for several replies instead of the requests going out one round trip at a time.
+    const concurrent = lastSender !== conn && lastSender !== null;
+    lastSender = conn;
+    if (concurrent && rest === undefined) return this.#yieldThenRead(conn, sendError, deadline);
+    let reply: Reply | null;
+    try {
+      reply = readReplyNow(conn, deadline);
+    } catch (e) {
+      throw this.#failed(conn, e instanceof BrokerError || sendError === null ? e : sendError);
+    }
+    if (reply === null) return this.#finishRead(conn, sendError, deadline);
+    return this.#settle(conn, reply);
+  }
+
+  /** The rest of an attempt that has to wait to send: send what is left, then read. */
+  async #finish(
+    conn: Connection,
+    left: Uint8Array,
+    fds: readonly number[],
+    what: string,
+    deadline: number,
+    rest: (() => Promise<readonly Part[]>) | undefined,
+  ): Promise<Exchange> {
+    let sendError: unknown = null;
+    try {
       try {
-        await sendParts(conn, parts, fds, deadline);
-        if (rest !== undefined) await sendParts(conn, await rest(), [], deadline);
+        if (left.length > 0 || fds.length > 0) await conn.send(left, deadline, what, fds);
+        if (rest !== undefined) {
+          const parts = await rest();
+          await conn.send(concat(parts), deadline, parts[0]?.[1] ?? what);
+        }
       } catch (e) {
         if (!isPeerGone(e)) throw e;
         sendError = e;
       }
-      try {
-        reply = await readReply(conn, deadline);
-      } catch (e) {
-        if (e instanceof BrokerError || sendError === null) throw e;
-        throw sendError;
-      }
     } catch (e) {
-      conn.close();
-      if (e instanceof ErrnoError && (e.code === "ECONNRESET" || e.code === "EPIPE")) {
-        throw new StaleConnection(e);
-      }
-      throw e;
+      throw this.#failed(conn, e);
     }
+    return await this.#finishRead(conn, sendError, deadline);
+  }
+
+  /** Read the reply header once the microtasks queued before this have run. */
+  async #yieldThenRead(conn: Connection, sendError: unknown, deadline: number): Promise<Exchange> {
+    await null;
+    return await this.#finishRead(conn, sendError, deadline);
+  }
+
+  /** Read the reply header, waiting off-thread as needed. */
+  async #finishRead(conn: Connection, sendError: unknown, deadline: number): Promise<Exchange> {
+    let reply: Reply;
+    try {
+      reply = await readReply(conn, deadline);
+    } catch (e) {
+      throw this.#failed(conn, e instanceof BrokerError || sendError === null ? e : sendError);
+    }
+    return this.#settle(conn, reply);
+  }
+
+  /** Close the connection a request failed on; what to throw (StaleConnection for a reset). */
+  #failed(conn: Connection, e: unknown): unknown {
+    conn.close();
+    if (e instanceof ErrnoError && (e.code === "ECONNRESET" || e.code === "EPIPE")) {
+      return new StaleConnection(e);
+    }
+    return e;
+  }
+
+  #settle(conn: Connection, reply: Reply): Exchange {
     const ext = extFlags(reply.header.reserved);
     if ((ext & Flag.DIGEST) !== 0) this.#brokerDigest = true;
     const keep = this.#keepAlive && (ext & Flag.KEEP_ALIVE) !== 0;
-    // Settled once: a failure noticed after the reply was read in full (a bad descriptor, a
-    // digest mismatch) must not close a connection that is back in the pool.
-    let settled = false;
-    return {
-      conn,
-      reply,
-      done: () => {
-        if (settled) return;
-        settled = true;
-        if (keep && !this.#closed && this.#idle.length < IDLE_POOL) this.#idle.push(conn);
-        else conn.close();
-      },
-      fail: () => {
-        if (settled) return;
-        settled = true;
-        conn.close();
-      },
-    };
+    return new Pending(this, conn, reply, keep);
+  }
+
+  /** Take back a connection whose reply was read in full: pool it when kept, else close it. */
+  giveBack(conn: Connection, keep: boolean): void {
+    if (keep && !this.#closed && this.#idle.length < IDLE_POOL) this.#idle.push(conn);
+    else conn.close();
   }
 
   /** Close idle connections and refuse further requests. Safe to call more than once. */
@@ -217,50 +308,91 @@ function unwrapStale(e: unknown): unknown {
   return e instanceof StaleConnection ? e.original : e;
 }
 
-async function sendParts(
-  conn: Connection,
-  parts: readonly Part[],
-  fds: readonly number[],
-  deadline: number,
-): Promise<void> {
-  // One message for the whole request; a failure is labelled with the part it happened in.
-  const all = concat(parts.map(([b]) => b));
-  try {
-    await conn.send(all, deadline, "send", fds);
-  } catch (e) {
-    if (!(e instanceof ErrnoError)) throw e;
-    throw new ErrnoError(e.syscall, e.errno, e.description, parts[0]?.[1]);
+/** An exchange under way, settled once by done() or fail(). */
+class Pending implements Exchange {
+  readonly conn: Connection;
+  readonly reply: Reply;
+  readonly #requester: Requester;
+  readonly #keep: boolean;
+  // Settled once: a failure noticed after the reply was read in full (a bad descriptor, a
+  // digest mismatch) must not close a connection that is back in the pool.
+  #settled = false;
+
+  constructor(requester: Requester, conn: Connection, reply: Reply, keep: boolean) {
+    this.#requester = requester;
+    this.conn = conn;
+    this.reply = reply;
+    this.#keep = keep;
+  }
+
+  done(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#requester.giveBack(this.conn, this.#keep);
+  }
+
+  fail(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.conn.close();
   }
 }
 
-async function readReply(conn: Connection, deadline: number): Promise<Reply> {
-  const chunk = await conn.recvExact(HEADER_SIZE, deadline, "receive response");
-  const header = decodeHeader(chunk.bytes);
+/**
+ * The reply header, when it (and the text of an error reply) arrived within the sync wait; null
+ * when the caller must wait off-thread ({@link readReply}). A broker error reply is thrown.
+ */
+function readReplyNow(conn: Connection, deadline: number): Reply | null {
+  if (!conn.fillNow(HEADER_SIZE, deadline, "receive response")) return null;
+  const header = decodeHeader(conn.peek(HEADER_SIZE));
   if (!isValidHeader(header)) {
-    closeAll(chunk.fds);
+    closeAll(conn.takeFds());
+    throw new ProtocolError("invalid response from broker");
+  }
+  if (header.status === Status.OK) {
+    conn.take(HEADER_SIZE);
+    return { header, fds: conn.takeFds() };
+  }
+  const all = HEADER_SIZE + header.textLen;
+  if (all > READ_AHEAD_BYTES || !conn.fillNow(all, deadline, "receive response text")) return null;
+  conn.take(HEADER_SIZE);
+  closeAll(conn.takeFds());
+  throw brokerError(header, fromUtf8(conn.take(header.textLen)));
+}
+
+async function readReply(conn: Connection, deadline: number): Promise<Reply> {
+  await conn.fill(HEADER_SIZE, deadline, "receive response");
+  const header = decodeHeader(conn.take(HEADER_SIZE));
+  const fds = conn.takeFds();
+  if (!isValidHeader(header)) {
+    closeAll(fds);
     throw new ProtocolError("invalid response from broker");
   }
   if (header.status !== Status.OK) {
-    closeAll(chunk.fds);
+    closeAll(fds);
     let text = "";
     if (header.textLen > 0) {
       const t = await conn.recvExact(header.textLen, deadline, "receive response text");
       closeAll(t.fds);
       text = fromUtf8(t.bytes);
     }
-    const error = new BrokerError(header.status, text);
-    error.flags = header.reserved;
-    throw error;
+    throw brokerError(header, text);
   }
-  return { header, fds: chunk.fds };
+  return { header, fds };
 }
 
-function concat(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+function brokerError(header: Header, text: string): BrokerError {
+  const error = new BrokerError(header.status, text);
+  error.flags = header.reserved;
+  return error;
+}
+
+function concat(parts: readonly Part[]): Uint8Array<ArrayBuffer> {
   let n = 0;
-  for (const p of parts) n += p.length;
+  for (const [p] of parts) n += p.length;
   const out = new Uint8Array(n);
   let off = 0;
-  for (const p of parts) {
+  for (const [p] of parts) {
     out.set(p, off);
     off += p.length;
   }

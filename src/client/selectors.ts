@@ -42,12 +42,15 @@ export interface JobOption {
   readonly jobId?: string | null;
 }
 
+// The name of a selector by id: empty, shared, never written to.
+const NO_NAME = new Uint8Array(0);
+
 /** The id (0n for none) and name bytes (empty for none) a selector puts in a request. */
 export function selectorParts(selector: Selector): { id: bigint; name: Uint8Array } {
   if (typeof selector === "bigint" || typeof selector === "number") {
-    return { id: toId(selector), name: new Uint8Array(0) };
+    return { id: toId(selector), name: NO_NAME };
   }
-  if ("id" in selector) return { id: toId(selector.id), name: new Uint8Array(0) };
+  if ("id" in selector) return { id: toId(selector.id), name: NO_NAME };
   return { id: 0n, name: nameBytesOf(selector.name) };
 }
 
