@@ -32,19 +32,27 @@ import {
   READ,
   readJob,
   type RequestContext,
+  type Segment,
   type Step,
   type StepInput,
 } from "./context.ts";
 import { errorOutcome, headerOnly, pieces } from "./reply.ts";
 
-// Every GET of an object sends the same bytes (header, name, digest): build them once.
-const getReplies = new WeakMap<StoredObject, Uint8Array>();
+// Every GET of an object sends the same bytes (header, name, digest) in the same pieces: build
+// them once. The reply is shared (Outcome.sharedWire): the session copies it before setting any
+// extension bit in it.
+interface GetReply {
+  readonly wire: Uint8Array;
+  readonly segments: readonly Segment[];
+}
 
-function getReplyOf(obj: StoredObject): Uint8Array {
-  let wire = getReplies.get(obj);
-  if (wire === undefined) {
+const getReplies = new WeakMap<StoredObject, GetReply>();
+
+function getReplyOf(obj: StoredObject): GetReply {
+  let reply = getReplies.get(obj);
+  if (reply === undefined) {
     const name = fromBinary(obj.name);
-    wire = new Uint8Array(HEADER_SIZE + name.length + DIGEST_LEN);
+    const wire = new Uint8Array(HEADER_SIZE + name.length + DIGEST_LEN);
     encodeHeader({
       cmd: Cmd.GET,
       objectId: BigInt(obj.id),
@@ -54,9 +62,16 @@ function getReplyOf(obj: StoredObject): Uint8Array {
     }, wire);
     wire.set(name, HEADER_SIZE);
     wire.set(fromBinary(obj.digest), HEADER_SIZE + name.length);
-    getReplies.set(obj, wire);
+    const segments = pieces(
+      wire,
+      [HEADER_SIZE, Text.sendObject],
+      [name.length, Text.sendName],
+      [DIGEST_LEN, Text.sendDigest],
+    );
+    reply = { wire, segments };
+    getReplies.set(obj, reply);
   }
-  return wire;
+  return reply;
 }
 
 /** The GET, DROP or STAT handler (`op`). */
@@ -242,13 +257,15 @@ export function* getOrDrop(
   if (fd < 0) return fail(Status.ERR, Text.reopenFailed);
   store.touch(obj);
   rec.result = "ok";
-  // A private copy: the connection may set the keep-alive bit in it.
-  const wire = getReplyOf(obj).slice();
-  const segments = pieces(
+  const { wire, segments } = getReplyOf(obj);
+  return {
     wire,
-    [HEADER_SIZE, Text.sendObject],
-    [wire.length - HEADER_SIZE - DIGEST_LEN, Text.sendName],
-    [DIGEST_LEN, Text.sendDigest],
-  );
-  return { wire, segments, fd, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
+    segments,
+    fd,
+    audit: rec,
+    auditAfterSend: true,
+    keptFd: false,
+    ok: true,
+    sharedWire: true,
+  };
 }
