@@ -60,11 +60,16 @@ import {
 
 export type { Commit, RunState, SessionParts } from "./session_parts.ts";
 
+/** Body pieces up to this size reach handlers in one reused buffer (names, digests, job ids). */
+const BODY_VIEW = 1024;
+
 /** Every open connection and the state machine that drives them. */
 export class Sessions {
   readonly #p: SessionParts;
   readonly #conns = new Map<number, Conn>();
   readonly #pool = new BufferPool();
+  /** Where body pieces of up to {@link BODY_VIEW} bytes are handed to handlers. */
+  readonly #bodyView = new Uint8Array(BODY_VIEW);
   readonly #host: SendHost;
   readonly #reopen: (obj: StoredObject) => number;
   readonly #release: (obj: StoredObject, last: boolean) => void;
@@ -276,7 +281,13 @@ export class Sessions {
         case State.Body: {
           const need = conn.step?.kind === "read" ? conn.step.length : 0;
           if (conn.len >= need) {
-            const bytes = conn.buf.slice(0, need);
+            // A body piece is valid until the handler's next step (see Step "read"): small ones
+            // are handed over in one reused buffer, not in a fresh array each (a typed array
+            // over 64 bytes, such as a digest, is allocated outside V8's heap).
+            const bytes = need <= BODY_VIEW
+              ? this.#bodyView.subarray(0, need)
+              : conn.buf.slice(0, need);
+            if (need <= BODY_VIEW) bytes.set(conn.buf.subarray(0, need));
             conn.consume(need);
             conn.consumed += need;
             this.#resume(conn, bytes);
