@@ -39,7 +39,6 @@ import {
   Text,
   withExt,
 } from "../protocol/wire.ts";
-import { isRegular, tryFstatCached } from "../sys/fd.ts";
 import { peerUid } from "../sys/peer_uid.ts";
 import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../sys/linux.ts";
 import type { PollEvent } from "../sys/poller.ts";
@@ -50,6 +49,7 @@ import type { ClusterSeam } from "./cluster_seam.ts";
 import type { RemoteAnswer } from "../core/remote.ts";
 import { requestContext, type SessionParts } from "./session_parts.ts";
 import {
+  internalErrorReply,
   linger,
   LINGER_BYTES,
   record,
@@ -156,15 +156,8 @@ export class Sessions {
     if (conn === undefined) throw e;
     this.#p.report(`memfdbus broker: internal error in a request: ${(e as Error).stack ?? e}`);
     try {
-      if (conn.state !== State.Send && conn.state !== State.Linger && conn.fd >= 0) {
-        const o = errorOutcome(
-          conn.header?.cmd ?? 0,
-          Status.ERR,
-          "internal error",
-          blankRecord("unknown", "error", null),
-        );
-        record(this.#p.audit, o, conn, null);
-        for (const seg of o.segments) sendSome(conn.fd, seg.bytes);
+      if (conn.state !== State.Send && conn.state !== State.Linger) {
+        internalErrorReply(this.#host, conn);
       }
     } finally {
       this.close(conn);
@@ -339,21 +332,13 @@ export class Sessions {
   #fill(conn: Conn, need: number): boolean {
     const next = conn.len === 0 && conn.served > 0 && conn.state === State.Header;
     if (!conn.read(need, this.#pool)) {
-      if (!conn.sizedDeadline) this.#sizeDeadline(conn);
+      if (!conn.sizedDeadline) conn.sizeDeadline();
       this.#watch(conn);
       return false;
     }
     // The next request on a kept-alive connection has begun.
     if (next && conn.len > 0) conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
     return true;
-  }
-
-  /** Allow a publisher time to finish hashing its object before the digest arrives. */
-  #sizeDeadline(conn: Conn): void {
-    conn.sizedDeadline = true;
-    if (conn.state !== State.Body || conn.reqFd < 0) return;
-    const st = tryFstatCached(conn.reqFd);
-    if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
   }
 
   #startRequest(conn: Conn): void {
