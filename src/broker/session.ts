@@ -42,7 +42,6 @@ import {
 import { peerUid } from "../sys/peer_uid.ts";
 import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../sys/linux.ts";
 import type { PollEvent } from "../sys/poller.ts";
-import { sendSome } from "../sys/unix_socket.ts";
 import { BufferPool, Conn, READ_CHUNK, State } from "./connection.ts";
 import { FIRST_RESERVED_TOKEN } from "./loop.ts";
 import type { ClusterSeam } from "./cluster_seam.ts";
