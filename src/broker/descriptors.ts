@@ -7,7 +7,7 @@
  */
 
 import type { SealedCheck } from "../core/handlers.ts";
-import type { StoredObject } from "../core/store.ts";
+import { cachesOf, type StoredObject } from "../core/store.ts";
 import { closeQuietly, cstr, strerror } from "../ffi.ts";
 import { tryDup, tryOpen, tryOpenAt, trySeals } from "../sys/fd.ts";
 import { O_DIRECTORY, O_RDONLY, O_RDWR } from "../sys/linux.ts";
@@ -31,7 +31,6 @@ export class ObjectDescriptors {
   readonly #procDirFd: number;
   readonly #readOnly: boolean;
   readonly #events: ObjectEvents;
-  readonly #fdNames = new WeakMap<StoredObject, Uint8Array<ArrayBuffer>>();
 
   /**
    * @param readOnly hand consumers O_RDONLY descriptors (--read-only-fds)
@@ -52,10 +51,11 @@ export class ObjectDescriptors {
    */
   reopen(obj: StoredObject): number {
     if (this.#procDirFd < 0) return tryDup(obj.fd);
-    let path = this.#fdNames.get(obj);
-    if (path === undefined) {
+    const caches = cachesOf(obj);
+    let path = caches.fdPath;
+    if (path === null) {
       path = cstr(String(obj.fd));
-      this.#fdNames.set(obj, path);
+      caches.fdPath = path;
     }
     return tryOpenAt(this.#procDirFd, path, this.#readOnly ? O_RDONLY : O_RDWR);
   }

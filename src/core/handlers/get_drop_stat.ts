@@ -9,7 +9,7 @@ import { type AuditOp, blankRecord } from "../audit.ts";
 import { fromBinary, toBinary } from "../../protocol/bytes.ts";
 import { formatStat } from "../../protocol/stat.ts";
 import { checkJobClaim, droppable, visible } from "../policy.ts";
-import type { StoredObject } from "../store.ts";
+import { cachesOf, type StoredObject } from "../store.ts";
 import type { RemoteAnswer } from "../remote.ts";
 import {
   Cmd,
@@ -39,18 +39,14 @@ import {
 import { errorOutcome, headerOnly, pieces } from "./reply.ts";
 
 // Every GET of an object sends the same bytes (header, name, digest) in the same pieces: build
-// them once. The reply is shared (Outcome.sharedWire): the session copies it before setting any
-// extension bit in it.
-interface GetReply {
-  readonly wire: Uint8Array;
-  readonly segments: readonly Segment[];
-}
-
-const getReplies = new WeakMap<StoredObject, GetReply>();
-
-function getReplyOf(obj: StoredObject): GetReply {
-  let reply = getReplies.get(obj);
-  if (reply === undefined) {
+// them once and keep them with the object. The reply is shared (Outcome.sharedWire): the session
+// copies it before setting any extension bit in it.
+function getReplyOf(
+  obj: StoredObject,
+): { readonly wire: Uint8Array; readonly segments: readonly Segment[] } {
+  const caches = cachesOf(obj);
+  let reply = caches.getReply;
+  if (reply === null) {
     const name = fromBinary(obj.name);
     const wire = new Uint8Array(HEADER_SIZE + name.length + DIGEST_LEN);
     encodeHeader({
@@ -69,7 +65,7 @@ function getReplyOf(obj: StoredObject): GetReply {
       [DIGEST_LEN, Text.sendDigest],
     );
     reply = { wire, segments };
-    getReplies.set(obj, reply);
+    caches.getReply = reply;
   }
   return reply;
 }
