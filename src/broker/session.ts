@@ -532,8 +532,6 @@ export class Sessions {
       (conn.waited ? Flag.WAIT : 0) | (asked ? Flag.DIGEST : 0) | (o.extFlags ?? 0);
     conn.waited = false;
     if (flags !== 0) {
-      // A shared reply (a GET's cached bytes) is copied before its bits are set.
-      if (o.sharedWire === true) o = { ...o, wire: o.wire.slice(), sharedWire: false };
       setReserved(o.wire, withExt(flags));
     }
     if (!o.auditAfterSend) record(this.#p.audit, o, conn, null);

@@ -8,7 +8,6 @@
  */
 
 import type { Owned } from "./policy.ts";
-import type { Segment } from "./handlers/context.ts";
 
 /** One stored object. Strings are binary strings of the raw bytes. */
 export interface StoredObject extends Owned {
@@ -33,33 +32,6 @@ export interface StoredObject extends Owned {
    * handed it over (see {@link ClusterShare}); the cluster bridge tracks it from then on.
    */
   readonly cluster?: ClusterShare | undefined;
-  /** What the broker derived from this object once (see {@link cachesOf}). */
-  caches?: ObjectCaches | undefined;
-}
-
-/**
- * What the broker derives once from a stored object and keeps with it, on the object itself (a
- * WeakMap keyed by the object cost more per lookup than building the bytes again): its GET reply
- * and the path that reopens its memfd. Valid only for {@link ObjectCaches.owner}: a copy of the
- * object made with a spread carries its original's caches along, and gets its own instead.
- */
-export interface ObjectCaches {
-  /** The object these were derived from. */
-  readonly owner: StoredObject;
-  /** A GET's reply bytes (header, name, digest) and the pieces they are sent in. */
-  getReply: { readonly wire: Uint8Array; readonly segments: readonly Segment[] } | null;
-  /** The NUL-terminated `/proc/self/fd/N` name of the object's memfd. */
-  fdPath: Uint8Array<ArrayBuffer> | null;
-}
-
-/** The caches of `obj` (made empty on first use). */
-export function cachesOf(obj: StoredObject): ObjectCaches {
-  let c = obj.caches;
-  if (c === undefined || c.owner !== obj) {
-    c = { owner: obj, getReply: null, fdPath: null };
-    obj.caches = c;
-  }
-  return c;
 }
 
 /**

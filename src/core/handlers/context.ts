@@ -108,11 +108,6 @@ export interface Outcome {
   readonly watch?: { readonly selector: WatchSelector; readonly caller: string | null };
   /** Extension bits the reply carries besides keep-alive and wait (the cluster listing's). */
   readonly extFlags?: number;
-  /**
-   * {@link Outcome.wire} and {@link Outcome.segments} are shared by every reply of their kind
-   * (a GET of one object): whoever sets bits in the reply must copy it first.
-   */
-  readonly sharedWire?: boolean;
   /** The rest of the reply after {@link Outcome.wire}, produced chunk by chunk (LIST). */
   readonly stream?: ReplyStream;
 }

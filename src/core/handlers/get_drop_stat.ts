@@ -9,7 +9,7 @@ import { type AuditOp, blankRecord } from "../audit.ts";
 import { fromBinary, toBinary } from "../../protocol/bytes.ts";
 import { formatStat } from "../../protocol/stat.ts";
 import { checkJobClaim, droppable, visible } from "../policy.ts";
-import { cachesOf, type StoredObject } from "../store.ts";
+import type { StoredObject } from "../store.ts";
 import type { RemoteAnswer } from "../remote.ts";
 import {
   Cmd,
@@ -32,42 +32,38 @@ import {
   READ,
   readJob,
   type RequestContext,
-  type Segment,
   type Step,
   type StepInput,
 } from "./context.ts";
-import { errorOutcome, headerOnly, pieces } from "./reply.ts";
+import { errorOutcome, headerOnly, pieces, replyBytes } from "./reply.ts";
 
-// Every GET of an object sends the same bytes (header, name, digest) in the same pieces: build
-// them once and keep them with the object. The reply is shared (Outcome.sharedWire): the session
-// copies it before setting any extension bit in it.
-function getReplyOf(
-  obj: StoredObject,
-): { readonly wire: Uint8Array; readonly segments: readonly Segment[] } {
-  const caches = cachesOf(obj);
-  let reply = caches.getReply;
-  if (reply === null) {
-    const name = fromBinary(obj.name);
-    const wire = new Uint8Array(HEADER_SIZE + name.length + DIGEST_LEN);
-    encodeHeader({
-      cmd: Cmd.GET,
-      objectId: BigInt(obj.id),
-      size: BigInt(obj.size),
-      nameLen: name.length,
-      textLen: DIGEST_LEN,
-    }, wire);
-    wire.set(name, HEADER_SIZE);
-    wire.set(fromBinary(obj.digest), HEADER_SIZE + name.length);
-    const segments = pieces(
-      wire,
-      [HEADER_SIZE, Text.sendObject],
-      [name.length, Text.sendName],
-      [DIGEST_LEN, Text.sendDigest],
-    );
-    reply = { wire, segments };
-    caches.getReply = reply;
-  }
-  return reply;
+/**
+ * A GET's reply (header, name, digest) and the pieces it is sent in. Built for each GET, in a
+ * piece of a reply slab (see `replyBytes`): an object is usually fetched once or a few times, and
+ * building these few bytes costs less than a typed array of their own would, kept or not.
+ */
+function getReplyOf(obj: StoredObject): Pick<Outcome, "wire" | "segments"> {
+  const name = obj.name;
+  const digest = obj.digest;
+  const wire = replyBytes(HEADER_SIZE + name.length + DIGEST_LEN);
+  encodeHeader({
+    cmd: Cmd.GET,
+    objectId: BigInt(obj.id),
+    size: BigInt(obj.size),
+    nameLen: name.length,
+    textLen: DIGEST_LEN,
+  }, wire);
+  // Names and digests are binary strings: one byte per character.
+  for (let i = 0; i < name.length; i++) wire[HEADER_SIZE + i] = name.charCodeAt(i);
+  const at = HEADER_SIZE + name.length;
+  for (let i = 0; i < DIGEST_LEN; i++) wire[at + i] = digest.charCodeAt(i);
+  const segments = pieces(
+    wire,
+    [HEADER_SIZE, Text.sendObject],
+    [name.length, Text.sendName],
+    [DIGEST_LEN, Text.sendDigest],
+  );
+  return { wire, segments };
 }
 
 /** The GET, DROP or STAT handler (`op`). */
@@ -254,14 +250,5 @@ export function* getOrDrop(
   store.touch(obj);
   rec.result = "ok";
   const { wire, segments } = getReplyOf(obj);
-  return {
-    wire,
-    segments,
-    fd,
-    audit: rec,
-    auditAfterSend: true,
-    keptFd: false,
-    ok: true,
-    sharedWire: true,
-  };
+  return { wire, segments, fd, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
 }
