@@ -558,7 +558,10 @@ export class Sessions {
     }
   }
 
-  /** Send `o` next (the connection then times out after the request timeout). */
+  /**
+   * Send `o` next (the connection then times out after the request timeout). The caller pumps
+   * the connection right after.
+   */
   reply(conn: Conn, o: Outcome): void {
     conn.outcome = o;
     conn.out = o.wire;
@@ -567,7 +570,9 @@ export class Sessions {
     conn.stream = o.stream ?? null;
     conn.replyFd = o.fd;
     conn.state = State.Send;
-    this.#held(conn);
+    // Not counted in the uid's reply share yet: every caller pumps the connection at once, and
+    // the pump counts what its send leaves unsent (most replies go out whole, and then there is
+    // nothing to count and nothing to take back).
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
   }
