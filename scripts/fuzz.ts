@@ -49,7 +49,10 @@ const plan = replaying
 console.log(`fuzz: seed ${seed}, ${plan}`);
 
 const dir = Deno.makeTempDirSync({ prefix: "memfdbus-fuzz-" });
+// Descriptors are counted per object (the checkpoint's invariant): identical contents must not
+// share a memfd, as they do with dedup on (tests/fault/fuzz_test.ts runs the same way).
 const broker = await StreamingBroker.start(`${dir}/fuzz.sock`, [
+  "--no-dedup",
   "--request-timeout-ms",
   String(flags.requestTimeoutMs),
   "--max-wait-ms",

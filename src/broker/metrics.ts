@@ -387,6 +387,24 @@ export interface MetricsServer extends AsyncDisposable {
 }
 
 /**
+ * Run `serve`; a failure names the address: `metrics /run/m.sock: Permission denied`, or
+ * `metrics 127.0.0.1:80: Address already in use` (the same error class, the cause kept).
+ */
+function listening<T>(address: MetricsAddress, serve: () => T): T {
+  try {
+    return serve();
+  } catch (e) {
+    if (!(e instanceof Error)) throw e;
+    const where = address.kind === "unix" ? address.path : `${address.hostname}:${address.port}`;
+    const reason = e.message.replace(/ \(os error \d+\)$/, "");
+    const named = new (e.constructor as ErrorConstructor)(`metrics ${where}: ${reason}`, {
+      cause: e,
+    });
+    throw named;
+  }
+}
+
+/**
  * Serve `render()` at `GET /metrics` (404 for other paths, 405 for other methods) on a TCP
  * address or a Unix socket path. Prints nothing (the broker's stdout is its audit log). A stale
  * socket file at the path is replaced; any other file is an error.
@@ -417,10 +435,13 @@ export async function serveMetrics(
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    server = Deno.serve({ path: address.path, onListen }, handler);
+    server = listening(address, () => Deno.serve({ path: address.path, onListen }, handler));
     bound = address;
   } else {
-    const tcp = Deno.serve({ hostname: address.hostname, port: address.port, onListen }, handler);
+    const tcp = listening(
+      address,
+      () => Deno.serve({ hostname: address.hostname, port: address.port, onListen }, handler),
+    );
     server = tcp;
     bound = { kind: "tcp", hostname: address.hostname, port: tcp.addr.port };
   }

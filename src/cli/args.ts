@@ -7,8 +7,8 @@
  * subcommand's help; `--` ends the flags. A value is taken verbatim, even when it starts with
  * `-` (as in the C CLI: `--name --json` names an object `--json`).
  *
- * Exit codes of usage errors: a mistake the C CLI reports (PROTOCOL.md §6) keeps its C text and
- * its C exit code 1 ({@link UsageError}); every other usage mistake exits 2 ({@link CliUsageError}).
+ * Every usage mistake exits 2. One the C CLI also reports (PROTOCOL.md §6) keeps its C text
+ * ({@link UsageError}); the others are {@link CliUsageError}s.
  *
  * @module
  */
@@ -150,9 +150,21 @@ export interface ClientSettings {
   timeoutMs: number;
 }
 
+/** The settings of the command this process runs, once it made them. */
+let current: ClientSettings | null = null;
+
 /** Settings before any flag: the default socket and timeout. */
 export function clientDefaults(): ClientSettings {
-  return { socket: defaultSocket(), jobFlag: undefined, timeoutMs: DEFAULT_TIMEOUT_MS };
+  current = { socket: defaultSocket(), jobFlag: undefined, timeoutMs: DEFAULT_TIMEOUT_MS };
+  return current;
+}
+
+/**
+ * The socket and timeout of the client command this process runs (its flags applied), for the
+ * messages of its errors; null before a client command parsed its arguments.
+ */
+export function currentClientSettings(): Readonly<ClientSettings> | null {
+  return current;
 }
 
 /**

@@ -17,23 +17,26 @@
 
 import { Broker } from "../broker.ts";
 import { parseConfig } from "../core/config.ts";
-import { ErrnoError, UsageError } from "../errors.ts";
+import { UsageError } from "../errors.ts";
 import { requestTakeover } from "../client/takeover.ts";
-import { HelpRequested } from "./args.ts";
+import { type FlagKind, parseCommandLine } from "./args.ts";
 import { err } from "./output.ts";
+import { nameSocket } from "./exit.ts";
 import { defaultSocket } from "../client.ts";
 import {
+  BROKER_FLAGS,
   type BrokerOptions,
   defaultBrokerOptions,
   lastFlagValue,
   parseBrokerArgs,
 } from "../core/options.ts";
 
+/** A file named by --config or --policy; one that cannot be read is a file error (exit 1). */
 function readFile(flag: string, path: string): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (e) {
-    throw new UsageError(
+    throw new Error(
       `${flag} ${path}: ${(e as Error).message.replace(/ \(os error \d+\).*$/s, "")}`,
     );
   }
@@ -53,50 +56,43 @@ export function hostName(): string {
   }
 }
 
-/** The broker's flags that take a value (for `--flag=value`). */
-const VALUED_FLAGS: ReadonlySet<string> = new Set([
-  "--socket",
-  "--max-name-bytes",
-  "--max-objects",
-  "--max-request-bytes",
-  "--max-list-bytes",
-  "--max-total-bytes",
-  "--listen-backlog",
-  "--max-clients",
-  "--request-timeout-ms",
-  "--idle-timeout-ms",
-  "--max-wait-ms",
-  "--max-waiters",
-  "--max-watchers",
-  "--socket-mode",
-  "--shadow",
-  "--config",
-  "--policy",
-  "--cluster",
-  "--host-id",
-]);
+/** The broker's flags as the shared grammar reads them (names without dashes). */
+function brokerSpec(): Record<string, FlagKind> {
+  const spec: Record<string, FlagKind> = { takeover: "boolean" };
+  for (const f of BROKER_FLAGS.valued) spec[f.slice(2)] = "string";
+  for (const f of BROKER_FLAGS.switches) spec[f.slice(2)] = "boolean";
+  return spec;
+}
 
 /**
- * The broker's arguments with every `--flag=value` of a valued flag split into `--flag value`,
- * the one grammar of all subcommands. Throws {@link HelpRequested} on `--help`/`-h` in a flag
- * position.
+ * The broker's arguments in the one grammar of every subcommand (`node:util` `parseArgs`, see
+ * {@link parseCommandLine}): each `--flag=value` becomes `--flag value`; `--help`/`-h` throws
+ * `HelpRequested`; a switch given a value is refused. Unknown flags and positionals are
+ * passed on in place, so the option parser reports the first mistake in command-line order,
+ * with the C broker's text.
  */
 export function splitFlagValues(args: readonly string[]): string[] {
+  const known = brokerSpec();
   const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] ?? "";
-    if (a === "--help" || a === "-h") throw new HelpRequested();
-    if (VALUED_FLAGS.has(a)) {
-      out.push(a);
-      if (i + 1 < args.length) out.push(args[++i] ?? "");
-      continue;
+  // parseCommandLine refuses an unknown --flag at once; the broker's parser must see it in
+  // order, after the values before it were checked. Each unknown flag gets a placeholder.
+  const unknown: string[] = [];
+  // `--` is no terminator for the broker (the C broker calls it an unexpected argument).
+  const masked = args.map((a) => {
+    const name = a.startsWith("--") ? a.slice(2).split("=")[0] ?? "" : "";
+    if (a !== "--" && (!a.startsWith("--") || name === "help" || Object.hasOwn(known, name))) {
+      return a;
     }
-    const eq = a.indexOf("=");
-    if (a.startsWith("--") && eq > 2 && VALUED_FLAGS.has(a.slice(0, eq))) {
-      out.push(a.slice(0, eq), a.slice(eq + 1));
-      continue;
-    }
-    out.push(a);
+    unknown.push(a);
+    return `\u0000${unknown.length - 1}`;
+  });
+  const unmask = (text: string): string =>
+    text.startsWith("\u0000") ? unknown[Number(text.slice(1))] ?? "" : text;
+  const { items } = parseCommandLine(masked, known);
+  for (const it of items) {
+    if (it.kind === "flag") out.push(it.flag, unmask(it.value));
+    else if (it.kind === "switch") out.push(it.flag);
+    else out.push(unmask(it.text));
   }
   return out;
 }
@@ -175,19 +171,6 @@ function inTerminal(): boolean {
   } catch {
     return false;
   }
-}
-
-/** Name the socket path in a failure to create it: `bind: /tmp/x.sock: Permission denied`. */
-function nameSocket(e: unknown, socket: string): unknown {
-  if (
-    !(e instanceof ErrnoError) ||
-    !["bind", "listen", "chmod", "unlink", "lstat"].includes(e.syscall)
-  ) {
-    return e;
-  }
-  const what = e.message.slice(0, e.message.length - e.description.length - 2);
-  const named = new ErrnoError(e.syscall, e.errno, e.description, `${what}: ${socket}`);
-  return named;
 }
 
 /**

@@ -5,9 +5,10 @@
  * @module
  */
 
-import { ErrnoError } from "../errors.ts";
+import { ErrnoError, TimeoutError } from "../errors.ts";
 import { ConnectError } from "../client/connection.ts";
-import { defaultSocket } from "../client.ts";
+import { DEFAULT_TIMEOUT_MS, defaultSocket } from "../client.ts";
+import { currentClientSettings } from "./args.ts";
 import { tryLstat } from "../sys/fd.ts";
 import { ENOENT, S_IFMT } from "../sys/linux.ts";
 
@@ -74,6 +75,19 @@ export function commandError(e: unknown, command: string): unknown {
   return new ExitError(`cannot execute ${command}: ${e.description}`, 126);
 }
 
+/** Name the socket path in a failure to create it: `bind: /tmp/x.sock: Permission denied`. */
+export function nameSocket(e: unknown, socket: string): unknown {
+  if (
+    !(e instanceof ErrnoError) ||
+    !["bind", "listen", "chmod", "unlink", "lstat"].includes(e.syscall)
+  ) {
+    return e;
+  }
+  const what = e.message.slice(0, e.message.length - e.description.length - 2);
+  const named = new ErrnoError(e.syscall, e.errno, e.description, `${what}: ${socket}`);
+  return named;
+}
+
 /** S_IFSOCK */
 const S_IFSOCK = 0o140000;
 
@@ -110,8 +124,28 @@ export function connectMessage(e: ConnectError): string {
   return head;
 }
 
+/** Seconds for a message: `30`, `2.5`. */
+function seconds(ms: number): string {
+  return String(Math.round(ms) / 1000);
+}
+
+/**
+ * The line for a request the broker did not answer in time, for example `receive response: no
+ * answer within 1 s (socket /tmp/x.sock) — the broker is busy or stuck; --timeout SECONDS waits
+ * longer (default 30)`. A wait by name that ran out keeps its own message.
+ */
+export function timeoutMessage(e: TimeoutError): string {
+  const m = /^(.*): timed out after [0-9.]+ ms$/.exec(e.message);
+  if (m === null) return e.message;
+  const settings = currentClientSettings();
+  const where = settings === null ? "" : ` (socket ${settings.socket})`;
+  return `${m[1]}: no answer within ${seconds(e.timeoutMs)} s${where} — the broker is busy ` +
+    `or stuck; --timeout SECONDS waits longer (default ${seconds(DEFAULT_TIMEOUT_MS)})`;
+}
+
 /** The line the CLI prints for an error. */
 export function errorLine(e: unknown): string {
   if (e instanceof ConnectError) return connectMessage(e);
+  if (e instanceof TimeoutError) return timeoutMessage(e);
   return e instanceof Error ? e.message : String(e);
 }

@@ -3,8 +3,9 @@
  * Extensions: `--wait SECONDS` (by name: wait for the name to be published), `--json`
  * (describe what was written, on stdout; not with OUT `-`) and `--timeout SECONDS`.
  *
- * SIGINT, SIGTERM and SIGHUP while the bytes are written stop the copy, remove the temporary
- * file and exit 130, 143 or 129; a closed output pipe exits 141.
+ * SIGINT, SIGTERM and SIGHUP while the bytes go to a temporary file stop the copy, remove it
+ * and exit 130, 143 or 129; writing to stdout or a pipe they end the process at once (as they
+ * would any program: there is nothing to remove); a closed output pipe exits 141.
  *
  * @module
  */
@@ -77,22 +78,13 @@ export async function getCommand(args: readonly string[]): Promise<number> {
   const options: GetOptions = wait === undefined ? {} : { wait };
   using obj = await client.get(id !== undefined ? id : { name: name ?? "" }, options);
   const progress = ProgressLine.start("get", obj.size);
-  let signal: string | null = null;
-  const listeners = STOP_SIGNALS.map((sig) => {
-    const fn = (): void => {
-      signal ??= sig;
-    };
-    Deno.addSignalListener(sig, fn);
-    return [sig, fn] as const;
-  });
   try {
     await writeObject(obj.fd, obj.size, outPath, {
       onProgress: progress === null ? undefined : (n) => progress.update(n),
-      interrupted: () => signal,
+      stopSignals: STOP_SIGNALS,
     });
   } finally {
     progress?.finish();
-    for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
   }
   if (json) {
     out(jsonLine({ id: obj.id, size: obj.size, digest: obj.digest, name: obj.name, out: outPath }));

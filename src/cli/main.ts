@@ -2,12 +2,11 @@
  * The CLI dispatcher: picks the subcommand and turns what it throws into one line on stderr
  * and an exit code.
  *
- * Exit codes: 0 success; 1 an error, or a usage mistake the C CLI reports with the same text
- * (PROTOCOL.md §6: a missing subcommand, `missing value for --FLAG`, `unexpected argument: X`,
- * `invalid object id: X`, a two-line usage, ...); 2 any other usage mistake (an unknown
- * subcommand, a bad `--wait` or `--timeout`, ...); 126/127 a COMMAND of exec or capture that
- * cannot be executed / is not found; 128+N interrupted by signal N (get: 129 SIGHUP, 130 SIGINT,
- * 141 a closed output pipe, 143 SIGTERM).
+ * Exit codes: 0 success; 1 an error; 2 a usage mistake, every one (a missing or unknown
+ * subcommand, a bad flag or value, a missing argument; those the C CLI also reports keep its
+ * text, PROTOCOL.md §6, but exit 2 where it exits 1, as is conventional); 126/127 a COMMAND of
+ * exec or capture that cannot be executed / is not found; 128+N interrupted by signal N (get:
+ * 129 SIGHUP, 130 SIGINT, 141 a closed output pipe, 143 SIGTERM).
  *
  * @module
  */
@@ -38,6 +37,9 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   watch: async () => (await import("./watch.ts")).watchCommand,
   usage: async () => (await import("./usage_cmd.ts")).usageCommand,
 };
+
+/** The exit code of every usage mistake (a missing or unknown command, a bad flag or value). */
+export const USAGE_EXIT = 2;
 
 /** The version of this CLI, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -84,8 +86,12 @@ export function unknownCommand(cmd: string): string {
 function helpCommand(args: readonly string[]): Promise<number> {
   const [topic, ...extra] = args;
   if (extra.length > 0) throw new CliUsageError(`unexpected argument: ${extra[0]}`);
-  if (topic === undefined || topic === "--help" || topic === "-h") {
+  if (topic === undefined) {
     out(USAGE);
+    return Promise.resolve(0);
+  }
+  if (topic === "--help" || topic === "-h") {
+    out(COMMAND_HELP["help"] ?? USAGE);
     return Promise.resolve(0);
   }
   const text = Object.hasOwn(COMMAND_HELP, topic) ? COMMAND_HELP[topic] : undefined;
@@ -141,7 +147,7 @@ export async function main(args: readonly string[]): Promise<number> {
   const cmd = args[0];
   if (cmd === undefined) {
     err(USAGE);
-    return 1;
+    return 2;
   }
   if (cmd === "--help" || cmd === "-h") {
     out(USAGE);
@@ -166,8 +172,8 @@ export async function main(args: readonly string[]): Promise<number> {
     }
     if (e instanceof Interrupted) return e.exitCode;
     err(`${errorLine(e)}\n`);
-    if (e instanceof CliUsageError || e instanceof ExitError) return e.exitCode;
-    if (e instanceof UsageError) return 1;
+    if (e instanceof ExitError) return e.exitCode;
+    if (e instanceof UsageError) return USAGE_EXIT;
     return 1;
   }
 }

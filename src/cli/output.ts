@@ -70,10 +70,33 @@ export interface WriteOptions {
   /** Called after each step with the bytes copied so far. */
   readonly onProgress?: OnProgress | undefined;
   /**
-   * Asked between steps: the name of a signal that asked the command to stop, or null. When it
-   * answers a name, the write stops, removes its temporary file and throws {@link Interrupted}.
+   * Signals that stop a write through a temporary file: while one is under way they are caught,
+   * and the next step removes the file and throws {@link Interrupted}. Other outputs (stdout, a
+   * pipe, a FIFO, a terminal) leave nothing to clean up, and a write to a pipe nobody reads
+   * blocks this thread, where no handler could run: there the signals keep their default
+   * action and end the process at once.
    */
-  readonly interrupted?: () => string | null;
+  readonly stopSignals?: readonly Deno.Signal[];
+}
+
+/** Catch `signals` until the returned function is called; `first()` names the first caught. */
+function catchSignals(
+  signals: readonly Deno.Signal[],
+): { first: () => string | null; release: () => void } {
+  let caught: string | null = null;
+  const listeners = signals.map((sig) => {
+    const fn = (): void => {
+      caught ??= sig;
+    };
+    Deno.addSignalListener(sig, fn);
+    return [sig, fn] as const;
+  });
+  return {
+    first: () => caught,
+    release: () => {
+      for (const [sig, fn] of listeners) Deno.removeSignalListener(sig, fn);
+    },
+  };
 }
 
 /** S_IFLNK */
@@ -98,7 +121,7 @@ export async function writeObject(
   options: WriteOptions = {},
 ): Promise<void> {
   if (path === "-") {
-    await copyExact(src, 1, size, path, options);
+    await copyExact(src, 1, size, path, options.onProgress);
     return;
   }
   let target = path;
@@ -121,8 +144,13 @@ export async function writeObject(
   const dir = slash < 0 ? "." : slash === 0 ? "/" : target.slice(0, slash);
   const base = target.slice(slash + 1);
   const tmp = `${dir}/.${base}.memfdbus-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  // Caught from before the temporary file exists: a signal in between would leave it behind.
+  const signals = catchSignals(options.stopSignals ?? []);
   const fd = tryOpenPath(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666);
   if (fd < 0) {
+    signals.release();
+    const stop = signals.first();
+    if (stop !== null) throw new Interrupted(stop);
     // No room for a temporary file next to OUT (for example a read-only directory holding a
     // writable file): write in place.
     await writeDirect(src, size, target, options);
@@ -130,13 +158,14 @@ export async function writeObject(
   }
   try {
     if (typeof st !== "number") tryFchmod(fd, st.mode & 0o7777);
-    await copyExact(src, fd, size, path, options);
+    await copyExact(src, fd, size, path, options.onProgress, signals.first);
     renamePath(tmp, target, `rename output: ${path}`);
   } catch (e) {
     unlinkQuietly(tmp);
     throw e;
   } finally {
     closeQuietly(fd);
+    signals.release();
   }
 }
 
@@ -153,7 +182,7 @@ async function writeDirect(
     `open output: ${path}`,
   );
   try {
-    await copyExact(src, fd, size, path, options);
+    await copyExact(src, fd, size, path, options.onProgress);
   } finally {
     closeQuietly(fd);
   }
@@ -179,7 +208,8 @@ async function copyExact(
   dst: number,
   size: number,
   path: string,
-  options: WriteOptions,
+  onProgress: OnProgress | undefined,
+  interrupted: () => string | null = () => null,
 ): Promise<void> {
   const labels = labelsFor(path);
   const s = tryFstat(dst);
@@ -187,7 +217,7 @@ async function copyExact(
   let done = 0;
   while (done < size) {
     if (done > 0) await turn();
-    const signal = options.interrupted?.() ?? null;
+    const signal = interrupted();
     if (signal !== null) throw new Interrupted(signal);
     const step = Math.min(STEP_BYTES, size - done);
     let r;
@@ -199,6 +229,6 @@ async function copyExact(
     }
     done += r.bytes;
     if (r.bytes < step) throw new Error("unexpected EOF from memfd");
-    options.onProgress?.(done);
+    onProgress?.(done);
   }
 }

@@ -10,6 +10,7 @@ import { UsageError } from "../errors.ts";
 import { runShadow } from "../shadow/server.ts";
 import { CliUsageError, parseCommandLine } from "./args.ts";
 import { out } from "./output.ts";
+import { nameSocket } from "./exit.ts";
 
 /** Run the shadow until a signal stops it. */
 export async function shadowCommand(args: readonly string[]): Promise<number> {
@@ -21,5 +22,9 @@ export async function shadowCommand(args: readonly string[]): Promise<number> {
   }
   if (socket === undefined) throw new CliUsageError("usage: memfdbus shadow --socket PATH");
   const path = socket;
-  return await runShadow(path, () => out(`memfdbus shadow listening on ${path}\n`));
+  try {
+    return await runShadow(path, () => out(`memfdbus shadow listening on ${path}\n`));
+  } catch (e) {
+    throw nameSocket(e, path);
+  }
 }

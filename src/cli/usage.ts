@@ -55,7 +55,7 @@ commands beyond the C memfdbus:
       memfd; it publishes only if COMMAND exits 0 (--always: whatever its
       status) and exits with COMMAND's status (128+N if signal N killed it)
   memfdbus watch [--name NAME | --prefix PREFIX] [--job-id JOB] [--socket PATH]
-                 [--json] [--once]
+                 [--json] [--once] [--timeout SECONDS]
     watch: one line per publish, drop, release or eviction until interrupted
   memfdbus usage [--job-id JOB] [--socket PATH] [--json]
     usage: objects and bytes (charged after dedup) held by the broker, each
@@ -118,6 +118,8 @@ const CLIENT_OPTIONS =
   `  --socket PATH      broker socket (default: $MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)
   --job-id JOB       act as job JOB (default: $MEMFDBUS_JOB_ID; none: unscoped)
   --timeout SECONDS  give up when the broker has not answered within SECONDS (30)
+  --broker-uid UID   trust a broker running as UID or user besides root and yourself
+                     (default: $MEMFDBUS_BROKER_UID)
   -h, --help         show this help`;
 
 /** The help of each subcommand, printed by `memfdbus COMMAND --help` and `memfdbus help COMMAND`. */
@@ -155,6 +157,10 @@ options (default):
                              fetched first, instead of refusing (none)
   --no-dedup                 keep a memfd per PUT even for identical contents (dedup on)
   --metrics ADDRESS          serve Prometheus metrics at /metrics (HOST:PORT or a path; off)
+  --cluster URLS             share named objects with other hosts through NATS JetStream
+                             (nats://HOST:PORT[,...]; off)
+  --host-id ID               this host's id in the cluster (the host name)
+  --cluster-sync             acknowledge a PUT only once the cluster committed it (off)
   -h, --help                 show this help
 
 signals: SIGINT, SIGTERM stop; SIGUSR2 hands over to a new broker process (binary
@@ -175,6 +181,8 @@ options:
   --content-addressed    publish under the digest, sha256:<hex>
   --allow-job JOB        let job JOB read it too (needs --job-id or $MEMFDBUS_JOB_ID)
   --json                 print {id, size, digest, name}
+  --local                keep the object on this host (a broker with --cluster shares
+                         named objects by default)
 ${CLIENT_OPTIONS}
 
 example:
@@ -233,6 +241,8 @@ the listing (id, owner job, allowed job, size, digest and name).
 
 options:
   --json                 print an array of {id, owner, allowed, size, digest, name}
+  --cluster              the cluster's names instead, latest version each, with the host
+                         that published it (a broker started with --cluster)
 ${CLIENT_OPTIONS}
 
 example:

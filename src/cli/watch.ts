@@ -13,14 +13,20 @@
 import { Connection } from "../client/connection.ts";
 import { type BusEvent, Watch, type WatchTarget } from "../client/watch.ts";
 import { UsageError } from "../errors.ts";
-import { defaultSocket } from "../client.ts";
-import { checkName, parseCommandLine, resolveJob } from "./args.ts";
+import {
+  checkName,
+  CLIENT_FLAGS,
+  clientDefaults,
+  clientFlag,
+  parseCommandLine,
+  resolveJob,
+} from "./args.ts";
 import { jsonLine, out } from "./output.ts";
 
 /** Usage of `watch`. */
 export const WATCH_USAGE =
   "usage: memfdbus watch [--name NAME | --prefix PREFIX] [--job-id JOB]\n" +
-  "                      [--socket PATH] [--json] [--once]";
+  "                      [--socket PATH] [--timeout SECONDS] [--json] [--once]";
 
 /** The parsed arguments of `watch`. */
 export interface WatchArgs {
@@ -34,6 +40,11 @@ export interface WatchArgs {
   readonly json: boolean;
   /** Exit after the first event. */
   readonly once: boolean;
+  /**
+   * `--timeout SECONDS` in milliseconds (default 30 s): how long connecting and the broker's
+   * answer to the subscription may take; the events themselves are awaited without a limit.
+   */
+  readonly timeoutMs: number;
 }
 
 /**
@@ -42,28 +53,25 @@ export interface WatchArgs {
  */
 export function parseWatchArgs(args: readonly string[]): WatchArgs {
   const { items } = parseCommandLine(args, {
-    socket: "string",
+    ...CLIENT_FLAGS,
     name: "string",
     prefix: "string",
-    "job-id": "string",
     json: "boolean",
     once: "boolean",
   });
-  let socket = defaultSocket();
+  const s = clientDefaults();
   let name: string | undefined;
   let prefix: string | undefined;
-  let jobFlag: string | undefined;
   let json = false;
   let once = false;
   for (const it of items) {
+    if (clientFlag(s, it)) continue;
     if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
     if (it.kind === "switch") {
       if (it.flag === "--json") json = true;
       else once = true;
-    } else if (it.flag === "--socket") socket = it.value;
-    else if (it.flag === "--name") name = it.value;
+    } else if (it.flag === "--name") name = it.value;
     else if (it.flag === "--prefix") prefix = it.value;
-    else jobFlag = it.value;
   }
   if (name !== undefined && prefix !== undefined) {
     throw new UsageError("--name cannot be combined with --prefix");
@@ -75,7 +83,7 @@ export function parseWatchArgs(args: readonly string[]): WatchArgs {
     : prefix !== undefined
     ? { prefix }
     : {};
-  return { socket, target, jobFlag, json, once };
+  return { socket: s.socket, target, jobFlag: s.jobFlag, json, once, timeoutMs: s.timeoutMs };
 }
 
 /** A CLOCK_REALTIME time in ns as ISO 8601 UTC with nanoseconds. */
@@ -128,13 +136,14 @@ export async function watchCommand(
   for (const s of signals) Deno.addSignalListener(s, onSignal);
   signal?.addEventListener("abort", onSignal, { once: true });
   try {
-    const connect = (): Promise<Connection> => Connection.connect(parsed.socket, 30_000);
+    const connect = (): Promise<Connection> => Connection.connect(parsed.socket, parsed.timeoutMs);
     const conn = await connect();
     // After a broker's --takeover the watch reconnects to its successor by itself.
     using watch = await Watch.open(conn, parsed.target, {
       job,
       signal: stop.signal,
       reconnect: connect,
+      timeoutMs: parsed.timeoutMs,
     });
     for await (const e of watch) {
       write(parsed.json ? eventJson(e) : eventLine(e));

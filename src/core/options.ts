@@ -250,6 +250,15 @@ const SWITCHES: Readonly<Record<string, (o: BrokerOptions) => void>> = {
   "--cluster-sync": () => {},
 };
 
+/**
+ * The broker's flags (with their dashes): those taking a value, then the switches. `--takeover`,
+ * a switch the command handles itself, is not among them.
+ */
+export const BROKER_FLAGS: {
+  readonly valued: readonly string[];
+  readonly switches: readonly string[];
+} = { valued: Object.keys(FLAGS), switches: Object.keys(SWITCHES) };
+
 /** The value of the last occurrence of a flag that takes a value, if any. */
 export function lastFlagValue(args: readonly string[], flag: string): string | undefined {
   let value: string | undefined;

@@ -119,7 +119,10 @@ function connectOrStart(config: ShadowConfig): { conn: FrameConn; started: boole
     // A shadow that failed (it says why on stderr) is not waited for: the broker is blocked.
     // (The child's status promise cannot be used: this thread blocks the event loop.)
     if (childHasExited(pid)) {
-      throw new Error(`the shadow exited without listening on ${config.path}`);
+      throw new Error(
+        `the shadow exited without listening on ${config.path} (run ` +
+          `\`memfdbus shadow --socket ${config.path}\` to see why)`,
+      );
     }
     if (performance.now() > end) throw new Error(`the shadow did not start on ${config.path}`);
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);

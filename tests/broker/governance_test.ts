@@ -264,7 +264,7 @@ Deno.test("a pin in the config must be a name or a prefix ending in one *", asyn
   const config = `${dir.path}/bus.jsonc`;
   Deno.writeTextFileSync(config, `{\n  "pin": ["model/*", "a*b"]\n}`);
   const r = await cli(["broker", "--config", config, "--socket", `${dir.path}/s.sock`]);
-  assertEquals(r.code, 1);
+  assertEquals(r.code, 2);
   ok(
     r.stderr.includes(`${config}:2: pin: expected names, or prefixes ending in one *`),
     r.stderr,

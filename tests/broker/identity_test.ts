@@ -72,7 +72,7 @@ Deno.test("an invalid --socket-mode is refused before the socket file is created
     const socket = `${dir.path}/bad.sock`;
     const r = await cli(["broker", "--socket", socket, "--socket-mode", mode]);
     assertEquals([r.code, r.stderr, exists(socket)], [
-      1,
+      2,
       `invalid --socket-mode: ${mode}\n`,
       false,
     ]);
@@ -400,7 +400,7 @@ Deno.test("--protect-names keeps a name to the job that published it until every
 
 // ---- configuration files -------------------------------------------------------------------------
 
-Deno.test("configuration mistakes are reported as FILE:LINE: key: message and exit 1 before the socket exists", async () => {
+Deno.test("configuration mistakes are reported as FILE:LINE: key: message and exit 2 before the socket exists", async () => {
   using dir = tempDir();
   const socket = `${dir.path}/cfg.sock`;
   const cases: [string, string, string, (f: string) => string][] = [
@@ -465,7 +465,7 @@ Deno.test("configuration mistakes are reported as FILE:LINE: key: message and ex
     const r = await cli(["broker", flag, file, "--socket", socket]);
     assertEquals(
       [label, r.code, r.stderr, r.stdout, exists(socket)],
-      [label, 1, `${message(file)}\n`, "", false],
+      [label, 2, `${message(file)}\n`, "", false],
     );
   }
   // Not JSONC at all: the position is given too.
@@ -473,7 +473,7 @@ Deno.test("configuration mistakes are reported as FILE:LINE: key: message and ex
   Deno.writeTextFileSync(broken, `{\n  "maxObjects": 5\n  "maxClients": 2\n}`);
   const r = await cli(["broker", "--config", broken, "--socket", socket]);
   ok(r.stderr.startsWith(`${broken}:3:3: invalid JSONC (`), r.stderr);
-  assertEquals([r.code, exists(socket)], [1, false]);
+  assertEquals([r.code, exists(socket)], [2, false]);
   // A file that does not exist.
   const missing = await cli(["broker", "--config", `${dir.path}/nope.jsonc`, "--socket", socket]);
   assertEquals([missing.code, exists(socket)], [1, false]);

@@ -7,6 +7,7 @@ import { assertEquals, ok } from "../support/assert.ts";
 import { cli, type CliResult, dec, enc, tempDir } from "../support/harness.ts";
 import {
   assertFails,
+  assertUsageError,
   C_DROP_USAGE,
   C_EXEC_USAGE,
   C_GET_USAGE,
@@ -32,7 +33,9 @@ async function expectAll(
   const results = await parallel(cases, ([args]) => cli(args, { env }));
   results.forEach((r: CliResult, i) => {
     const [args, stderr] = cases[i] ?? [[], ""];
-    assertFails(r, stderr, JSON.stringify(args));
+    // Usage mistakes exit 2; a failure to connect, or a path no socket can have, exits 1.
+    const runtime = /^(connect:|socket path too long)/.test(stderr);
+    assertFails(r, stderr, JSON.stringify(args), runtime ? 1 : 2);
   });
 }
 
@@ -48,9 +51,9 @@ Deno.test("--help and -h print the C usage block on stdout and exit 0", async ()
   }
 });
 
-Deno.test("running the CLI with no arguments prints the usage on stderr and exits 1", async () => {
+Deno.test("running the CLI with no arguments prints the usage on stderr and exits 2", async () => {
   const [none, help] = await Promise.all([cli([]), cli(["--help"])]);
-  assertEquals([none.code, none.stdout], [1, ""]);
+  assertEquals([none.code, none.stdout], [2, ""]);
   ok(none.stderr.startsWith(C_USAGE), none.stderr);
   assertEquals(none.stderr, help.stdout);
 });
@@ -68,7 +71,7 @@ Deno.test("an unknown subcommand says so on stderr and exits 2", async () => {
   });
 });
 
-Deno.test("incomplete put, get, exec and drop commands print their two-line usage on stderr and exit 1", async () => {
+Deno.test("incomplete put, get, exec and drop commands print their two-line usage on stderr and exit 2", async () => {
   await expectAll([
     [["put"], C_PUT_USAGE],
     [["put", "--name", "n", "--socket", NO_BROKER], C_PUT_USAGE],
@@ -160,7 +163,7 @@ sharedTest(
   },
 );
 
-Deno.test("bad broker flag values exit 1 with 'invalid --flag: V' before the socket file is created", async () => {
+Deno.test("bad broker flag values exit 2 with 'invalid --flag: V' before the socket file is created", async () => {
   const sock = `/tmp/memfdbus-badflag-${crypto.randomUUID()}.sock`;
   const cases: [string, string][] = [
     ["--max-objects", "0"],
@@ -181,7 +184,7 @@ Deno.test("bad broker flag values exit 1 with 'invalid --flag: V' before the soc
   );
   rs.forEach((r, i) => {
     const [flag, v] = cases[i] ?? ["", ""];
-    assertFails(r, `invalid ${flag}: ${v}\n`, `${flag} ${v}`);
+    assertUsageError(r, `invalid ${flag}: ${v}\n`, `${flag} ${v}`);
   });
   assertEquals(exists(sock), false);
   // A bad value after good ones, and a bad value before an unknown flag: the first error wins.
@@ -195,7 +198,7 @@ Deno.test("bad broker flag values exit 1 with 'invalid --flag: V' before the soc
     "0",
     "--bogus",
   ]);
-  assertFails(r, "invalid --listen-backlog: 0\n");
+  assertUsageError(r, "invalid --listen-backlog: 0\n");
   assertEquals(exists(sock), false);
 });
 
@@ -304,7 +307,7 @@ Deno.test("put rejects a bad --name before it reads any input (D23 fixed)", asyn
       assertEquals(
         { code: out.code, signal: out.signal, stdout: dec(out.stdout), stderr: dec(out.stderr) },
         {
-          code: 1,
+          code: 2,
           signal: null,
           stdout: "",
           stderr: name === "" ? "object name must not be empty\n" : "object name too long\n",

@@ -5,7 +5,7 @@
 
 import { assertEquals, ok, rejects } from "../support/assert.ts";
 import { BrokerProcess, cli, enc, tempDir } from "../support/harness.ts";
-import { noBrokerLine } from "../support/cli.ts";
+import { cliWithTimeout, exists, noBrokerLine, parallel } from "../support/cli.ts";
 import { Client } from "../../src/client.ts";
 import { TimeoutError } from "../../src/errors.ts";
 
@@ -78,7 +78,7 @@ Deno.test("file errors name the path; put of a directory and get of a name give 
     cli(["broker", "--socket", `${dir.path}/no-dir/b.sock`]),
   ]);
   assertEquals([putDir.code, putDir.stderr], [
-    1,
+    2,
     `cannot put ${dir.path}/: it is a directory (put takes one file, or - for stdin)\n`,
   ]);
   assertEquals([putMissing.code, putMissing.stderr], [
@@ -86,7 +86,7 @@ Deno.test("file errors name the path; put of a directory and get of a name give 
     `open input: ${dir.path}/modle.bin: No such file or directory\n`,
   ]);
   assertEquals([getName.code, getName.stderr], [
-    1,
+    2,
     "invalid object id: model.bin (ids are numbers; to select by name use --name model.bin)\n",
   ]);
   assertEquals([getOut.code, getOut.stderr], [
@@ -98,6 +98,35 @@ Deno.test("file errors name the path; put of a directory and get of a name give 
     brokerBind.stderr.includes(`${dir.path}/no-dir/b.sock: No such file or directory`),
     brokerBind.stderr,
   );
+});
+
+Deno.test("the shadow's and the metrics' socket errors name their path", async () => {
+  using dir = tempDir();
+  const missing = `${dir.path}/no-such-dir`;
+  const [shadow, metrics, spawned] = await Promise.all([
+    cliWithTimeout(["shadow", "--socket", `${missing}/s.sock`]),
+    cliWithTimeout([
+      "broker",
+      "--socket",
+      `${dir.path}/b.sock`,
+      "--metrics",
+      `${missing}/m.sock`,
+    ]),
+    cliWithTimeout(["broker", "--socket", `${dir.path}/c.sock`, "--shadow", `${missing}/t.sock`]),
+  ]);
+  assertEquals([shadow.code, shadow.stderr], [
+    1,
+    `bind: ${missing}/s.sock: No such file or directory\n`,
+  ]);
+  assertEquals([metrics.code, metrics.stderr], [
+    1,
+    `metrics ${missing}/m.sock: No such file or directory\n`,
+  ]);
+  assertEquals([spawned.code, spawned.stderr], [
+    1,
+    `the shadow exited without listening on ${missing}/t.sock (run ` +
+    `\`memfdbus shadow --socket ${missing}/t.sock\` to see why)\n`,
+  ]);
 });
 
 Deno.test("a --wait that runs out says no object NAME appeared within N s; the library throws TimeoutError", async () => {
@@ -122,19 +151,42 @@ Deno.test("a --wait that runs out says no object NAME appeared within N s; the l
   });
 });
 
-Deno.test("--timeout bounds a request to a broker that never answers", async () => {
+Deno.test("--timeout bounds a request of every client command to a broker that never answers", async () => {
   using dir = tempDir();
   const path = `${dir.path}/hung.sock`;
+  Deno.writeFileSync(`${dir.path}/in.txt`, enc("x"));
   // A listener that accepts and never replies: a hung broker.
   const listener = Deno.listen({ transport: "unix", path });
   const held: Deno.Conn[] = [];
   const accepting = (async () => {
     for await (const c of listener) held.push(c);
   })();
+  const line = (s: string): string =>
+    `receive response: no answer within ${s} s (socket ${path}) — the broker is busy or ` +
+    "stuck; --timeout SECONDS waits longer (default 30)\n";
   try {
-    const r = await cli(["list", "--socket", path, "--timeout", "0.5"]);
-    assertEquals([r.code, r.stdout], [1, ""]);
-    ok(/timed out after 500 ms\n$/.test(r.stderr), r.stderr);
+    const cases: Array<[string[], string]> = [
+      [["list"], "0.5"],
+      [["usage"], "0.5"],
+      [["stat", "1"], "0.5"],
+      [["drop", "--name", "x"], "0.5"],
+      [["get", "1", `${dir.path}/out`], "0.5"],
+      // A wait by name: the broker may hold the request for the wait, then the timeout.
+      [["get", "--name", "x", "--wait", "0.5", "-"], "1"],
+      [["put", `${dir.path}/in.txt`], "0.5"],
+      [["watch", "--once"], "0.5"],
+      [["exec", "1", "--socket", path, "--timeout=0.5", "--", "true"], "0.5"],
+      [["capture", "--name", "c", "--socket", path, "--timeout=0.5", "--", "true"], "0.5"],
+    ];
+    const rs = await parallel(
+      cases,
+      ([a]) => cli(a.includes("--") ? a : [...a, "--socket", path, "--timeout=0.5"]),
+    );
+    rs.forEach((r, i) => {
+      const [a, s] = cases[i] ?? [[], ""];
+      assertEquals([a[0], r.code, r.stdout, r.stderr], [a[0], 1, "", line(s)]);
+    });
+    assertEquals(exists(`${dir.path}/out`), false);
   } finally {
     listener.close();
     await accepting.catch(() => {});

@@ -67,7 +67,7 @@ Deno.test("list --json prints an empty array for an empty store, plain list prin
 
 Deno.test("list still rejects arguments it does not know", async () => {
   const r = await cli(["list", "--jsonn", "--socket", NOWHERE]);
-  assertEquals([r.code, r.stdout, r.stderr], [1, "", "unexpected argument: --jsonn\n"]);
+  assertEquals([r.code, r.stdout, r.stderr], [2, "", "unexpected argument: --jsonn\n"]);
 });
 
 Deno.test("put --json prints {id, size, digest, name} while plain put prints only the id", async () => {
@@ -224,15 +224,15 @@ Deno.test("stat of an unknown or hidden object fails like get does", async () =>
   assertEquals([hidden.code, hidden.stderr], [1, "broker error: access denied\n"]);
 });
 
-Deno.test("stat without exactly one selector prints its usage and exits 1", async () => {
+Deno.test("stat without exactly one selector prints its usage and exits 2", async () => {
   for (const args of [["stat"], ["stat", "1", "--name", "x"], ["stat", "--json"]]) {
     const r = await cli([...args, "--socket", NOWHERE]);
     assertEquals([r.code, r.stdout, r.stderr], [2, "", `${STAT_USAGE}\n`], args.join(" "));
   }
   const extra = await cli(["stat", "1", "2", "--socket", NOWHERE]);
-  assertEquals([extra.code, extra.stderr], [1, "unexpected argument: 2\n"]);
+  assertEquals([extra.code, extra.stderr], [2, "unexpected argument: 2\n"]);
   const badId = await cli(["stat", "-1", "--socket", NOWHERE]);
-  assertEquals([badId.code, badId.stderr], [1, "invalid object id: -1\n"]);
+  assertEquals([badId.code, badId.stderr], [2, "invalid object id: -1\n"]);
 });
 
 Deno.test("stat --wait waits for the name to be published", async () => {
@@ -593,13 +593,18 @@ Deno.test("capture checks its arguments and the socket before running the comman
     [["capture", ...cmd], `${CAPTURE_USAGE}\n`, 2],
     [["capture", "--name", "x"], `${CAPTURE_USAGE}\n`, 2],
     [["capture", "--name", "x", "--"], `${CAPTURE_USAGE}\n`, 2],
-    [["capture", "--name", "x", "stray", ...cmd], "unexpected argument before --: stray\n"],
-    [["capture", "--name", "", ...cmd], "object name must not be empty\n"],
+    [["capture", "--name", "x", "stray", ...cmd], "unexpected argument before --: stray\n", 2],
+    [["capture", "--name", "", ...cmd], "object name must not be empty\n", 2],
     [
       ["capture", "--name", "x", "--allow-job", "b", ...cmd],
       "--allow-job requires --job-id or MEMFDBUS_JOB_ID\n",
+      2,
     ],
-    [["capture", "--name", "x", "--job-id", "", ...cmd], "--job-id requires a non-empty job id\n"],
+    [
+      ["capture", "--name", "x", "--job-id", "", ...cmd],
+      "--job-id requires a non-empty job id\n",
+      2,
+    ],
     [
       ["capture", "--name", "x", "--socket", `${dir.path}/none.sock`, ...cmd],
       noBrokerLine(`${dir.path}/none.sock`),
@@ -758,7 +763,7 @@ Deno.test("--help keeps the C usage block and then lists the new commands and fl
     ]
   ) ok(rest.includes(text), text);
   const bare = await cli([]);
-  assertEquals([bare.code, bare.stderr], [1, r.stdout]);
+  assertEquals([bare.code, bare.stderr], [2, r.stdout]);
 });
 
 function existsSync(path: string): boolean {

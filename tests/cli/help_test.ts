@@ -111,7 +111,7 @@ Deno.test("--wait takes SECONDS either way and never swallows the output path", 
     `invalid --wait: out.bin${hint}\n`,
   ]);
   const bare = await cli(["get", "--name", "x", "out.bin", ...s, "--wait"]);
-  assertEquals([bare.code, bare.stderr], [1, "missing value for --wait\n"]);
+  assertEquals([bare.code, bare.stderr], [2, "missing value for --wait\n"]);
 });
 
 Deno.test("a switch given a value and a bad --timeout are usage errors, exit 2", async () => {

@@ -116,6 +116,45 @@ Deno.test({
   },
 });
 
+/** The kernel function a process's main thread sleeps in (empty when not readable). */
+function wchan(pid: number): string {
+  try {
+    return Deno.readTextFileSync(`/proc/${pid}/wchan`);
+  } catch {
+    return "";
+  }
+}
+
+for (const [sig, code] of [["SIGTERM", 143], ["SIGINT", 130], ["SIGHUP", 129]] as const) {
+  Deno.test({
+    name: `${sig} stops a get blocked writing to a pipe nobody reads, exit ${code}`,
+    sanitizeResources: false,
+    fn: async () => {
+      using dir = tempDir();
+      await using broker = await BrokerProcess.start(dir.path);
+      await using client = new Client({ socket: broker.socket, jobId: null });
+      await client.put(new Uint8Array(8 * 1024 * 1024), { name: "stall" });
+      // stdout is a pipe this test never reads: the get fills it and blocks in write(2), where
+      // a signal handler of its own could not run (as under `| less` left open).
+      const child = spawnCli(["get", "--name", "stall", "-", "--socket", broker.socket], "piped");
+      await waitFor(() => wchan(child.pid).includes("pipe"), {
+        what: "the get to block writing into the full pipe",
+        timeoutMs: 30_000,
+      });
+      child.kill(sig);
+      // A get that ignored the signal would wait for the reader forever: SIGKILL (137) then.
+      const guard = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      const status = await child.status;
+      clearTimeout(guard);
+      await child.stdout.cancel();
+      const stderr = new TextDecoder().decode(
+        new Uint8Array(await new Response(child.stderr).arrayBuffer()),
+      );
+      assertEquals([status.code, stderr], [code, ""]);
+    },
+  });
+}
+
 for (const sig of ["SIGTERM", "SIGINT"] as const) {
   Deno.test(`the shadow removes its socket file when ${sig} stops it, exit 0`, async () => {
     using dir = tempDir();
@@ -201,5 +240,35 @@ Deno.test({
       JSON.stringify(screen),
     );
     assertEquals([exists(sock), brokerPids(sock)], [false, []]);
+  },
+});
+
+Deno.test({
+  name: "Ctrl-C typed in the terminal stops the broker it shows, removing its socket, exit 0" +
+    (script === null ? " [ignored: util-linux script is not installed]" : ""),
+  ignore: script === null,
+  fn: async () => {
+    using dir = tempDir();
+    const sock = `${dir.path}/ctrlc.sock`;
+    const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "broker", "--socket", sock]
+      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+    // script -e exits with the broker's status; its stdin is the terminal's keyboard.
+    const term = new Deno.Command(script ?? "script", {
+      args: ["-qec", line, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const pid = await waitFor(
+      () => (exists(sock) ? brokerPids(sock)[0] : undefined),
+      { what: "the broker in the terminal to listen", timeoutMs: 30_000 },
+    );
+    await waitFor(() => catchesSignal(pid, "SIGINT"), { what: "the broker's SIGINT handler" });
+    const keyboard = term.stdin.getWriter();
+    await keyboard.write(new Uint8Array([0x03])); // ^C: the terminal sends SIGINT
+    await waitFor(() => !alive(pid), { what: "the broker to stop on Ctrl-C", timeoutMs: 15_000 });
+    await keyboard.close();
+    const out = await term.output();
+    assertEquals([out.code, exists(sock), brokerPids(sock)], [0, false, []]);
   },
 });

@@ -30,19 +30,29 @@ function busEvent(extra: Partial<BusEvent> = {}): BusEvent {
   };
 }
 
-Deno.test("watch arguments: --name or --prefix (not both), --json, --once, --socket, --job-id", () => {
+Deno.test("watch arguments: --name or --prefix (not both), --json, --once, --socket, --job-id, --timeout", () => {
   assertEquals(parseWatchArgs([]), {
     socket: "/tmp/memfdbus.sock",
     target: {},
     jobFlag: undefined,
     json: false,
     once: false,
+    timeoutMs: 30_000,
   });
   assertEquals(
-    parseWatchArgs(["--prefix", "m/", "--json", "--once", "--socket", "/s", "--job-id", "j"]),
-    { socket: "/s", target: { prefix: "m/" }, jobFlag: "j", json: true, once: true },
+    parseWatchArgs(["--prefix=m/", "--json", "--once", "--socket", "/s", "--job-id", "j"]),
+    {
+      socket: "/s",
+      target: { prefix: "m/" },
+      jobFlag: "j",
+      json: true,
+      once: true,
+      timeoutMs: 30_000,
+    },
   );
   assertEquals(parseWatchArgs(["--name", "a"]).target, { name: "a" });
+  assertEquals(parseWatchArgs(["--timeout=2.5"]).timeoutMs, 2500);
+  assertEquals(parseWatchArgs(["--timeout", "7"]).timeoutMs, 7000);
   const usage = (args: string[], message: string): void =>
     throws(() => parseWatchArgs(args), { name: "UsageError", message });
   usage(["--name", "a", "--prefix", "b"], "--name cannot be combined with --prefix");

@@ -280,12 +280,17 @@ export function noBrokerLine(path: string): string {
     `is the broker running? start it with \`memfdbus broker --socket ${path}\`\n`;
 }
 
-/** Assert a CLI run failed with exit code 1, nothing on stdout and exactly `stderr` on stderr. */
-export function assertFails(r: CliResult, stderr: string, what = ""): void {
+/** Assert that a run failed (exit 1, or `code`) with exactly `stderr` and nothing on stdout. */
+export function assertFails(r: CliResult, stderr: string, what = "", code = 1): void {
   assertEquals(
     { what, code: r.code, stdout: r.stdout, stderr: r.stderr },
-    { what, code: 1, stdout: "", stderr },
+    { what, code, stdout: "", stderr },
   );
+}
+
+/** Assert a usage mistake: exit 2, exactly `stderr`, nothing on stdout. */
+export function assertUsageError(r: CliResult, stderr: string, what = ""): void {
+  assertFails(r, stderr, what, 2);
 }
 
 /** Map `items` through `fn`, at most `width` at a time, keeping the order. */

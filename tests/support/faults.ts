@@ -17,6 +17,7 @@ import {
   SHUT_WR,
 } from "../../src/sys/linux.ts";
 import { PolicyText } from "../../src/core/policy.ts";
+import { USAGE_BAD_REQUEST } from "../../src/core/handlers/usage.ts";
 import { closeAll, unixSocket } from "../../src/sys/unix_socket.ts";
 import {
   decodeHeader,
@@ -72,6 +73,7 @@ export function readAllAt(fd: number, size: number): Uint8Array {
 export const KNOWN_TEXTS: ReadonlySet<string> = new Set<string>([
   ...Object.values(Text),
   ...Object.values(PolicyText),
+  USAGE_BAD_REQUEST,
 ]);
 
 /** Error texts with a variable part. */

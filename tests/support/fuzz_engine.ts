@@ -228,7 +228,7 @@ function avoidTakeover(bytes: Uint8Array): void {
 }
 
 /** Commands the broker knows (TAKEOVER and WATCH are never generated: see notTakeover). */
-const KNOWN = new Set<number>([Cmd.PUT, Cmd.GET, Cmd.LIST, Cmd.DROP, Cmd.STAT]);
+const KNOWN = new Set<number>([Cmd.PUT, Cmd.GET, Cmd.LIST, Cmd.DROP, Cmd.STAT, Cmd.USAGE]);
 
 function flags(r: Rng): number {
   if (r.chance(0.75)) return 0;
@@ -798,6 +798,15 @@ export function checkReply(req: Uint8Array, sent: number, x: Exchange): string |
         JSON.parse(x.text);
       } catch {
         return `STAT text is not JSON: ${x.text}`;
+      }
+      return null;
+    case Cmd.USAGE:
+      // One bit flip turns a DROP (0x004) into a USAGE (0x104): answered with JSON text.
+      if (x.fds.length > 0) return "descriptors with a USAGE reply";
+      try {
+        JSON.parse(x.text);
+      } catch {
+        return `USAGE text is not JSON: ${x.text}`;
       }
       return null;
     default:
