@@ -77,8 +77,7 @@ export const AUDIT_BUFFER_BYTES = 4 << 20;
  */
 const WRITE_SLICE = 4096;
 
-/** Lines are encoded into a staging buffer of this size as they are recorded. */
-const STAGE_BYTES = 64 * 1024;
+const NOT_ASCII = /[\u0080-\uffff]/;
 const asciiEncoder = new TextEncoder();
 
 /**
@@ -97,13 +96,8 @@ export class AuditLog {
   readonly #report: Diagnostics;
   readonly #bound: number;
   readonly #onDropped: (count: number) => void;
-  /**
-   * Lines encoded as they are recorded, not yet handed to the queue: one reused buffer, so a
-   * record costs no allocation of its own (a batch of lines kept as one string, encoded at the
-   * flush, cost more in building and flattening the string than the encoding).
-   */
-  readonly #stage = new Uint8Array(STAGE_BYTES);
-  #staged = 0;
+  /** Lines not encoded yet (binary strings). */
+  #pending = "";
   /** Encoded bytes waiting for the output, oldest first; the first is written from #offset. */
   readonly #queue: Uint8Array[] = [];
   #offset = 0;
@@ -133,7 +127,7 @@ export class AuditLog {
 
   /** True while lines wait for the output (the loop then comes back to flush them). */
   get waiting(): boolean {
-    return !this.#broken && (this.#queued > 0 || this.#staged > 0);
+    return !this.#broken && (this.#queued > 0 || this.#pending !== "");
   }
 
   /** Records dropped since the output last caught up. */
@@ -142,35 +136,12 @@ export class AuditLog {
   }
 
   #append(line: string): void {
-    if (this.#queued + this.#staged + line.length > this.#bound) {
+    if (this.#queued + this.#pending.length + line.length > this.#bound) {
       this.#dropped++;
       this.#onDropped(1);
       return;
     }
-    // A line is a binary string (one byte per character). When every character is ASCII (the
-    // usual case) the native UTF-8 encoder gives the same bytes, much faster than a byte loop;
-    // it wrote exactly one byte per character only then.
-    if (this.#staged + line.length > STAGE_BYTES) this.#unstage();
-    if (line.length <= STAGE_BYTES) {
-      const r = asciiEncoder.encodeInto(line, this.#stage.subarray(this.#staged));
-      if (r.read === line.length && r.written === line.length) {
-        this.#staged += r.written;
-        return;
-      }
-    }
-    const bytes = fromBinary(line);
-    this.#unstage();
-    this.#queue.push(bytes);
-    this.#queued += bytes.length;
-  }
-
-  /** Move the staged lines to the end of the write queue. */
-  #unstage(): void {
-    if (this.#staged === 0) return;
-    const bytes = this.#stage.slice(0, this.#staged);
-    this.#staged = 0;
-    this.#queue.push(bytes);
-    this.#queued += bytes.length;
+    this.#pending += line;
   }
 
   /** Queue one record, time-stamped now. */
@@ -199,46 +170,18 @@ export class AuditLog {
     }
   }
 
-  /**
-   * Write the staged lines from the staging buffer (the queue being empty); what is not written
-   * stays staged, moved to the front. -1 when the output failed or is full.
-   */
-  #writeStage(): number {
-    for (;;) {
-      const n = libc.symbols.write(this.#fd, this.#stage, BigInt(this.#staged));
-      if (n < 0) {
-        const e = errno();
-        if (e === EINTR) continue;
-        if (e !== EAGAIN) this.#fail(e);
-        return -1;
-      }
-      const written = Number(n);
-      this.#stage.copyWithin(0, written, this.#staged);
-      this.#staged -= written;
-      return written;
-    }
-  }
-
-  /** The output failed with errno `e`: report it once and stop logging. */
-  #fail(e: number): void {
-    this.#broken = true;
-    const err = errnoErrorOf("write", e);
-    this.#report(
-      `memfdbus: audit log write failed (${err.code}: ${err.description}); ` +
-        "audit records are dropped",
-    );
-  }
-
   /** Write what the output takes now without blocking; the rest waits for the next flush. */
   flush(): void {
     if (this.#broken) return;
-    if (this.#staged > 0 && this.#queue.length === 0 && this.#slice === Infinity) {
-      // The usual case, a file: write the staged lines straight from the staging buffer (what
-      // the file does not take is queued as a copy).
-      const n = this.#writeStage();
-      if (n < 0) return;
+    if (this.#pending !== "") {
+      // Lines are binary strings; when every byte is ASCII (the usual case) the native UTF-8
+      // encoder gives the same bytes, much faster than copying them one by one.
+      const pending = this.#pending;
+      const bytes = NOT_ASCII.test(pending) ? fromBinary(pending) : asciiEncoder.encode(pending);
+      this.#pending = "";
+      this.#queue.push(bytes);
+      this.#queued += bytes.length;
     }
-    this.#unstage();
     while (this.#queue.length > 0) {
       const head = this.#queue[0] ?? new Uint8Array(0);
       if (this.#slice !== Infinity && !pollOne(this.#fd, POLLOUT, 0)) return;
@@ -248,7 +191,12 @@ export class AuditLog {
         const e = errno();
         if (e === EINTR) continue;
         if (e === EAGAIN) return; // a nonblocking output that is full: later
-        this.#fail(e);
+        this.#broken = true;
+        const err = errnoErrorOf("write", e);
+        this.#report(
+          `memfdbus: audit log write failed (${err.code}: ${err.description}); ` +
+            "audit records are dropped",
+        );
         return;
       }
       this.#offset += Number(n);
