@@ -15,6 +15,7 @@ import { HEADER_SIZE } from "../protocol/wire.ts";
 import { EAGAIN } from "../sys/linux.ts";
 import { closeAllDropped, closeDropped } from "../sys/closer.ts";
 import { recvMsg } from "../sys/unix_socket.ts";
+import { isRegular, tryFstatCached } from "../sys/fd.ts";
 
 /** Where a connection is in its request cycle. */
 export const enum State {
@@ -160,6 +161,17 @@ export class Conn {
     if (n === 0) return;
     this.buf.copyWithin(0, n, this.len);
     this.len -= n;
+  }
+
+  /**
+   * Allow a publisher time to finish hashing its object before the digest arrives: a PUT that
+   * has to wait for its body gets 10 ms more per MB of its descriptor (checked once).
+   */
+  sizeDeadline(): void {
+    this.sizedDeadline = true;
+    if (this.state !== State.Body || this.reqFd < 0) return;
+    const st = tryFstatCached(this.reqFd);
+    if (typeof st !== "number" && isRegular(st.mode)) this.deadline += Number(st.size) / 100_000;
   }
 
   /** Give the buffer back to the pool. */

@@ -8,9 +8,9 @@
 
 import type { SealedCheck } from "../core/handlers.ts";
 import type { StoredObject } from "../core/store.ts";
-import { closeQuietly, cstr, strerror } from "../ffi.ts";
+import { closeQuietly, strerror } from "../ffi.ts";
 import { tryDup, tryOpen, tryOpenAt, trySeals } from "../sys/fd.ts";
-import { O_DIRECTORY, O_RDONLY, O_RDWR } from "../sys/linux.ts";
+import { ENOENT, O_DIRECTORY, O_RDONLY, O_RDWR } from "../sys/linux.ts";
 import { inspectSealedFd, isFdProblem } from "../sys/memfd.ts";
 import { fdRejectionText } from "../protocol/fd_problem.ts";
 import type { ObjectEvents } from "./events.ts";
@@ -26,12 +26,31 @@ export function sealsOf(obj: StoredObject): number {
   return trySeals(obj.fd);
 }
 
+// The name of a descriptor in /proc/self/fd, NUL-terminated, written into one reused buffer
+// (a fresh C string per GET cost an encoder call and a typed array).
+const fdNameBuf = new Uint8Array(16);
+
+function fdName(fd: number): Uint8Array<ArrayBuffer> {
+  let n = fd;
+  let len = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    len++;
+  }
+  n = fd;
+  for (let i = len - 1; i >= 0; i--) {
+    fdNameBuf[i] = 0x30 + (n % 10);
+    n = Math.floor(n / 10);
+  }
+  fdNameBuf[len] = 0;
+  return fdNameBuf;
+}
+
 /** Descriptor services of one broker; owns a descriptor of /proc/self/fd. */
 export class ObjectDescriptors {
   readonly #procDirFd: number;
   readonly #readOnly: boolean;
   readonly #events: ObjectEvents;
-  readonly #fdNames = new WeakMap<StoredObject, Uint8Array<ArrayBuffer>>();
 
   /**
    * @param readOnly hand consumers O_RDONLY descriptors (--read-only-fds)
@@ -52,12 +71,9 @@ export class ObjectDescriptors {
    */
   reopen(obj: StoredObject): number {
     if (this.#procDirFd < 0) return tryDup(obj.fd);
-    let path = this.#fdNames.get(obj);
-    if (path === undefined) {
-      path = cstr(String(obj.fd));
-      this.#fdNames.set(obj, path);
-    }
-    return tryOpenAt(this.#procDirFd, path, this.#readOnly ? O_RDONLY : O_RDWR);
+    // No such name in /proc/self/fd (an object without a descriptor, in tests).
+    if (obj.fd < 0) return -ENOENT;
+    return tryOpenAt(this.#procDirFd, fdName(obj.fd), this.#readOnly ? O_RDONLY : O_RDWR);
   }
 
   /** Close the broker's descriptor of an object that left the store. */

@@ -64,12 +64,15 @@ export class EventLoop {
   /** Run until `driver.finished()`. */
   async run(driver: LoopDriver): Promise<void> {
     const poller = this.poller;
-    let lastEvent = performance.now();
-    let lastYield = lastEvent;
+    // One clock reading per turn (performance.now() is a runtime call): taken after the turn's
+    // events, it serves the sweep, and the next turn's decisions (nothing but the `finished`
+    // check runs in between).
+    let now = performance.now();
+    let lastEvent = now;
+    let lastYield = now;
     try {
       for (;;) {
         if (driver.finished()) return;
-        const now = performance.now();
         // While a Worker verifies a digest or the cluster tier streams a blob, wait off-thread:
         // the event loop then takes the Worker's answer or the engine's data the moment it
         // comes (a thread blocked in epoll_wait would only see it at its next yield, which
@@ -81,7 +84,7 @@ export class EventLoop {
           // busy, audit lines are written at every yield (at most YIELD_MS apart), not after
           // every request.
           const slice = Math.max(1, Math.ceil(YIELD_MS - (now - lastYield)));
-          events = poller.poll(this.#events, Math.min(slice, this.#waitTimeout(driver) >>> 0));
+          events = poller.poll(this.#events, Math.min(slice, this.#waitTimeout(driver, now) >>> 0));
         } else {
           events = this.#blocking ? [] : poller.poll(this.#events);
           if (events.length === 0) {
@@ -89,15 +92,18 @@ export class EventLoop {
             // wait off-thread.
             driver.beforeSleep();
             lastYield = now;
-            events = await poller.wait(busy ? 0 : this.#waitTimeout(driver), this.#events);
+            events = await poller.wait(
+              busy ? 0 : this.#waitTimeout(driver, performance.now()),
+              this.#events,
+            );
           }
         }
-        if (events.length > 0) lastEvent = performance.now();
         for (const ev of events) driver.event(ev);
-        const after = performance.now();
-        if (after >= this.#nextSweep) {
-          this.#nextSweep = after + SWEEP_MS;
-          driver.sweep(after);
+        now = performance.now();
+        if (events.length > 0) lastEvent = now;
+        if (now >= this.#nextSweep) {
+          this.#nextSweep = now + SWEEP_MS;
+          driver.sweep(now);
         }
       }
     } catch (e) {
@@ -105,9 +111,9 @@ export class EventLoop {
     }
   }
 
-  #waitTimeout(driver: LoopDriver): number {
+  #waitTimeout(driver: LoopDriver, now: number): number {
     if (driver.quiet()) return -1;
-    return Math.max(1, Math.ceil(this.#nextSweep - performance.now()));
+    return Math.max(1, Math.ceil(this.#nextSweep - now));
   }
 
   /** End an off-thread wait now (something changed outside the loop). */

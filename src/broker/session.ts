@@ -39,17 +39,16 @@ import {
   Text,
   withExt,
 } from "../protocol/wire.ts";
-import { isRegular, tryFstatCached } from "../sys/fd.ts";
 import { peerUid } from "../sys/peer_uid.ts";
 import { EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP } from "../sys/linux.ts";
 import type { PollEvent } from "../sys/poller.ts";
-import { sendSome } from "../sys/unix_socket.ts";
 import { BufferPool, Conn, READ_CHUNK, State } from "./connection.ts";
 import { FIRST_RESERVED_TOKEN } from "./loop.ts";
 import type { ClusterSeam } from "./cluster_seam.ts";
 import type { RemoteAnswer } from "../core/remote.ts";
 import { requestContext, type SessionParts } from "./session_parts.ts";
 import {
+  internalErrorReply,
   linger,
   LINGER_BYTES,
   record,
@@ -60,11 +59,16 @@ import {
 
 export type { Commit, RunState, SessionParts } from "./session_parts.ts";
 
+/** Body pieces up to this size reach handlers in one reused buffer (names, digests, job ids). */
+const BODY_VIEW = 1024;
+
 /** Every open connection and the state machine that drives them. */
 export class Sessions {
   readonly #p: SessionParts;
   readonly #conns = new Map<number, Conn>();
   readonly #pool = new BufferPool();
+  /** Where body pieces of up to {@link BODY_VIEW} bytes are handed to handlers. */
+  readonly #bodyView = new Uint8Array(BODY_VIEW);
   readonly #host: SendHost;
   readonly #reopen: (obj: StoredObject) => number;
   readonly #release: (obj: StoredObject, last: boolean) => void;
@@ -151,15 +155,8 @@ export class Sessions {
     if (conn === undefined) throw e;
     this.#p.report(`memfdbus broker: internal error in a request: ${(e as Error).stack ?? e}`);
     try {
-      if (conn.state !== State.Send && conn.state !== State.Linger && conn.fd >= 0) {
-        const o = errorOutcome(
-          conn.header?.cmd ?? 0,
-          Status.ERR,
-          "internal error",
-          blankRecord("unknown", "error", null),
-        );
-        record(this.#p.audit, o, conn, null);
-        for (const seg of o.segments) sendSome(conn.fd, seg.bytes);
+      if (conn.state !== State.Send && conn.state !== State.Linger) {
+        internalErrorReply(this.#host, conn);
       }
     } finally {
       this.close(conn);
@@ -276,7 +273,13 @@ export class Sessions {
         case State.Body: {
           const need = conn.step?.kind === "read" ? conn.step.length : 0;
           if (conn.len >= need) {
-            const bytes = conn.buf.slice(0, need);
+            // A body piece is valid until the handler's next step (see Step "read"): small ones
+            // are handed over in one reused buffer, not in a fresh array each (a typed array
+            // over 64 bytes, such as a digest, is allocated outside V8's heap).
+            const bytes = need <= BODY_VIEW
+              ? this.#bodyView.subarray(0, need)
+              : conn.buf.slice(0, need);
+            if (need <= BODY_VIEW) bytes.set(conn.buf.subarray(0, need));
             conn.consume(need);
             conn.consumed += need;
             this.#resume(conn, bytes);
@@ -328,21 +331,13 @@ export class Sessions {
   #fill(conn: Conn, need: number): boolean {
     const next = conn.len === 0 && conn.served > 0 && conn.state === State.Header;
     if (!conn.read(need, this.#pool)) {
-      if (!conn.sizedDeadline) this.#sizeDeadline(conn);
+      if (!conn.sizedDeadline) conn.sizeDeadline();
       this.#watch(conn);
       return false;
     }
     // The next request on a kept-alive connection has begun.
     if (next && conn.len > 0) conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
     return true;
-  }
-
-  /** Allow a publisher time to finish hashing its object before the digest arrives. */
-  #sizeDeadline(conn: Conn): void {
-    conn.sizedDeadline = true;
-    if (conn.state !== State.Body || conn.reqFd < 0) return;
-    const st = tryFstatCached(conn.reqFd);
-    if (typeof st !== "number" && isRegular(st.mode)) conn.deadline += Number(st.size) / 100_000;
   }
 
   #startRequest(conn: Conn): void {
@@ -563,7 +558,10 @@ export class Sessions {
     }
   }
 
-  /** Send `o` next (the connection then times out after the request timeout). */
+  /**
+   * Send `o` next (the connection then times out after the request timeout). The caller pumps
+   * the connection right after.
+   */
   reply(conn: Conn, o: Outcome): void {
     conn.outcome = o;
     conn.out = o.wire;
@@ -572,7 +570,9 @@ export class Sessions {
     conn.stream = o.stream ?? null;
     conn.replyFd = o.fd;
     conn.state = State.Send;
-    this.#held(conn);
+    // Not counted in the uid's reply share yet: every caller pumps the connection at once, and
+    // the pump counts what its send leaves unsent (most replies go out whole, and then there is
+    // nothing to count and nothing to take back).
     // A slow reader gets the request timeout to take its reply.
     conn.deadline = performance.now() + this.#p.options.requestTimeoutMs;
   }

@@ -9,6 +9,7 @@ import type { Outcome, RequestContext } from "../core/handlers.ts";
 import type { BrokerOptions } from "../core/options.ts";
 import type { Store } from "../core/store.ts";
 import type { Governor } from "../core/governance.ts";
+import type { UsageReport } from "../protocol/usage.ts";
 import type { HashPool } from "../hash/verifier.ts";
 import type { Poller } from "../sys/poller.ts";
 import type { AuditOutput } from "./audit_sink.ts";
@@ -82,22 +83,55 @@ export interface ContextDeps {
  * make itself.
  */
 export function requestContext(p: SessionParts, conn: Conn, deps: ContextDeps): RequestContext {
-  return {
-    store: p.store,
-    options: p.options,
-    fd: conn.reqFd,
-    fdLost: conn.fdLost,
-    peer: conn.peer,
-    reopen: deps.reopen,
-    release: deps.release,
-    checkSealed: checkSealedFd,
-    seals: sealsOf,
-    storeShare: (size) => p.ledger?.storing(conn.peer?.uid, size) ?? null,
-    watchShare: () => p.ledger?.watching?.(conn) ?? null,
-    usage: (caller) => p.ledger?.usage?.(conn, caller, p.store) ?? null,
-    now: deps.now,
-    governor: p.governor?.rules,
-    watchQueueLength: p.watchers?.queueLength ?? 0,
-    cluster: deps.cluster,
-  };
+  return new ConnContext(p, conn, deps);
+}
+
+/**
+ * {@link requestContext}'s object: a class, so that a request costs one allocation (the shares
+ * are methods on its prototype, not closures made per request).
+ */
+class ConnContext implements RequestContext {
+  readonly store: Store;
+  readonly options: BrokerOptions;
+  readonly fd: number;
+  readonly fdLost: boolean;
+  readonly peer: Conn["peer"];
+  readonly reopen: RequestContext["reopen"];
+  readonly release: RequestContext["release"];
+  readonly checkSealed: RequestContext["checkSealed"] = checkSealedFd;
+  readonly seals: RequestContext["seals"] = sealsOf;
+  readonly now: RequestContext["now"];
+  readonly governor: Governor | undefined;
+  readonly watchQueueLength: number;
+  readonly cluster: NonNullable<RequestContext["cluster"]> | null;
+  readonly #p: SessionParts;
+  readonly #conn: Conn;
+
+  constructor(p: SessionParts, conn: Conn, deps: ContextDeps) {
+    this.#p = p;
+    this.#conn = conn;
+    this.store = p.store;
+    this.options = p.options;
+    this.fd = conn.reqFd;
+    this.fdLost = conn.fdLost;
+    this.peer = conn.peer;
+    this.reopen = deps.reopen;
+    this.release = deps.release;
+    this.now = deps.now;
+    this.governor = p.governor?.rules;
+    this.watchQueueLength = p.watchers?.queueLength ?? 0;
+    this.cluster = deps.cluster;
+  }
+
+  storeShare(size: number): string | null {
+    return this.#p.ledger?.storing(this.#conn.peer?.uid, size) ?? null;
+  }
+
+  watchShare(): string | null {
+    return this.#p.ledger?.watching?.(this.#conn) ?? null;
+  }
+
+  usage(caller: string | null): UsageReport | null {
+    return this.#p.ledger?.usage?.(this.#conn, caller, this.#p.store) ?? null;
+  }
 }

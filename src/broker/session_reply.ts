@@ -7,7 +7,9 @@
  * @module
  */
 
-import type { Outcome } from "../core/handlers.ts";
+import { blankRecord } from "../core/audit.ts";
+import { errorOutcome, type Outcome } from "../core/handlers.ts";
+import { Status } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
 import { EAGAIN, SHUT_WR } from "../sys/linux.ts";
 import { sendMsg, sendSome, shutdownQuietly } from "../sys/unix_socket.ts";
@@ -167,4 +169,17 @@ function afterSend(host: SendHost, conn: Conn): void {
 export function linger(host: SendHost, conn: Conn): void {
   if (conn.drainLinger(host.scratch)) host.close(conn);
   else host.watch(conn);
+}
+
+/** Answer the request in progress on `conn` with an internal error (a bug escaped), unsent parts lost. */
+export function internalErrorReply(host: SendHost, conn: Conn): void {
+  if (conn.fd < 0) return;
+  const o = errorOutcome(
+    conn.header?.cmd ?? 0,
+    Status.ERR,
+    "internal error",
+    blankRecord("unknown", "error", null),
+  );
+  record(host.parts.audit, o, conn, null);
+  for (const seg of o.segments) sendSome(conn.fd, seg.bytes);
 }

@@ -4,7 +4,8 @@ import { AuditLog } from "../../src/broker/audit_sink.ts";
 import { realtimeNs } from "../../src/sys/clock.ts";
 import { toBinary } from "../../src/protocol/bytes.ts";
 import { libc } from "../../src/ffi.ts";
-import { setNonblocking } from "../../src/sys/fd.ts";
+import { setNonblocking, tryOpen } from "../../src/sys/fd.ts";
+import { O_WRONLY } from "../../src/sys/linux.ts";
 import { AUDIT_KEYS, dec, enc } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
 import { fdGuard, hex, ownTempDir, pipe, tryReadFd } from "../support/fds.ts";
@@ -355,4 +356,31 @@ Deno.test("AuditLog on a pipe nobody reads never blocks: it holds lines up to it
     `memfdbus broker: the audit output stalled: ${counted} audit records were dropped`,
   ]);
   assertEquals(log.dropped, 0);
+});
+
+Deno.test("AuditLog to a file keeps ASCII and non-ASCII lines in order and byte for byte past its staging buffer", () => {
+  using dir = ownTempDir();
+  const path = `${dir.path}/audit.log`;
+  Deno.writeFileSync(path, new Uint8Array());
+  const fd = tryOpen(path, O_WRONLY);
+  ok(fd >= 0, `open: ${fd}`);
+  try {
+    const log = new AuditLog(fd, { clock: () => 7n });
+    const expected: string[] = [];
+    for (let i = 0; i < 600; i++) {
+      // Every seventh name holds UTF-8 bytes (a binary string), the rest plain ASCII; 600 lines
+      // are about 200 KiB, several times the staging buffer.
+      const name = i % 7 === 0 ? toBinary(enc(`é-${i}`)) : `${"n".repeat(200)}-${i}`;
+      const r = rec({ objectId: i + 1, name });
+      log.record(r);
+      expected.push(formatRecord(7n, r));
+      if (i % 250 === 0) log.flush();
+    }
+    log.flush();
+    assertEquals(log.waiting, false);
+    const want = Uint8Array.from(expected.join(""), (c) => c.charCodeAt(0));
+    assertEquals(hex(Deno.readFileSync(path)), hex(want));
+  } finally {
+    libc.symbols.close(fd);
+  }
 });

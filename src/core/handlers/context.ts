@@ -20,7 +20,11 @@ import { Text } from "../../protocol/wire.ts";
 
 /** A handler's request for more input. */
 export type Step =
-  /** `length` more body bytes; resumed with them, or null if they never arrived. */
+  /**
+   * `length` more body bytes; resumed with them, or null if they never arrived. The bytes may be
+   * a view of a buffer the broker reuses: they are valid until the handler's next step (every
+   * handler turns them into a string or checks them before it yields again).
+   */
   | { readonly kind: "read"; readonly length: number }
   /** The SHA-256 of the descriptor; resumed with a {@link DigestAnswer}. */
   | { readonly kind: "digest"; readonly fd: number; readonly size: number }

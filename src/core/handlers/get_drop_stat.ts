@@ -35,28 +35,35 @@ import {
   type Step,
   type StepInput,
 } from "./context.ts";
-import { errorOutcome, headerOnly, pieces } from "./reply.ts";
+import { errorOutcome, headerOnly, pieces, replyBytes } from "./reply.ts";
 
-// Every GET of an object sends the same bytes (header, name, digest): build them once.
-const getReplies = new WeakMap<StoredObject, Uint8Array>();
-
-function getReplyOf(obj: StoredObject): Uint8Array {
-  let wire = getReplies.get(obj);
-  if (wire === undefined) {
-    const name = fromBinary(obj.name);
-    wire = new Uint8Array(HEADER_SIZE + name.length + DIGEST_LEN);
-    encodeHeader({
-      cmd: Cmd.GET,
-      objectId: BigInt(obj.id),
-      size: BigInt(obj.size),
-      nameLen: name.length,
-      textLen: DIGEST_LEN,
-    }, wire);
-    wire.set(name, HEADER_SIZE);
-    wire.set(fromBinary(obj.digest), HEADER_SIZE + name.length);
-    getReplies.set(obj, wire);
-  }
-  return wire;
+/**
+ * A GET's reply (header, name, digest) and the pieces it is sent in. Built for each GET, in a
+ * piece of a reply slab (see `replyBytes`): an object is usually fetched once or a few times, and
+ * building these few bytes costs less than a typed array of their own would, kept or not.
+ */
+function getReplyOf(obj: StoredObject): Pick<Outcome, "wire" | "segments"> {
+  const name = obj.name;
+  const digest = obj.digest;
+  const wire = replyBytes(HEADER_SIZE + name.length + DIGEST_LEN);
+  encodeHeader({
+    cmd: Cmd.GET,
+    objectId: BigInt(obj.id),
+    size: BigInt(obj.size),
+    nameLen: name.length,
+    textLen: DIGEST_LEN,
+  }, wire);
+  // Names and digests are binary strings: one byte per character.
+  for (let i = 0; i < name.length; i++) wire[HEADER_SIZE + i] = name.charCodeAt(i);
+  const at = HEADER_SIZE + name.length;
+  for (let i = 0; i < DIGEST_LEN; i++) wire[at + i] = digest.charCodeAt(i);
+  const segments = pieces(
+    wire,
+    [HEADER_SIZE, Text.sendObject],
+    [name.length, Text.sendName],
+    [DIGEST_LEN, Text.sendDigest],
+  );
+  return { wire, segments };
 }
 
 /** The GET, DROP or STAT handler (`op`). */
@@ -242,13 +249,6 @@ export function* getOrDrop(
   if (fd < 0) return fail(Status.ERR, Text.reopenFailed);
   store.touch(obj);
   rec.result = "ok";
-  // A private copy: the connection may set the keep-alive bit in it.
-  const wire = getReplyOf(obj).slice();
-  const segments = pieces(
-    wire,
-    [HEADER_SIZE, Text.sendObject],
-    [wire.length - HEADER_SIZE - DIGEST_LEN, Text.sendName],
-    [DIGEST_LEN, Text.sendDigest],
-  );
+  const { wire, segments } = getReplyOf(obj);
   return { wire, segments, fd, audit: rec, auditAfterSend: true, keptFd: false, ok: true };
 }

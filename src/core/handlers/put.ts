@@ -6,7 +6,7 @@
  */
 
 import { type AuditRecord, blankRecord } from "../audit.ts";
-import { fromBinary, toBinary } from "../../protocol/bytes.ts";
+import { toBinary } from "../../protocol/bytes.ts";
 import { nameProblem } from "../../protocol/names.ts";
 import { checkJobClaim, checkReservation, mayPublishName, PolicyText } from "../policy.ts";
 import {
@@ -34,7 +34,7 @@ import {
   readJob,
   type RequestContext,
 } from "./context.ts";
-import { errorOutcome, headerOnly, pieces } from "./reply.ts";
+import { errorOutcome, headerOnly, pieces, replyBytes } from "./reply.ts";
 
 /** The PUT handler. */
 export function* put(h: Header, ctx: RequestContext): Handler {
@@ -164,9 +164,9 @@ export function* put(h: Header, ctx: RequestContext): Handler {
 
 /** A PUT OK reply that carries the digest the broker computed (Flag.DIGEST). */
 function withDigest(h: Partial<Header>, digest: string, audit: AuditRecord): Outcome {
-  const wire = new Uint8Array(HEADER_SIZE + DIGEST_LEN);
+  const wire = replyBytes(HEADER_SIZE + DIGEST_LEN);
   encodeHeader({ ...h, textLen: DIGEST_LEN }, wire);
-  wire.set(fromBinary(digest), HEADER_SIZE);
+  for (let i = 0; i < DIGEST_LEN; i++) wire[HEADER_SIZE + i] = digest.charCodeAt(i);
   return {
     wire,
     segments: pieces(wire, [HEADER_SIZE, null], [DIGEST_LEN, null]),
