@@ -8,7 +8,9 @@
  * which goes first. Measured per broker:
  * - with the other project's C bench client (`--c-bench`, default `bench_memfdbus` beside the
  *   `--against` binary, when present): its put_fd and get_fd times per operation (4 KiB, one
- *   connection per request);
+ *   connection per request), and the CPU time (user, system) the broker process used per round
+ *   of PUT, GET and DROP meanwhile, from /proc/PID/stat: unlike wall time, it hardly depends on
+ *   what else the machine runs;
  * - with this project's client: GET over a new connection, and small PUTs one connection at a
  *   time (puts per second).
  *
@@ -110,13 +112,30 @@ async function startServer(
   return child;
 }
 
-/** Run the C bench client once; its put_fd and get_fd microseconds per operation. */
+/** CPU time a process has used so far (all its threads), user and system, in microseconds. */
+function cpuUs(pid: number): { user: number; system: number } {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  // The fields after the command name (which may hold spaces) start at the state, field 3.
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const tick = 1e6 / CLOCK_TICKS;
+  return { user: Number(f[11]) * tick, system: Number(f[12]) * tick };
+}
+
+/** The kernel's USER_HZ, the unit of /proc/PID/stat times (100 on Linux on x86-64 and arm64). */
+const CLOCK_TICKS = 100;
+
+/**
+ * Run the C bench client once: its put_fd and get_fd microseconds per operation, and the CPU the
+ * broker (`pid`) used per round of PUT, GET and DROP meanwhile.
+ */
 async function cBenchRound(
   cBench: string,
   socket: string,
   n: number,
   pin: number | null,
-): Promise<{ put: number; get: number }> {
+  pid: number,
+): Promise<{ put: number; get: number; user: number; system: number }> {
+  const before = cpuUs(pid);
   const argv = [cBench, "--socket", socket, "--size", "4096", "--iterations", String(n)];
   argv.push("--backend", "memfdbus");
   const full = pin === null ? argv : ["taskset", "-c", String(pin), ...argv];
@@ -131,7 +150,13 @@ async function cBenchRound(
     const j = JSON.parse(line) as { operation: string; elapsed_ns: number; iterations: number };
     per[j.operation] = j.elapsed_ns / j.iterations / 1000;
   }
-  return { put: per["put_fd"] ?? 0, get: per["get_fd"] ?? 0 };
+  const after = cpuUs(pid);
+  return {
+    put: per["put_fd"] ?? 0,
+    get: per["get_fd"] ?? 0,
+    user: (after.user - before.user) / n,
+    system: (after.system - before.system) / n,
+  };
 }
 
 /** This project's client: GET over a new connection (us, median) and small puts per second. */
@@ -179,6 +204,7 @@ async function measure(o: Options, pin: number | null): Promise<SideRow[]> {
     await using ours = await BrokerProcess.start(o.dir, [], { wrap });
     await pinSelf(pin);
     const sockets = { ours: ours.socket, other: otherSock, floor: floorSock } as const;
+    const pids = { ours: ours.child.pid, other: other.pid, floor: floor.pid } as const;
     const orders: Who[][] = [
       ["ours", "other", "floor"],
       ["other", "floor", "ours"],
@@ -188,9 +214,11 @@ async function measure(o: Options, pin: number | null): Promise<SideRow[]> {
       const order = orders[r % orders.length] ?? [];
       for (const who of order) {
         if (o.cBench !== null) {
-          const c = await cBenchRound(o.cBench, sockets[who], o.iterations, pin);
+          const c = await cBenchRound(o.cBench, sockets[who], o.iterations, pin, pids[who]);
           add("C bench client: put 4 KiB (new connection)", who, c.put);
           add("C bench client: get (new connection)", who, c.get);
+          add("C bench client: broker user CPU per put+get+drop", who, c.user);
+          add("C bench client: broker system CPU per put+get+drop", who, c.system);
         }
         const t = await ourClientRound(sockets[who], Math.max(100, o.iterations >> 1));
         add("our client: get (new connection) p50", who, t.get);
