@@ -197,6 +197,26 @@ Deno.test("a broker outside a terminal ignores SIGHUP (with a line on stderr) an
 
 const script = scriptPath();
 
+/**
+ * `memfdbus broker --socket SOCK` in a terminal of its own (util-linux script): once it listens,
+ * its pid and the terminal, whose stdin is the keyboard and which exits with the broker's status.
+ */
+async function brokerInTerminal(sock: string): Promise<{ term: Deno.ChildProcess; pid: number }> {
+  const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "broker", "--socket", sock]
+    .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+  const term = new Deno.Command(script ?? "script", {
+    args: ["-qec", line, "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const pid = await waitFor(
+    () => (exists(sock) ? brokerPids(sock)[0] : undefined),
+    { what: "the broker in the terminal to listen", timeoutMs: 30_000 },
+  );
+  return { term, pid };
+}
+
 Deno.test({
   name:
     "in a terminal, a broker refuses SIGUSR2 (its successor would escape Ctrl-C) and SIGHUP stops it" +
@@ -205,18 +225,7 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     const sock = `${dir.path}/tty.sock`;
-    const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "broker", "--socket", sock]
-      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
-    const term = new Deno.Command(script ?? "script", {
-      args: ["-qec", line, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const pid = await waitFor(
-      () => (exists(sock) ? brokerPids(sock)[0] : undefined),
-      { what: "the broker in the terminal to listen", timeoutMs: 30_000 },
-    );
+    const { term, pid } = await brokerInTerminal(sock);
     await waitFor(() => catchesSignal(pid, "SIGUSR2") && catchesSignal(pid, "SIGHUP"), {
       what: "the terminal broker's SIGUSR2 and SIGHUP handlers",
     });
@@ -250,19 +259,7 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     const sock = `${dir.path}/ctrlc.sock`;
-    const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "broker", "--socket", sock]
-      .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
-    // script -e exits with the broker's status; its stdin is the terminal's keyboard.
-    const term = new Deno.Command(script ?? "script", {
-      args: ["-qec", line, "/dev/null"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const pid = await waitFor(
-      () => (exists(sock) ? brokerPids(sock)[0] : undefined),
-      { what: "the broker in the terminal to listen", timeoutMs: 30_000 },
-    );
+    const { term, pid } = await brokerInTerminal(sock);
     await waitFor(() => catchesSignal(pid, "SIGINT"), { what: "the broker's SIGINT handler" });
     const keyboard = term.stdin.getWriter();
     await keyboard.write(new Uint8Array([0x03])); // ^C: the terminal sends SIGINT
