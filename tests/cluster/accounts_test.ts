@@ -12,8 +12,8 @@ import { connect, nkeyAuthenticator } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { createUser } from "@nats-io/nkeys";
-import { BrokerProcess, cli, enc, ROOT, tempDir } from "../support/harness.ts";
-import { freePorts, NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import { BrokerProcess, cli, enc, ROOT } from "../support/harness.ts";
+import { clusterTest, freePorts, NatsNode } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
 
 Deno.env.delete("MEMFDBUS_JOB_ID");
@@ -50,14 +50,9 @@ Deno.test("cluster: the README shows contrib/nats/memfdbus-accounts.conf verbati
   assert(readme.includes("```\n" + conf + "```\n"), "README lacks the accounts file verbatim");
 });
 
-Deno.test({
-  name:
-    "cluster: brokers confined by the README's NATS permissions work, and their keys reach no other bucket",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: brokers confined by the README's NATS permissions work, and their keys reach no other bucket",
+  async (dir) => {
     const d = dir.path;
     const admin = makeKey(d, "admin");
     const hostA = makeKey(d, "host-a");
@@ -138,4 +133,4 @@ Deno.test({
       await nc.close();
     }
   },
-});
+);

@@ -20,9 +20,8 @@ import {
   enc,
   fdTable,
   ROOT,
-  tempDir,
 } from "../support/harness.ts";
-import { freePorts, NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import { clusterTest, freePorts, NatsNode } from "../support/cluster.ts";
 import parsePrometheus from "parse-prometheus-text-format";
 import { waitFor } from "../support/wait.ts";
 
@@ -125,13 +124,9 @@ async function blobCount(url: string): Promise<number> {
   }
 }
 
-Deno.test({
-  name: "cluster: publish on A, get on B, latest wins both ways, drop on B, wait, policy, dedup",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: publish on A, get on B, latest wins both ways, drop on B, wait, policy, dedup",
+  async (dir) => {
     await using nats = await NatsNode.single();
     const ma = metricsArgs();
     const mb = metricsArgs();
@@ -277,15 +272,11 @@ Deno.test({
     const notThere = await getBytes(b, "mine", `${d}/m`);
     assertEquals([notThere.code, notThere.stderr], [1, "broker error: object not found\n"]);
   },
-});
+);
 
-Deno.test({
-  name: "cluster: pulled copies fall under retention like local objects and can be pulled again",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: pulled copies fall under retention like local objects and can be pulled again",
+  async (dir) => {
     const d = dir.path;
     await using nats = await NatsNode.single();
     await using a = await BrokerProcess.start(d, clusterArgs(nats.url, "keep-a"));
@@ -328,15 +319,11 @@ Deno.test({
     }, { what: "B to serve m1 again after the drop on A" });
     assertEquals((await clusterMetrics(mb.url)).pulls_total, 3);
   },
-});
+);
 
-Deno.test({
-  name: "cluster: --cluster-sync acknowledges after the commit; a broker without --cluster says so",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: --cluster-sync acknowledges after the commit; a broker without --cluster says so",
+  async (dir) => {
     await using nats = await NatsNode.single();
     await using a = await BrokerProcess.start(
       dir.path,
@@ -352,15 +339,11 @@ Deno.test({
     const r = await cli(["list", "--cluster", "--socket", plain.socket]);
     assertEquals([r.code, r.stderr], [1, "broker error: broker has no cluster tier\n"]);
   },
-});
+);
 
-Deno.test({
-  name: "cluster: with the engine killed local work goes on, queued uploads flush when it returns",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: with the engine killed local work goes on, queued uploads flush when it returns",
+  async (dir) => {
     const d = dir.path;
     await using nats = await NatsNode.single();
     // A bounded queue (config file), so an overflow can be seen.
@@ -432,7 +415,7 @@ Deno.test({
     const refused = await getBytes(b, "outage-2", `${d}/b2`);
     assertEquals([refused.code, refused.stderr], [1, "broker error: object not found\n"]);
   },
-});
+);
 
 Deno.test("cluster: without --cluster the CLI's static module graph holds nothing of NATS", async () => {
   const out = await new Deno.Command(Deno.execPath(), {

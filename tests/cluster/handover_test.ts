@@ -12,8 +12,8 @@ import { assertEquals } from "../support/assert.ts";
 import { connect } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { BrokerProcess, cli, digestOf, enc, tempDir } from "../support/harness.ts";
-import { NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import { BrokerProcess, cli, digestOf, enc } from "../support/harness.ts";
+import { clusterTest, NatsNode } from "../support/cluster.ts";
 import { signal, Tracker } from "../support/shadow.ts";
 import { waitFor } from "../support/wait.ts";
 import { decodeRecord, nameKey } from "../../src/cluster/model.ts";
@@ -140,14 +140,9 @@ async function afterwards(
   assertEquals(await statOrigin(a, "early"), null);
 }
 
-Deno.test({
-  name:
-    "cluster: broker --takeover keeps the uploads queued while the engine is down, commits each once, and keeps pulled copies' origin",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: broker --takeover keeps the uploads queued while the engine is down, commits each once, and keeps pulled copies' origin",
+  async (dir) => {
     const d = dir.path;
     await using nats = await NatsNode.single();
     const old = await BrokerProcess.start(d, clusterArgs(nats.url, "ho-a"));
@@ -166,16 +161,11 @@ Deno.test({
       await old[Symbol.asyncDispose]();
     }
   },
-});
+);
 
-Deno.test({
-  name:
-    "cluster: a broker recovered from its shadow after kill -9 re-queues uploads not known to be committed, without committing any twice",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: a broker recovered from its shadow after kill -9 re-queues uploads not known to be committed, without committing any twice",
+  async (dir) => {
     const d = dir.path;
     await using t = new Tracker();
     await using nats = await NatsNode.single();
@@ -195,4 +185,4 @@ Deno.test({
     });
     await afterwards(d, nats, socket, b.socket, s);
   },
-});
+);

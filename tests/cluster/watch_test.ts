@@ -6,8 +6,8 @@
  */
 
 import { assertEquals } from "../support/assert.ts";
-import { BrokerProcess, CLI, cli, CLI_PERMS, digestOf, enc, tempDir } from "../support/harness.ts";
-import { NATS_IGNORE, NatsNode } from "../support/cluster.ts";
+import { BrokerProcess, CLI, cli, CLI_PERMS, digestOf, enc } from "../support/harness.ts";
+import { clusterTest, NatsNode } from "../support/cluster.ts";
 import { waitFor } from "../support/wait.ts";
 
 Deno.env.delete("MEMFDBUS_JOB_ID");
@@ -20,13 +20,9 @@ interface EventLine {
   digest: string;
 }
 
-Deno.test({
-  name: "cluster: memfdbus watch on B prints A's publish and A's drop (id 0: another host)",
-  ignore: NATS_IGNORE !== false,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async () => {
-    using dir = tempDir();
+clusterTest(
+  "cluster: memfdbus watch on B prints A's publish and A's drop (id 0: another host)",
+  async (dir) => {
     const d = dir.path;
     await using nats = await NatsNode.single();
     await using a = await BrokerProcess.start(d, ["--cluster", nats.url, "--host-id", "w-a"]);
@@ -98,4 +94,4 @@ Deno.test({
       assertEquals([st.code, stderr], [0, ""]);
     }
   },
-});
+);

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { tempDir } from "./harness.ts";
 import { waitFor } from "./wait.ts";
 
 /** Where nats-server is, or null. */
@@ -31,6 +32,24 @@ export const NATS_IGNORE: false | string = NATS_SERVER === null
   : false;
 
 if (NATS_IGNORE !== false) console.warn(`ignored: ${NATS_IGNORE}`);
+
+/**
+ * A test of brokers on a real nats-server: ignored without one, given a temporary directory
+ * (removed afterwards), and free of the resource and op sanitizers (the engine's client keeps
+ * timers and sockets of its own past a test's end).
+ */
+export function clusterTest(name: string, fn: (dir: { path: string }) => Promise<void>): void {
+  Deno.test({
+    name,
+    ignore: NATS_IGNORE !== false,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: async () => {
+      using dir = tempDir();
+      await fn(dir);
+    },
+  });
+}
 
 async function portOpen(port: number): Promise<boolean> {
   try {
