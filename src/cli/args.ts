@@ -15,7 +15,7 @@
 
 import { parseArgs } from "node:util";
 import { UsageError } from "../errors.ts";
-import { DEFAULT_TIMEOUT_MS, defaultSocket, jobIdFromEnv } from "../client.ts";
+import { Client, DEFAULT_TIMEOUT_MS, defaultSocket, jobIdFromEnv } from "../client.ts";
 import { JOB_MAX, NAME_HARD_MAX } from "../protocol/wire.ts";
 
 /**
@@ -165,6 +165,21 @@ export function clientDefaults(): ClientSettings {
  */
 export function currentClientSettings(): Readonly<ClientSettings> | null {
   return current;
+}
+
+/**
+ * The client a command talks to the broker with: the socket and timeout of its flags, the job
+ * `jobId`, a connection per request (a CLI process makes one or two), and replies awaited on the
+ * main thread ({@link CLI_SYNC_WAIT_US}).
+ */
+export function cliClient(s: ClientSettings, jobId: string | null): Client {
+  return new Client({
+    socket: s.socket,
+    jobId,
+    keepAlive: false,
+    syncWaitUs: CLI_SYNC_WAIT_US,
+    timeoutMs: s.timeoutMs,
+  });
 }
 
 /**

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { Client, jobIdFromEnv, type PutOptions } from "../client.ts";
+import { jobIdFromEnv, type PutOptions } from "../client.ts";
 import { ConnectError } from "../client/connection.ts";
 import { UsageError } from "../errors.ts";
 import { tryLstat } from "../sys/fd.ts";
@@ -26,7 +26,7 @@ import { Memfd } from "../sys/memfd.ts";
 import {
   checkJob,
   checkName,
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -99,13 +99,7 @@ export async function captureCommand(args: readonly string[]): Promise<number> {
     }
   }
   memfd.seal();
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   const options: PutOptions = { name, ...(allow === undefined ? {} : { allowJob: allow }) };
   const result = await client.put(memfd, options);
   out(

@@ -5,11 +5,10 @@
  * @module
  */
 
-import { Client } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import {
   checkName,
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -39,13 +38,7 @@ export async function dropCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(s.jobFlag);
 
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   const r = await client.drop(id !== undefined ? id : { name: name ?? "" });
   out(json ? jsonLine({ id: r.id, size: r.size }) : `${r.id}\n`);
   return 0;

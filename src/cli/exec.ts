@@ -9,7 +9,7 @@
  * @module
  */
 
-import { Client, type GetOptions } from "../client.ts";
+import type { GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
 import { setCloexec } from "../sys/fd.ts";
@@ -17,7 +17,7 @@ import { execvp, setenv } from "../sys/exec.ts";
 import {
   checkName,
   checkWait,
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -59,13 +59,7 @@ export async function execCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(s.jobFlag);
 
-  const client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  const client = cliClient(s, job);
   const options: GetOptions = wait === undefined ? {} : { wait };
   let obj;
   try {

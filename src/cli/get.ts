@@ -10,12 +10,12 @@
  * @module
  */
 
-import { Client, type GetOptions } from "../client.ts";
+import type { GetOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import {
   checkName,
   checkWait,
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -68,13 +68,7 @@ export async function getCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(s.jobFlag);
 
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   const options: GetOptions = wait === undefined ? {} : { wait };
   using obj = await client.get(id !== undefined ? id : { name: name ?? "" }, options);
   const progress = ProgressLine.start("get", obj.size);

@@ -14,11 +14,10 @@
  * @module
  */
 
-import { Client } from "../client.ts";
 import { ProtocolError, UsageError } from "../errors.ts";
 import { type ListEntry, parseList } from "../protocol/list.ts";
 import {
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -44,13 +43,7 @@ export async function listCommand(args: readonly string[]): Promise<number> {
     else if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
   }
   const job = resolveJob(s.jobFlag);
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   if (cluster) {
     // The cluster's names, latest version each: REVISION host=H owner=J allowed=J SIZE DIGEST NAME.
     const bytes = await client.listCluster();

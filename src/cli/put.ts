@@ -7,7 +7,7 @@
  * @module
  */
 
-import { Client, jobIdFromEnv, type PutOptions } from "../client.ts";
+import { jobIdFromEnv, type PutOptions } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { closeQuietly } from "../ffi.ts";
 import { fstat, isRegular, seek, trySeals } from "../sys/fd.ts";
@@ -18,7 +18,7 @@ import { Memfd } from "../sys/memfd.ts";
 import {
   checkJob,
   checkName,
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -92,13 +92,7 @@ export async function putCommand(args: readonly string[]): Promise<number> {
   }
   if (!contentAddressed) checkName(label);
 
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   const options: PutOptions = {
     ...(contentAddressed ? { contentAddressed: true } : { name: label }),
     ...(allow === undefined ? {} : { allowJob: allow }),

@@ -8,13 +8,13 @@
  * @module
  */
 
-import { Client, type GetOptions, type ObjectStat } from "../client.ts";
+import type { GetOptions, ObjectStat } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import { Seal } from "../sys/memfd.ts";
 import {
   checkName,
   checkWait,
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -147,13 +147,7 @@ export async function statCommand(args: readonly string[]): Promise<number> {
   if (name !== undefined) checkName(name);
   const job = resolveJob(s.jobFlag);
 
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   const options: GetOptions = wait === undefined ? {} : { wait };
   const st = await client.stat(id !== undefined ? id : { name: name ?? "" }, options);
   out(json ? jsonLine(statJson(st)) : statText(st));

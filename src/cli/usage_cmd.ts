@@ -7,10 +7,10 @@
  * @module
  */
 
-import { Client, type UsageEntry, type UsageReport } from "../client.ts";
+import type { UsageEntry, UsageReport } from "../client.ts";
 import { UsageError } from "../errors.ts";
 import {
-  CLI_SYNC_WAIT_US,
+  cliClient,
   CLIENT_FLAGS,
   clientDefaults,
   clientFlag,
@@ -80,13 +80,7 @@ export async function usageCommand(args: readonly string[]): Promise<number> {
     else if (it.kind === "positional") throw new UsageError(`unexpected argument: ${it.text}`);
   }
   const job = resolveJob(s.jobFlag);
-  await using client = new Client({
-    socket: s.socket,
-    jobId: job,
-    keepAlive: false,
-    syncWaitUs: CLI_SYNC_WAIT_US,
-    timeoutMs: s.timeoutMs,
-  });
+  await using client = cliClient(s, job);
   const report = await client.usage();
   out(json ? jsonLine(usageJson(report)) : usageText(report));
   return 0;
