@@ -6,7 +6,7 @@
  */
 
 import { type AuditOp, blankRecord } from "../audit.ts";
-import { fromBinary, toBinary } from "../../protocol/bytes.ts";
+import { toBinary } from "../../protocol/bytes.ts";
 import { formatStat } from "../../protocol/stat.ts";
 import { checkJobClaim, droppable, visible } from "../policy.ts";
 import type { StoredObject } from "../store.ts";
@@ -35,7 +35,7 @@ import {
   type Step,
   type StepInput,
 } from "./context.ts";
-import { errorOutcome, headerOnly, pieces, replyBytes } from "./reply.ts";
+import { errorOutcome, headerOnly, pieces, replyBytes, textOutcome } from "./reply.ts";
 
 /**
  * A GET's reply (header, name, digest) and the pieces it is sent in. Built for each GET, in a
@@ -208,9 +208,8 @@ export function* getOrDrop(
   if (!allowed) return fail(Status.FORBIDDEN, Text.accessDenied);
 
   if (op === "stat") {
-    rec.result = "ok";
     const gov = ctx.governor;
-    const body = fromBinary(formatStat({
+    const text = formatStat({
       ...obj,
       seals: ctx.seals(obj),
       shared: gov === undefined ? undefined : store.isShared(obj),
@@ -219,22 +218,8 @@ export function* getOrDrop(
         : obj.owner === null
         ? null
         : gov.jobUsage(obj.owner),
-    }));
-    const wire = new Uint8Array(HEADER_SIZE + body.length);
-    encodeHeader(
-      { cmd, objectId: BigInt(obj.id), size: BigInt(obj.size), textLen: body.length },
-      wire,
-    );
-    wire.set(body, HEADER_SIZE);
-    return {
-      wire,
-      segments: pieces(wire, [HEADER_SIZE, null], [body.length, null]),
-      fd: -1,
-      audit: rec,
-      auditAfterSend: false,
-      keptFd: false,
-      ok: true,
-    };
+    });
+    return textOutcome({ cmd, objectId: BigInt(obj.id), size: BigInt(obj.size) }, text, rec);
   }
 
   if (op === "drop") {

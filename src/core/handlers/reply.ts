@@ -85,6 +85,26 @@ export function headerOnly(h: Partial<Header>, audit: AuditRecord, keptFd: boole
   };
 }
 
+/**
+ * A successful reply of a header and a text body (STAT's and USAGE's JSON); `text` is a binary
+ * string, one byte per character.
+ */
+export function textOutcome(h: Partial<Header>, text: string, audit: AuditRecord): Outcome {
+  const wire = new Uint8Array(HEADER_SIZE + text.length);
+  encodeHeader({ ...h, textLen: text.length }, wire);
+  for (let i = 0; i < text.length; i++) wire[HEADER_SIZE + i] = text.charCodeAt(i);
+  audit.result = "ok";
+  return {
+    wire,
+    segments: pieces(wire, [HEADER_SIZE, null], [text.length, null]),
+    fd: -1,
+    audit,
+    auditAfterSend: false,
+    keptFd: false,
+    ok: true,
+  };
+}
+
 /** Views into `wire` of the given lengths (empty pieces after the header are left out). */
 export function pieces(wire: Uint8Array, ...parts: [number, string | null][]): Segment[] {
   const out: Segment[] = [];

@@ -6,13 +6,12 @@
  */
 
 import { blankRecord } from "../audit.ts";
-import { fromBinary } from "../../protocol/bytes.ts";
 import { checkJobClaim } from "../policy.ts";
 import { formatUsage } from "../../protocol/usage.ts";
-import { Cmd, encodeHeader, type Header, HEADER_SIZE, JOB_MAX, Text } from "../../protocol/wire.ts";
+import { Cmd, type Header, JOB_MAX, Text } from "../../protocol/wire.ts";
 import { Status } from "../../errors.ts";
 import { type Handler, JOB_TEXTS, type Outcome, readJob, type RequestContext } from "./context.ts";
-import { errorOutcome, pieces, unknownCommandOutcome } from "./reply.ts";
+import { errorOutcome, textOutcome, unknownCommandOutcome } from "./reply.ts";
 
 /** The error text of a USAGE request with anything but a job id. */
 export const USAGE_BAD_REQUEST = "invalid usage request";
@@ -39,18 +38,5 @@ export function* usage(h: Header, ctx: RequestContext): Handler {
   if (refusal !== null) return fail(Status.FORBIDDEN, refusal);
   const report = ctx.usage?.(caller) ?? null;
   if (report === null) return unknownCommandOutcome(h.cmd);
-  const body = fromBinary(formatUsage(report));
-  rec.result = "ok";
-  const wire = new Uint8Array(HEADER_SIZE + body.length);
-  encodeHeader({ cmd: Cmd.USAGE, textLen: body.length }, wire);
-  wire.set(body, HEADER_SIZE);
-  return {
-    wire,
-    segments: pieces(wire, [HEADER_SIZE, null], [body.length, null]),
-    fd: -1,
-    audit: rec,
-    auditAfterSend: false,
-    keptFd: false,
-    ok: true,
-  };
+  return textOutcome({ cmd: Cmd.USAGE }, formatUsage(report), rec);
 }
