@@ -8,12 +8,11 @@
 
 import { fromUtf8 } from "../protocol/bytes.ts";
 import { BrokerError, Status, TimeoutError } from "../errors.ts";
-import { closeAll } from "../sys/unix_socket.ts";
-import { Cmd, encodeHeader, Flag, HEADER_SIZE, Text, withExt } from "../protocol/wire.ts";
+import { Cmd, encodeHeader, Flag, HEADER_SIZE, withExt } from "../protocol/wire.ts";
 import { parseStat } from "../protocol/stat.ts";
 import { type BusObject, receiveObject } from "./bus_object.ts";
 import { type ObjectStat, WAIT_FOREVER_MS } from "./options.ts";
-import type { RequestLink } from "./request.ts";
+import { isUnknownCommand, replyText, type RequestLink } from "./request.ts";
 
 /** What a GET or STAT asks for, as bytes. */
 export interface Lookup {
@@ -89,29 +88,11 @@ export async function statRequest(
       link.timeoutMs + (waitMs === null ? 0 : waitMs === 0 ? WAIT_FOREVER_MS : waitMs),
     );
   } catch (e) {
-    if (
-      e instanceof BrokerError && e.status === Status.BAD_REQUEST &&
-      e.text === Text.unknownCommand
-    ) {
-      return null;
-    }
+    if (isUnknownCommand(e)) return null;
     throw waitMs === null ? e : waitExpired(e, name, waitMs);
   }
-  closeAll(r.reply.fds);
-  try {
-    const body = await r.conn.recvExact(
-      r.reply.header.textLen,
-      performance.now() + link.timeoutMs,
-      "receive stat",
-    );
-    closeAll(body.fds);
-    const st = parseStat(fromUtf8(body.bytes));
-    r.done();
-    return { id: r.reply.header.objectId, size: Number(r.reply.header.size), ...st };
-  } catch (e) {
-    r.fail();
-    throw e;
-  }
+  const st = await replyText(r, link.timeoutMs, "receive stat", parseStat);
+  return { id: r.reply.header.objectId, size: Number(r.reply.header.size), ...st };
 }
 
 /**

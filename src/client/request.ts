@@ -21,6 +21,7 @@ import {
   type Header,
   HEADER_SIZE,
   isValidHeader,
+  Text,
 } from "../protocol/wire.ts";
 import { Connection, isPeerGone, READ_AHEAD_BYTES } from "./connection.ts";
 
@@ -405,4 +406,38 @@ export interface RequestLink {
   readonly requester: Requester;
   /** The client's timeout for one request, in ms. */
   readonly timeoutMs: number;
+}
+
+/** True for a broker's answer to a command it does not know (a C broker, an older memfdbus). */
+export function isUnknownCommand(e: unknown): boolean {
+  return e instanceof BrokerError && e.status === Status.BAD_REQUEST &&
+    e.text === Text.unknownCommand;
+}
+
+/**
+ * The text body of an OK reply (STAT's and USAGE's JSON), read within the request timeout and
+ * parsed by `parse`; the exchange is then done, or failed when reading or parsing throws.
+ * Descriptors that came with the reply are closed.
+ */
+export async function replyText<T>(
+  r: Exchange,
+  timeoutMs: number,
+  what: string,
+  parse: (text: string) => T,
+): Promise<T> {
+  closeAll(r.reply.fds);
+  try {
+    const body = await r.conn.recvExact(
+      r.reply.header.textLen,
+      performance.now() + timeoutMs,
+      what,
+    );
+    closeAll(body.fds);
+    const value = parse(fromUtf8(body.bytes));
+    r.done();
+    return value;
+  } catch (e) {
+    r.fail();
+    throw e;
+  }
 }

@@ -5,12 +5,10 @@
  * @module
  */
 
-import { fromUtf8 } from "../protocol/bytes.ts";
-import { BrokerError, Status, UnsupportedError } from "../errors.ts";
-import { closeAll } from "../sys/unix_socket.ts";
-import { Cmd, encodeHeader, Text } from "../protocol/wire.ts";
+import { UnsupportedError } from "../errors.ts";
+import { Cmd, encodeHeader } from "../protocol/wire.ts";
 import { parseUsage, type UsageReport } from "../protocol/usage.ts";
-import type { RequestLink } from "./request.ts";
+import { isUnknownCommand, replyText, type RequestLink } from "./request.ts";
 
 /** One USAGE exchange as `job` (empty: none). */
 export async function usageRequest(link: RequestLink, job: Uint8Array): Promise<UsageReport> {
@@ -23,27 +21,8 @@ export async function usageRequest(link: RequestLink, job: Uint8Array): Promise<
       link.timeoutMs,
     );
   } catch (e) {
-    if (
-      e instanceof BrokerError && e.status === Status.BAD_REQUEST &&
-      e.text === Text.unknownCommand
-    ) {
-      throw new UnsupportedError("usage");
-    }
+    if (isUnknownCommand(e)) throw new UnsupportedError("usage");
     throw e;
   }
-  closeAll(r.reply.fds);
-  try {
-    const body = await r.conn.recvExact(
-      r.reply.header.textLen,
-      performance.now() + link.timeoutMs,
-      "receive usage",
-    );
-    closeAll(body.fds);
-    const report = parseUsage(fromUtf8(body.bytes));
-    r.done();
-    return report;
-  } catch (e) {
-    r.fail();
-    throw e;
-  }
+  return await replyText(r, link.timeoutMs, "receive usage", parseUsage);
 }
