@@ -7,6 +7,7 @@
 
 import { assertEquals, ok } from "../support/assert.ts";
 import { CLI, cli, CLI_PERMS, dec, tempDir } from "../support/harness.ts";
+import { standIn } from "../support/stand_in.ts";
 import { Cmd, encodeHeader, HEADER_SIZE } from "../../src/protocol/wire.ts";
 import { statText } from "../../src/cli/stat.ts";
 
@@ -14,37 +15,6 @@ const DIGEST = "sha256:" + "0".repeat(64);
 const HOSTILE = "a\x1b]0;owned\x07b\x1b[31mc\rd\ne";
 const LISTING = `1\towner=-\tallowed=-\t1\t${DIGEST}\t${HOSTILE}\n` +
   `2\towner=-\tallowed=-\t1\t${DIGEST}\tplain\n`;
-
-/** A stand-in C broker on `path` answering each connection's header with `reply`. */
-async function standIn(path: string, reply: Uint8Array): Promise<AsyncDisposable> {
-  const hex = Array.from(reply, (b) => b.toString(16).padStart(2, "0")).join("");
-  const child = new Deno.Command("/usr/bin/python3", {
-    args: [
-      "-c",
-      "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(16)\n" +
-      "print('ready',flush=True)\n" +
-      "while True:\n  c,_=s.accept()\n  n=0\n  while n<48:\n    b=c.recv(48-n)\n" +
-      "    if not b: break\n    n+=len(b)\n  try: c.sendall(bytes.fromhex(sys.argv[2]))\n" +
-      "  except OSError: pass\n  c.close()",
-      path,
-      hex,
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-    stdin: "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  const first = await reader.read();
-  ok(dec(first.value ?? new Uint8Array()).includes("ready"), "stand-in ready");
-  return {
-    async [Symbol.asyncDispose](): Promise<void> {
-      child.kill("SIGKILL");
-      await child.status;
-      reader.releaseLock();
-      await child.stdout.cancel();
-    },
-  };
-}
 
 function listReply(text: string): Uint8Array {
   const body = new TextEncoder().encode(text);
@@ -57,7 +27,7 @@ function listReply(text: string): Uint8Array {
 Deno.test("list --json from a C broker whose name holds a newline and ESC bytes is valid JSON", async () => {
   using dir = tempDir();
   const socket = `${dir.path}/c.sock`;
-  await using _broker = await standIn(socket, listReply(LISTING));
+  await using _broker = await standIn(socket, { reply: listReply(LISTING) });
   const r = await cli(["list", "--json", "--socket", socket]);
   assertEquals([r.code, r.stderr], [0, ""]);
   const parsed = JSON.parse(r.stdout) as { id: number; name: string }[];
@@ -71,7 +41,7 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     const socket = `${dir.path}/c.sock`;
-    await using _broker = await standIn(socket, listReply(LISTING));
+    await using _broker = await standIn(socket, { reply: listReply(LISTING) });
     // script(1) gives the CLI a terminal for its stdout and copies what it shows.
     const command = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "list", "--socket", socket]
       .map((a) => `'${a}'`).join(" ");

@@ -17,6 +17,7 @@ import {
 } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
 import { Tracker, WITH_RUN } from "../support/shadow.ts";
+import { PYTHON, standIn } from "../support/stand_in.ts";
 import { Client } from "../../src/client.ts";
 import { BrokerIdentityError } from "../../src/client/peer_check.ts";
 import { Cmd, encodeHeader } from "../../src/protocol/wire.ts";
@@ -34,7 +35,6 @@ const canSwitchUser = libc.symbols.geteuid() === 0 &&
   new Deno.Command("setpriv", { args: ["--version"], stdout: "null", stderr: "null" })
     .outputSync().success;
 /** A system python (not a per-user shim) that uid 65534 can run, for the squatting process. */
-const PYTHON = "/usr/bin/python3";
 const hasPython = (() => {
   try {
     return Deno.statSync(PYTHON).isFile;
@@ -45,44 +45,9 @@ const hasPython = (() => {
 // Skipped where impossible: a process of another uid needs root, setpriv and a system python3.
 const SKIP = !(canSwitchUser && hasPython);
 
-/**
- * A process of uid 65534 listening on `path` until disposed (killed by pid). With `reply`, it
- * answers every connection's first 48 bytes with those bytes (a broker's reply); without, it
- * never accepts and waits in `signal.pause()` for the kill.
- */
-async function squatter(path: string, reply?: Uint8Array): Promise<AsyncDisposable> {
-  const serve = reply === undefined
-    ? "signal.pause()"
-    : "while True:\n  c,_=s.accept()\n  n=0\n  while n<48:\n    b=c.recv(48-n)\n    if not b: break\n" +
-      "    n+=len(b)\n  try: c.sendall(bytes.fromhex(sys.argv[2]))\n  except OSError: pass\n  c.close()";
-  const hex = Array.from(reply ?? [], (b) => b.toString(16).padStart(2, "0")).join("");
-  const child = new Deno.Command("setpriv", {
-    args: [
-      `--reuid=${NOBODY}`,
-      `--regid=${NOBODY}`,
-      "--clear-groups",
-      PYTHON,
-      "-c",
-      "import signal,socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(16)\n" +
-      "print('ready',flush=True)\n" + serve,
-      path,
-      hex,
-    ],
-    stdout: "piped",
-    stderr: "inherit",
-    stdin: "null",
-  }).spawn();
-  const reader = child.stdout.getReader();
-  const first = await reader.read();
-  ok(new TextDecoder().decode(first.value ?? new Uint8Array()).includes("ready"), "squatter ready");
-  return {
-    async [Symbol.asyncDispose](): Promise<void> {
-      child.kill("SIGKILL");
-      await child.status;
-      reader.releaseLock();
-      await child.stdout.cancel();
-    },
-  };
+/** A process of uid 65534 listening on `path` until disposed, see {@link standIn}. */
+function squatter(path: string, reply?: Uint8Array): Promise<AsyncDisposable> {
+  return standIn(path, { uid: NOBODY, ...(reply === undefined ? {} : { reply }) });
 }
 
 /** Run the CLI; kill it after `ms` if it has not exited (a broker that starts serves forever). */
