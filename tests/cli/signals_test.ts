@@ -16,7 +16,7 @@ import {
   tempDir,
 } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
-import { exists, listDir, scriptPath } from "../support/cli.ts";
+import { exists, listDir, scriptPath, terminalCommand } from "../support/cli.ts";
 import { brokerPids, signal } from "../support/shadow.ts";
 import { Client } from "../../src/client.ts";
 
@@ -202,10 +202,7 @@ const script = scriptPath();
  * its pid and the terminal, whose stdin is the keyboard and which exits with the broker's status.
  */
 async function brokerInTerminal(sock: string): Promise<{ term: Deno.ChildProcess; pid: number }> {
-  const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, "broker", "--socket", sock]
-    .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
-  const term = new Deno.Command(script ?? "script", {
-    args: ["-qec", line, "/dev/null"],
+  const term = terminalCommand(script ?? "script", ["broker", "--socket", sock], {
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",

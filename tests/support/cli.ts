@@ -342,6 +342,25 @@ function shellQuote(s: string): string {
 }
 
 /**
+ * A util-linux `script` command that runs `memfdbus ARGS` on a pseudo-terminal of its own. The
+ * shell `script` starts (`/bin/sh`, whatever `$SHELL` says) execs the CLI, so the CLI is the
+ * terminal's foreground process and its exit status is the terminal's: a shell left waiting in
+ * between (dash does not exec a lone `-c` command) would take Ctrl-C itself and exit 130.
+ */
+export function terminalCommand(
+  script: string,
+  args: readonly string[],
+  options: Omit<Deno.CommandOptions, "args" | "env">,
+): Deno.Command {
+  const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, ...args].map(shellQuote).join(" ");
+  return new Deno.Command(script, {
+    ...options,
+    args: ["-qec", `exec ${line}`, "/dev/null"],
+    env: { SHELL: "/bin/sh" },
+  });
+}
+
+/**
  * Run `memfdbus ARGS` with stdin, stdout and stderr on a pseudo-terminal (`script -qec`), in
  * `cwd`. Returns the exit code and everything the terminal showed (stdout and stderr merged,
  * with the terminal's `\r\n` line endings).
@@ -352,9 +371,7 @@ export async function cliOnTerminal(
 ): Promise<{ code: number; screen: string }> {
   const script = scriptPath();
   if (script === null) throw new Error("util-linux script is not installed");
-  const line = [Deno.execPath(), "run", ...CLI_PERMS, CLI, ...args].map(shellQuote).join(" ");
-  const out = await new Deno.Command(script, {
-    args: ["-qec", line, "/dev/null"],
+  const out = await terminalCommand(script, args, {
     cwd,
     stdin: "null",
     stdout: "piped",
