@@ -80,8 +80,12 @@ export function shareOf(limit: number): number {
   return Math.max(1, Math.floor(limit * DEFAULT_SHARE));
 }
 
-/** {@link shareOf} for 64-bit limits. */
+/** The largest 64-bit limit, which means none. */
+const NO_LIMIT = 18446744073709551615n;
+
+/** {@link shareOf} for 64-bit limits; no limit (2^64 - 1) shares as no limit. */
 export function shareOfBig(limit: bigint): bigint {
+  if (limit >= NO_LIMIT) return NO_LIMIT;
   const s = limit / 4n * 3n + (limit % 4n) * 3n / 4n;
   return s < 1n ? 1n : s;
 }

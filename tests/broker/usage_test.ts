@@ -118,9 +118,9 @@ Deno.test({
     assertEquals(r.status, 0, JSON.stringify(r));
     const report = parseUsage(String(r.text));
     assertEquals(report.scope, "own");
-    // 3/4 of --max-objects 8, and 3/4 of the unlimited --max-total-bytes.
+    // 3/4 of --max-objects 8, and no byte limit: --max-total-bytes has none to share.
     assertEquals(report.uids, [
-      { uid: NOBODY, objects: 0, bytes: 0, maxObjects: 6n, maxBytes: 13835058055282163711n },
+      { uid: NOBODY, objects: 0, bytes: 0, maxObjects: 6n, maxBytes: null },
     ]);
     assertEquals(report.broker.objects, 1);
     // Root (the operator) sees every uid that holds something.
