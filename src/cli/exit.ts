@@ -5,7 +5,8 @@
  * @module
  */
 
-import { ErrnoError, TimeoutError } from "../errors.ts";
+import { BrokerError, ErrnoError, TimeoutError } from "../errors.ts";
+import { PolicyText } from "../core/policy.ts";
 import { ConnectError } from "../client/connection.ts";
 import { DEFAULT_TIMEOUT_MS, defaultSocket } from "../client.ts";
 import { currentClientSettings } from "./args.ts";
@@ -65,14 +66,27 @@ export class Interrupted extends Error {
 
 /**
  * exec or capture could not start COMMAND: `command not found: NAME` (exit 127) for ENOENT,
- * `cannot execute NAME: <strerror>` (exit 126) otherwise, as a shell reports them.
+ * `cannot execute NAME: <strerror>` (exit 126) otherwise (`Is a directory` for a directory), as a
+ * shell reports them.
  */
 export function commandError(e: unknown, command: string): unknown {
   if (!(e instanceof ErrnoError) || (e.syscall !== "execvp" && e.syscall !== "posix_spawnp")) {
     return e;
   }
   if (e.code === "ENOENT") return new ExitError(`command not found: ${command}`, 127);
-  return new ExitError(`cannot execute ${command}: ${e.description}`, 126);
+  // execve says EACCES for a directory; a shell says what it is.
+  const why = e.code === "EACCES" && command.includes("/") && isDirectory(command)
+    ? "Is a directory"
+    : e.description;
+  return new ExitError(`cannot execute ${command}: ${why}`, 126);
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
 }
 
 /** Name the socket path in a failure to create it: `bind: /tmp/x.sock: Permission denied`. */
@@ -121,7 +135,7 @@ export function connectMessage(e: ConnectError): string {
     return `${head} — the socket's mode (broker --socket-mode) does not ` +
       `let this user connect`;
   }
-  return head;
+  return `${head} — check --socket (or MEMFDBUS_SOCKET)`;
 }
 
 /** Seconds for a message: `30`, `2.5`. */
@@ -143,9 +157,29 @@ export function timeoutMessage(e: TimeoutError): string {
     `or stuck; --timeout SECONDS waits longer (default ${seconds(DEFAULT_TIMEOUT_MS)})`;
 }
 
+/**
+ * What to do about a broker's identity refusal, after its text (which stays the C broker's, so
+ * scripts that match it keep working).
+ */
+const POLICY_HINTS: ReadonlyMap<string, string> = new Map([
+  [
+    PolicyText.jobRequired,
+    "this broker runs with --require-job: pass --job-id JOB (or set MEMFDBUS_JOB_ID)",
+  ],
+  [
+    PolicyText.jobNotPermitted,
+    'the broker\'s --policy does not let this user claim that job; use one its "jobs" bind ' +
+    "to this user",
+  ],
+]);
+
 /** The line the CLI prints for an error. */
 export function errorLine(e: unknown): string {
   if (e instanceof ConnectError) return connectMessage(e);
   if (e instanceof TimeoutError) return timeoutMessage(e);
+  if (e instanceof BrokerError) {
+    const hint = POLICY_HINTS.get(e.text);
+    if (hint !== undefined) return `${e.message} — ${hint}`;
+  }
   return e instanceof Error ? e.message : String(e);
 }

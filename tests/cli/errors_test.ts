@@ -25,11 +25,12 @@ Deno.test("connection errors name the socket and say whether a broker could be t
       return false;
     }
   })();
-  const [a, b, c, d] = await Promise.all([
+  const [a, b, c, d, e] = await Promise.all([
     cli(["list", "--socket", missing]),
     cli(["list", "--socket", `${dir.path}/file.sock`]),
     cli(["get", "1", "-", "--socket", `${dir.path}/dir.sock`]),
     cli(["list", "--socket", stale]),
+    cli(["list", "--socket", `${dir.path}/file.sock/x.sock`]),
   ]);
   assertEquals([a.code, a.stdout, a.stderr], [1, "", noBrokerLine(missing)]);
   assertEquals([b.code, b.stderr], [
@@ -42,6 +43,12 @@ Deno.test("connection errors name the socket and say whether a broker could be t
     `connect: Connection refused (socket ${dir.path}/dir.sock) — a directory is there, not a ` +
     "socket; check --socket (or MEMFDBUS_SOCKET)\n",
   ]);
+  // Any other cause still names the socket and the way to change it.
+  assertEquals([e.code, e.stderr], [
+    1,
+    `connect: Not a directory (socket ${dir.path}/file.sock/x.sock) — check --socket ` +
+    "(or MEMFDBUS_SOCKET)\n",
+  ]);
   if (staleLeft) {
     assertEquals([d.code, d.stderr], [
       1,
@@ -51,6 +58,28 @@ Deno.test("connection errors name the socket and say whether a broker could be t
   } else {
     assertEquals([d.code, d.stderr], [1, noBrokerLine(stale)]);
   }
+});
+
+Deno.test("a broker's identity refusals keep their C text and say what to do", async () => {
+  using dir = tempDir();
+  const policy = `${dir.path}/policy.json`;
+  Deno.writeTextFileSync(policy, `{ "jobs": { "alpha": { "uids": [4242] } } }`);
+  await using broker = await BrokerProcess.start(dir.path, ["--require-job", "--policy", policy]);
+  const s = ["--socket", broker.socket];
+  const [none, bound, unlisted] = await Promise.all([
+    cli(["list", ...s]),
+    cli(["list", "--job-id", "alpha", ...s]),
+    cli(["get", "1", "-", "--job-id", "beta", ...s]),
+  ]);
+  assertEquals([none.code, none.stderr], [
+    1,
+    "broker error: job id required by broker policy — this broker runs with --require-job: " +
+    "pass --job-id JOB (or set MEMFDBUS_JOB_ID)\n",
+  ]);
+  const notPermitted = "broker error: job id not permitted for this peer — the broker's " +
+    '--policy does not let this user claim that job; use one its "jobs" bind to this user\n';
+  assertEquals([bound.code, bound.stderr], [1, notPermitted]);
+  assertEquals([unlisted.code, unlisted.stderr], [1, notPermitted]);
 });
 
 Deno.test("at the default socket the hint is plain `memfdbus broker`", async () => {

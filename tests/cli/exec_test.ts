@@ -247,16 +247,18 @@ sharedTest(
     const s = ["--socket", broker.socket];
     Deno.writeFileSync(`${dir}/not-executable`, enc("#!/bin/sh\necho ran\n"), { mode: 0o644 });
     Deno.chmodSync(`${dir}/not-executable`, 0o644);
-    const [missing, path, noperm] = await Promise.all([
+    const [missing, path, noperm, directory] = await Promise.all([
       cli(["exec", id, ...s, "--", "memfdbus-no-such-command-xyz", "arg"]),
       cli(["exec", id, ...s, "--", `${dir}/missing/command`]),
       cli(["exec", id, ...s, "--", `${dir}/not-executable`]),
+      cli(["exec", id, ...s, "--", dir]),
     ]);
-    const seen = [missing, path, noperm].map((r) => [r.code, r.stdout, r.stderr]);
+    const seen = [missing, path, noperm, directory].map((r) => [r.code, r.stdout, r.stderr]);
     assertEquals(seen, [
       [127, "", "command not found: memfdbus-no-such-command-xyz\n"],
       [127, "", `command not found: ${dir}/missing/command\n`],
       [126, "", `cannot execute ${dir}/not-executable: Permission denied\n`],
+      [126, "", `cannot execute ${dir}: Is a directory\n`],
     ]);
   },
 );

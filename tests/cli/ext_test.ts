@@ -580,7 +580,7 @@ Deno.test("capture of a missing command exits 127, of one it cannot execute 126,
   const notExec = await cli(["capture", "--name", "x", "--socket", broker.socket, "--", dir.path]);
   assertEquals([notExec.code, notExec.stderr], [
     126,
-    `cannot execute ${dir.path}: Permission denied\n`,
+    `cannot execute ${dir.path}: Is a directory\n`,
   ]);
   assertEquals((await cli(["list", "--socket", broker.socket])).stdout, "");
 });
