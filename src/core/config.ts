@@ -218,6 +218,15 @@ function peerLimits(node: Node, fail: Fail): PeerLimits {
   };
   for (const [k, v] of members(node)) {
     if (!(k in out)) return fail(`unknown key "${k}"`, v);
+    if (k === "replyBytes") {
+      // A byte count, as everywhere else in the config: 16777216 or "16MiB".
+      const n = byteCount(v);
+      if (n === null || n > INT_MAX) {
+        return fail(`${k}: expected a byte count from 1 to ${INT_MAX}, such as "16MiB"`, v);
+      }
+      out[k] = Number(n);
+      continue;
+    }
     if (v.type !== "number" || !Number.isInteger(v.value) || v.value < 1 || v.value > INT_MAX) {
       return fail(`${k}: expected an integer from 1 to ${INT_MAX}`, v);
     }

@@ -8,6 +8,8 @@
 import { assertEquals, ok } from "../support/assert.ts";
 import { BrokerProcess, cli, enc, ROOT, tempDir } from "../support/harness.ts";
 import { countChecked } from "../../scripts/check_doc_examples.ts";
+import { parseConfig } from "../../src/core/config.ts";
+import { defaultBrokerOptions } from "../../src/core/options.ts";
 
 const README = Deno.readTextFileSync(`${ROOT}/README.md`);
 
@@ -168,4 +170,17 @@ Deno.test("check:docs counts the examples deno reports checking, coloured or not
   assertEquals(countChecked(lines), 2);
   assertEquals(countChecked(`\x1b[0m\x1b[32mCheck\x1b[0m file:///r/src/a.ts$1-4.ts\n`), 1);
   assertEquals(countChecked("Check file:///r/mod.ts\n"), 0);
+});
+
+Deno.test("every broker config in the README and contrib/memfdbus.jsonc is accepted as written", async () => {
+  const examples = [
+    ...blocks("## Configuration", "jsonc"),
+    ...blocks("## Running it for months", "jsonc"),
+    Deno.readTextFileSync(`${ROOT}/contrib/memfdbus.jsonc`),
+  ];
+  ok(examples.length >= 3, `${examples.length} config examples`);
+  for (const text of examples) {
+    const parsed = await parseConfig(text, "README.md", defaultBrokerOptions());
+    ok(parsed.options.socket.length > 0, text);
+  }
 });

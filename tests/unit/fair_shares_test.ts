@@ -128,6 +128,24 @@ Deno.test("config key peerLimits: connections, waits, watchers and unread replie
       message: "/etc/m.jsonc:1: peerLimits: connections: expected an integer from 1 to 2147483647",
     },
   );
+  // replyBytes is a byte count like every other one in the config.
+  const sized = await parseConfig(
+    '{ "peerLimits": { "replyBytes": "4MiB" } }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(sized.options.peerLimits.replyBytes, 4 * 1024 * 1024);
+  await rejects(
+    parseConfig(
+      '{ "peerLimits": { "replyBytes": "2GiB" } }',
+      "/etc/m.jsonc",
+      defaultBrokerOptions(),
+    ),
+    {
+      message: "/etc/m.jsonc:1: peerLimits: replyBytes: expected a byte count from 1 to " +
+        '2147483647, such as "16MiB"',
+    },
+  );
   await rejects(
     parseConfig('{ "peerLimits": { "bytes": 1 } }', "/etc/m.jsonc", defaultBrokerOptions()),
     { message: '/etc/m.jsonc:1: peerLimits: unknown key "bytes"' },
