@@ -69,6 +69,9 @@ function distance(a: string, b: string): number {
  * `memfdbus --help`.
  */
 export function unknownCommand(cmd: string): string {
+  if (["version", "-v", "-V"].includes(cmd)) {
+    return `unknown command: ${cmd} (did you mean --version?)`;
+  }
   const names = Object.keys(COMMANDS);
   let best = "";
   let bestD = Infinity;

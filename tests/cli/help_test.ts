@@ -54,6 +54,8 @@ Deno.test("an unknown command says so and suggests the nearest one, exit 2", asy
     [["gte"], "unknown command: gte (did you mean get?)\n"],
     [["help", "lsit"], "unknown command: lsit (did you mean list?)\n"],
     [["zzzzzz"], "unknown command: zzzzzz (run `memfdbus --help` for the commands)\n"],
+    [["version"], "unknown command: version (did you mean --version?)\n"],
+    [["-v"], "unknown command: -v (did you mean --version?)\n"],
   ];
   const rs = await parallel(cases, ([a]) => cli(a));
   rs.forEach((r, i) => assertEquals([r.code, r.stdout, r.stderr], [2, "", cases[i]?.[1]]));
