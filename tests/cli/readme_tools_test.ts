@@ -31,8 +31,8 @@ Deno.test({
     await using broker = await BrokerProcess.start(dir.path);
     const [json] = blocks("## Library", "json");
     const [sh] = blocks("## Library", "sh");
-    const [app] = blocks("## Library", "ts");
-    ok(json !== undefined && sh !== undefined && app !== undefined);
+    const [app, memfd] = blocks("## Library", "ts");
+    ok(json !== undefined && sh !== undefined && app !== undefined && memfd !== undefined);
     // The one path a user adapts: where their checkout is.
     const config = JSON.parse(json) as { imports: Record<string, string> };
     ok(config.imports["@memfdbus/memfdbus"]?.endsWith("/mod.ts"), json);
@@ -41,6 +41,7 @@ Deno.test({
     Deno.mkdirSync(project);
     Deno.writeTextFileSync(`${project}/deno.json`, JSON.stringify(config));
     Deno.writeTextFileSync(`${project}/app.ts`, app);
+    Deno.writeTextFileSync(`${project}/memfd.ts`, memfd);
     ok(app.includes('from "@memfdbus/memfdbus"'), app);
     // The command line exactly as the README gives it.
     const argv = sh.trim().split(/\s+/);
@@ -60,6 +61,14 @@ Deno.test({
     const lines = stdout.trimEnd().split("\n");
     ok(/^1 5 sha256:[0-9a-f]{64} hello$/.test(lines[0] ?? ""), stdout);
     ok(!/\b[0-9]+n\b/.test(stdout), `a bigint printed as such: ${stdout}`);
+    // A newcomer's editor or `deno check` type-checks what they copied: both blocks must pass.
+    const checked = await run(["check", "app.ts", "memfd.ts"]);
+    assertEquals([checked.code, new TextDecoder().decode(checked.stderr).includes("ERROR")], [
+      0,
+      false,
+    ]);
+    const sealed = await run(["run", ...argv.slice(2, -1), "memfd.ts"]);
+    assertEquals([sealed.code, new TextDecoder().decode(sealed.stderr)], [0, ""]);
     // Without the permissions the README lists, the library cannot start.
     const bare = await run(["run", "app.ts"]);
     ok(bare.code !== 0);
