@@ -68,10 +68,11 @@ function distance(a: string, b: string): number {
  * `unknown command: lsit (did you mean list?)` when a command is close, else a pointer to
  * `memfdbus --help`.
  */
-export function unknownCommand(cmd: string): string {
+export function unknownCommand(cmd: string, rest: readonly string[] = []): string {
   if (["version", "-v", "-V"].includes(cmd)) {
     return `unknown command: ${cmd} (did you mean --version?)`;
   }
+  if (cmd.startsWith("-")) return optionBeforeCommand(cmd, rest);
   const names = Object.keys(COMMANDS);
   let best = "";
   let bestD = Infinity;
@@ -83,6 +84,22 @@ export function unknownCommand(cmd: string): string {
   return `unknown command: ${cmd} (${
     close ? `did you mean ${best}?` : "run `memfdbus --help` for the commands"
   })`;
+}
+
+/**
+ * `memfdbus --socket /tmp/x.sock list`: options belong after the command. Shows the command
+ * line reordered when a command follows and every word is plain, else says where options go.
+ */
+function optionBeforeCommand(option: string, rest: readonly string[]): string {
+  const words = [option, ...rest];
+  const at = words.findIndex((w) => Object.hasOwn(COMMANDS, w));
+  const plain = words.every((w) => /^[\w@%+=:,./-]+$/.test(w));
+  if (at < 0 || !plain) {
+    return `unknown command: ${option} (options go after the command: ` +
+      `memfdbus COMMAND ${option} ...; run \`memfdbus --help\` for the commands)`;
+  }
+  const reordered = [words[at], ...words.slice(0, at), ...words.slice(at + 1)].join(" ");
+  return `unknown command: ${option} (options go after the command: memfdbus ${reordered})`;
 }
 
 /** `memfdbus help [COMMAND]`. */
@@ -162,7 +179,7 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   const load = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
   if (load === undefined) {
-    err(`${unknownCommand(cmd)}\n`);
+    err(`${unknownCommand(cmd, args.slice(1))}\n`);
     return 2;
   }
   try {

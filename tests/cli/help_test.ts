@@ -56,6 +56,22 @@ Deno.test("an unknown command says so and suggests the nearest one, exit 2", asy
     [["zzzzzz"], "unknown command: zzzzzz (run `memfdbus --help` for the commands)\n"],
     [["version"], "unknown command: version (did you mean --version?)\n"],
     [["-v"], "unknown command: -v (did you mean --version?)\n"],
+    // Options before the command: the line says where they go, reordered when it can.
+    [
+      ["--socket", "/tmp/x.sock", "list", "--json"],
+      "unknown command: --socket (options go after the command: " +
+      "memfdbus list --socket /tmp/x.sock --json)\n",
+    ],
+    [
+      ["--job-id=a b", "list"],
+      "unknown command: --job-id=a b (options go after the command: memfdbus COMMAND " +
+      "--job-id=a b ...; run `memfdbus --help` for the commands)\n",
+    ],
+    [
+      ["--json"],
+      "unknown command: --json (options go after the command: memfdbus COMMAND --json ...; " +
+      "run `memfdbus --help` for the commands)\n",
+    ],
   ];
   const rs = await parallel(cases, ([a]) => cli(a));
   rs.forEach((r, i) => assertEquals([r.code, r.stdout, r.stderr], [2, "", cases[i]?.[1]]));
