@@ -7,7 +7,7 @@
  * and a memcpy of the same bytes, and `deno run` of an empty script.
  *
  * Options: `--quick` (smaller sizes and counts, for a smoke run), `--out FILE`, section letters
- * (`a`..`g`) to run only those. `--against PATH` (with `--c-bench PATH`, `--pin CPU`) runs the
+ * (`a`..`h`) to run only those, `--help`. Anything else is refused before anything runs. `--against PATH` (with `--c-bench PATH`, `--pin CPU`) runs the
  * side-by-side comparison with another memfdbus broker binary instead (bench/side_by_side.ts),
  * printing both brokers' figures and their ratio, pinned and unpinned, next to those of the Deno
  * floor broker (bench/floor_broker.ts: the same requests with none of this broker's own work).
@@ -23,6 +23,50 @@ import { waitFor } from "../tests/support/wait.ts";
 import { floorRoundTrips } from "./floor.ts";
 import { sideBySide } from "./side_by_side.ts";
 
+const BENCH_USAGE = `usage: deno task bench [--quick] [--out FILE] [SECTION...]
+   or: deno task bench --against BROKER [--c-bench BENCH] [--pin CPU] [--quick] [SECTION...]
+
+Measure this broker against floors taken in the same run; print a table on stdout and write
+every number as JSON to FILE (bench/results/latest.json). Progress goes to stderr.
+
+  --quick            smaller sizes and counts: a smoke run
+  --out FILE         where the JSON goes
+  SECTION            run only these sections (default: all, a full run takes a long time):
+                       a GET latency              b PUT throughput
+                       c GET by name, many objects; broker memory
+                       d LIST and GET during a large publish
+                       e 16 concurrent clients    f CLI wall time
+                       g PUT with --shadow        h retention, dedup, watch events
+  --against BROKER   side by side with another memfdbus broker binary (the C one), with its
+                     bench client (--c-bench) and pinned to one CPU (--pin); then sections
+                     run only when named
+  -h, --help         show this help
+
+example:
+  deno task bench --quick a
+`;
+
+/** Refuses, before anything runs, what the bench does not understand (a typo ran a full bench). */
+function checkArgs(args: readonly string[]): void {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i] ?? "";
+    if (a === "--help" || a === "-h") {
+      console.log(BENCH_USAGE);
+      Deno.exit(0);
+    }
+    if (["--out", "--against", "--c-bench", "--pin"].includes(a)) {
+      if (args[i + 1] === undefined) fail(`missing value for ${a}`);
+      i++;
+    } else if (a !== "--quick" && !/^[a-h]$/.test(a)) fail(`unknown argument: ${a}`);
+  }
+}
+
+function fail(message: string): never {
+  console.error(`${message}\n\n${BENCH_USAGE}`);
+  Deno.exit(2);
+}
+
+checkArgs(Deno.args);
 const quick = Deno.args.includes("--quick");
 const outArg = Deno.args.indexOf("--out");
 const outFile = outArg >= 0 ? Deno.args[outArg + 1] ?? "" : `${ROOT}/bench/results/latest.json`;

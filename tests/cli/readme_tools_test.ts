@@ -193,3 +193,26 @@ Deno.test("every broker config in the README and contrib/memfdbus.jsonc is accep
     ok(parsed.options.socket.length > 0, text);
   }
 });
+
+Deno.test("deno task bench --help prints its options and a mistyped option runs nothing", async () => {
+  const bench = (args: string[]): Promise<Deno.CommandOutput> =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", `${ROOT}/bench/bench.ts`, ...args],
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  const [help, typo, missing] = await Promise.all([
+    bench(["--help"]),
+    bench(["--quikc"]),
+    bench(["a", "--out"]),
+  ]);
+  const text = (b: Uint8Array): string => new TextDecoder().decode(b);
+  assertEquals([help.code, text(help.stderr)], [0, ""]);
+  ok(text(help.stdout).startsWith("usage: deno task bench [--quick]"), text(help.stdout));
+  assertEquals([typo.code, text(typo.stdout)], [2, ""]);
+  ok(text(typo.stderr).startsWith("unknown argument: --quikc\n"), text(typo.stderr));
+  assertEquals(missing.code, 2);
+  ok(text(missing.stderr).startsWith("missing value for --out\n"), text(missing.stderr));
+});
