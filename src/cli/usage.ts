@@ -115,12 +115,12 @@ export const CAPTURE_USAGE =
 
 /** The lines every client command's help ends with. */
 const CLIENT_OPTIONS =
-  `  --socket PATH      broker socket (default: $MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)
-  --job-id JOB       act as job JOB (default: $MEMFDBUS_JOB_ID; none: unscoped)
-  --timeout SECONDS  give up when the broker has not answered within SECONDS (30)
-  --broker-uid UID   trust a broker running as UID or user besides root and yourself
-                     (default: $MEMFDBUS_BROKER_UID)
-  -h, --help         show this help`;
+  `  --socket PATH          broker socket (default: $MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)
+  --job-id JOB           act as job JOB (default: $MEMFDBUS_JOB_ID; none: unscoped)
+  --timeout SECONDS      give up when the broker has not answered within SECONDS (30)
+  --broker-uid UID       trust a broker running as UID or user besides root and yourself
+                         (default: $MEMFDBUS_BROKER_UID)
+  -h, --help             show this help`;
 
 /** The help of each subcommand, printed by `memfdbus COMMAND --help` and `memfdbus help COMMAND`. */
 export const COMMAND_HELP: Readonly<Record<string, string>> = {

@@ -7,6 +7,7 @@
 import { assertEquals, ok } from "../support/assert.ts";
 import { BrokerProcess, CLI, cli, enc, ROOT, tempDir } from "../support/harness.ts";
 import { parallel } from "../support/cli.ts";
+import { COMMAND_HELP } from "../../src/cli/usage.ts";
 
 const COMMANDS = ["broker", "put", "get", "exec", "drop", "list", "stat", "capture", "shadow"];
 
@@ -31,9 +32,9 @@ Deno.test("client commands' help shows the defaults of --socket, --job-id and --
   const r = await cli(["get", "--help"]);
   for (
     const line of [
-      "  --socket PATH      broker socket (default: $MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)\n",
-      "  --job-id JOB       act as job JOB (default: $MEMFDBUS_JOB_ID; none: unscoped)\n",
-      "  --timeout SECONDS  give up when the broker has not answered within SECONDS (30)\n",
+      "  --socket PATH          broker socket (default: $MEMFDBUS_SOCKET, else /tmp/memfdbus.sock)\n",
+      "  --job-id JOB           act as job JOB (default: $MEMFDBUS_JOB_ID; none: unscoped)\n",
+      "  --timeout SECONDS      give up when the broker has not answered within SECONDS (30)\n",
       "  --wait SECONDS         with --name: wait up to SECONDS for NAME to be published\n",
     ]
   ) ok(r.stdout.includes(line), line);
@@ -178,5 +179,13 @@ Deno.test("MEMFDBUS_SOCKET is the default socket of the client commands and of t
     await child.status;
     await child.stdout.cancel().catch(() => {});
     await child.stderr.cancel();
+  }
+});
+
+Deno.test("each command's help starts every option's description in one column", () => {
+  for (const [command, text] of Object.entries(COMMAND_HELP)) {
+    const options = text.split("\n").filter((l) => /^  -/.test(l));
+    const columns = new Set(options.map((l) => /^  \S.*?\S {2,}/.exec(l)?.[0].length));
+    assertEquals([command, columns.size <= 1], [command, true], `${command}: ${[...columns]}`);
   }
 });
