@@ -199,14 +199,18 @@ const U64_MAX = 18446744073709551615n;
 /**
  * An object id: decimal digits only, non-zero, at most 2^64-1. Unlike the C CLI (defect D18),
  * leading spaces, signs and `-1` are refused. A word that is no number at all (`model.bin`)
- * gets a hint to select by name.
+ * gets a hint to select by name, an empty one a hint that a variable was not set.
  */
 export function parseId(text: string): bigint {
   if (/^[0-9]+$/.test(text)) {
     const id = BigInt(text);
     if (id !== 0n && id <= U64_MAX) return id;
   }
-  const numberLike = text === "" || /^[\s+-]*[0-9]/.test(text);
+  // `get "$id" out` with $id unset: say so instead of printing nothing after the colon.
+  if (text === "") {
+    throw new UsageError("invalid object id: (empty; is the variable holding it set?)");
+  }
+  const numberLike = /^[\s+-]*[0-9]/.test(text);
   throw new UsageError(
     numberLike
       ? `invalid object id: ${text}`

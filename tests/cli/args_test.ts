@@ -139,7 +139,9 @@ Deno.test("malformed, zero, signed, space-padded and overflowing object ids are 
   const cases: [string[], string][] = [];
   for (const id of bad) {
     const hint = id === "abc" ? " (ids are numbers; to select by name use --name abc)" : "";
-    const line = `invalid object id: ${id}${hint}\n`;
+    const line = id === ""
+      ? "invalid object id: (empty; is the variable holding it set?)\n"
+      : `invalid object id: ${id}${hint}\n`;
     cases.push([["get", id, "out", "--socket", NO_BROKER], line]);
     cases.push([["exec", id, "--socket", NO_BROKER, "--", "true"], line]);
     cases.push([["drop", id, "--socket", NO_BROKER], line]);
