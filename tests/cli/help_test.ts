@@ -184,8 +184,8 @@ Deno.test("MEMFDBUS_SOCKET is the default socket of the client commands and of t
 
 Deno.test("each command's help starts every option's description in one column", () => {
   for (const [command, text] of Object.entries(COMMAND_HELP)) {
-    const options = text.split("\n").filter((l) => /^  -/.test(l));
-    const columns = new Set(options.map((l) => /^  \S.*?\S {2,}/.exec(l)?.[0].length));
+    const options = text.split("\n").filter((l) => /^ {2}-/.test(l));
+    const columns = new Set(options.map((l) => /^ {2}\S.*?\S {2,}/.exec(l)?.[0].length));
     assertEquals([command, columns.size <= 1], [command, true], `${command}: ${[...columns]}`);
   }
 });
