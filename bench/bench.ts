@@ -7,10 +7,10 @@
  * and a memcpy of the same bytes, and `deno run` of an empty script.
  *
  * Options: `--quick` (smaller sizes and counts, for a smoke run), `--out FILE`, section letters
- * (`a`..`h`) to run only those, `--help`. Anything else is refused before anything runs. `--against PATH` (with `--c-bench PATH`, `--pin CPU`) runs the
- * side-by-side comparison with another memfdbus broker binary instead (bench/side_by_side.ts),
- * printing both brokers' figures and their ratio, pinned and unpinned, next to those of the Deno
- * floor broker (bench/floor_broker.ts: the same requests with none of this broker's own work).
+ * (`a`..`h`) to run only those, `--help`. Anything else is refused before anything runs.
+ * `--against PATH` (with `--c-bench PATH`, `--pin CPU`) runs the side-by-side comparison with
+ * another memfdbus broker binary instead (bench/side_by_side.ts), printing both brokers' figures
+ * and their ratio, pinned and unpinned, next to those of the Deno floor broker (bench/floor_broker.ts: the same requests with none of this broker's own work).
  *
  * @module
  */
