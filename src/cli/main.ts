@@ -11,6 +11,7 @@
  * @module
  */
 
+import { nearestWord } from "../core/nearest.ts";
 import denoJson from "../../deno.json" with { type: "json" };
 import { UsageError } from "../errors.ts";
 import { CliUsageError, HelpRequested } from "./args.ts";
@@ -44,26 +45,6 @@ export const USAGE_EXIT = 2;
 /** The version of this CLI, from deno.json. */
 export const VERSION: string = denoJson.version;
 
-/** Edit distance with transpositions (`lsit` is one step from `list`), for the hint. */
-function distance(a: string, b: string): number {
-  const d: number[][] = Array.from(
-    { length: a.length + 1 },
-    (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
-  );
-  const at = (i: number, j: number): number => d[i]?.[j] ?? 0;
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let v = Math.min(at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
-        v = Math.min(v, at(i - 2, j - 2) + 1);
-      }
-      (d[i] as number[])[j] = v;
-    }
-  }
-  return at(a.length, b.length);
-}
-
 /**
  * `unknown command: lsit (did you mean list?)` when a command is close, else a pointer to
  * `memfdbus --help`.
@@ -73,16 +54,9 @@ export function unknownCommand(cmd: string, rest: readonly string[] = []): strin
     return `unknown command: ${cmd} (did you mean --version?)`;
   }
   if (cmd.startsWith("-")) return optionBeforeCommand(cmd, rest);
-  const names = Object.keys(COMMANDS);
-  let best = "";
-  let bestD = Infinity;
-  for (const n of names) {
-    const d = distance(cmd.toLowerCase(), n);
-    if (d < bestD) [best, bestD] = [n, d];
-  }
-  const close = bestD <= Math.max(1, Math.floor(best.length / 3));
+  const best = nearestWord(cmd, Object.keys(COMMANDS));
   return `unknown command: ${cmd} (${
-    close ? `did you mean ${best}?` : "run `memfdbus --help` for the commands"
+    best !== undefined ? `did you mean ${best}?` : "run `memfdbus --help` for the commands"
   })`;
 }
 

@@ -22,6 +22,7 @@
  * @module
  */
 
+import { nearestWord } from "./nearest.ts";
 import type { Node, ParseError } from "jsonc-parser";
 import { utf8Binary } from "../protocol/bytes.ts";
 import { UsageError } from "../errors.ts";
@@ -99,6 +100,12 @@ function byteCount(node: Node): bigint | null {
   return v >= 1n && v <= U64_MAX ? v : null;
 }
 
+/** `unknown key "k"`, with the nearest known key when `k` looks like a typo of it. */
+function unknownKey(k: string, known: Iterable<string>): string {
+  const near = nearestWord(k, known);
+  return `unknown key "${k}"` + (near === undefined ? "" : ` (did you mean "${near}"?)`);
+}
+
 /** Object members as [key, value node] pairs. */
 function members(node: Node): [string, Node][] {
   return (node.children ?? []).flatMap((p) => {
@@ -125,7 +132,7 @@ function limits(node: Node, what: string, fail: Fail): QuotaLimits {
       }
       objects = BigInt(v.value);
     } else {
-      return fail(`${what}: unknown key "${k}"`, v);
+      return fail(`${what}: ${unknownKey(k, ["bytes", "objects"])}`, v);
     }
   }
   return { bytes, objects };
@@ -197,7 +204,7 @@ function quotas(node: Node, fail: Fail): Quotas {
         }
       }
     } else {
-      return fail(`unknown key "${k}"`, v);
+      return fail(unknownKey(k, ["perUid", "uids", "jobs"]), v);
     }
   }
   return { perUid, uids, jobs };
@@ -217,7 +224,7 @@ function peerLimits(node: Node, fail: Fail): PeerLimits {
     replyFds: null,
   };
   for (const [k, v] of members(node)) {
-    if (!(k in out)) return fail(`unknown key "${k}"`, v);
+    if (!(k in out)) return fail(unknownKey(k, Object.keys(out)), v);
     if (k === "replyBytes") {
       // A byte count, as everywhere else in the config: 16777216 or "16MiB".
       const n = byteCount(v);
@@ -323,7 +330,9 @@ const KEYS: Readonly<Record<string, Apply>> = {
         (v.children ?? []).map((p) => [p.children?.[0]?.value, p.children?.[1]]),
       );
       for (const key of fields.keys()) {
-        if (key !== "uids" && key !== "gids") return fail(`${job}: unknown key "${key}"`);
+        if (key !== "uids" && key !== "gids") {
+          return fail(`${job}: ${unknownKey(key, ["uids", "gids"])}`);
+        }
       }
       jobs.set(utf8Binary(job), {
         uids: ids(fields.get("uids"), `${job}.uids`, fail),
@@ -426,7 +435,12 @@ export async function parseConfig(
     }
     const apply = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
     if (apply === undefined || (policyOnly && !POLICY_KEYS.has(key))) {
-      fail(policyOnly ? "not a policy key" : "unknown key");
+      const known = policyOnly ? POLICY_KEYS : [...Object.keys(KEYS), "cluster"];
+      const near = apply === undefined ? nearestWord(key, known) : undefined;
+      fail(
+        (policyOnly ? "not a policy key" : "unknown key") +
+          (near === undefined ? "" : ` (did you mean "${near}"?)`),
+      );
     }
     if (valueNode === undefined) return fail("missing value");
     apply?.(o, valueNode as Node, fail);

@@ -390,6 +390,20 @@ Deno.test("governance config mistakes name FILE:LINE: key: and the nested value'
       `${PATH}:3: quotas: perUid: unknown key "files"`,
     ],
     ['{\n "quotas": { "perJob": {} }\n}', `${PATH}:2: quotas: unknown key "perJob"`],
+    // A key one typo away from a known one names it.
+    ['{\n "maxObject": 5\n}', `${PATH}:2: maxObject: unknown key (did you mean "maxObjects"?)`],
+    [
+      '{\n "quotas": { "perUId": {}, "jobs": {} }\n}',
+      `${PATH}:2: quotas: unknown key "perUId" (did you mean "perUid"?)`,
+    ],
+    [
+      '{\n "quotas": { "perUid": { "byte": 1 } }\n}',
+      `${PATH}:2: quotas: perUid: unknown key "byte" (did you mean "bytes"?)`,
+    ],
+    [
+      '{\n "peerLimits": { "conections": 1 }\n}',
+      `${PATH}:2: peerLimits: unknown key "conections" (did you mean "connections"?)`,
+    ],
     ['{\n "evict": "lru"\n}', `${PATH}:2: evict: expected "superseded" or "none"`],
     [
       '{\n "metrics": 9464\n}',
@@ -405,5 +419,8 @@ Deno.test("governance config mistakes name FILE:LINE: key: and the nested value'
   }
   await rejects(parseConfig('{ "quotas": {} }', PATH, defaultBrokerOptions(), true), {
     message: `${PATH}:1: quotas: not a policy key`,
+  });
+  await rejects(parseConfig('{ "requireJobs": true }', PATH, defaultBrokerOptions(), true), {
+    message: `${PATH}:1: requireJobs: not a policy key (did you mean "requireJob"?)`,
   });
 });
