@@ -5,7 +5,8 @@
 #       connect, send the request bytes (with a sealed memfd holding DATA when given) and,
 #       with read, wait for the reply header and its text: {"status": N, "text": "..."};
 #       without, keep the connection open: {"sent": true}
-#       ({"sent": true, "conn": N}, N numbering the agent's connections from 1)
+#       ({"sent": true, "conn": N}, N numbering the agent's connections from 1);
+#       with "sparse": SIZE the memfd is grown to SIZE bytes of holes before it is sealed
 #   {"op": "peek", "conn": N}             does connection N have reply bytes to read? {"ready": b}
 #       with "inspect": true as well, a descriptor in the reply is looked at and closed:
 #       {"status": N, "fd": {"uid": ITS OWNER UID, "link": "/memfd:NAME (deleted)"} or null}
@@ -69,6 +70,8 @@ for line in sys.stdin:
     if data is not None:
         fd = os.memfd_create("agent", os.MFD_ALLOW_SEALING)
         os.write(fd, bytes.fromhex(data))
+        if cmd.get("sparse"):
+            os.ftruncate(fd, cmd["sparse"])
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
         socket.send_fds(s, [req], [fd])
         os.close(fd)
