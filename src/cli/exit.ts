@@ -164,7 +164,7 @@ export function timeoutMessage(e: TimeoutError): string {
 const POLICY_HINTS: ReadonlyMap<string, string> = new Map([
   [
     PolicyText.jobRequired,
-    "this broker runs with --require-job: pass --job-id JOB (or set MEMFDBUS_JOB_ID)",
+    "pass --job-id JOB (or set MEMFDBUS_JOB_ID)",
   ],
   [
     PolicyText.jobNotPermitted,

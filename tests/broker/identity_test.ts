@@ -352,9 +352,13 @@ Deno.test("--require-job refuses every unscoped request and serves scoped ones",
     assertEquals((await c.list({ jobId: "a" })).map((e) => e.id), [id]);
     assertEquals(await outcome(c.get(id, { jobId: "a" })), "ok");
     assertEquals(await outcome(c.drop(id, { jobId: "a" })), "ok");
-    // The CLI shows the broker's text.
+    // The CLI shows the broker's text, then what to do.
     const r = await cli(["list", "--socket", broker.socket], { env: { MEMFDBUS_JOB_ID: "" } });
-    assertEquals([r.code, r.stderr], [1, `broker error: ${PolicyText.jobRequired}\n`]);
+    assertEquals([r.code, r.stderr], [
+      1,
+      `broker error: ${PolicyText.jobRequired} — pass --job-id ` +
+      "JOB (or set MEMFDBUS_JOB_ID)\n",
+    ]);
     const recs = await waitFor(() => {
       const r = broker.audit().filter((x) => x.error === PolicyText.jobRequired);
       return r.length >= 6 ? r : null;

@@ -73,7 +73,7 @@ Deno.test("a broker's identity refusals keep their C text and say what to do", a
   ]);
   assertEquals([none.code, none.stderr], [
     1,
-    "broker error: job id required by broker policy — this broker runs with --require-job: " +
+    "broker error: job id required by broker policy — " +
     "pass --job-id JOB (or set MEMFDBUS_JOB_ID)\n",
   ]);
   const notPermitted = "broker error: job id not permitted for this peer — the broker's " +

@@ -107,7 +107,7 @@ Deno.test("job scoping works as the README says, and --require-job refuses unsco
   ]);
   assertEquals([refused.code, refused.stderr], [
     1,
-    "broker error: job id required by broker policy — this broker runs with --require-job: " +
+    "broker error: job id required by broker policy — " +
     "pass --job-id JOB (or set MEMFDBUS_JOB_ID)\n",
   ]);
   assertEquals([scoped.code, scoped.stderr], [0, ""]);
