@@ -1,7 +1,7 @@
 /**
  * Broker metrics: a tiny registry (counters, gauges read at scrape time, one latency histogram),
  * its Prometheus text rendering (exposition format 0.0.4, which Prometheus and OpenMetrics
- * scrapers both read), and an HTTP server on `Deno.serve` that answers `GET /metrics` on a TCP
+ * scrapers both read), and a small bounded HTTP server that answers `GET /metrics` on a TCP
  * address or a Unix socket path.
  *
  * The server never blocks the broker: a scrape only reads numbers the broker already keeps and
@@ -404,10 +404,102 @@ function listening<T>(address: MetricsAddress, serve: () => T): T {
   }
 }
 
+/** Most metrics connections served at once; one more is closed as soon as it is accepted. */
+export const METRICS_MAX_CONNECTIONS = 16;
+/** Longest request head (request line and headers) a scrape may send. */
+export const METRICS_MAX_HEAD = 8192;
+/** A scrape that has not sent its request and taken its reply within this is closed. */
+export const METRICS_DEADLINE_MS = 5000;
+/** Largest request body read (and discarded) before answering, so the reply is not reset. */
+const METRICS_MAX_BODY = 65536;
+const REASON: Record<number, string> = {
+  200: "OK",
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+};
+
+function closeConn(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed (by the deadline or the server's close)
+  }
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
+
+/**
+ * Read one request head, answer it and return (the caller closes). Anything malformed, over
+ * {@link METRICS_MAX_HEAD} or a peer that goes away ends the connection without more ado.
+ */
+async function answerScrape(conn: Deno.Conn, render: () => string): Promise<void> {
+  const buf = new Uint8Array(METRICS_MAX_HEAD + 4);
+  let len = 0;
+  let end = -1;
+  const text = new TextDecoder("latin1");
+  while (end < 0) {
+    if (len >= METRICS_MAX_HEAD) return reply(conn, 400, "bad request\n", false);
+    const n = await conn.read(buf.subarray(len, METRICS_MAX_HEAD));
+    if (n === null) return;
+    len += n;
+    end = text.decode(buf.subarray(0, len)).indexOf("\r\n\r\n");
+  }
+  const head = text.decode(buf.subarray(0, end));
+  const [method = "", target = ""] = (head.split("\r\n")[0] ?? "").split(" ");
+  const declared = /\r\ncontent-length:[ \t]*(\d+)/i.exec(head);
+  let left = declared === null ? 0 : Number(declared[1]) - (len - end - 4);
+  if (left > METRICS_MAX_BODY) return reply(conn, 400, "bad request\n", false);
+  while (left > 0) {
+    const n = await conn.read(buf.subarray(0, Math.min(left, buf.length)));
+    if (n === null) return;
+    left -= n;
+  }
+  let path = "";
+  try {
+    path = new URL(target, "http://localhost").pathname;
+  } catch {
+    return reply(conn, 400, "bad request\n", false);
+  }
+  if (path !== "/metrics") return reply(conn, 404, "not found\n", false);
+  if (method !== "GET" && method !== "HEAD") {
+    return reply(conn, 405, "method not allowed\n", false, "allow: GET, HEAD\r\n");
+  }
+  return reply(conn, 200, method === "HEAD" ? "" : render(), true);
+}
+
+async function reply(
+  conn: Deno.Conn,
+  status: number,
+  body: string,
+  metrics: boolean,
+  extra = "",
+): Promise<void> {
+  const bytes = new TextEncoder().encode(body);
+  const type = metrics ? METRICS_CONTENT_TYPE : "text/plain;charset=UTF-8";
+  await writeAll(
+    conn,
+    new TextEncoder().encode(
+      `HTTP/1.1 ${status} ${REASON[status]}\r\ncontent-type: ${type}\r\n${extra}` +
+        `content-length: ${bytes.length}\r\nconnection: close\r\n\r\n`,
+    ),
+  );
+  if (bytes.length > 0) await writeAll(conn, bytes);
+}
+
 /**
  * Serve `render()` at `GET /metrics` (404 for other paths, 405 for other methods) on a TCP
  * address or a Unix socket path. Prints nothing (the broker's stdout is its audit log). A stale
  * socket file at the path is replaced; any other file is an error.
+ *
+ * Any local user can connect, so the server is bounded: at most
+ * {@link METRICS_MAX_CONNECTIONS} connections (more are closed at once), a request head of at
+ * most {@link METRICS_MAX_HEAD} bytes, {@link METRICS_DEADLINE_MS} per scrape, one request per
+ * connection; running out of descriptors while accepting waits and retries, never stops the
+ * broker (`Deno.serve` let an unhandled `EMFILE` end the process).
  *
  * @param address where to listen
  * @param render produces the text; it must not block
@@ -416,18 +508,7 @@ export async function serveMetrics(
   address: MetricsAddress,
   render: () => string,
 ): Promise<MetricsServer> {
-  const handler = (req: Request): Response => {
-    const url = new URL(req.url);
-    if (url.pathname !== "/metrics") return new Response("not found\n", { status: 404 });
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
-    }
-    return new Response(req.method === "HEAD" ? null : render(), {
-      headers: { "content-type": METRICS_CONTENT_TYPE },
-    });
-  };
-  const onListen = (): void => {};
-  let server: Deno.HttpServer<Deno.NetAddr> | Deno.HttpServer<Deno.UnixAddr>;
+  let listener: Deno.Listener;
   let bound: MetricsAddress;
   if (address.kind === "unix") {
     try {
@@ -435,20 +516,64 @@ export async function serveMetrics(
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    server = listening(address, () => Deno.serve({ path: address.path, onListen }, handler));
+    listener = listening(address, () => Deno.listen({ transport: "unix", path: address.path }));
     bound = address;
   } else {
     const tcp = listening(
       address,
-      () => Deno.serve({ hostname: address.hostname, port: address.port, onListen }, handler),
+      () => Deno.listen({ hostname: address.hostname, port: address.port }),
     );
-    server = tcp;
+    listener = tcp;
     bound = { kind: "tcp", hostname: address.hostname, port: tcp.addr.port };
   }
+  let stopping = false;
+  let retry: { timer: ReturnType<typeof setTimeout>; wake: () => void } | null = null;
+  const open = new Map<Deno.Conn, Promise<void>>();
+  const accepting = (async () => {
+    while (!stopping) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        if (stopping) return;
+        // EMFILE, ENFILE, ECONNABORTED: the connection waits in the backlog; try again shortly.
+        await new Promise<void>((wake) => {
+          retry = { timer: setTimeout(wake, 100), wake };
+        });
+        retry = null;
+        continue;
+      }
+      if (open.size >= METRICS_MAX_CONNECTIONS) {
+        closeConn(conn);
+        continue;
+      }
+      const timer = setTimeout(() => closeConn(conn), METRICS_DEADLINE_MS);
+      const served = answerScrape(conn, render).catch(() => {}).finally(() => {
+        clearTimeout(timer);
+        closeConn(conn);
+        open.delete(conn);
+      });
+      open.set(conn, served);
+    }
+  })();
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closed ??= (async () => {
-      await server.shutdown();
+      stopping = true;
+      const r = retry as { timer: ReturnType<typeof setTimeout>; wake: () => void } | null;
+      if (r !== null) {
+        clearTimeout(r.timer);
+        r.wake();
+      }
+      try {
+        listener.close();
+      } catch {
+        // already closed
+      }
+      await accepting;
+      const pending = [...open.values()];
+      for (const conn of open.keys()) closeConn(conn);
+      await Promise.all(pending);
       if (address.kind === "unix") await Deno.remove(address.path).catch(() => {});
     })();
     return closed;

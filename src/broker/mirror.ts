@@ -97,7 +97,7 @@ export class ShadowMirror implements Commit {
       // Objects that shared a memfd before the restart come back on separate descriptors: with
       // dedup on, share them again so the bytes charged to the broker, jobs and uids stay the same.
       const shared = p.governor?.rules.dedup === true
-        ? store.contentOf(recovered.digest, recovered.size)
+        ? store.contentOf(recovered.digest, recovered.size, recovered.uid)
         : undefined;
       let obj = recovered;
       if (shared !== undefined) {

@@ -69,7 +69,7 @@ export async function receiveTakeover(
     // Objects that shared a memfd in the old broker arrive on separate descriptors of the same
     // memfd: share them again (with dedup on), so charges and descriptor counts stay the same.
     const shared = parts.governor?.rules.dedup === true
-      ? parts.store.contentOf(taken.digest, taken.size)
+      ? parts.store.contentOf(taken.digest, taken.size, taken.uid)
       : undefined;
     let obj = taken;
     if (shared !== undefined) {

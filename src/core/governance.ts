@@ -335,7 +335,7 @@ export class Governor {
    */
   admitPut(put: PutRequest, pinned: (obj: StoredObject) => boolean = () => false): Admission {
     const store = this.#store;
-    const shared = this.rules.dedup ? store.contentOf(put.digest, put.size) : undefined;
+    const shared = this.rules.dedup ? store.contentOf(put.digest, put.size, put.uid) : undefined;
     const sharedFd = shared?.fd ?? -1;
     const release = this.retentionFor(put.name, pinned);
     const gone = new Set<StoredObject>(release.map((r) => r.obj));

@@ -72,6 +72,17 @@ interface MutableContent {
   size: number;
   digest: string;
   refs: number;
+  /** Its key in `#byDigest`: the digest and the uid of the object that brought it. */
+  key: string;
+}
+
+/**
+ * Contents are shared only among objects of one publisher uid: a content another uid holds
+ * shared with a newcomer would hand the newcomer that memfd (its owner uid, its memfd name) and
+ * tell it that someone stores those exact bytes (a guess-and-confirm oracle across users).
+ */
+function contentKey(digest: string, uid: number | null | undefined): string {
+  return uid === null || uid === undefined ? digest : `${digest}/${uid}`;
 }
 
 /** The fields a new object is added with; the store assigns the id. */
@@ -176,17 +187,20 @@ export class Store {
     }
     this.#uniqueBytes += obj.size;
     if (obj.fd < 0) return;
-    const content = { fd: obj.fd, size: obj.size, digest: obj.digest, refs: 1 };
+    const key = contentKey(obj.digest, obj.uid);
+    const content = { fd: obj.fd, size: obj.size, digest: obj.digest, refs: 1, key };
     this.#contents.set(obj.fd, content);
-    if (!this.#byDigest.has(obj.digest)) this.#byDigest.set(obj.digest, content);
+    if (!this.#byDigest.has(key)) this.#byDigest.set(key, content);
   }
 
   /**
    * The stored content with this digest and size, whose memfd a new object with the same
    * verified digest may share (pass its `fd` to {@link Store.add} and close the new memfd).
+   * Only a content first stored by `uid` is found (contents are shared within one uid); without a uid, only
+   * one stored by an object without one.
    */
-  contentOf(digest: string, size: number): Content | undefined {
-    const c = this.#byDigest.get(digest);
+  contentOf(digest: string, size: number, uid?: number | null): Content | undefined {
+    const c = this.#byDigest.get(contentKey(digest, uid));
     return c !== undefined && c.size === size ? c : undefined;
   }
 
@@ -271,7 +285,7 @@ export class Store {
     if (--c.refs > 0) return false;
     this.#contents.delete(c.fd);
     this.#uniqueBytes -= c.size;
-    if (this.#byDigest.get(c.digest) === c) this.#byDigest.delete(c.digest);
+    if (this.#byDigest.get(c.key) === c) this.#byDigest.delete(c.key);
     return true;
   }
 

@@ -193,6 +193,71 @@ export function digestObjectFd(
 }
 
 /**
+ * An object's digest computed a turn at a time, with the same choice as {@link digestObjectFd}
+ * (pread for small or sparse objects, a read-only mapping for dense ones). The broker's Workers
+ * hash in turns so that one huge object (a sparse memfd of a terabyte costs no memory but many
+ * minutes of hashing) cannot hold a Worker while other uids' digests wait.
+ */
+export class ObjectHasher {
+  readonly #fd: number;
+  readonly #size: number;
+  readonly #hash = new DigestBuilder();
+  #map: ReadOnlyMapping | null = null;
+  #prefetched: Promise<void> = Promise.resolve();
+  #done = 0;
+
+  /**
+   * @param fd the sealed memfd (open until {@link ObjectHasher.close})
+   * @param size bytes to hash
+   * @throws {ErrnoError} when the mapping fails
+   */
+  constructor(fd: number, size: number) {
+    this.#fd = fd;
+    this.#size = size;
+    if (size > READ_SLICE && isDense(fd, size)) {
+      this.#map = ReadOnlyMapping.of(fd, size, "mmap object");
+      if (size >= 2 * PREFETCH_FROM) this.#prefetched = this.#map.prefetch(PREFETCH_FROM);
+    }
+  }
+
+  /**
+   * Hash up to `bytes` more bytes; true once the whole object is hashed.
+   *
+   * @throws {ErrnoError} when a read fails
+   * @throws {RangeError} when the descriptor holds fewer than `size` bytes
+   */
+  step(bytes: number): boolean {
+    const end = Math.min(this.#size, this.#done + bytes);
+    if (this.#map !== null) {
+      this.#hash.update(this.#map.bytes.subarray(this.#done, end));
+      this.#done = end;
+    } else {
+      const buf = readBuffer ??= new Uint8Array(READ_SLICE);
+      while (this.#done < end) {
+        const want = Math.min(READ_SLICE, end - this.#done);
+        const n = pread(this.#fd, buf.subarray(0, want), this.#done, "pread object");
+        if (n === 0) throw new RangeError("digest verification short read");
+        this.#hash.update(buf.subarray(0, n));
+        this.#done += n;
+      }
+    }
+    return this.#done >= this.#size;
+  }
+
+  /** The digest string, once {@link ObjectHasher.step} said the object is hashed. */
+  digest(): string {
+    return this.#hash.digest();
+  }
+
+  /** Unmap the object; resolves once its pages are unmapped. */
+  close(): Promise<void> {
+    this.#map?.close();
+    this.#map = null;
+    return this.#prefetched;
+  }
+}
+
+/**
  * True when every page of the first `size` bytes exists, so reading them through a mapping
  * allocates nothing. The block count alone is not proof: pages allocated past the end of file
  * (fallocate with FALLOC_FL_KEEP_SIZE) count in it while holes inside the object stay holes, so

@@ -7,7 +7,9 @@
  * read-only mapping (see `digestObjectFd` in `./digest.ts`). Each peer (uid) may have only a few objects
  * queued or being hashed ({@link HashPool} `perPeer`), and Workers take the next job from the
  * peer with the fewest jobs running, so one uid publishing many large objects delays its own
- * publishes, not everyone's.
+ * publishes, not everyone's. A Worker hashes {@link HASH_TURN} bytes of a job per turn and then
+ * takes the next job in turn, so one huge object (a sparse memfd of a terabyte is minutes of
+ * hashing) cannot hold a Worker while others wait.
  *
  * @module
  */
@@ -51,25 +53,36 @@ export function digestOrError(
   try {
     return { digest: digestObjectFd(fd, size, later) };
   } catch (e) {
-    if (e instanceof RangeError) return { error: Text.digestShortRead };
-    if (e instanceof ErrnoError) {
-      if (e.code === "ENOMEM") return { error: Text.digestAlloc };
-      // The C broker reads with pread: report what pread says about this descriptor (a
-      // write-only one gives EBADF, where mmap says EACCES).
-      const probe = new Uint8Array(1);
-      const n = libc.symbols.pread(fd, probe, 1n, 0n);
-      if (n < 0) return { error: digestReadFailedText(strerror(errno())) };
-      if (n === 0n) return { error: Text.digestShortRead };
-      return { error: digestReadFailedText(e.description) };
-    }
-    return { error: digestReadFailedText((e as Error).message) };
+    return hashFailure(e, fd);
   }
+}
+
+/** The broker's error text for a digest of `fd` that threw `e`. */
+export function hashFailure(e: unknown, fd: number): HashOutcome {
+  if (e instanceof RangeError) return { error: Text.digestShortRead };
+  if (e instanceof ErrnoError) {
+    if (e.code === "ENOMEM") return { error: Text.digestAlloc };
+    // The C broker reads with pread: report what pread says about this descriptor (a
+    // write-only one gives EBADF, where mmap says EACCES).
+    const probe = new Uint8Array(1);
+    const n = libc.symbols.pread(fd, probe, 1n, 0n);
+    if (n < 0) return { error: digestReadFailedText(strerror(errno())) };
+    if (n === 0n) return { error: Text.digestShortRead };
+    return { error: digestReadFailedText(e.description) };
+  }
+  return { error: digestReadFailedText((e as Error).message) };
 }
 
 interface Pending {
   resolve: (o: HashOutcome) => void;
   peer: number | string;
+  job: HashJob;
+  /** The Worker that holds the job's hash state once its first turn ran (-1 before). */
+  worker: number;
 }
+
+/** Bytes a Worker hashes of one job before it takes the next job in turn. */
+export const HASH_TURN = 256 << 20;
 
 /**
  * Hashes objects up to `inlineLimit` bytes on the calling thread and larger ones on Workers,
@@ -122,7 +135,7 @@ export class HashPool {
     this.#byPeer.set(peer, held + 1);
     const job: HashJob = { id: this.#nextId++, fd, size };
     return new Promise<HashOutcome>((resolve) => {
-      this.#pending.set(job.id, { resolve, peer });
+      this.#pending.set(job.id, { resolve, peer, job, worker: -1 });
       this.#queue.push(job);
       this.#dispatch();
     });
@@ -134,14 +147,20 @@ export class HashPool {
     else map.set(peer, n);
   }
 
-  /** The queued job of the peer with the fewest jobs running (oldest first among equals). */
-  #nextJob(): HashJob | undefined {
+  /**
+   * The queued job Worker `w` may take (a new one, or one whose hash state it holds) of the peer
+   * with the fewest jobs running (oldest first among equals; a job back from a turn is last).
+   */
+  #nextJob(w: number): HashJob | undefined {
     let best = -1;
     let bestRunning = Infinity;
     for (let i = 0; i < this.#queue.length && bestRunning > 0; i++) {
       const job = this.#queue[i];
-      const peer = job === undefined ? "-" : this.#pending.get(job.id)?.peer ?? "-";
-      const running = this.#running.get(peer) ?? 0;
+      const p = job === undefined ? undefined : this.#pending.get(job.id);
+      if (p !== undefined && p.worker >= 0 && p.worker !== w) continue;
+      const peer = p?.peer ?? "-";
+      // Fewest running first; among equals, the peer with fewer jobs in flight.
+      const running = (this.#running.get(peer) ?? 0) + (this.#byPeer.get(peer) ?? 0) / 1024;
       if (running < bestRunning) [best, bestRunning] = [i, running];
     }
     return best < 0 ? undefined : this.#queue.splice(best, 1)[0];
@@ -157,14 +176,16 @@ export class HashPool {
   }
 
   #dispatch(): void {
-    while (this.#queue.length > 0) {
-      let w = this.#busy.findIndex((n) => n === 0);
-      if (w < 0 && this.#workers.length < this.#size) w = this.#spawn();
-      if (w < 0) return;
-      const job = this.#nextJob();
-      if (job === undefined) return;
+    // Workers are started in order, so a free slot past the last one is the next to start.
+    for (let w = 0; w < this.#size && this.#queue.length > 0; w++) {
+      if (w < this.#busy.length && this.#busy[w] !== 0) continue;
+      const job = this.#nextJob(w);
+      if (job === undefined) continue;
+      if (w >= this.#workers.length) w = this.#spawn();
+      const p = this.#pending.get(job.id);
+      if (p !== undefined) p.worker = w;
       this.#busy[w] = job.id;
-      this.#count(this.#running, this.#pending.get(job.id)?.peer ?? "-", 1);
+      this.#count(this.#running, p?.peer ?? "-", 1);
       this.#workers[w]?.postMessage(job);
     }
   }
@@ -174,10 +195,15 @@ export class HashPool {
     const index = this.#workers.length;
     this.#workers.push(worker);
     this.#busy.push(0);
-    worker.onmessage = (e: MessageEvent<{ id: number } & HashOutcome>): void => {
-      const { id, ...outcome } = e.data;
+    worker.onmessage = (e: MessageEvent<{ id: number; more?: boolean } & HashOutcome>): void => {
+      const { id, more, ...outcome } = e.data;
       this.#busy[index] = 0;
-      this.#settle(id, outcome as HashOutcome);
+      const p = this.#pending.get(id);
+      if (more === true && p !== undefined) {
+        // A turn is over: the job waits behind the others (on this Worker, which holds its state).
+        this.#count(this.#running, p.peer, -1);
+        this.#queue.push(p.job);
+      } else this.#settle(id, outcome as HashOutcome);
       this.#dispatch();
     };
     worker.onerror = (e: ErrorEvent): void => {
@@ -190,15 +216,13 @@ export class HashPool {
     return index;
   }
 
-  /** Stop the Workers. Jobs still queued are answered by hashing inline. */
+  /** Stop the Workers. Jobs queued or running are answered `broker is shutting down`. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const w of this.#workers) w.terminate();
-    for (const [id, p] of this.#pending) {
-      const job = this.#queue.find((j) => j.id === id);
-      p.resolve(job ? digestOrError(job.fd, job.size) : { error: Text.shuttingDown });
-    }
+    // Queued jobs are refused too, never hashed here: a queued terabyte would hold the stop.
+    for (const p of this.#pending.values()) p.resolve({ error: Text.shuttingDown });
     this.#pending.clear();
     this.#byPeer.clear();
     this.#running.clear();

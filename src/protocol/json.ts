@@ -5,7 +5,7 @@
  * @module
  */
 
-import { utf8Length } from "./names.ts";
+import { isC1, utf8Length } from "./names.ts";
 
 const ESCAPES: Record<number, string> = {
   0x08: "\\b",
@@ -29,8 +29,9 @@ function plain(s: string): boolean {
 /**
  * A JSON string literal for a binary string (one character per byte), itself a binary string of
  * UTF-8 bytes. As in the C broker: `\\ \" \b \f \n \r \t`, other bytes below 0x20 as `\u00xx`,
- * valid UTF-8 kept raw, and the value ends at the first NUL. Unlike the C broker, DEL (0x7f) is
- * escaped too and every byte that is not part of valid UTF-8 becomes `\ufffd`, so the result is
+ * valid UTF-8 kept raw, and the value ends at the first NUL. Unlike the C broker, DEL (0x7f) and
+ * the C1 controls (U+0080-U+009F) are escaped too and every byte that is not part of valid UTF-8
+ * becomes `\ufffd`, so the result is
  * valid JSON on one line whatever bytes the value holds (the C broker writes such bytes raw,
  * which makes the line invalid JSON). Characters above U+00FF (from JavaScript texts) are written
  * as `\u` escapes. `null` gives `null`.
@@ -75,6 +76,12 @@ export function jsonString(s: string | null): string {
     if (n === 0) {
       out += "\\ufffd";
       i++;
+      continue;
+    }
+    if (isC1(byteAt, i)) {
+      // A C1 control (U+0080-U+009F) would be a terminal escape for whoever tails the log.
+      out += "\\u00" + byteAt(i + 1).toString(16);
+      i += 2;
       continue;
     }
     out += s.slice(i, i + n);

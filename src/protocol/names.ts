@@ -5,8 +5,9 @@
  * the JSONL audit log, the `MEMFDBUS_NAME` environment variable of `exec`, terminals. A name
  * holding a TAB or a newline forges LIST lines; an escape byte rewrites a terminal; invalid UTF-8
  * cannot be represented faithfully in JSON. So a name or job id must be valid UTF-8 without
- * control characters (bytes 0x00-0x1f and 0x7f). The broker refuses any other at PUT (names, owner
- * and allowed job ids) and in the job id of every request. Pure: no I/O.
+ * control characters (bytes 0x00-0x1f and 0x7f, and the C1 controls U+0080-U+009F, which a terminal
+ * in UTF-8 mode may run as escape sequences: U+009B is CSI). The broker refuses any other at PUT
+ * (names, owner and allowed job ids) and in the job id of every request. Pure: no I/O.
  *
  * @module
  */
@@ -43,6 +44,14 @@ export function utf8Length(at: (i: number) => number, i: number, end: number): n
 }
 
 /**
+ * Whether the valid UTF-8 sequence at `i` is a C1 control character (U+0080-U+009F: 0xc2 then
+ * 0x80-0x9f).
+ */
+export function isC1(at: (i: number) => number, i: number): boolean {
+  return at(i) === 0xc2 && at(i + 1) >= 0x80 && at(i + 1) <= 0x9f;
+}
+
+/**
  * Why `bytes` cannot be a name or job id under the rule above, or null when they can. NUL bytes
  * and empty values have their own (C broker) texts and are checked before this.
  *
@@ -67,6 +76,10 @@ export function nameProblem(bytes: Uint8Array, kind: NameKind): string | null {
     }
     const n = utf8Length(at, i, bytes.length);
     if (n === 0) return `${kind} must be valid UTF-8 (invalid byte ${hex(b)} at byte ${i})`;
+    if (isC1(at, i)) {
+      const code = (at(i + 1) & 0xff).toString(16).padStart(4, "0");
+      return `${kind} must not contain control character U+${code} (at byte ${i})`;
+    }
     i += n;
   }
   return null;
@@ -88,7 +101,7 @@ export function isPrintableName(binary: string): boolean {
     const b = at(i);
     if (b < 0x20 || b === 0x7f || binary.charCodeAt(i) > 0xff) return false;
     const n = utf8Length(at, i, binary.length);
-    if (n === 0) return false;
+    if (n === 0 || isC1(at, i)) return false;
     i += n;
   }
   return true;

@@ -1,11 +1,23 @@
 /**
  * Issue 10, point 2: a sparse sealed memfd costs the broker no memory (hashing reads with pread,
- * holes are never faulted in), and one uid cannot queue digests without bound. Against a real
- * broker process.
+ * holes are never faulted in), and one uid cannot queue digests without bound, nor hold the hash
+ * Worker with huge objects (it hashes in turns). Against a real broker process.
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { BrokerProcess, digestOf, enc, RawClient, request, tempDir } from "../support/harness.ts";
+import {
+  BrokerProcess,
+  digestOf,
+  enc,
+  fdTable,
+  RawClient,
+  request,
+  tempDir,
+} from "../support/harness.ts";
+import { putRequest as wirePut } from "../support/wire.ts";
+import { waitFor } from "../support/wait.ts";
+import { Agent, hex, SKIP } from "../support/peer_agent.ts";
+import { Client } from "../../src/client.ts";
 import { Memfd } from "../../src/sys/memfd.ts";
 import { libc } from "../../src/ffi.ts";
 import { Cmd } from "../../src/protocol/wire.ts";
@@ -79,4 +91,42 @@ Deno.test("one uid gets at most 4 large digests in flight; the fifth is refused 
   } finally {
     for (const m of objects) m.close();
   }
+});
+
+Deno.test({
+  name:
+    "another uid's four terabyte sparse memfds do not hold the hash Worker: a 2 MiB PUT is verified while they hash",
+  ignore: SKIP,
+  fn: async () => {
+    using dir = tempDir();
+    Deno.chmodSync(dir.path, 0o755);
+    await using b = await BrokerProcess.start(dir.path, ["--socket-mode", "0666"]);
+    await using agent = Agent.start(dir.path, b.socket);
+    // A terabyte of holes costs no memory, but hashing it whole would take the only Worker for
+    // many minutes; the digest sent is wrong, so the attacker need not hash anything itself.
+    const TiB = 2 ** 40;
+    for (let i = 1; i <= 4; i++) {
+      const req = wirePut(`huge${i}`, enc("x"), { size: BigInt(TiB) });
+      assertEquals(
+        await agent.do({ op: "send", req: hex(req), data: "78", sparse: TiB, read: false }),
+        { sent: true, conn: i },
+      );
+    }
+    // The broker holds the four descriptors while it hashes them.
+    await waitFor(
+      () => [...fdTable(b.pid).values()].filter((l) => l.startsWith("/memfd:agent")).length === 4,
+      { what: "the broker holding the four sparse memfds" },
+    );
+    await using c = new Client({ socket: b.socket, keepAlive: false });
+    const bytes = new Uint8Array(2 * MiB).fill(7);
+    const { id } = await c.put(bytes, { name: "victim" });
+    ok(id > 0n);
+    for (let i = 1; i <= 4; i++) {
+      assertEquals(
+        await agent.do({ op: "peek", conn: i }),
+        { ready: false },
+        `huge${i} still hashing`,
+      );
+    }
+  },
 });

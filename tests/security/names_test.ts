@@ -51,6 +51,9 @@ Deno.test("PUT refuses names and job ids with control bytes or invalid UTF-8, na
     ["x\x7f", "", "object name must not contain control byte 0x7f (at byte 1)"],
     ["x\x1b[2J", "", "object name must not contain control byte 0x1b (at byte 1)"],
     ["bad\xff", "", "object name must be valid UTF-8 (invalid byte 0xff at byte 3)"],
+    // U+009B (CSI) in UTF-8: a terminal may run it as an escape sequence.
+    ["ok\xc2\x9b2J", "", "object name must not contain control character U+009b (at byte 2)"],
+    ["ok", "j\xc2\x85", "job id must not contain control character U+0085 (at byte 1)"],
     ["ok", "job\rx", "job id must not contain control byte 0x0d (at byte 3)"],
   ];
   for (const [name, job, want] of cases) {
@@ -73,13 +76,16 @@ Deno.test("PUT refuses names and job ids with control bytes or invalid UTF-8, na
     request({ cmd: Cmd.GET, nameLen: 5 }, bytes('\xff\n\x00"z')),
   );
   assertEquals(get.header.status, Status.NOT_FOUND);
-  await b.waitAudit(cases.length + 3);
+  const c1 = await roundTrip(b.socket, request({ cmd: Cmd.GET, nameLen: 4 }, bytes("\xc2\x9b2J")));
+  assertEquals(c1.header.status, Status.NOT_FOUND);
+  await b.waitAudit(cases.length + 4);
   const decoder = new TextDecoder("utf-8", { fatal: true });
   for (const line of b.lines.slice(1)) {
     ok(!line.includes("\n"));
     JSON.parse(line);
   }
-  const last = b.audit().at(-1);
+  const [last, c1Line] = [b.audit().at(-2), b.lines.at(-1) ?? ""];
   assertEquals(last?.name, "\ufffd\n", "invalid bytes become U+FFFD, the value ends at NUL");
+  ok(c1Line.includes('"name":"\\u009b2J"'), `a C1 control is escaped in the log: ${c1Line}`);
   decoder.decode(new TextEncoder().encode(b.lines.join("\n")));
 });

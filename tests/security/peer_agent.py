@@ -5,8 +5,11 @@
 #       connect, send the request bytes (with a sealed memfd holding DATA when given) and,
 #       with read, wait for the reply header and its text: {"status": N, "text": "..."};
 #       without, keep the connection open: {"sent": true}
-#       ({"sent": true, "conn": N}, N numbering the agent's connections from 1)
+#       ({"sent": true, "conn": N}, N numbering the agent's connections from 1);
+#       with "sparse": SIZE the memfd is grown to SIZE bytes of holes before it is sealed
 #   {"op": "peek", "conn": N}             does connection N have reply bytes to read? {"ready": b}
+#       with "inspect": true as well, a descriptor in the reply is looked at and closed:
+#       {"status": N, "fd": {"uid": ITS OWNER UID, "link": "/memfd:NAME (deleted)"} or null}
 #   {"op": "drain", "conn": N}            read connection N's reply header and its whole text:
 #       {"status": N, "bytes": LENGTH, "sha256": HEX} (LIST replies of many MiB are fine)
 # Connections stay open until the agent exits (stdin closes).
@@ -67,6 +70,8 @@ for line in sys.stdin:
     if data is not None:
         fd = os.memfd_create("agent", os.MFD_ALLOW_SEALING)
         os.write(fd, bytes.fromhex(data))
+        if cmd.get("sparse"):
+            os.ftruncate(fd, cmd["sparse"])
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
         socket.send_fds(s, [req], [fd])
         os.close(fd)
@@ -74,6 +79,18 @@ for line in sys.stdin:
         s.sendall(req)
     if not cmd.get("read"):
         print(json.dumps({"sent": True, "conn": len(held)}), flush=True)
+        continue
+    if cmd.get("inspect"):
+        msg, anc, _, _ = s.recvmsg(48, socket.CMSG_SPACE(16))
+        header = msg + read_exact(s, 48 - len(msg))
+        fds = [f for _, _, d in anc for f in struct.unpack("<%di" % (len(d) // 4), d)]
+        seen = None
+        if fds:
+            st = os.fstat(fds[0])
+            seen = {"uid": st.st_uid, "link": os.readlink("/proc/self/fd/%d" % fds[0])}
+        for f in fds:
+            os.close(f)
+        print(json.dumps({"status": struct.unpack_from("<I", header, 8)[0], "fd": seen}), flush=True)
         continue
     header = read_exact(s, 48)
     if len(header) < 48:

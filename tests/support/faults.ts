@@ -83,6 +83,7 @@ const VARIABLE_TEXTS: readonly RegExp[] = [
   /^fstat failed: [A-Za-z].*$/,
   /^digest verification read failed: [A-Za-z].*$/,
   /^(object name|job id|allowed job id) must not contain control byte 0x[0-9a-f]{2} \(at byte \d+\)$/,
+  /^(object name|job id|allowed job id) must not contain control character U\+00[89][0-9a-f] \(at byte \d+\)$/,
   /^(object name|job id|allowed job id) must be valid UTF-8 \(invalid byte 0x[0-9a-f]{2} at byte \d+\)$/,
   /^too many digests in flight for this peer \(.*\): retry later$/,
 ];
