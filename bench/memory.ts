@@ -2,7 +2,9 @@
  * Broker memory per stored object, measured without garbage: an in-process broker holds N
  * objects published by a client in the same process, and the JavaScript heap and RSS are read
  * after forced garbage collections before and after. Run with `--v8-flags=--expose-gc`; prints
- * one JSON line. Used by bench/bench.ts.
+ * one JSON line. Used by bench/bench.ts. Arguments: the object count (10000) and, optionally, the
+ * name length in bytes (default: short names `obj-<i>`, 5 to 8 bytes), as used to measure the
+ * per-object metadata charge of `--max-metadata-bytes` (src/core/store.ts).
  *
  * @module
  */
@@ -13,6 +15,7 @@ import { digestBytes } from "../src/hash/digest.ts";
 import { Memfd } from "../src/sys/memfd.ts";
 
 const count = Number(Deno.args[0] ?? "10000");
+const nameBytes = Deno.args[1] === undefined ? 0 : Number(Deno.args[1]);
 const gc = (globalThis as { gc?: () => void }).gc;
 if (gc === undefined) throw new Error("run with --v8-flags=--expose-gc");
 
@@ -30,8 +33,10 @@ using memfd = Memfd.create("m");
 memfd.writeAll(bytes);
 memfd.seal();
 const digest = digestBytes(bytes);
+const nameOf = (i: number): string =>
+  nameBytes === 0 ? `obj-${i}` : `obj-${i}-`.padEnd(nameBytes, "n");
 const put = (i: number): Promise<bigint> =>
-  client.putSealed(memfd.fd, { size: 16, digest, name: new TextEncoder().encode(`obj-${i}`) });
+  client.putSealed(memfd.fd, { size: 16, digest, name: new TextEncoder().encode(nameOf(i)) });
 
 // Warm up code paths and caches, then measure the store alone.
 for (let i = 0; i < 200; i++) await client.drop(await put(i));
@@ -43,6 +48,7 @@ await broker.close();
 Deno.removeSync(dir, { recursive: true });
 console.log(JSON.stringify({
   count,
+  nameBytes: nameBytes === 0 ? `obj-${count - 1}`.length : nameBytes,
   heapPerObject: (after.heap - before.heap) / count,
   rssPerObject: (after.rss - before.rss) / count,
 }));

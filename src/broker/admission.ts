@@ -55,8 +55,11 @@ export interface PeerLedger {
   parking(conn: Conn): string | null;
   /** A parked request is no longer parked (answered, expired, closed). */
   unparked(conn: Conn): void;
-  /** Would one more object of `size` bytes take `uid` past its share? The text, or null. */
-  storing(uid: number | undefined, size: number): string | null;
+  /**
+   * Would one more object of `size` bytes, charged `metadata` metadata bytes, take `uid` past its
+   * share? The text, or null.
+   */
+  storing(uid: number | undefined, size: number, metadata?: number): string | null;
   /** A WATCH asks to become a stream: the refusal text, or null (then it is counted). */
   watching?(conn: Conn): string | null;
   /** The USAGE report for `conn`'s peer asking as `caller`. */

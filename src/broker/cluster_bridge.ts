@@ -254,6 +254,7 @@ export class ClusterBridge implements ClusterSeam, AsyncDisposable {
       size: v.size,
       digest: v.digest,
       owner: v.owner,
+      allowed: v.allowed,
       uid: null,
     };
     // A copy the governor would refuse costs no transfer (it decides again once the bytes are here).

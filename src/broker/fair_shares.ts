@@ -288,14 +288,15 @@ export class FairShares implements PeerLedger {
   }
 
   /**
-   * Would one more object of `size` bytes take `uid` past its store share? The refusal text, or
-   * null (also for an unknown uid).
+   * Would one more object of `size` bytes, charged `cost` metadata bytes, take `uid` past its
+   * store share? The refusal text, or null (also for an unknown uid).
    */
-  storing(uid: number | undefined, size: number): string | null {
+  storing(uid: number | undefined, size: number, cost = 0): string | null {
     if (uid === undefined) return null;
     const share = this.#share(uid);
     if (share === null) return null;
-    return storeShareProblem(uid, share, { ...this.#governor.uidUsage(uid), size });
+    const metadata = this.#governor.uidMetadata(uid);
+    return storeShareProblem(uid, share, { ...this.#governor.uidUsage(uid), size, metadata, cost });
   }
 }
 

@@ -123,8 +123,8 @@ class ConnContext implements RequestContext {
     this.cluster = deps.cluster;
   }
 
-  storeShare(size: number): string | null {
-    return this.#p.ledger?.storing(this.#conn.peer?.uid, size) ?? null;
+  storeShare(size: number, metadata?: number): string | null {
+    return this.#p.ledger?.storing(this.#conn.peer?.uid, size, metadata) ?? null;
   }
 
   watchShare(): string | null {

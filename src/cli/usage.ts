@@ -139,6 +139,8 @@ options (default):
   --max-request-bytes N      largest request (no limit)
   --max-list-bytes N         largest LIST reply (no limit)
   --max-total-bytes N        most bytes stored at once (no limit)
+  --max-metadata-bytes N     most bytes of names, job ids and per-object records held
+                             (1073741824; 3/4 of it per uid)
   --listen-backlog N         listen(2) backlog (128)
   --max-clients N            connections served at once (128)
   --request-timeout-ms N     close a connection that has not completed its request (10000)

@@ -5,15 +5,15 @@
  * the caller reads the file.
  *
  * Keys (all optional): socket, socketMode ("0600"), maxNameBytes, maxObjects, maxRequestBytes,
- * maxListBytes, maxTotalBytes, listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
+ * maxListBytes, maxTotalBytes, maxMetadataBytes (a byte count: 1073741824 or "1GiB"), listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
  * maxWaitMs, maxWaiters, maxWatchers, readOnlyFds,
  * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
  * pin (["model/*", "config.json"]: eviction never releases their versions),
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
  * "jobs": { "trainer": {..} } }), peerLimits ({ "connections": 96, "waits": 768, "watchers": 48,
- * "replyBytes": 16777216, "replyFds": 64 }: per uid; 3/4 of maxClients, maxWaiters and maxWatchers
- * by default), evict ("superseded" or "none"), dedup, metrics
+ * "replyBytes": 16777216, "replyFds": 64, "metadataBytes": "768MiB" }: per uid; 3/4 of
+ * maxClients, maxWaiters, maxWatchers and maxMetadataBytes by default), evict ("superseded" or "none"), dedup, metrics
  * ("127.0.0.1:9464" or a socket path), unlistedJobs ("deny" or "allow"), reserve
  * ({ "model/": "trainer", "report.csv": "ci", "tmp-*": "scratch" }: a key ending in / or * is a
  * prefix). A policy file (--policy) may hold only auditPeer, requireJob, protectNames, jobs,
@@ -213,9 +213,11 @@ function quotas(node: Node, fail: Fail): Quotas {
 function peerLimits(node: Node, fail: Fail): PeerLimits {
   if (node.type !== "object") {
     return fail(
-      'expected an object with "connections", "waits", "watchers", "replyBytes" and/or "replyFds"',
+      'expected an object with "connections", "waits", "watchers", "replyBytes", "replyFds" ' +
+        'and/or "metadataBytes"',
     );
   }
+  let metadataBytes: bigint | null = null;
   const out: Record<string, number | null> = {
     connections: null,
     waits: null,
@@ -223,8 +225,16 @@ function peerLimits(node: Node, fail: Fail): PeerLimits {
     replyBytes: null,
     replyFds: null,
   };
+  const known = [...Object.keys(out), "metadataBytes"];
   for (const [k, v] of members(node)) {
-    if (!(k in out)) return fail(unknownKey(k, Object.keys(out)), v);
+    if (!known.includes(k)) return fail(unknownKey(k, known), v);
+    if (k === "metadataBytes") {
+      metadataBytes = byteCount(v);
+      if (metadataBytes === null) {
+        return fail(`${k}: expected a byte count such as 805306368 or "768MiB"`, v);
+      }
+      continue;
+    }
     if (k === "replyBytes") {
       // A byte count, as everywhere else in the config: 16777216 or "16MiB".
       const n = byteCount(v);
@@ -245,6 +255,7 @@ function peerLimits(node: Node, fail: Fail): PeerLimits {
     watchers: out.watchers ?? null,
     replyBytes: out.replyBytes ?? null,
     replyFds: out.replyFds ?? null,
+    metadataBytes,
   };
 }
 
@@ -300,6 +311,11 @@ const KEYS: Readonly<Record<string, Apply>> = {
   maxRequestBytes: integer(U32_MAX, (o, v) => (o.maxRequestBytes = Number(v))),
   maxListBytes: integer(U32_MAX, (o, v) => (o.maxListBytes = Number(v))),
   maxTotalBytes: integer(U64_MAX, (o, v) => (o.maxTotalBytes = v)),
+  maxMetadataBytes: (o, node, fail) => {
+    const v = byteCount(node);
+    if (v === null) return fail('expected a byte count such as 1073741824 or "1GiB"');
+    o.maxMetadataBytes = v;
+  },
   listenBacklog: integer(INT_MAX, (o, v) => (o.listenBacklog = Number(v))),
   maxClients: integer(U64_MAX, (o, v) => (o.maxClients = Number(v))),
   requestTimeoutMs: integer(INT_MAX, (o, v) => (o.requestTimeoutMs = Number(v))),

@@ -12,7 +12,12 @@
  *   read from (no new requests start) until its replies drain;
  * - objects and bytes stored (`--max-objects`, `--max-total-bytes`): these are the governance
  *   module's per-uid quotas (`quotas.perUid`, `quotas.uids`); when the config sets none, the
- *   3/4 share applies.
+ *   3/4 share applies;
+ * - object metadata held (`--max-metadata-bytes`), configured as `peerLimits.metadataBytes`:
+ *   the summed metadata charges (name, owner and allowed job bytes plus a fixed per-object
+ *   overhead, `metadataCost` in src/core/store.ts) of the objects the uid published. Contents
+ *   are shared by dedup but names are not, so without it a uid could fill the broker's heap with
+ *   tiny deduplicated objects under long names.
  *
  * Jobs the policy binds (`jobs`) hold shares too, whoever claims them: objects and bytes (3/4 of
  * `--max-objects` and `--max-total-bytes` unless `quotas.jobs` names the job; refused by the
@@ -45,6 +50,8 @@ export interface PeerLimits {
   readonly replyBytes?: number | null;
   /** Unsent replies with a descriptor one uid may hold before it is not read from (null: 64). */
   readonly replyFds?: number | null;
+  /** Metadata bytes one uid's objects may be charged, or null for 3/4 of `maxMetadataBytes`. */
+  readonly metadataBytes?: bigint | null;
 }
 
 /** Default of `peerLimits.replyBytes`. */
@@ -59,6 +66,7 @@ export const DEFAULT_PEER_LIMITS: PeerLimits = {
   watchers: null,
   replyBytes: null,
   replyFds: null,
+  metadataBytes: null,
 };
 
 /** The broker-wide limits the default shares are taken from. */
@@ -73,6 +81,8 @@ export interface GlobalLimits {
   readonly maxObjects: bigint;
   /** --max-total-bytes. */
   readonly maxTotalBytes: bigint;
+  /** --max-metadata-bytes (absent: metadata is not limited per uid). */
+  readonly maxMetadataBytes?: bigint;
 }
 
 /** The default share of a limit: 3/4, rounded down, at least 1. */
@@ -104,6 +114,8 @@ export interface UidShare {
   readonly replyFds: number;
   /** Objects and bytes, or null for none (an exempt uid without a quota entry). */
   readonly store: QuotaLimits | null;
+  /** Metadata bytes ({@link storeShareProblem}), or null for none (exempt uids). */
+  readonly metadataBytes: bigint | null;
   /** The config key of the store limit, for refusal texts. */
   readonly storeKey: string;
 }
@@ -142,6 +154,7 @@ export function shareFor(
       replyFds: Infinity,
       store,
       storeKey,
+      metadataBytes: null,
     };
   }
   return {
@@ -153,6 +166,8 @@ export function shareFor(
     replyFds: rules.peerLimits.replyFds ?? DEFAULT_REPLY_FDS,
     store,
     storeKey,
+    metadataBytes: rules.peerLimits.metadataBytes ??
+      (g.maxMetadataBytes === undefined ? null : shareOfBig(g.maxMetadataBytes)),
   };
 }
 
@@ -175,19 +190,35 @@ export function shareText(
 }
 
 /**
- * Would storing one more object of `size` bytes exceed the store share? Returns the refusal
- * text, or null.
+ * Would storing one more object of `size` bytes, charged `cost` metadata bytes, exceed the
+ * store share? Returns the refusal text, or null. The metadata refusal reads e.g.
+ * `uid 65534 has 196608 of 200000 metadata bytes (the per-uid limit, peerLimits.metadataBytes);
+ * this put needs 66304`.
  *
  * @param uid the publisher
  * @param share its limits
- * @param usage what it holds now, and the size of the new object
+ * @param usage what it holds now (objects, bytes, metadata charges), and the new object's size
+ *   and metadata charge (absent: 0)
  */
 export function storeShareProblem(
   uid: number,
   share: UidShare,
-  usage: { readonly objects: number; readonly bytes: number; readonly size: number },
+  usage: {
+    readonly objects: number;
+    readonly bytes: number;
+    readonly size: number;
+    readonly metadata?: number;
+    readonly cost?: number;
+  },
 ): string | null {
   const size = usage.size;
+  const m = share.metadataBytes;
+  const held = usage.metadata ?? 0;
+  const cost = usage.cost ?? 0;
+  if (m !== null && BigInt(held) + BigInt(cost) > m) {
+    return shareText(uid, "metadata bytes", { held, max: m }, "peerLimits.metadataBytes") +
+      `; this put needs ${cost}`;
+  }
   const q = share.store;
   if (q === null) return null;
   if (q.objects !== null && BigInt(usage.objects) + 1n > q.objects) {

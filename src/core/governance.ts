@@ -19,7 +19,7 @@
  */
 
 import type { StoredObject } from "./store.ts";
-import type { Store } from "./store.ts";
+import { metadataCost, type Store } from "./store.ts";
 
 /** A limit on what one holder (a job, a uid, the broker) may store; null: unlimited. */
 export interface QuotaLimits {
@@ -79,6 +79,11 @@ export interface GovernanceRules {
   readonly maxObjects: bigint;
   /** Most bytes stored, counted by unique content (--max-total-bytes). */
   readonly maxTotalBytes: bigint;
+  /**
+   * Most bytes of object metadata held, summed over `metadataCost` (--max-metadata-bytes).
+   * Absent: no limit.
+   */
+  readonly maxMetadataBytes?: bigint;
 }
 
 /** No quotas at all. */
@@ -118,6 +123,8 @@ export interface PutRequest {
   readonly digest: string;
   /** The owner job, or null. */
   readonly owner: string | null;
+  /** The allowed job, or null (absent: null). */
+  readonly allowed?: string | null;
   /** The publisher's uid, or null when the broker did not look it up. */
   readonly uid: number | null;
 }
@@ -220,6 +227,8 @@ export class Governor {
   readonly #store: Store;
   readonly #jobs = new Map<string, Account>();
   readonly #uids = new Map<number, Account>();
+  /** Metadata charges ({@link metadataCost}) per publisher uid. */
+  readonly #uidMetadata = new Map<number, number>();
   /** The rules in force. */
   readonly rules: GovernanceRules;
 
@@ -252,6 +261,11 @@ export class Governor {
     return { objects: a?.objects ?? 0, bytes: a?.bytes ?? 0 };
   }
 
+  /** The metadata charges ({@link metadataCost}) of the objects a uid published (0: none). */
+  uidMetadata(uid: number): number {
+    return this.#uidMetadata.get(uid) ?? 0;
+  }
+
   /** Every job holding something, with its usage. */
   jobs(): IterableIterator<[string, Usage]> {
     return this.#jobs.entries();
@@ -270,13 +284,21 @@ export class Governor {
   /** Account for an object the store just took (after {@link Store.add} or a restore). */
   added(obj: StoredObject): void {
     if (obj.owner !== null) charge(this.#jobs, obj.owner, obj);
-    if (obj.uid !== undefined) charge(this.#uids, obj.uid, obj);
+    if (obj.uid !== undefined) {
+      charge(this.#uids, obj.uid, obj);
+      this.#uidMetadata.set(obj.uid, this.uidMetadata(obj.uid) + metadataCost(obj));
+    }
   }
 
   /** Account for an object the store just let go (drop, release, eviction). */
   removed(obj: StoredObject): void {
     if (obj.owner !== null) discharge(this.#jobs, obj.owner, obj);
-    if (obj.uid !== undefined) discharge(this.#uids, obj.uid, obj);
+    if (obj.uid !== undefined) {
+      discharge(this.#uids, obj.uid, obj);
+      const left = this.uidMetadata(obj.uid) - metadataCost(obj);
+      if (left > 0) this.#uidMetadata.set(obj.uid, left);
+      else this.#uidMetadata.delete(obj.uid);
+    }
   }
 
   /**
@@ -324,7 +346,8 @@ export class Governor {
 
   /**
    * Decide on a PUT whose digest the broker verified. Checks, in order: the owner job's quota,
-   * the publisher uid's quota, the broker's object and byte limits. Retention of the name counts
+   * the publisher uid's quota, the broker's object and byte limits, then the broker's metadata
+   * limit (`maxMetadataBytes`; never relieved by eviction, only by retention). Retention of the name counts
    * as freed room; with `evict: "superseded"` superseded versions are evicted (least recently
    * fetched first) where that makes room, and the PUT is refused only when evicting everything
    * evictable would not. A job's or uid's pressure evicts only its own objects. Objects the
@@ -389,6 +412,14 @@ export class Governor {
     for (const scope of scopes) {
       const refusal = this.#fit(scope, put, sharedFd, gone, order, evict);
       if (refusal !== null) return { ok: false, limit: scope.limit, text: refusal };
+    }
+    if (this.rules.maxMetadataBytes !== undefined) {
+      let freed = 0;
+      for (const obj of gone) freed += metadataCost(obj);
+      const cost = metadataCost({ name: put.name, owner: put.owner, allowed: put.allowed ?? null });
+      if (BigInt(store.metadataBytes - freed + cost) > this.rules.maxMetadataBytes) {
+        return { ok: false, limit: "broker", text: GovText.brokerQuota };
+      }
     }
     return { ok: true, sharedFd, release, evict };
   }

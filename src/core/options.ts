@@ -59,6 +59,15 @@ export function parseMetricsAddress(value: string): MetricsAddress | null {
 }
 
 /**
+ * Default of `--max-metadata-bytes`: 1 GiB. Deno's default V8 heap limit is about 4 GiB on a
+ * 64-bit host with enough memory (`heap_size_limit` 4,395,630,592 bytes here, Deno 2.9.6), and
+ * less on small hosts or under `--max-old-space-size`; metadata charges approximate the heap the
+ * objects retain (see `OBJECT_OVERHEAD_BYTES`), so 1 GiB leaves three quarters of the default
+ * heap for replies, LIST snapshots, hashing and garbage. A hostile uid's share is 768 MiB.
+ */
+export const DEFAULT_MAX_METADATA_BYTES: bigint = 1n << 30n;
+
+/**
  * Everything that configures a broker.
  *
  * @example Defaults with a few changes
@@ -81,6 +90,13 @@ export interface BrokerOptions {
   maxListBytes: number;
   /** Most bytes stored at once (--max-total-bytes). */
   maxTotalBytes: bigint;
+  /**
+   * Most bytes of object metadata held at once (--max-metadata-bytes, 1 GiB): each object is
+   * charged its name, owner and allowed job bytes plus a fixed overhead (`metadataCost` in
+   * src/core/store.ts). Bounds the broker's heap, which names live on whatever dedup shares.
+   * Each uid other than root and the broker's own may hold 3/4 (`peerLimits.metadataBytes`).
+   */
+  maxMetadataBytes: bigint;
   /** listen(2) backlog (--listen-backlog). */
   listenBacklog: number;
   /** Most connections open at once (--max-clients). */
@@ -157,6 +173,7 @@ export function defaultBrokerOptions(): BrokerOptions {
     maxRequestBytes: Number(U32_MAX),
     maxListBytes: Number(U32_MAX),
     maxTotalBytes: U64_MAX,
+    maxMetadataBytes: DEFAULT_MAX_METADATA_BYTES,
     listenBacklog: 128,
     maxClients: 128,
     requestTimeoutMs: 10_000,
@@ -213,6 +230,7 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--max-request-bytes": num(U32_MAX, (o, n) => (o.maxRequestBytes = n)),
   "--max-list-bytes": num(U32_MAX, (o, n) => (o.maxListBytes = n)),
   "--max-total-bytes": big(U64_MAX, (o, n) => (o.maxTotalBytes = n)),
+  "--max-metadata-bytes": big(U64_MAX, (o, n) => (o.maxMetadataBytes = n)),
   "--listen-backlog": num(INT_MAX, (o, n) => (o.listenBacklog = n)),
   "--max-clients": num(U64_MAX, (o, n) => (o.maxClients = n)),
   "--request-timeout-ms": num(INT_MAX, (o, n) => (o.requestTimeoutMs = n)),

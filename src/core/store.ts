@@ -1,6 +1,6 @@
 /**
  * The broker's object store: ids in ascending order, O(1) lookup by id and by newest name, and
- * the object-count and total-byte quotas, the shared contents (several objects on one memfd when
+ * the object-count, total-byte and metadata quotas, the shared contents (several objects on one memfd when
  * their verified digests are equal) and when each object was last fetched. Pure bookkeeping;
  * descriptors are opened and closed by the caller.
  *
@@ -94,6 +94,43 @@ export interface StoreQuota {
   readonly maxObjects: bigint;
   /** Most bytes stored at once, summed over object sizes (--max-total-bytes). */
   readonly maxTotalBytes: bigint;
+  /**
+   * Most bytes of object metadata held at once, summed over {@link metadataCost}
+   * (--max-metadata-bytes). Absent: no limit.
+   */
+  readonly maxMetadataBytes?: bigint;
+}
+
+/**
+ * The broker heap one stored object takes besides its name and job ids, in bytes: its record,
+ * its entries in the store's maps, its digest string and the per-name version list. Measured
+ * with bench/memory.ts (an in-process broker; heap after forced garbage collections, before and
+ * after storing N deduplicated 16-byte objects; `deno run -A --v8-flags=--expose-gc
+ * bench/memory.ts N [NAME_BYTES]`): 432 and 438 B retained per object with 8- and 9-byte names
+ * (423 to 430 B besides the name), 1,454 B with 1,024-byte names (430 B besides), and 66,083 to
+ * 66,255 B with 65,536-byte names (547 to 719 B besides). Rounded up to cover every run.
+ */
+export const OBJECT_OVERHEAD_BYTES = 768;
+
+/** The fields of an object its metadata charge is taken from. */
+export interface MetadataFields {
+  /** The object name (binary string). */
+  readonly name: string;
+  /** The owner job (binary string), or null. */
+  readonly owner: string | null;
+  /** The allowed job (binary string), or null. */
+  readonly allowed: string | null;
+}
+
+/**
+ * What one object is charged against `--max-metadata-bytes` and the per-uid metadata shares:
+ * its name bytes, owner and allowed job bytes, plus {@link OBJECT_OVERHEAD_BYTES}. Contents are
+ * shared by dedup, names never are: a deduplicated object costs its full metadata charge. For
+ * example a 3-byte name without jobs costs 3 + 768 bytes.
+ */
+export function metadataCost(obj: MetadataFields): number {
+  return obj.name.length + (obj.owner?.length ?? 0) + (obj.allowed?.length ?? 0) +
+    OBJECT_OVERHEAD_BYTES;
 }
 
 /**
@@ -114,6 +151,7 @@ export class Store {
   #nextId = 1;
   #totalBytes = 0;
   #uniqueBytes = 0;
+  #metadataBytes = 0;
 
   /**
    * @param quota the limits {@link Store.exceedsQuota} checks
@@ -140,18 +178,39 @@ export class Store {
     return this.#uniqueBytes;
   }
 
+  /** Sum of the stored objects' {@link metadataCost} charges. */
+  get metadataBytes(): number {
+    return this.#metadataBytes;
+  }
+
+  /** The metadata limit (--max-metadata-bytes), or null for none. */
+  get maxMetadataBytes(): bigint | null {
+    return this.#quota.maxMetadataBytes ?? null;
+  }
+
   /** The id the next PUT will get. */
   get nextId(): number {
     return this.#nextId;
   }
 
   /**
-   * True when adding an object of `size` bytes would pass --max-objects or --max-total-bytes
-   * (a size exactly filling the remaining room fits).
+   * True when adding an object of `size` bytes would pass --max-objects or --max-total-bytes,
+   * or, with `metadata` (its {@link metadataCost}), --max-metadata-bytes (a size or charge
+   * exactly filling the remaining room fits).
    */
-  exceedsQuota(size: number): boolean {
+  exceedsQuota(size: number, metadata = 0): boolean {
     return BigInt(this.#byId.size) >= this.#quota.maxObjects ||
-      BigInt(size) > this.#quota.maxTotalBytes - BigInt(this.#totalBytes);
+      BigInt(size) > this.#quota.maxTotalBytes - BigInt(this.#totalBytes) ||
+      this.exceedsMetadata(metadata);
+  }
+
+  /**
+   * True when `metadata` more bytes of metadata charges would pass --max-metadata-bytes once
+   * charges of `freed` bytes are released (retention, eviction).
+   */
+  exceedsMetadata(metadata: number, freed = 0): boolean {
+    const max = this.#quota.maxMetadataBytes;
+    return max !== undefined && BigInt(this.#metadataBytes - freed + metadata) > max;
   }
 
   /** Add an object under the next id. The caller checked {@link Store.exceedsQuota}. */
@@ -180,6 +239,7 @@ export class Store {
     if (versions === undefined) this.#byName.set(obj.name, [obj]);
     else versions.push(obj);
     this.#totalBytes += obj.size;
+    this.#metadataBytes += metadataCost(obj);
     const shared = obj.fd >= 0 ? this.#contents.get(obj.fd) : undefined;
     if (shared !== undefined) {
       shared.refs++;
@@ -271,6 +331,7 @@ export class Store {
     this.#byId.delete(obj.id);
     this.#lastFetch.delete(obj.id);
     this.#totalBytes -= obj.size;
+    this.#metadataBytes -= metadataCost(obj);
     const lastRef = this.#release(obj);
     this.#unlinkName(obj);
     return lastRef;

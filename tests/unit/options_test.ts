@@ -104,6 +104,8 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     "18",
     "--max-watchers",
     "19",
+    "--max-metadata-bytes",
+    "20",
   ]);
   const want: BrokerOptions = {
     socket: "/tmp/x.sock",
@@ -112,6 +114,7 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     maxRequestBytes: 12,
     maxListBytes: 13,
     maxTotalBytes: 14n,
+    maxMetadataBytes: 20n,
     listenBacklog: 15,
     maxClients: 16,
     requestTimeoutMs: 17,
@@ -134,6 +137,7 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
       watchers: null,
       replyBytes: null,
       replyFds: null,
+      metadataBytes: null,
     },
     evict: "none",
     dedup: true,

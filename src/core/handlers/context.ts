@@ -152,9 +152,10 @@ export interface RequestContext {
   now(): bigint;
   /**
    * The peer's fair share of the store (`src/core/fair_shares.ts`): the refusal text when one
-   * more object of `size` bytes would take its uid past it, else null. Absent: no shares.
+   * more object of `size` bytes, charged `metadata` bytes of metadata (`metadataCost`), would
+   * take its uid past it, else null. Absent: no shares.
    */
-  storeShare?(size: number): string | null;
+  storeShare?(size: number, metadata?: number): string | null;
   /**
    * May this connection become a watch stream? Counts it (until the connection closes) and
    * returns null, or returns the refusal text naming the watcher limit that was hit.

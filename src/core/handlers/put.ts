@@ -8,6 +8,7 @@
 import { type AuditRecord, blankRecord } from "../audit.ts";
 import { toBinary } from "../../protocol/bytes.ts";
 import { nameProblem } from "../../protocol/names.ts";
+import { metadataCost } from "../store.ts";
 import { checkJobClaim, checkReservation, mayPublishName, PolicyText } from "../policy.ts";
 import {
   Cmd,
@@ -108,12 +109,15 @@ export function* put(h: Header, ctx: RequestContext): Handler {
   if ("problem" in info) return fail(Status.BAD_REQUEST, info.problem);
 
   const size = Number(info.size);
+  // Names, job ids and the object's record live on the broker's heap: charged against
+  // --max-metadata-bytes and the uid's share of it, whatever the contents cost.
+  const meta = metadataCost({ name, owner, allowed });
   // Nothing is hashed for a request that cannot be stored anyway (checked again at commit;
   // with eviction on, releasing superseded versions may make room, so only the commit decides).
-  if (options.evict === "none" && store.exceedsQuota(size)) {
+  if (options.evict === "none" && store.exceedsQuota(size, meta)) {
     return fail(Status.ERR, Text.objectQuota);
   }
-  const early = ctx.storeShare?.(size) ?? null;
+  const early = ctx.storeShare?.(size, meta) ?? null;
   if (early !== null) return fail(Status.ERR, early);
   const verified = (yield { kind: "digest", fd: ctx.fd, size }) as DigestAnswer;
   if ("error" in verified) return fail(Status.BAD_REQUEST, verified.error);
@@ -128,8 +132,8 @@ export function* put(h: Header, ctx: RequestContext): Handler {
   const gov = ctx.governor;
   const uid = ctx.peer?.uid;
   if (gov === undefined) {
-    if (store.exceedsQuota(size)) return fail(Status.ERR, Text.objectQuota);
-    const share = ctx.storeShare?.(size) ?? null;
+    if (store.exceedsQuota(size, meta)) return fail(Status.ERR, Text.objectQuota);
+    const share = ctx.storeShare?.(size, meta) ?? null;
     if (share !== null) return fail(Status.ERR, share);
     const obj = store.add({ size, fd: ctx.fd, digest, name, owner, allowed, createdNs: ctx.now() });
     rec.result = "ok";
@@ -137,9 +141,9 @@ export function* put(h: Header, ctx: RequestContext): Handler {
     rec.objectId = obj.id;
     return headerOnly({ cmd: Cmd.PUT, objectId: BigInt(obj.id), size: h.size }, rec, true);
   }
-  const admitted = gov.admitPut({ name, size, digest, owner, uid: uid ?? null });
+  const admitted = gov.admitPut({ name, size, digest, owner, allowed, uid: uid ?? null });
   if (!admitted.ok) return fail(Status.ERR, admitted.text);
-  const share = ctx.storeShare?.(size) ?? null;
+  const share = ctx.storeShare?.(size, meta) ?? null;
   if (share !== null) return fail(Status.ERR, share);
   const deduped = admitted.sharedFd >= 0;
   const obj = store.add({
