@@ -113,11 +113,17 @@ export class FairShares implements PeerLedger {
   /** The USAGE report for `conn`'s peer asking as `caller` (see `src/core/usage.ts`). */
   usage(conn: Conn, caller: string | null, store: Store): UsageReport {
     const uid = conn.peer?.uid;
-    return usageReport(this.#governor, store, {
-      caller,
-      uid,
-      operator: uid !== undefined && this.#rules.exempt.includes(uid),
-    }, (u) => tighter(this.#governor.uidQuota(u), this.#share(u)?.store ?? null));
+    return usageReport(
+      this.#governor,
+      store,
+      {
+        caller,
+        uid,
+        operator: uid !== undefined && this.#rules.exempt.includes(uid),
+      },
+      (u) => tighter(this.#governor.uidQuota(u), this.#share(u)?.store ?? null),
+      (u) => this.#share(u)?.metadataBytes ?? null,
+    );
   }
 
   /** Watch streams `uid` has open. */

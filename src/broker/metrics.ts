@@ -266,6 +266,10 @@ export interface BrokerGauges {
   watchers(): number;
   /** Digests waiting for a hash worker. */
   hashQueueDepth(): number;
+  /** Metadata bytes charged to stored objects (names, job ids, per-object overhead). */
+  metadataBytes?(): number;
+  /** --max-metadata-bytes, or null for no limit. */
+  maxMetadataBytes?(): number | null;
   /** Objects and bytes held per job (job ids as UTF-8 text). */
   jobs(): Iterable<readonly [string, { readonly objects: number; readonly bytes: number }]>;
 }
@@ -318,6 +322,22 @@ export class BrokerMetrics {
       "Bytes of memory stored objects occupy, identical contents counted once.",
       () => gauges.uniqueBytes(),
     );
+    const metadata = gauges.metadataBytes;
+    if (metadata !== undefined) {
+      r.gauge(
+        "memfdbus_metadata_bytes",
+        "Metadata bytes charged to stored objects: names, job ids and a fixed per-object overhead.",
+        () => metadata(),
+      );
+    }
+    const maxMetadata = gauges.maxMetadataBytes;
+    if (maxMetadata !== undefined) {
+      r.gauge(
+        "memfdbus_metadata_limit_bytes",
+        "The broker-wide metadata limit (--max-metadata-bytes; +Inf: none).",
+        () => maxMetadata() ?? Infinity,
+      );
+    }
     r.gauge("memfdbus_connections", "Open client connections.", () => gauges.connections());
     r.gauge(
       "memfdbus_parked_waits",

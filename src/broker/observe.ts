@@ -102,6 +102,11 @@ class ObservedMetrics extends BrokerMetrics {
       objects: () => store.count,
       storedBytes: () => store.totalBytes,
       uniqueBytes: () => store.uniqueBytes,
+      metadataBytes: () => store.metadataBytes,
+      maxMetadataBytes: () => {
+        const max = store.maxMetadataBytes;
+        return max === null ? null : Number(max);
+      },
       connections: () => counters.snapshot().connections,
       parkedWaits: () => counters.snapshot().parkedWaits,
       watchers: () => counters.snapshot().watchers,

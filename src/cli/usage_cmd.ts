@@ -53,13 +53,20 @@ export function usageText(r: UsageReport): string {
   ).join("");
 }
 
-/** The JSON object of `usage --json` (limits as numbers, or strings beyond 2^53 - 1). */
+/**
+ * The JSON object of `usage --json` (limits as numbers, or strings beyond 2^53 - 1). The broker
+ * and uid entries carry `metadata_bytes` and `max_metadata_bytes` when the broker reports them.
+ */
 export function usageJson(r: UsageReport): Record<string, unknown> {
   const entry = (e: UsageEntry) => ({
     objects: e.objects,
     bytes: e.bytes,
     max_objects: e.maxObjects,
     max_bytes: e.maxBytes,
+    ...(e.metadataBytes === undefined ? {} : {
+      metadata_bytes: e.metadataBytes,
+      max_metadata_bytes: e.maxMetadataBytes ?? null,
+    }),
   });
   return {
     scope: r.scope,

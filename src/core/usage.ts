@@ -3,7 +3,8 @@
  * governor, store and the caller's identity.
  *
  * Visibility:
- * - the broker's totals (objects, unique bytes, --max-objects, --max-total-bytes): everyone;
+ * - the broker's totals (objects, unique bytes, metadata bytes, --max-objects,
+ *   --max-total-bytes, --max-metadata-bytes): everyone;
  * - jobs: a caller with a job sees that job only (its usage and quota, even when it holds
  *   nothing); a caller without a job sees every job that holds something or has a quota, as an
  *   unscoped LIST shows every object;
@@ -37,12 +38,15 @@ export interface UsageViewer {
  * @param store the broker's store (its totals)
  * @param viewer who asks
  * @param uidQuota the store limit in force for a uid (its quota or fair share), or null
+ * @param uidMetadataLimit the metadata limit in force for a uid (its share), or null for none;
+ *   absent: uid entries carry no metadata keys
  */
 export function usageReport(
   governor: Governor,
   store: Store,
   viewer: UsageViewer,
   uidQuota: (uid: number) => QuotaLimits | null,
+  uidMetadataLimit?: (uid: number) => bigint | null,
 ): UsageReport {
   const rules = governor.rules;
   const limit = (v: bigint | null | undefined): bigint | null =>
@@ -74,6 +78,10 @@ export function usageReport(
       ...governor.uidUsage(uid),
       maxObjects: limit(q?.objects),
       maxBytes: limit(q?.bytes),
+      ...(uidMetadataLimit === undefined ? {} : {
+        metadataBytes: governor.uidMetadata(uid),
+        maxMetadataBytes: limit(uidMetadataLimit(uid)),
+      }),
     };
   });
   return {
@@ -83,6 +91,8 @@ export function usageReport(
       bytes: store.uniqueBytes,
       maxObjects: limit(rules.maxObjects),
       maxBytes: limit(rules.maxTotalBytes),
+      metadataBytes: store.metadataBytes,
+      maxMetadataBytes: limit(store.maxMetadataBytes),
     },
     jobs,
     uids,

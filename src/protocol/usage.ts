@@ -8,6 +8,11 @@
  *  "uids":[{"uid":1001,"objects":3,"bytes":4096,"max_objects":750,"max_bytes":null}]}
  * ```
  *
+ * The broker and uid entries also carry `metadata_bytes` and `max_metadata_bytes`: the metadata
+ * charged (name, owner and allowed job bytes plus a fixed per-object overhead) and its limit
+ * (--max-metadata-bytes, or a uid's share of it; null: none). They are absent from brokers that
+ * predate them, and a reader must ignore keys it does not know.
+ *
  * Bytes are the bytes charged: each distinct content once (an object that shares its memfd with
  * identical content costs a holder that already holds the content nothing more). A limit of
  * null is no limit. `scope` is `all` when the caller was shown every job and uid, `own` when
@@ -30,6 +35,13 @@ export interface UsageEntry {
   readonly maxObjects: bigint | null;
   /** Most bytes it may be charged, or null for no limit. */
   readonly maxBytes: bigint | null;
+  /**
+   * Metadata bytes charged (names, job ids and a fixed per-object overhead; the broker and uids
+   * only, absent for jobs and from brokers that predate it).
+   */
+  readonly metadataBytes?: number;
+  /** Most metadata bytes it may be charged, or null for no limit (absent with metadataBytes). */
+  readonly maxMetadataBytes?: bigint | null;
 }
 
 /** A job's usage (the job id is a binary string on the broker, text on the client). */
@@ -57,8 +69,10 @@ export interface UsageReport {
 }
 
 function entryJson(e: UsageEntry): string {
+  const meta = e.metadataBytes === undefined ? "" : `,"metadata_bytes":${e.metadataBytes},` +
+    `"max_metadata_bytes":${e.maxMetadataBytes ?? "null"}`;
   return `"objects":${e.objects},"bytes":${e.bytes},` +
-    `"max_objects":${e.maxObjects ?? "null"},"max_bytes":${e.maxBytes ?? "null"}`;
+    `"max_objects":${e.maxObjects ?? "null"},"max_bytes":${e.maxBytes ?? "null"}${meta}`;
 }
 
 /**
@@ -80,7 +94,7 @@ export function formatUsage(r: UsageReport): string {
 }
 
 /** Limits keep every digit (a limit may be up to 2^64 - 1). */
-const EXACT_KEYS = new Set(["max_objects", "max_bytes"]);
+const EXACT_KEYS = new Set(["max_objects", "max_bytes", "max_metadata_bytes"]);
 
 function invalid(): ProtocolError {
   return new ProtocolError("broker sent an invalid usage reply");
@@ -92,12 +106,17 @@ function entryOf(v: unknown): UsageEntry & Record<string, unknown> {
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw invalid();
   const o = v as Record<string, unknown>;
   if (!isCount(o.objects) || !isCount(o.bytes)) throw invalid();
+  if (o.metadata_bytes !== undefined && !isCount(o.metadata_bytes)) throw invalid();
   return {
     ...o,
     objects: o.objects,
     bytes: o.bytes,
     maxObjects: limit(o.max_objects),
     maxBytes: limit(o.max_bytes),
+    ...(o.metadata_bytes === undefined ? {} : {
+      metadataBytes: o.metadata_bytes,
+      maxMetadataBytes: limit(o.max_metadata_bytes),
+    }),
   };
 }
 
@@ -131,6 +150,10 @@ export function parseUsage(text: string): UsageReport {
     bytes: e.bytes,
     maxObjects: e.maxObjects,
     maxBytes: e.maxBytes,
+    ...(e.metadataBytes === undefined ? {} : {
+      metadataBytes: e.metadataBytes,
+      maxMetadataBytes: e.maxMetadataBytes ?? null,
+    }),
   });
   const jobs = o.jobs.map((j): JobUsageEntry => {
     const e = entryOf(j);

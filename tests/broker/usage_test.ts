@@ -48,13 +48,30 @@ Deno.test("usage shows objects and bytes charged per job and uid next to their q
   const all = await open.usage();
   assertEquals(all, {
     scope: "all",
-    broker: { objects: 3, bytes: 1005, maxObjects: 100n, maxBytes: null },
+    // Metadata: each object's name and owner job bytes plus 768 (x, y: 1 + 5; b: 1 + 4).
+    broker: {
+      objects: 3,
+      bytes: 1005,
+      maxObjects: 100n,
+      maxBytes: null,
+      metadataBytes: 3 * 768 + 6 + 6 + 5,
+      maxMetadataBytes: 1073741824n,
+    },
     jobs: [
       { job: "alpha", objects: 2, bytes: 1000, maxObjects: 10n, maxBytes: 1048576n },
       { job: "beta", objects: 1, bytes: 5, maxObjects: null, maxBytes: null },
       { job: "idle", objects: 0, bytes: 0, maxObjects: 1n, maxBytes: null },
     ],
-    uids: [{ uid, objects: 3, bytes: 1005, maxObjects: 5n, maxBytes: null }],
+    // The broker's own uid is exempt from the metadata share: no per-uid metadata limit.
+    uids: [{
+      uid,
+      objects: 3,
+      bytes: 1005,
+      maxObjects: 5n,
+      maxBytes: null,
+      metadataBytes: 3 * 768 + 6 + 6 + 5,
+      maxMetadataBytes: null,
+    }],
   });
   // A job sees its own line only.
   const mine = await alpha.usage();
@@ -83,9 +100,24 @@ Deno.test("usage shows objects and bytes charged per job and uid next to their q
   assertEquals(json.code, 0, json.stderr);
   assertEquals(JSON.parse(json.stdout), {
     scope: "own",
-    broker: { objects: 3, bytes: 1005, max_objects: 100, max_bytes: null },
+    broker: {
+      objects: 3,
+      bytes: 1005,
+      max_objects: 100,
+      max_bytes: null,
+      metadata_bytes: 2321,
+      max_metadata_bytes: 1073741824,
+    },
     jobs: [{ job: "beta", objects: 1, bytes: 5, max_objects: null, max_bytes: null }],
-    uids: [{ uid, objects: 3, bytes: 1005, max_objects: 5, max_bytes: null }],
+    uids: [{
+      uid,
+      objects: 3,
+      bytes: 1005,
+      max_objects: 5,
+      max_bytes: null,
+      metadata_bytes: 2321,
+      max_metadata_bytes: null,
+    }],
   });
   const lines = await waitFor(() => {
     const l = broker.audit().filter((r) => r.op === "usage");
@@ -118,9 +150,18 @@ Deno.test({
     assertEquals(r.status, 0, JSON.stringify(r));
     const report = parseUsage(String(r.text));
     assertEquals(report.scope, "own");
-    // 3/4 of --max-objects 8, and no byte limit: --max-total-bytes has none to share.
+    // 3/4 of --max-objects 8, and no byte limit: --max-total-bytes has none to share; 3/4 of
+    // the default --max-metadata-bytes (1 GiB).
     assertEquals(report.uids, [
-      { uid: NOBODY, objects: 0, bytes: 0, maxObjects: 6n, maxBytes: null },
+      {
+        uid: NOBODY,
+        objects: 0,
+        bytes: 0,
+        maxObjects: 6n,
+        maxBytes: null,
+        metadataBytes: 0,
+        maxMetadataBytes: 805306368n,
+      },
     ]);
     assertEquals(report.broker.objects, 1);
     // Root (the operator) sees every uid that holds something.

@@ -52,6 +52,7 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
     replyFds: 64,
     store: { objects: 750n, bytes: 3000n },
     storeKey: "quotas.perUid",
+    metadataBytes: null,
   });
   const named = {
     ...rules,
@@ -65,6 +66,7 @@ Deno.test("root and the broker's uid are exempt unless quotas.uids names them", 
     replyFds: Infinity,
     store: { objects: 5n, bytes: null },
     storeKey: "quotas.uids",
+    metadataBytes: null,
   });
 });
 
@@ -83,6 +85,7 @@ Deno.test("configured peerLimits and quotas.perUid replace the default shares", 
     replyFds: 64,
     store: { objects: null, bytes: 10n },
     storeKey: "quotas.perUid",
+    metadataBytes: null,
   });
   if (share === null) return;
   assertEquals(storeShareProblem(7, share, { objects: 99, bytes: 4, size: 6 }), null);
@@ -104,6 +107,7 @@ Deno.test("config key peerLimits: connections, waits, watchers and unread replie
     watchers: 7,
     replyBytes: null,
     replyFds: null,
+    metadataBytes: null,
   });
   assertEquals(options.maxWatchers, 9);
   const replies = await parseConfig(
@@ -117,6 +121,7 @@ Deno.test("config key peerLimits: connections, waits, watchers and unread replie
     watchers: null,
     replyBytes: 65536,
     replyFds: 2,
+    metadataBytes: null,
   });
   assertEquals(
     shareFor(7, { ...GLOBAL_RULES, peerLimits: replies.options.peerLimits })?.replyFds,
@@ -149,5 +154,79 @@ Deno.test("config key peerLimits: connections, waits, watchers and unread replie
   await rejects(
     parseConfig('{ "peerLimits": { "bytes": 1 } }', "/etc/m.jsonc", defaultBrokerOptions()),
     { message: '/etc/m.jsonc:1: peerLimits: unknown key "bytes"' },
+  );
+});
+
+Deno.test("metadata share: 3/4 of maxMetadataBytes per non-exempt uid, none for exempt uids", () => {
+  const rules = { ...GLOBAL_RULES, global: { ...GLOBAL, maxMetadataBytes: 4001n } };
+  assertEquals(shareFor(0, rules), null);
+  const share = shareFor(65534, rules);
+  assertEquals(share?.metadataBytes, 3000n);
+  if (share === null) return;
+  // Exactly filling the share fits; one byte more is refused with the per-uid text.
+  assertEquals(
+    storeShareProblem(65534, share, { objects: 1, bytes: 0, size: 4, metadata: 2000, cost: 1000 }),
+    null,
+  );
+  assertEquals(
+    storeShareProblem(65534, share, { objects: 1, bytes: 0, size: 4, metadata: 2000, cost: 1001 }),
+    "uid 65534 has 2000 of 3000 metadata bytes (the per-uid limit, peerLimits.metadataBytes); " +
+      "this put needs 1001",
+  );
+  // Without a broker-wide limit there is no share.
+  assertEquals(shareFor(65534, GLOBAL_RULES)?.metadataBytes, null);
+  // A configured peerLimits.metadataBytes replaces the default share.
+  const own = shareFor(65534, {
+    ...rules,
+    peerLimits: { ...DEFAULT_PEER_LIMITS, metadataBytes: 10n },
+  });
+  assertEquals(own?.metadataBytes, 10n);
+  // A uid named in quotas.uids but exempt (the operator) has no metadata share.
+  const named = {
+    ...rules,
+    exempt: [0, 1000],
+    quotas: { ...NO_QUOTAS, uids: new Map([[1000, { objects: 5n, bytes: null }]]) },
+  };
+  assertEquals(shareFor(1000, named)?.metadataBytes, null);
+});
+
+Deno.test("config: maxMetadataBytes and peerLimits.metadataBytes are byte counts, checked", async () => {
+  const { options } = await parseConfig(
+    '{ "maxMetadataBytes": "64MiB", "peerLimits": { "metadataBytes": 1048576 } }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(options.maxMetadataBytes, 64n * 1024n * 1024n);
+  assertEquals(options.peerLimits.metadataBytes, 1048576n);
+  const plain = await parseConfig(
+    '{ "maxMetadataBytes": 1073741824 }',
+    "/etc/m.jsonc",
+    defaultBrokerOptions(),
+  );
+  assertEquals(plain.options.maxMetadataBytes, 1n << 30n);
+  assertEquals(defaultBrokerOptions().maxMetadataBytes, 1n << 30n);
+  for (const bad of ["0", '"1 GB"', '"-1"', "true", "1.5", '"18446744073709551616"']) {
+    await rejects(
+      parseConfig(`{\n  "maxMetadataBytes": ${bad}\n}`, "/etc/m.jsonc", defaultBrokerOptions()),
+      {
+        message:
+          '/etc/m.jsonc:2: maxMetadataBytes: expected a byte count such as 1073741824 or "1GiB"',
+      },
+    );
+  }
+  await rejects(
+    parseConfig(
+      '{ "peerLimits": { "metadataBytes": "lots" } }',
+      "/etc/m.jsonc",
+      defaultBrokerOptions(),
+    ),
+    {
+      message:
+        '/etc/m.jsonc:1: peerLimits: metadataBytes: expected a byte count such as 805306368 or "768MiB"',
+    },
+  );
+  await rejects(
+    parseConfig('{ "maxMetadataByte": 5 }', "/etc/m.jsonc", defaultBrokerOptions()),
+    { message: '/etc/m.jsonc:1: maxMetadataByte: unknown key (did you mean "maxMetadataBytes"?)' },
   );
 });

@@ -49,6 +49,7 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
     "listenBacklog",
     "maxClients",
     "maxListBytes",
+    "maxMetadataBytes",
     "maxNameBytes",
     "maxObjects",
     "maxRequestBytes",
@@ -209,6 +210,7 @@ const NUMERIC_FLAGS = [
   "--max-request-bytes",
   "--max-list-bytes",
   "--max-total-bytes",
+  "--max-metadata-bytes",
   "--listen-backlog",
   "--max-clients",
 ];
@@ -265,6 +267,17 @@ Deno.test("--max-objects and --max-total-bytes accept 18446744073709551615 exact
     parseBrokerArgs(["--max-total-bytes", "9007199254740993"]).maxTotalBytes,
     9007199254740993n,
   );
+});
+
+Deno.test("--max-metadata-bytes takes a plain byte count up to 2^64 - 1, 1 GiB by default", () => {
+  assertEquals(defaultBrokerOptions().maxMetadataBytes, 1073741824n);
+  assertEquals(parseBrokerArgs(["--max-metadata-bytes", "1"]).maxMetadataBytes, 1n);
+  assertEquals(
+    parseBrokerArgs(["--max-metadata-bytes", "18446744073709551615"]).maxMetadataBytes,
+    U64_MAX,
+  );
+  // Flags take digits only, as every numeric flag of the C broker; units are for the config.
+  rejectsWith(["--max-metadata-bytes", "1GiB"], "invalid --max-metadata-bytes: 1GiB");
 });
 
 Deno.test("--max-clients accepts any positive 64-bit value", () => {
