@@ -35,7 +35,16 @@ Deno.test("a uid at its quota is still refused after broker --takeover, and usag
   assertEquals(before.shared, true);
   assertEquals(memfdCount(old.pid), 1);
   const usageBefore = await client.usage({ jobId: null });
-  assertEquals(usageBefore.uids, [{ uid, objects: 2, bytes: 10, maxObjects: 2n, maxBytes: 100n }]);
+  assertEquals(usageBefore.uids, [{
+    uid,
+    objects: 2,
+    bytes: 10,
+    maxObjects: 2n,
+    maxBytes: 100n,
+    // Names x and y, job alpha, and the per-object overhead; the broker's uid has no share.
+    metadataBytes: 2 * (1 + 5 + 768),
+    maxMetadataBytes: null,
+  }]);
 
   await using successor = await BrokerProcess.start(dir.path, [
     "--config",
@@ -56,6 +65,40 @@ Deno.test("a uid at its quota is still refused after broker --takeover, and usag
   await client.drop(x.id);
   await client.put(enc("third"), { name: "z" });
   await rejects(client.put(enc("fourth"), { name: "w" }), refused);
+});
+
+Deno.test("metadata charges are the same after broker --takeover: a full broker still refuses", async () => {
+  using dir = tempDir();
+  // Room for the metadata of exactly three objects with 2-byte names, job "alpha", allowed "b".
+  const charge = 2 + 5 + 1 + 768;
+  const old = await BrokerProcess.start(dir.path, ["--max-metadata-bytes", String(3 * charge)]);
+  const socket = old.socket;
+  await using client = new Client({ socket, jobId: "alpha", keepAlive: false });
+  const first = await client.put(enc("same"), { name: "n1", allowJob: "b" });
+  await client.put(enc("same"), { name: "n2", allowJob: "b" });
+  await client.put(enc("other"), { name: "n3", allowJob: "b" });
+  const full = (e: unknown) =>
+    e instanceof BrokerError && e.text === "broker object quota exceeded";
+  await rejects(client.put(enc("x"), { name: "n4", allowJob: "b" }), full);
+  const before = await client.usage({ jobId: null });
+  assertEquals(before.broker.metadataBytes, 3 * charge);
+
+  await using successor = await BrokerProcess.start(dir.path, [
+    "--max-metadata-bytes",
+    String(3 * charge),
+    "--socket",
+    socket,
+    "--takeover",
+  ]);
+  await old.exited();
+  await old[Symbol.asyncDispose]();
+  assertEquals(await client.usage({ jobId: null }), before);
+  await rejects(client.put(enc("x"), { name: "n4", allowJob: "b" }), full);
+  // A drop after the takeover frees the charge the successor took over.
+  await client.drop(first.id);
+  await client.put(enc("x"), { name: "n4", allowJob: "b" });
+  await rejects(client.put(enc("y"), { name: "n5", allowJob: "b" }), full);
+  ok(successor.pid > 0);
 });
 
 Deno.test("shadow frames carry the owner uid; frames without one are still accepted", () => {

@@ -247,6 +247,12 @@ Deno.test(
       );
       if (a.createdNs !== null) assertEquals((await client.stat(e.id)).createdNs, a.createdNs);
     }
+    // The metadata charges are rebuilt from the recovered objects: names, job ids, overhead.
+    const bytes = (s: string | null) => enc(s ?? "").length;
+    assertEquals(
+      (await client.usage()).broker.metadataBytes,
+      entries.reduce((n, e) => n + bytes(e.name) + bytes(e.owner) + bytes(e.allowed) + 768, 0),
+    );
     // Anything else is a put that committed but whose reply never arrived: complete and correct.
     const ackedIds = new Set(ackedBefore.map((a) => a.id));
     const extras = entries.filter((e) => !ackedIds.has(e.id));
