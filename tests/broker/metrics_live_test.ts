@@ -100,6 +100,10 @@ Deno.test("broker --metrics serves values that match what clients did", async ()
   assertEquals(value(m, "memfdbus_audit_lines_dropped_total"), 0);
   assertEquals(value(m, "memfdbus_hash_queue_depth"), 0);
   ok(value(m, "memfdbus_connections") >= 1);
+  // Metadata: "b", the second "a" and "j" (job "trainer"), each plus the 768 B overhead; the
+  // released first "a" no longer counts. The limit is the default 1 GiB.
+  assertEquals(value(m, "memfdbus_metadata_bytes"), 1 + 1 + 1 + 7 + 3 * 768);
+  assertEquals(value(m, "memfdbus_metadata_limit_bytes"), 1073741824);
 
   // A second object of the same bytes as "b": unique bytes stay, stored bytes grow.
   await client.put(enc("aaaa"), { name: "c" });
