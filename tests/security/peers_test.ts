@@ -139,6 +139,23 @@ Deno.test("a broker refuses a socket path in a directory other users can write",
   );
 });
 
+Deno.test("a broker refuses a --metrics socket path in a directory other users can write", async () => {
+  using dir = tempDir();
+  using shared = tempDir();
+  Deno.chmodSync(shared.path, 0o777);
+  const metrics = `${shared.path}/metrics.sock`;
+  const r = await runBriefly(["broker", "--socket", `${dir.path}/bus.sock`, "--metrics", metrics]);
+  assertEquals([r.code, r.signal, r.stdout], [1, null, ""], r.stderr);
+  ok(
+    r.stderr.includes(
+      `refusing unsafe socket path ${metrics}: directory ${shared.path} is writable by other ` +
+        `users (mode 0777) and not sticky`,
+    ),
+    r.stderr,
+  );
+  assertEquals([exists(metrics), exists(`${dir.path}/bus.sock`)], [false, false]);
+});
+
 Deno.test({
   name:
     "a shadow path held by another uid is refused: by its owner in a sticky directory, by SO_PEERCRED otherwise",
