@@ -72,17 +72,19 @@ interface MutableContent {
   size: number;
   digest: string;
   refs: number;
-  /** Its key in `#byDigest`: the digest and the uid of the object that brought it. */
-  key: string;
+  /** The publisher uid of the object that brought it ({@link contentUid}). */
+  uid: number;
 }
 
 /**
  * Contents are shared only among objects of one publisher uid: a content another uid holds
  * shared with a newcomer would hand the newcomer that memfd (its owner uid, its memfd name) and
- * tell it that someone stores those exact bytes (a guess-and-confirm oracle across users).
+ * tell it that someone stores those exact bytes (a guess-and-confirm oracle across users). The
+ * digest index is one map per uid, keyed by the digest string the object already holds, so
+ * the separation costs no string per content. -1 stands for "no uid".
  */
-function contentKey(digest: string, uid: number | null | undefined): string {
-  return uid === null || uid === undefined ? digest : `${digest}/${uid}`;
+function contentUid(uid: number | null | undefined): number {
+  return uid === null || uid === undefined ? -1 : uid;
 }
 
 /** The fields a new object is added with; the store assigns the id. */
@@ -144,7 +146,8 @@ export class Store {
   // Contents by descriptor (non-negative descriptors only: each object with fd < 0, as in unit
   // tests, counts as a content of its own), and the first content of each digest.
   readonly #contents = new Map<number, MutableContent>();
-  readonly #byDigest = new Map<string, MutableContent>();
+  /** Per publisher uid ({@link contentUid}): the first stored content of each digest. */
+  readonly #byDigest = new Map<number, Map<string, MutableContent>>();
   // Fetch order: a counter, not a clock, so "least recently fetched" is exact and deterministic.
   readonly #lastFetch = new Map<number, number>();
   #fetches = 0;
@@ -247,20 +250,22 @@ export class Store {
     }
     this.#uniqueBytes += obj.size;
     if (obj.fd < 0) return;
-    const key = contentKey(obj.digest, obj.uid);
-    const content = { fd: obj.fd, size: obj.size, digest: obj.digest, refs: 1, key };
+    const uid = contentUid(obj.uid);
+    const content = { fd: obj.fd, size: obj.size, digest: obj.digest, refs: 1, uid };
     this.#contents.set(obj.fd, content);
-    if (!this.#byDigest.has(key)) this.#byDigest.set(key, content);
+    let digests = this.#byDigest.get(uid);
+    if (digests === undefined) this.#byDigest.set(uid, digests = new Map());
+    if (!digests.has(obj.digest)) digests.set(obj.digest, content);
   }
 
   /**
    * The stored content with this digest and size, whose memfd a new object with the same
    * verified digest may share (pass its `fd` to {@link Store.add} and close the new memfd).
-   * Only a content first stored by `uid` is found (contents are shared within one uid); without a uid, only
-   * one stored by an object without one.
+   * Only a content first stored by `uid` is found (contents are shared within one uid);
+   * without a uid, only one stored by an object without one.
    */
   contentOf(digest: string, size: number, uid?: number | null): Content | undefined {
-    const c = this.#byDigest.get(contentKey(digest, uid));
+    const c = this.#byDigest.get(contentUid(uid))?.get(digest);
     return c !== undefined && c.size === size ? c : undefined;
   }
 
@@ -346,7 +351,11 @@ export class Store {
     if (--c.refs > 0) return false;
     this.#contents.delete(c.fd);
     this.#uniqueBytes -= c.size;
-    if (this.#byDigest.get(c.key) === c) this.#byDigest.delete(c.key);
+    const digests = this.#byDigest.get(c.uid);
+    if (digests?.get(c.digest) === c) {
+      digests.delete(c.digest);
+      if (digests.size === 0) this.#byDigest.delete(c.uid);
+    }
     return true;
   }
 
