@@ -529,7 +529,8 @@ export class Broker implements AsyncDisposable {
       beforeSleep: (): void => this.#audit.flush(),
       finished: (): boolean => run.stopping && this.#finishStopIfDone(),
       quiet: (): boolean =>
-        sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting,
+        sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting &&
+        !this.#audit.owing,
       offLoopWork: (): boolean => this.#hash.inFlight !== 0 || this.#cluster?.busy === true,
       crashed: (e: unknown): void => {
         // A bug, not a client's doing: report it and stop cleanly rather than hang.

@@ -362,6 +362,14 @@ export class AuditOutput {
     this.#log.drain(timeoutMs);
   }
 
+  /**
+   * True while some uid's summary of records dropped over its audit budget is not written yet
+   * (the loop then keeps sweeping: {@link AuditOutput.sweep} writes it).
+   */
+  get owing(): boolean {
+    return this.#budget !== null && this.#budget.owing > 0;
+  }
+
   /** True while audit lines wait for a stalled output. */
   get waiting(): boolean {
     return this.#log.waiting;

@@ -55,7 +55,8 @@ export class EventLoop {
   #nextSweep = 0;
   /**
    * The loop's last clock reading (performance.now(), ms): taken once per turn, after the turn's
-   * events. Parts that need the time per request (the audit budget) read it rather than the clock.
+   * events, and after an off-thread wait (which may have slept long). Parts that need the time per
+   * request (the audit budget) read it rather than the clock.
    */
   now: number = performance.now();
 
@@ -101,6 +102,9 @@ export class EventLoop {
               busy ? 0 : this.#waitTimeout(driver, performance.now()),
               this.#events,
             );
+            // The wait may have slept for long: the events it brought are handled at the time
+            // they came (the audit budget refills by it), not at the time the loop went to sleep.
+            this.now = performance.now();
           }
         }
         for (const ev of events) driver.event(ev);

@@ -15,8 +15,9 @@
  *
  * Dropped records are summed up in one summary record per uid, written before that uid's next
  * record that fits, and at most once a second per uid (drops go on being summed in between); the
- * broker's periodic sweep writes the summaries of uids that went quiet, and a stopping broker
- * writes every summary still owed. Summary records are not charged to the bucket (at most one a
+ * broker's periodic sweep writes the summaries of uids that went quiet (the broker keeps sweeping
+ * while any are owed, see {@link AuditBudget.owing}), and a stopping broker writes every summary
+ * still owed. Summary records are not charged to the bucket (at most one a
  * second per uid).
  *
  * Over a long run, the bytes written for one uid in `t` seconds are at most
@@ -111,6 +112,8 @@ export class AuditBudget {
   readonly #exempt0: number;
   readonly #exempt: readonly number[];
   readonly #buckets = new Map<number, Bucket>();
+  /** Uids with drops not yet summed up in a summary. */
+  #owing = 0;
 
   /**
    * @param rules rate, burst and exempt uids
@@ -162,6 +165,7 @@ export class AuditBudget {
     } else this.#refill(b, now);
     b.peer = peer;
     if (b.tokens < bytes && b.tokens < this.#burst) {
+      if (b.dropped === 0) this.#owing++;
       b.dropped++;
       b.droppedBytes += bytes;
       return Charge.DROP;
@@ -179,6 +183,7 @@ export class AuditBudget {
     const b = this.#buckets.get(uid);
     if (b === undefined || b.dropped === 0) return null;
     const out = { uid, records: b.dropped, bytes: b.droppedBytes, peer: b.peer };
+    this.#owing--;
     b.dropped = 0;
     b.droppedBytes = 0;
     return out;
@@ -209,6 +214,14 @@ export class AuditBudget {
       }
     }
     return out;
+  }
+
+  /**
+   * Uids whose dropped records are not summed up yet: while there are any, the broker keeps
+   * sweeping (it does not sleep without a timeout) so that their summaries are written.
+   */
+  get owing(): number {
+    return this.#owing;
   }
 
   /** Uids with a bucket now (for tests). */

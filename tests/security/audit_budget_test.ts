@@ -174,13 +174,23 @@ Deno.test({
         s.error,
         `uid ${NOBODY} exceeded its audit share (64 KiB/s): ${s.count} records dropped`,
       );
-      ok(broker.stderr.includes(`memfdbus broker: ${s.error}\n`), broker.stderr);
     }
-
-    // Root's records are all there, whole.
-    const rootGets = broker.audit().filter((r) =>
-      r.op === "get" && r.peer_uid === 0 && r.name === "r".repeat(NAME_LEN)
+    // Each summary is reported on stderr too (read by the test separately from stdout).
+    await waitFor(
+      () => sums.every((s) => broker.stderr.includes(`memfdbus broker: ${s.error}\n`)),
+      {
+        what: "a line on stderr for every summary record",
+        timeoutMs: 30_000,
+      },
     );
+
+    // Root's records are all there, whole (a timeout here means some were not written).
+    const rootGets = await waitFor(() => {
+      const gets = broker.audit().filter((r) =>
+        r.op === "get" && r.peer_uid === 0 && r.name === "r".repeat(NAME_LEN)
+      );
+      return gets.length >= ROOT_GETS ? gets : null;
+    }, { what: `root's ${ROOT_GETS} records`, timeoutMs: 30_000 });
     assertEquals(rootGets.length, ROOT_GETS);
     assertEquals(broker.audit().filter((r) => r.op === "audit" && r.peer_uid === 0), []);
 

@@ -155,3 +155,18 @@ Deno.test("config auditUidRate and auditUidBurst take byte counts like the other
     message: 'c.jsonc:1: auditUidRat: unknown key (did you mean "auditUidRate"?)',
   });
 });
+
+Deno.test("owing counts the uids whose drops are not summed up yet", () => {
+  const b = new AuditBudget({ rate: 100, burst: 100, exempt: [] });
+  assertEquals(b.owing, 0);
+  b.charge(1, 100, 0);
+  b.charge(1, 100, 0);
+  b.charge(1, 100, 0);
+  b.charge(2, 100, 0);
+  b.charge(2, 100, 0);
+  assertEquals(b.owing, 2);
+  b.takeSummary(1);
+  assertEquals(b.owing, 1);
+  b.sweep(10_000);
+  assertEquals(b.owing, 0);
+});
