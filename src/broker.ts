@@ -370,8 +370,12 @@ export class Broker implements AsyncDisposable {
           governor: broker.#governor,
         });
       } else {
-        broker.#audit.line(`memfdbus broker listening on ${options.socket}`);
-        if (start.shadow !== undefined) await broker.#mirror.attach(start.shadow, true);
+        // With a shadow, the line waits until the shadow accepted this broker: a shadow that
+        // serves another broker refuses it, and then it never listened.
+        const listening = (): void =>
+          broker.#audit.line(`memfdbus broker listening on ${options.socket}`);
+        if (start.shadow === undefined) listening();
+        else await broker.#mirror.attach(start.shadow, true, listening);
       }
       // Objects taken over or recovered go on where they were: queued uploads are queued again.
       broker.#cluster?.recovered();

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { checkSocketPath } from "../sys/path_safety.ts";
 import type { MetricsAddress } from "../core/options.ts";
 
 /** Label names to values. */
@@ -520,6 +521,9 @@ export async function serveMetrics(
   let listener: Deno.Listener;
   let bound: MetricsAddress;
   if (address.kind === "unix") {
+    // As for the broker's own socket: in a directory others can write, they could take the
+    // name first or replace the file.
+    checkSocketPath(address.path);
     try {
       if (Deno.lstatSync(address.path).isSocket) await Deno.remove(address.path);
     } catch (e) {

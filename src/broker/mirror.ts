@@ -63,13 +63,15 @@ export class ShadowMirror implements Commit {
    * Connect to the shadow (starting one if needed). With `recover`, its objects become the
    * store's (before any client is served), each one checked like a published object and its
    * digest verified first; otherwise the store (taken over) is authoritative and the shadow is
-   * seeded with it.
+   * seeded with it. `connected` runs once the shadow has accepted this broker, before any record
+   * of the recovery is written (a shadow that serves another broker throws before it).
    */
-  async attach(config: ShadowConfig, recover: boolean): Promise<void> {
+  async attach(config: ShadowConfig, recover: boolean, connected?: () => void): Promise<void> {
     const p = this.#p;
     const store = p.store;
     // Taking over, the old broker lets go of the shadow just before this: wait for that.
     const attached = ShadowLink.attach(config, recover ? 0 : 5_000);
+    connected?.();
     const { link, started } = attached;
     link.share = p.share;
     let { objects, nextId } = attached;

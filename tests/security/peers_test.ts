@@ -16,6 +16,7 @@ import {
   tempDir,
 } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
+import { exists } from "../support/cli.ts";
 import { Tracker, WITH_RUN } from "../support/shadow.ts";
 import { PYTHON, standIn } from "../support/stand_in.ts";
 import { Client } from "../../src/client.ts";
@@ -54,10 +55,10 @@ function squatter(path: string, reply?: Uint8Array): Promise<AsyncDisposable> {
 async function runBriefly(
   args: readonly string[],
   ms = 20_000,
-): Promise<{ code: number; signal: string | null; stderr: string }> {
+): Promise<{ code: number; signal: string | null; stderr: string; stdout: string }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...CLI_PERMS, CLI, ...args],
-    stdout: "null",
+    stdout: "piped",
     stderr: "piped",
     stdin: "null",
     env: { DENO_NO_UPDATE_CHECK: "1" },
@@ -65,7 +66,13 @@ async function runBriefly(
   const timer = setTimeout(() => child.kill("SIGKILL"), ms);
   const out = await child.output();
   clearTimeout(timer);
-  return { code: out.code, signal: out.signal, stderr: new TextDecoder().decode(out.stderr) };
+  const dec = new TextDecoder();
+  return {
+    code: out.code,
+    signal: out.signal,
+    stderr: dec.decode(out.stderr),
+    stdout: dec.decode(out.stdout),
+  };
 }
 
 Deno.test({
@@ -132,6 +139,23 @@ Deno.test("a broker refuses a socket path in a directory other users can write",
   );
 });
 
+Deno.test("a broker refuses a --metrics socket path in a directory other users can write", async () => {
+  using dir = tempDir();
+  using shared = tempDir();
+  Deno.chmodSync(shared.path, 0o777);
+  const metrics = `${shared.path}/metrics.sock`;
+  const r = await runBriefly(["broker", "--socket", `${dir.path}/bus.sock`, "--metrics", metrics]);
+  assertEquals([r.code, r.signal, r.stdout], [1, null, ""], r.stderr);
+  ok(
+    r.stderr.includes(
+      `refusing unsafe socket path ${metrics}: directory ${shared.path} is writable by other ` +
+        `users (mode 0777) and not sticky`,
+    ),
+    r.stderr,
+  );
+  assertEquals([exists(metrics), exists(`${dir.path}/bus.sock`)], [false, false]);
+});
+
 Deno.test({
   name:
     "a shadow path held by another uid is refused: by its owner in a sticky directory, by SO_PEERCRED otherwise",
@@ -175,6 +199,8 @@ Deno.test("a second broker on a shadow that serves another is refused and exits 
   }
   const r = await runBriefly(["broker", "--socket", `${dir.path}/two.sock`, "--shadow", shadow]);
   assertEquals([r.code, r.signal], [1, null], r.stderr);
+  // Refused before it ever said it listens, and its socket is gone.
+  assertEquals([r.stdout, exists(`${dir.path}/two.sock`)], ["", false]);
   ok(
     r.stderr.includes(
       `the shadow at ${shadow} refused this broker: it already serves the broker with pid`,
