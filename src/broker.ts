@@ -61,6 +61,7 @@ import { brokerMetrics } from "./broker/observe.ts";
 import type { MetricsAddress } from "./core/options.ts";
 import { FairShares } from "./broker/fair_shares.ts";
 import { withJobShares } from "./core/fair_shares.ts";
+import { defaultAuditBurst } from "./core/audit_budget.ts";
 import { effectiveUid } from "./sys/spawn.ts";
 // Only the type: the bridge and the NATS client are imported when the broker runs with --cluster.
 import type { ClusterBridge } from "./broker/cluster_bridge.ts";
@@ -191,6 +192,14 @@ export class Broker implements AsyncDisposable {
       counters,
       report: diagnostics,
       clock: realtimeNs,
+      // Per-uid audit budget (src/core/audit_budget.ts), exempt as the fair shares are; the
+      // time is the loop's one reading per turn.
+      budget: {
+        rate: options.auditUidRate,
+        burst: options.auditUidBurst ?? defaultAuditBurst(options.auditUidRate),
+        exempt: [0, effectiveUid()],
+      },
+      now: () => this.#loop.now,
     });
     const inlineHashLimit = start.inlineHashLimit ?? 1 << 20;
     const hash = this.#hash = new HashPool(start.hashWorkers ?? 1, inlineHashLimit);
@@ -513,6 +522,8 @@ export class Broker implements AsyncDisposable {
         }
       },
       sweep: (now: number): void => {
+        // Summaries of records dropped over a uid's audit budget, for uids that went quiet.
+        this.#audit.sweep(now);
         // Audit lines held for a stalled output get another chance at every sweep.
         this.#audit.flush();
         mirror.sweep(now);
@@ -522,7 +533,8 @@ export class Broker implements AsyncDisposable {
       beforeSleep: (): void => this.#audit.flush(),
       finished: (): boolean => run.stopping && this.#finishStopIfDone(),
       quiet: (): boolean =>
-        sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting,
+        sessions.size === 0 && !admission.blocked && !run.stopping && !this.#audit.waiting &&
+        !this.#audit.owing,
       offLoopWork: (): boolean => this.#hash.inFlight !== 0 || this.#cluster?.busy === true,
       crashed: (e: unknown): void => {
         // A bug, not a client's doing: report it and stop cleanly rather than hang.

@@ -10,7 +10,14 @@
  * @module
  */
 
-import { type AuditPeer, type AuditRecord, formatRecord } from "../core/audit.ts";
+import { type AuditPeer, type AuditRecord, droppedRecord, formatRecord } from "../core/audit.ts";
+import {
+  AuditBudget,
+  type AuditBudgetRules,
+  Charge,
+  type DroppedSummary,
+  droppedText,
+} from "../core/audit_budget.ts";
 import { fromBinary } from "../protocol/bytes.ts";
 import { errno, errnoErrorOf, libc } from "../ffi.ts";
 import { isRegular, pollOne, tryFstat, writeAll } from "../sys/fd.ts";
@@ -151,6 +158,16 @@ export class AuditLog {
     this.#append(formatRecord(this.#clock(), r, this.withPeer ? peer : undefined));
   }
 
+  /** True while lines handed to {@link AuditLog.append} can still be written. */
+  get open(): boolean {
+    return !this.#broken && this.#fd >= 0;
+  }
+
+  /** Queue one formatted record (a binary string ending in a newline); see {@link open}. */
+  append(line: string): void {
+    if (!this.#broken && this.#fd >= 0) this.#append(line);
+  }
+
   /** Queue a raw line (the startup line). */
   line(text: string): void {
     if (!this.#broken && this.#fd >= 0) this.#append(text + "\n");
@@ -225,6 +242,16 @@ export interface AuditOutputOptions {
   readonly report: Diagnostics;
   /** The time stamp of a record, in ns. */
   readonly clock?: () => bigint;
+  /**
+   * The per-uid audit budget (`src/core/audit_budget.ts`), or none: every record is written.
+   * Records with a peer whose uid is not exempt are charged their length.
+   */
+  readonly budget?: AuditBudgetRules;
+  /**
+   * The event loop's last clock reading (performance.now(), ms), which the budget reads: the
+   * loop takes one per turn, and no record takes another.
+   */
+  readonly now?: () => number;
 }
 
 /** The broker's audit destination: the descriptor writer or the embedder's callback. */
@@ -233,6 +260,9 @@ export class AuditOutput {
   readonly #callback: ((line: string) => void) | null;
   readonly #clock: () => bigint;
   readonly #counters: BrokerCounters;
+  readonly #report: Diagnostics;
+  readonly #budget: AuditBudget | null;
+  readonly #now: () => number;
   /** True when records carry the peer's credentials (then sessions look them up). */
   readonly withPeer: boolean;
 
@@ -252,6 +282,9 @@ export class AuditOutput {
     this.#log.withPeer = options.withPeer;
     this.withPeer = options.withPeer;
     this.#counters = options.counters;
+    this.#report = options.report;
+    this.#budget = options.budget === undefined ? null : new AuditBudget(options.budget);
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** A line that is not a record (the startup line). */
@@ -260,14 +293,56 @@ export class AuditOutput {
     else this.#log.line(text);
   }
 
-  /** One record, with the peer's credentials when the log wants them. */
+  /**
+   * One record, with the peer's credentials when the log wants them. A record of a uid over its
+   * audit budget is not written (it is counted, and summed up in the uid's summary record).
+   */
   record(rec: AuditRecord, peer?: AuditPeer): void {
     this.#counters.count(rec);
-    if (this.#callback !== null) {
-      this.#callback(
-        formatRecord(this.#clock(), rec, this.withPeer ? peer : undefined).slice(0, -1),
-      );
-    } else this.#log.record(rec, peer);
+    const callback = this.#callback;
+    const budget = this.#budget;
+    if (callback === null) {
+      if (budget === null || peer === undefined) return this.#log.record(rec, peer);
+      this.#log.records++;
+      if (!this.#log.open) return;
+    }
+    const line = formatRecord(this.#clock(), rec, this.withPeer ? peer : undefined);
+    // The budget is charged the record's length in bytes (a line is a binary string) before it
+    // joins the buffer.
+    if (budget !== null && peer !== undefined && !budget.exempt(peer.uid)) {
+      const charge = budget.charge(peer.uid, line.length, this.#now(), peer);
+      if (charge === Charge.DROP) {
+        this.#counters.auditUidDropped++;
+        return;
+      }
+      if (charge === Charge.SUMMARY_FIRST) this.#summary(budget.takeSummary(peer.uid), budget);
+    }
+    if (callback !== null) callback(line.slice(0, -1));
+    else this.#log.append(line);
+  }
+
+  /** Write a uid's summary of dropped records, and report it once on stderr. */
+  #summary(s: DroppedSummary | null, budget: AuditBudget): void {
+    if (s === null) return;
+    const text = droppedText(s, budget.rate);
+    const line = formatRecord(
+      this.#clock(),
+      droppedRecord(s.records, s.bytes, text),
+      this.withPeer ? s.peer : undefined,
+    );
+    if (this.#callback !== null) this.#callback(line.slice(0, -1));
+    else this.#log.append(line);
+    this.#report(`memfdbus broker: ${text}`);
+  }
+
+  /**
+   * At the broker's sweep (`now` is the loop's reading): write the summaries owed by uids over
+   * their audit budget that went quiet since.
+   */
+  sweep(now: number): void {
+    const budget = this.#budget;
+    if (budget === null || budget.size === 0) return;
+    for (const s of budget.sweep(now)) this.#summary(s, budget);
   }
 
   /** Write what the output takes now (before the loop sleeps, at each sweep, and at the end). */
@@ -275,9 +350,24 @@ export class AuditOutput {
     this.#log.flush();
   }
 
-  /** At stop: write everything held, waiting up to `timeoutMs` for a slow output. */
+  /**
+   * At stop: write every summary of dropped records still owed, then everything held, waiting
+   * up to `timeoutMs` for a slow output.
+   */
   drain(timeoutMs: number): void {
+    const budget = this.#budget;
+    if (budget !== null) {
+      for (const s of budget.sweep(performance.now(), true)) this.#summary(s, budget);
+    }
     this.#log.drain(timeoutMs);
+  }
+
+  /**
+   * True while some uid's summary of records dropped over its audit budget is not written yet
+   * (the loop then keeps sweeping: {@link AuditOutput.sweep} writes it).
+   */
+  get owing(): boolean {
+    return this.#budget !== null && this.#budget.owing > 0;
   }
 
   /** True while audit lines wait for a stalled output. */

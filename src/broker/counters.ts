@@ -66,6 +66,8 @@ export interface CounterSnapshot {
   readonly watchLost: number;
   /** Audit records dropped since start because the audit output stalled. */
   readonly auditDropped: number;
+  /** Audit records not written since start because their uid exceeded its audit budget. */
+  readonly auditUidDropped: number;
 }
 
 function zeroCounts(): RequestCounts {
@@ -94,6 +96,8 @@ export class BrokerCounters {
   watchLost = 0;
   /** Audit records dropped because the audit output did not keep up (see `audit_sink.ts`). */
   auditDropped = 0;
+  /** Audit records not written because their uid exceeded its budget (`audit_budget.ts`). */
+  auditUidDropped = 0;
   #gauges: Gauges | null = null;
 
   /** Connect the live gauges (the facade does, once its parts exist). */
@@ -121,6 +125,7 @@ export class BrokerCounters {
       accepted: this.accepted,
       refused: this.refused,
       auditDropped: this.auditDropped,
+      auditUidDropped: this.auditUidDropped,
       connections: g?.connections() ?? 0,
       parkedWaits: g?.parkedWaits() ?? 0,
       hashQueue: g?.hashQueue() ?? 0,

@@ -53,6 +53,12 @@ export class EventLoop {
   readonly #events: PollEvent[] = [];
   readonly #blocking: boolean;
   #nextSweep = 0;
+  /**
+   * The loop's last clock reading (performance.now(), ms): taken once per turn, after the turn's
+   * events, and after an off-thread wait (which may have slept long). Parts that need the time per
+   * request (the audit budget) read it rather than the clock.
+   */
+  now: number = performance.now();
 
   /**
    * @param blocking wait on the JavaScript thread while busy (a broker with its own process)
@@ -67,7 +73,7 @@ export class EventLoop {
     // One clock reading per turn (performance.now() is a runtime call): taken after the turn's
     // events, it serves the sweep, and the next turn's decisions (nothing but the `finished`
     // check runs in between).
-    let now = performance.now();
+    let now = this.now = performance.now();
     let lastEvent = now;
     let lastYield = now;
     try {
@@ -96,10 +102,13 @@ export class EventLoop {
               busy ? 0 : this.#waitTimeout(driver, performance.now()),
               this.#events,
             );
+            // The wait may have slept for long: the events it brought are handled at the time
+            // they came (the audit budget refills by it), not at the time the loop went to sleep.
+            this.now = performance.now();
           }
         }
         for (const ev of events) driver.event(ev);
-        now = performance.now();
+        now = this.now = performance.now();
         if (events.length > 0) lastEvent = now;
         if (now >= this.#nextSweep) {
           this.#nextSweep = now + SWEEP_MS;

@@ -296,6 +296,11 @@ export class BrokerMetrics {
   readonly watchLost: Counter;
   /** Audit lines that could not be written (`memfdbus_audit_lines_dropped_total`). */
   readonly auditDropped: Counter;
+  /**
+   * Audit records not written because their uid exceeded its audit budget
+   * (`memfdbus_audit_records_over_share_total`, see `src/core/audit_budget.ts`).
+   */
+  readonly auditUidDropped: Counter;
   /** PUTs stored on the memfd of identical content (`memfdbus_dedup_hits_total`). */
   readonly dedupHits: Counter;
 
@@ -376,6 +381,10 @@ export class BrokerMetrics {
     this.auditDropped = r.counter(
       "memfdbus_audit_lines_dropped_total",
       "Audit lines not written because the audit output failed.",
+    );
+    this.auditUidDropped = r.counter(
+      "memfdbus_audit_records_over_share_total",
+      "Audit records not written because their peer uid exceeded its audit share (--audit-uid-rate).",
     );
   }
 

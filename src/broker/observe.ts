@@ -154,6 +154,7 @@ class ObservedMetrics extends BrokerMetrics {
     // The audit sink counts lines it had to drop (when it does).
     const dropped = (this.#counters as unknown as { auditDropped?: unknown }).auditDropped;
     syncTo(this.auditDropped, {}, typeof dropped === "number" ? dropped : 0);
+    syncTo(this.auditUidDropped, {}, snap.auditUidDropped);
     const stats = this.#cluster?.()?.stats;
     for (const [key, counter] of this.#clusterCounters) syncTo(counter, {}, stats?.[key] ?? 0);
     return super.render();

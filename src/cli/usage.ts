@@ -32,6 +32,9 @@ broker options beyond the C memfdbus:
   --shadow PATH           mirror objects to a shadow process so they survive a restart
   --takeover              take the socket and objects over from the broker running on it
   --audit-peer            add the peer's pid, uid and gid to every audit record
+  --audit-uid-rate BYTES  audit bytes a second per uid, root and the broker's own
+                          exempt (1MiB); records past it are dropped and summed up
+  --audit-uid-burst BYTES audit bytes per uid at once after a quiet spell (16 x rate)
   --read-only-fds         hand consumers O_RDONLY descriptors (C: O_RDWR, writes fail EPERM)
   --require-job           refuse requests without a job id
   --protect-names         only the job that first published a name may publish it again
@@ -151,6 +154,10 @@ options (default):
   --shadow PATH              mirror objects to a shadow process so they survive a restart
   --takeover                 take the socket and objects over from the broker on --socket
   --audit-peer               add the peer's pid, uid and gid to every audit record
+  --audit-uid-rate BYTES     audit bytes a second each uid may have written; root and
+                             the broker's uid are exempt; records past it are dropped,
+                             counted and summed up in one "audit" record (1MiB)
+  --audit-uid-burst BYTES    audit bytes a uid may have written at once (16 x the rate)
   --read-only-fds            hand consumers O_RDONLY descriptors
   --require-job              refuse requests without a job id
   --protect-names            only the job that first published a name may publish it again

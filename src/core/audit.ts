@@ -125,8 +125,47 @@ function countOrNull(v: bigint | number | null): string {
   return v === null ? "null" : String(v);
 }
 
+/**
+ * The summary of a uid's records dropped over its audit budget (`src/core/audit_budget.ts`): the
+ * twelve keys, op `audit`, result `dropped`, `count` the records and `size` their bytes, and the
+ * error text saying whose and why, e.g.
+ * `uid 65534 exceeded its audit share (1 MiB/s): 2570 records dropped`.
+ */
+export interface DroppedRecord extends Omit<AuditRecord, "op" | "result"> {
+  /** Always `audit`: a record about the audit log itself, not a request. */
+  op: "audit";
+  /** Always `dropped`. */
+  result: "dropped";
+}
+
+/**
+ * The summary record of `records` records (`bytes` bytes) dropped, with the text `error`.
+ *
+ * @param records how many records were not written
+ * @param bytes their bytes
+ * @param error the text, e.g. `uid 65534 exceeded its audit share (1 MiB/s): 2 records dropped`
+ */
+export function droppedRecord(records: number, bytes: number, error: string): DroppedRecord {
+  return {
+    op: "audit",
+    result: "dropped",
+    selector: null,
+    objectId: null,
+    name: null,
+    size: bytes,
+    count: records,
+    digest: null,
+    jobId: null,
+    error,
+  };
+}
+
 /** One audit line (a binary string ending in `\n`). */
-export function formatRecord(tsNs: bigint, r: AuditRecord, peer?: AuditPeer): string {
+export function formatRecord(
+  tsNs: bigint,
+  r: AuditRecord | DroppedRecord,
+  peer?: AuditPeer,
+): string {
   let line = `{"ts_ns":${tsNs},"op":"${r.op}","operation":"${r.op}","result":"${r.result}"` +
     `,"selector":${jsonString(r.selector)},"object_id":${u64OrNull(r.objectId)}` +
     `,"name":${jsonString(r.name)},"size":${countOrNull(r.size)},"count":${countOrNull(r.count)}` +

@@ -7,7 +7,8 @@
  * Keys (all optional): socket, socketMode ("0600"), maxNameBytes, maxObjects, maxRequestBytes,
  * maxListBytes, maxTotalBytes, maxMetadataBytes (a byte count: 1073741824 or "1GiB"), listenBacklog, maxClients, requestTimeoutMs, idleTimeoutMs,
  * maxWaitMs, maxWaiters, maxWatchers, readOnlyFds,
- * auditPeer, requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
+ * auditPeer, auditUidRate and auditUidBurst (byte counts such as "1MiB": the per-uid audit
+ * budget, see `audit_budget.ts`), requireJob, protectNames, jobs ({ "job": { "uids": [..], "gids": [..] } }),
  * shadow, keepVersions, retention ({ "model/*": 2, "logs/*": 10, "scratch/*": "unlimited" }),
  * pin (["model/*", "config.json"]: eviction never releases their versions),
  * quotas ({ "perUid": { "bytes": "8GiB", "objects": 1000 }, "uids": { "1001": {..} },
@@ -58,6 +59,19 @@ function integer(max: bigint, set: (o: BrokerOptions, v: bigint) => void): Apply
     if (node.type === "string" && /^[0-9]+$/.test(String(node.value))) v = BigInt(node.value);
     if (v === null || v < 1n || v > max) return fail(`expected an integer from 1 to ${max}`);
     set(o, v);
+  };
+}
+
+/** A byte count (see {@link byteCount}) up to 2^53 - 1, kept as a number. */
+function bytes(set: (o: BrokerOptions, v: number) => void): Apply {
+  return (o, node, fail) => {
+    const v = byteCount(node);
+    if (v === null || v > BigInt(Number.MAX_SAFE_INTEGER)) {
+      return fail(
+        `expected a byte count from 1 to ${Number.MAX_SAFE_INTEGER}, such as 1048576 or "1MiB"`,
+      );
+    }
+    set(o, Number(v));
   };
 }
 
@@ -324,6 +338,8 @@ const KEYS: Readonly<Record<string, Apply>> = {
   maxWaiters: integer(INT_MAX, (o, v) => (o.maxWaiters = Number(v))),
   maxWatchers: integer(INT_MAX, (o, v) => (o.maxWatchers = Number(v))),
   auditPeer: boolean((o, v) => (o.auditPeer = v)),
+  auditUidRate: bytes((o, v) => (o.auditUidRate = v)),
+  auditUidBurst: bytes((o, v) => (o.auditUidBurst = v)),
   readOnlyFds: boolean((o, v) => (o.readOnlyFds = v)),
   requireJob: boolean((o, v) => (o.policy = { ...o.policy, requireJob: v })),
   protectNames: boolean((o, v) => (o.policy = { ...o.policy, protectNames: v })),

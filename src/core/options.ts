@@ -9,6 +9,7 @@ import { type IdentityPolicy, OPEN_POLICY } from "./policy.ts";
 import { NAME_HARD_MAX } from "../protocol/wire.ts";
 import { NO_QUOTAS, type PinRule, type Quotas, type RetentionRule } from "./governance.ts";
 import { DEFAULT_PEER_LIMITS, type PeerLimits } from "./fair_shares.ts";
+import { DEFAULT_AUDIT_UID_RATE } from "./audit_budget.ts";
 import { applyClusterFlags, type ClusterFlags, type ClusterOptions } from "../cluster/options.ts";
 
 /**
@@ -27,6 +28,8 @@ export const DEFAULT_SOCKET = "/tmp/memfdbus.sock";
 const U32_MAX = 4294967295n;
 const U64_MAX = 18446744073709551615n;
 const INT_MAX = 2147483647n;
+/** The largest byte count kept as a number (2^53 - 1). */
+const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
 
 /**
  * Where the broker serves `/metrics`: a TCP address (meant for loopback, e.g. `127.0.0.1:9464`)
@@ -124,6 +127,18 @@ export interface BrokerOptions {
   socketMode: number;
   /** Add the peer's pid, uid and gid to every audit record (--audit-peer). */
   auditPeer: boolean;
+  /**
+   * Bytes of audit records a second each uid other than root and the broker's own may have
+   * written (--audit-uid-rate, config `auditUidRate`; 1 MiB/s by default). Records past the
+   * budget are dropped, counted, and summed up in one summary record (see
+   * `src/core/audit_budget.ts`).
+   */
+  auditUidRate: number;
+  /**
+   * The most audit bytes such a uid may have written at once (--audit-uid-burst, config
+   * `auditUidBurst`), or null for 16 times `auditUidRate`.
+   */
+  auditUidBurst: number | null;
   /** Identity policy (--policy FILE, --require-job, --protect-names). */
   policy: IdentityPolicy;
   /** The shadow's socket path (--shadow), or null for no shadow. */
@@ -184,6 +199,8 @@ export function defaultBrokerOptions(): BrokerOptions {
     readOnlyFds: false,
     socketMode: 0o600,
     auditPeer: false,
+    auditUidRate: DEFAULT_AUDIT_UID_RATE,
+    auditUidBurst: null,
     policy: OPEN_POLICY,
     shadow: null,
     keepVersions: null,
@@ -215,7 +232,34 @@ export function parsePositive(flag: string, value: string, max: bigint): bigint 
   return n;
 }
 
+const BYTE_UNITS: Readonly<Record<string, bigint>> = {
+  "": 1n,
+  B: 1n,
+  KiB: 1n << 10n,
+  MiB: 1n << 20n,
+  GiB: 1n << 30n,
+  TiB: 1n << 40n,
+};
+
+/**
+ * Parse a byte count: ASCII digits with an optional `B`, `KiB`, `MiB`, `GiB` or `TiB` suffix
+ * (`65536`, `64KiB`, `1 MiB`), non-zero and at most `max`; null otherwise.
+ */
+export function parseByteCount(value: string, max: bigint): bigint | null {
+  const m = /^([0-9]+)\s?(B|KiB|MiB|GiB|TiB)?$/.exec(value);
+  if (m === null) return null;
+  const v = BigInt(m[1] ?? "0") * (BYTE_UNITS[m[2] ?? ""] ?? 1n);
+  return v >= 1n && v <= max ? v : null;
+}
+
 type Setter = (o: BrokerOptions, v: string, flag: string) => void;
+
+/** A flag taking a byte count (see {@link parseByteCount}) up to 2^53 - 1. */
+const bytesFlag = (set: (o: BrokerOptions, n: number) => void): Setter => (o, v, f) => {
+  const n = parseByteCount(v, SAFE_MAX);
+  if (n === null) throw new UsageError(`invalid ${f}: ${v}`);
+  set(o, Number(n));
+};
 
 const num = (max: bigint, set: (o: BrokerOptions, n: number) => void): Setter => (o, v, f) =>
   set(o, Number(parsePositive(f, v, max)));
@@ -241,6 +285,8 @@ const FLAGS: Readonly<Record<string, Setter>> = {
   "--socket-mode": (o, v, f) => (o.socketMode = parseMode(f, v)),
   "--shadow": (o, v) => (o.shadow = v),
   "--keep-versions": num(INT_MAX, (o, n) => (o.keepVersions = n)),
+  "--audit-uid-rate": bytesFlag((o, n) => (o.auditUidRate = n)),
+  "--audit-uid-burst": bytesFlag((o, n) => (o.auditUidBurst = n)),
   "--evict": (o, v, f) => {
     if (v !== "superseded" && v !== "none") throw new UsageError(`invalid ${f}: ${v}`);
     o.evict = v;

@@ -41,6 +41,8 @@ Deno.test("defaultBrokerOptions adds the request and idle timeouts of this broke
   assertEquals([d.requestTimeoutMs, d.idleTimeoutMs], [10_000, 60_000]);
   assertEquals(Object.keys(d).sort(), [
     "auditPeer",
+    "auditUidBurst",
+    "auditUidRate",
     "cluster",
     "dedup",
     "evict",
@@ -126,6 +128,8 @@ Deno.test("parseBrokerArgs sets every flag to its typed value", () => {
     readOnlyFds: false,
     socketMode: 0o600,
     auditPeer: false,
+    auditUidRate: 1048576,
+    auditUidBurst: null,
     policy: OPEN_POLICY,
     shadow: null,
     keepVersions: null,
