@@ -108,9 +108,10 @@ export interface StoreQuota {
  * its entries in the store's maps, its digest string and the per-name version list. Measured
  * with bench/memory.ts (an in-process broker; heap after forced garbage collections, before and
  * after storing N deduplicated 16-byte objects; `deno run -A --v8-flags=--expose-gc
- * bench/memory.ts N [NAME_BYTES]`): 432 and 438 B retained per object with 8- and 9-byte names
- * (423 to 430 B besides the name), 1,454 B with 1,024-byte names (430 B besides), and 66,083 to
- * 66,255 B with 65,536-byte names (547 to 719 B besides). Rounded up to cover every run.
+ * bench/memory.ts N [NAME_BYTES]`): 345 B retained per object with 9-byte names (336 B besides
+ * the name), 1,355 B with 1,024-byte names (331 B besides) and 66,001 B with 65,536-byte names
+ * (465 B besides); before the per-uid digest index stopped building a key string per content,
+ * 432 to 438, 1,454 and 66,083 to 66,255 B (up to 719 B besides). Rounded up to cover every run.
  */
 export const OBJECT_OVERHEAD_BYTES = 768;
 
