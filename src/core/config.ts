@@ -75,6 +75,17 @@ function bytes(set: (o: BrokerOptions, v: number) => void): Apply {
   };
 }
 
+/** A byte count (see {@link byteCount}) from 1 to `max`: 1073741824 or "1GiB". */
+function byteLimit(max: bigint, set: (o: BrokerOptions, v: bigint) => void): Apply {
+  return (o, node, fail) => {
+    const v = byteCount(node);
+    if (v === null || v > max) {
+      return fail(`expected a byte count from 1 to ${max}, such as 1073741824 or "1GiB"`);
+    }
+    set(o, v);
+  };
+}
+
 function boolean(set: (o: BrokerOptions, v: boolean) => void): Apply {
   return (o, node, fail) => {
     if (node.type !== "boolean") return fail("expected true or false");
@@ -322,9 +333,9 @@ const KEYS: Readonly<Record<string, Apply>> = {
   },
   maxNameBytes: integer(BigInt(NAME_HARD_MAX), (o, v) => (o.maxNameBytes = Number(v))),
   maxObjects: integer(U64_MAX, (o, v) => (o.maxObjects = v)),
-  maxRequestBytes: integer(U32_MAX, (o, v) => (o.maxRequestBytes = Number(v))),
-  maxListBytes: integer(U32_MAX, (o, v) => (o.maxListBytes = Number(v))),
-  maxTotalBytes: integer(U64_MAX, (o, v) => (o.maxTotalBytes = v)),
+  maxRequestBytes: byteLimit(U32_MAX, (o, v) => (o.maxRequestBytes = Number(v))),
+  maxListBytes: byteLimit(U32_MAX, (o, v) => (o.maxListBytes = Number(v))),
+  maxTotalBytes: byteLimit(U64_MAX, (o, v) => (o.maxTotalBytes = v)),
   maxMetadataBytes: (o, node, fail) => {
     const v = byteCount(node);
     if (v === null) return fail('expected a byte count such as 1073741824 or "1GiB"');

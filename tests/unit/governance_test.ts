@@ -363,6 +363,32 @@ Deno.test("config keys keepVersions, retention, quotas, evict, dedup and metrics
   assertEquals(options.metrics, { kind: "tcp", hostname: "127.0.0.1", port: 9464 });
 });
 
+Deno.test('every byte limit in the config takes a byte count: 51539607552 or "48GiB"', async () => {
+  const { options } = await parse(`{
+    "maxTotalBytes": "48GiB",
+    "maxRequestBytes": "1MiB",
+    "maxListBytes": 65536,
+    "maxMetadataBytes": "256MiB",
+  }`);
+  assertEquals(
+    [options.maxTotalBytes, options.maxRequestBytes, options.maxListBytes],
+    [48n << 30n, 1 << 20, 65536],
+  );
+  assertEquals(options.maxMetadataBytes, 256n << 20n);
+  assertEquals(
+    (await parse('{ "maxTotalBytes": "18446744073709551615" }')).options.maxTotalBytes,
+    18446744073709551615n,
+  );
+  await rejects(parse('{\n "maxListBytes": "4GiB"\n}'), {
+    message: `${PATH}:2: maxListBytes: expected a byte count from 1 to 4294967295, such as ` +
+      '1073741824 or "1GiB"',
+  });
+  await rejects(parse('{\n "maxTotalBytes": "48 GB"\n}'), {
+    message: `${PATH}:2: maxTotalBytes: expected a byte count from 1 to 18446744073709551615, ` +
+      'such as 1073741824 or "1GiB"',
+  });
+});
+
 Deno.test("governance config mistakes name FILE:LINE: key: and the nested value's own line", async () => {
   const cases: [string, string][] = [
     [
