@@ -361,12 +361,19 @@ export class Governor {
     const shared = this.rules.dedup ? store.contentOf(put.digest, put.size, put.uid) : undefined;
     const sharedFd = shared?.fd ?? -1;
     const release = this.retentionFor(put.name, pinned);
-    const gone = new Set<StoredObject>(release.map((r) => r.obj));
+    const released = new Set<StoredObject>(release.map((r) => r.obj));
+    const gone = new Set<StoredObject>(released);
     const evict: Release[] = [];
-    const order = this.rules.evict === "superseded"
-      ? this.evictionOrder((o) => this.isPinned(o) || pinned(o), put.name)
-        .filter((o) => !gone.has(o))
-      : [];
+    // The eviction order walks and sorts every stored object: built only once a scope is over
+    // its quota, not for every PUT (a uid holding many superseded versions made each PUT, anyone's,
+    // sort them all while the loop waited).
+    let sorted: StoredObject[] | undefined;
+    const order = (): readonly StoredObject[] => {
+      if (this.rules.evict !== "superseded") return [];
+      sorted ??= this.evictionOrder((o) => this.isPinned(o) || pinned(o), put.name)
+        .filter((o) => !released.has(o));
+      return sorted;
+    };
 
     const scopes: Scope[] = [];
     const jobQuota = put.owner === null ? undefined : this.rules.quotas.jobs.get(put.owner);
@@ -433,32 +440,35 @@ export class Governor {
     put: PutRequest,
     sharedFd: number,
     gone: Set<StoredObject>,
-    order: readonly StoredObject[],
+    order: () => readonly StoredObject[],
     evict: Release[],
   ): string | null {
     const { quota } = scope;
-    const over = (removed: ReadonlySet<StoredObject>): "objects" | "bytes" | null => {
-      const p = this.#project(scope, removed);
+    // One projection updated object by object: recomputing it over every tentative removal made
+    // a PUT that evicts k objects (or is refused after trying all k) cost k² steps.
+    const p = this.#project(scope, gone);
+    const over = (): "objects" | "bytes" | null => {
       // The new object's bytes count unless the holder keeps its content anyway.
       const add = sharedFd >= 0 && p.keeps(sharedFd) ? 0 : put.size;
       if (quota.objects !== null && BigInt(p.objects) + 1n > quota.objects) return "objects";
       if (quota.bytes !== null && BigInt(p.bytes) + BigInt(add) > quota.bytes) return "bytes";
       return null;
     };
-    let what = over(gone);
+    let what = over();
     if (what === null) return null;
     const first = what;
     const tentative = new Set(gone);
     const chosen: Release[] = [];
-    for (const obj of order) {
+    for (const obj of order()) {
       if (tentative.has(obj) || !scope.holds(obj)) continue;
       tentative.add(obj);
+      p.remove(obj);
       chosen.push({ obj, reason: scope.reasons[what === "objects" ? 0 : 1] });
-      what = over(tentative);
+      what = over();
       if (what === null) break;
     }
     if (what !== null) {
-      const now = this.#project(scope, new Set());
+      const now = this.#project(scope, []);
       return first === "objects"
         ? scope.text("objects", now.objects, quota.objects ?? 0n)
         : scope.text("bytes", now.bytes, quota.bytes ?? 0n);
@@ -471,26 +481,49 @@ export class Governor {
   }
 
   /** A holder's objects and content bytes once `gone` are removed, and the contents it keeps. */
-  #project(scope: Scope, gone: ReadonlySet<StoredObject>): Projection {
+  #project(scope: Scope, gone: Iterable<StoredObject>): Projection {
     const store = this.#store;
     const account = scope.account;
     const broker = scope.limit === "broker";
-    let objects = broker ? store.count : account?.objects ?? 0;
-    let bytes = broker ? store.uniqueBytes : account?.bytes ?? 0;
     const refsOf = (key: number | StoredObject): number => {
       if (!broker) return account?.refs.get(key) ?? 0;
       return typeof key === "number" ? store.content(key)?.refs ?? 0 : 1;
     };
-    const dropped = new Map<number | StoredObject, number>();
-    for (const obj of gone) {
-      if (!scope.holds(obj)) continue;
-      objects--;
-      const key = contentKey(obj);
-      const n = (dropped.get(key) ?? 0) + 1;
-      dropped.set(key, n);
-      if (n === refsOf(key)) bytes -= obj.size;
-    }
-    return { objects, bytes, keeps: (fd) => refsOf(fd) > (dropped.get(fd) ?? 0) };
+    const p = new Projection(
+      scope,
+      broker ? store.count : account?.objects ?? 0,
+      broker ? store.uniqueBytes : account?.bytes ?? 0,
+      refsOf,
+    );
+    for (const obj of gone) p.remove(obj);
+    return p;
+  }
+}
+
+/** A holder's objects and content bytes as objects are taken away one by one. */
+class Projection {
+  readonly #dropped = new Map<number | StoredObject, number>();
+
+  constructor(
+    readonly scope: Scope,
+    public objects: number,
+    public bytes: number,
+    readonly refsOf: (key: number | StoredObject) => number,
+  ) {}
+
+  /** Take `obj` away (nothing when the holder does not hold it). */
+  remove(obj: StoredObject): void {
+    if (!this.scope.holds(obj)) return;
+    this.objects--;
+    const key = contentKey(obj);
+    const n = (this.#dropped.get(key) ?? 0) + 1;
+    this.#dropped.set(key, n);
+    if (n === this.refsOf(key)) this.bytes -= obj.size;
+  }
+
+  /** Does the holder still hold the content on this descriptor after the removals? */
+  keeps(fd: number): boolean {
+    return this.refsOf(fd) > (this.#dropped.get(fd) ?? 0);
   }
 }
 
@@ -501,13 +534,6 @@ interface Scope {
   readonly holds: (obj: StoredObject) => boolean;
   readonly reasons: readonly [ReleaseReason, ReleaseReason];
   readonly text: (what: "bytes" | "objects", held: number, max: bigint) => string;
-}
-
-interface Projection {
-  readonly objects: number;
-  readonly bytes: number;
-  /** Does the holder still hold the content on this descriptor after the removals? */
-  readonly keeps: (fd: number) => boolean;
 }
 
 function charge<K>(accounts: Map<K, Account>, key: K, obj: StoredObject): void {

@@ -221,6 +221,45 @@ Deno.test("eviction releases superseded versions, least recently fetched first, 
   void a2, b2, c1;
 });
 
+/** A store that counts how often the governor walks its names and looks up contents. */
+class CountingStore extends Store {
+  walks = 0;
+  lookups = 0;
+  override names(): IterableIterator<[string, readonly StoredObject[]]> {
+    this.walks++;
+    return super.names();
+  }
+  override content(fd: number): ReturnType<Store["content"]> {
+    this.lookups++;
+    return super.content(fd);
+  }
+}
+
+Deno.test("with eviction on, a PUT that fits walks no stored object, and one that must evict is linear in the objects", () => {
+  // A uid holding thousands of superseded versions made every PUT, anyone's, collect and sort
+  // them all (a broker with 20,000 of them answered root's PUTs 13 times slower); and trying
+  // k evictions recomputed the projection over all k each time, k² steps.
+  const r = rules({ maxTotalBytes: 10_000n, evict: "superseded" });
+  const store = new CountingStore({ maxObjects: r.maxObjects, maxTotalBytes: r.maxTotalBytes });
+  const gov = new Governor(r, store);
+  const k = 2000;
+  for (let i = 0; i < k; i++) {
+    gov.added(store.add(obj("v", 1, { digest: D("a").slice(0, -8) + String(i).padStart(8, "0") })));
+  }
+  assertEquals(store.uniqueBytes, k);
+  assertEquals(ids(gov.admitPut(put("w", 100))), { release: [], evict: [] });
+  assertEquals(store.walks, 0);
+  // 10,000 bytes cannot fit even with every superseded version gone: refused after one walk,
+  // each candidate's content looked up a bounded number of times (not once per earlier one).
+  store.lookups = 0;
+  assertEquals(ids(gov.admitPut(put("w", 10_000))), "broker object quota exceeded");
+  assertEquals(store.walks, 1);
+  ok(store.lookups <= 4 * k, `${store.lookups} content lookups for ${k} candidates`);
+  // One that fits once 1,000 are evicted evicts exactly those, oldest first.
+  const e = gov.admitPut(put("w", 9_000));
+  ok(e.ok && e.evict.length === 1000 && e.evict[0]?.obj.id === 1, ids(e).toString());
+});
+
 Deno.test("eviction may take the version a PUT of the same name supersedes", () => {
   const { gov, add } = setup(rules({ maxObjects: 1n, evict: "superseded" }));
   const a1 = add(obj("a", 1));
