@@ -20,7 +20,7 @@ import {
 } from "../core/audit_budget.ts";
 import { fromBinary } from "../protocol/bytes.ts";
 import { errno, errnoErrorOf, libc } from "../ffi.ts";
-import { isRegular, pollOne, tryFstat, writeAll } from "../sys/fd.ts";
+import { isRegular, pollOne, tryFstat } from "../sys/fd.ts";
 import { realtimeNs } from "../sys/clock.ts";
 import { EAGAIN, EINTR, POLLOUT } from "../sys/linux.ts";
 import type { BrokerCounters } from "./counters.ts";
@@ -53,10 +53,41 @@ export type Diagnostics = (message: string) => void;
 
 const encoder = new TextEncoder();
 
-/** The default {@link Diagnostics}: one line on stderr; a broken stderr is ignored. */
+/** The most one diagnostic line writes to stderr at a time: what a pipe takes whole (PIPE_BUF). */
+const DIAGNOSTIC_SLICE = 4096;
+
+/** Diagnostic lines stderr could not take, not yet reported. */
+let diagnosticsDropped = 0;
+
+/**
+ * The default {@link Diagnostics}: one line on stderr; a broken stderr is ignored. The line is
+ * written only as far as stderr takes it now (polled, at most 4 KiB per write), never waiting:
+ * a stderr pipe nobody drains (a stalled journal, `2>&1` into a stalled audit reader) froze the
+ * whole broker in write(2) at the first summary of a uid over its audit budget. A line stderr
+ * cannot take is dropped and counted; the next one that fits says how many were lost.
+ */
 export function stderrDiagnostics(message: string): void {
   try {
-    writeAll(2, encoder.encode(message + "\n"));
+    if (!pollOne(2, POLLOUT, 0)) {
+      diagnosticsDropped++;
+      return;
+    }
+    const lost = diagnosticsDropped;
+    diagnosticsDropped = 0;
+    const text = lost > 0
+      ? `memfdbus broker: stderr stalled: ${lost} diagnostic lines were dropped\n${message}\n`
+      : message + "\n";
+    const bytes = encoder.encode(text);
+    for (let off = 0; off < bytes.length;) {
+      if (off > 0 && !pollOne(2, POLLOUT, 0)) return;
+      const part = bytes.subarray(off, off + DIAGNOSTIC_SLICE);
+      const n = libc.symbols.write(2, part, BigInt(part.length));
+      if (n < 0) {
+        if (errno() === EINTR) continue;
+        return;
+      }
+      off += Number(n);
+    }
   } catch {
     // Nowhere left to report to.
   }
