@@ -218,9 +218,12 @@ export class Admission {
     sessions.pump(conn);
   }
 
-  /** The peer's credentials when the audit log wants them. */
+  /**
+   * The peer's credentials: the audit log shows them with --audit-peer, and the per-uid audit
+   * budget charges the record to them either way (without them, refusals at the door were
+   * written for any uid, whatever its budget).
+   */
   #peerOf(fd: number): AuditPeer | undefined {
-    if (!this.#p.audit.withPeer) return undefined;
     try {
       return peerCredentials(fd);
     } catch {
