@@ -175,6 +175,12 @@ export class AuditLog {
 
   #append(line: string): void {
     if (this.#queued + this.#pending.length + line.length > this.#bound) {
+      // Full: first hand the output what it takes now (all of it, for a regular file, which
+      // never blocks), so that a burst within one loop turn (one uid's records included) does
+      // not cost other records their place; only an output that really stalls drops.
+      this.flush();
+    }
+    if (this.#queued + this.#pending.length + line.length > this.#bound) {
       this.#dropped++;
       this.#onDropped(1);
       return;

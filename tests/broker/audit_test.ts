@@ -358,6 +358,34 @@ Deno.test("AuditLog on a pipe nobody reads never blocks: it holds lines up to it
   assertEquals(log.dropped, 0);
 });
 
+Deno.test("AuditLog to a file drops nothing when one loop turn brings more than its bound: the full buffer goes to the file first", () => {
+  using dir = ownTempDir();
+  const path = `${dir.path}/audit.log`;
+  Deno.writeFileSync(path, new Uint8Array());
+  const fd = tryOpen(path, O_WRONLY);
+  ok(fd >= 0, `open: ${fd}`);
+  try {
+    let counted = 0;
+    const log = new AuditLog(fd, {
+      clock: () => 7n,
+      bufferBytes: 4096,
+      onDropped: (n) => (counted += n),
+    });
+    // 200 records of ~400 bytes (80 KiB, 20 times the bound) without a flush in between, as
+    // when many connections close in one turn.
+    for (let i = 0; i < 200; i++) log.record(rec({ objectId: i + 1, name: "z".repeat(300) }));
+    log.flush();
+    assertEquals([counted, log.dropped, log.waiting], [0, 0, false]);
+    const lines = dec(Deno.readFileSync(path)).trimEnd().split("\n");
+    assertEquals(
+      lines.map((l) => JSON.parse(l).object_id),
+      [...Array(200).keys()].map((i) => i + 1),
+    );
+  } finally {
+    libc.symbols.close(fd);
+  }
+});
+
 Deno.test("AuditLog to a file keeps ASCII and non-ASCII lines in order and byte for byte past its staging buffer", () => {
   using dir = ownTempDir();
   const path = `${dir.path}/audit.log`;
