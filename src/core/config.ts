@@ -27,7 +27,7 @@ import { nearestWord } from "./nearest.ts";
 import type { Node, ParseError } from "jsonc-parser";
 import { utf8Binary } from "../protocol/bytes.ts";
 import { UsageError } from "../errors.ts";
-import { type BrokerOptions, parseMetricsAddress } from "./options.ts";
+import { type BrokerOptions, parseByteCount, parseMetricsAddress } from "./options.ts";
 import type { PinRule, QuotaLimits, Quotas, RetentionRule } from "./governance.ts";
 import type { JobBinding, Reservation } from "./policy.ts";
 import { nameProblem } from "../protocol/names.ts";
@@ -104,25 +104,15 @@ function ids(node: Node | undefined, what: string, fail: Fail): number[] {
   });
 }
 
-const UNITS: Readonly<Record<string, bigint>> = {
-  "": 1n,
-  B: 1n,
-  KiB: 1n << 10n,
-  MiB: 1n << 20n,
-  GiB: 1n << 30n,
-  TiB: 1n << 40n,
-};
-
-/** A byte count: an integer, or a decimal string with an optional KiB/MiB/GiB/TiB suffix. */
+/**
+ * A byte count: an integer, or a decimal string with an optional KiB/MiB/GiB/TiB suffix (the
+ * flags' {@link parseByteCount}).
+ */
 function byteCount(node: Node): bigint | null {
   if (node.type === "number") {
     return Number.isSafeInteger(node.value) && node.value >= 1 ? BigInt(node.value) : null;
   }
-  if (node.type !== "string") return null;
-  const m = /^([0-9]+)\s?(B|KiB|MiB|GiB|TiB)?$/.exec(String(node.value));
-  if (m === null) return null;
-  const v = BigInt(m[1] ?? "0") * (UNITS[m[2] ?? ""] ?? 1n);
-  return v >= 1n && v <= U64_MAX ? v : null;
+  return node.type === "string" ? parseByteCount(String(node.value), U64_MAX) : null;
 }
 
 /** `unknown key "k"`, with the nearest known key when `k` looks like a typo of it. */
