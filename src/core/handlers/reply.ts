@@ -56,9 +56,13 @@ export function errorOutcome(
 ): Outcome {
   audit.result = resultOf(status);
   audit.error = text;
+  return withText({ cmd, status }, text, audit, false);
+}
+
+/** A reply of header `h` and a text body (a binary string: one byte per character). */
+function withText(h: Partial<Header>, text: string, audit: AuditRecord, ok: boolean): Outcome {
   const wire = replyBytes(HEADER_SIZE + text.length);
-  encodeHeader({ cmd, status, textLen: text.length }, wire);
-  // The text is a binary string: one byte per character.
+  encodeHeader({ ...h, textLen: text.length }, wire);
   for (let i = 0; i < text.length; i++) wire[HEADER_SIZE + i] = text.charCodeAt(i);
   return {
     wire,
@@ -67,7 +71,7 @@ export function errorOutcome(
     audit,
     auditAfterSend: false,
     keptFd: false,
-    ok: false,
+    ok,
   };
 }
 
@@ -90,19 +94,8 @@ export function headerOnly(h: Partial<Header>, audit: AuditRecord, keptFd: boole
  * string, one byte per character.
  */
 export function textOutcome(h: Partial<Header>, text: string, audit: AuditRecord): Outcome {
-  const wire = new Uint8Array(HEADER_SIZE + text.length);
-  encodeHeader({ ...h, textLen: text.length }, wire);
-  for (let i = 0; i < text.length; i++) wire[HEADER_SIZE + i] = text.charCodeAt(i);
   audit.result = "ok";
-  return {
-    wire,
-    segments: pieces(wire, [HEADER_SIZE, null], [text.length, null]),
-    fd: -1,
-    audit,
-    auditAfterSend: false,
-    keptFd: false,
-    ok: true,
-  };
+  return withText(h, text, audit, true);
 }
 
 /** Views into `wire` of the given lengths (empty pieces after the header are left out). */
