@@ -10,7 +10,7 @@ import { UnsupportedError } from "../../src/errors.ts";
 import { parseUsage } from "../../src/protocol/usage.ts";
 import { Cmd, encodeHeader } from "../../src/protocol/wire.ts";
 import { BrokerProcess, cli, enc, tempDir } from "../support/harness.ts";
-import { Agent, NOBODY, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, NOBODY, SKIP } from "../support/peer_agent.ts";
 import { waitFor } from "../support/wait.ts";
 
 const C_BROKER = "/work/cref/build/memfdbus";
@@ -136,13 +136,7 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
-    await using broker = await BrokerProcess.start(dir.path, [
-      "--socket-mode",
-      "0666",
-      "--max-objects",
-      "8",
-    ]);
+    await using broker = await brokerForOthers(dir.path, ["--max-objects", "8"]);
     await using root = new Client({ socket: broker.socket, jobId: null });
     await root.put(enc("root's"), { name: "r" });
     await using agent = Agent.start(dir.path, broker.socket);

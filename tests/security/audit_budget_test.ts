@@ -9,9 +9,9 @@
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { AUDIT_KEYS, type AuditLine, BrokerProcess, tempDir } from "../support/harness.ts";
+import { AUDIT_KEYS, type AuditLine, tempDir } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
-import { NOBODY, SKIP } from "../support/peer_agent.ts";
+import { brokerForOthers, NOBODY, pythonAsNobody, SKIP } from "../support/peer_agent.ts";
 import { Client } from "../../src/client.ts";
 import { BrokerError } from "../../src/errors.ts";
 import { Cmd, encodeHeader, Flag, withExt } from "../../src/protocol/wire.ts";
@@ -73,11 +73,8 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
     const port = freePort();
-    await using broker = await BrokerProcess.start(dir.path, [
-      "--socket-mode",
-      "0666",
+    await using broker = await brokerForOthers(dir.path, [
       "--audit-peer",
       "--audit-uid-rate",
       "64KiB",
@@ -94,23 +91,14 @@ Deno.test({
     // The test's own measure of the flood's duration: from before the process starts to after
     // it has read its last reply, which contains every moment the broker charged its records.
     const started = performance.now();
-    const flood = new Deno.Command("setpriv", {
-      args: [
-        `--reuid=${NOBODY}`,
-        `--regid=${NOBODY}`,
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
-        FLOOD,
-        broker.socket,
-        hexOf(header),
-        String(FLOOD_GETS),
-        String(NAME_LEN),
-      ],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "inherit",
-    }).output();
+    const flood = pythonAsNobody(
+      ["-c", FLOOD, broker.socket, hexOf(header), String(FLOOD_GETS), String(NAME_LEN)],
+      {
+        stdin: "null",
+        stdout: "piped",
+        stderr: "inherit",
+      },
+    ).output();
     const out = await flood;
     const elapsedS = (performance.now() - started) / 1000;
     const said = new TextDecoder().decode(out.stdout).trim();

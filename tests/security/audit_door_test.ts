@@ -8,9 +8,9 @@
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { BrokerProcess, tempDir } from "../support/harness.ts";
+import { tempDir } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
-import { Agent, NOBODY, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, NOBODY, SKIP } from "../support/peer_agent.ts";
 
 /** Refused connections uid 65534 makes once the broker is full. */
 const ATTEMPTS = 60;
@@ -21,11 +21,8 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
     // 4 connections in all, 3 for uid 65534; a budget of one record or so, refilled slowly.
-    await using broker = await BrokerProcess.start(dir.path, [
-      "--socket-mode",
-      "0666",
+    await using broker = await brokerForOthers(dir.path, [
       "--max-clients",
       "4",
       "--idle-timeout-ms",

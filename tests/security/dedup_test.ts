@@ -7,11 +7,11 @@
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { enc, tempDir } from "../support/harness.ts";
 import { putRequest, selectRequest } from "../support/wire.ts";
 import { Client } from "../../src/client.ts";
 import { Cmd } from "../../src/protocol/wire.ts";
-import { Agent, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
 
 Deno.test({
   name:
@@ -19,8 +19,7 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
-    await using broker = await BrokerProcess.start(dir.path, ["--socket-mode", "0666"]);
+    await using broker = await brokerForOthers(dir.path, []);
     const secret = enc("alice,100000\n");
     await using c = new Client({ socket: broker.socket, keepAlive: false, jobId: "hr" });
     await c.put(secret, { name: "hr/payroll" });

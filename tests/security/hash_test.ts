@@ -16,7 +16,7 @@ import {
 } from "../support/harness.ts";
 import { putRequest as wirePut } from "../support/wire.ts";
 import { waitFor } from "../support/wait.ts";
-import { Agent, hex, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, hex, SKIP } from "../support/peer_agent.ts";
 import { Client } from "../../src/client.ts";
 import { Memfd } from "../../src/sys/memfd.ts";
 import { libc } from "../../src/ffi.ts";
@@ -99,8 +99,7 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
-    await using b = await BrokerProcess.start(dir.path, ["--socket-mode", "0666"]);
+    await using b = await brokerForOthers(dir.path, []);
     await using agent = Agent.start(dir.path, b.socket);
     // A terabyte of holes costs no memory, but hashing it whole would take the only Worker for
     // many minutes; the digest sent is wrong, so the attacker need not hash anything itself.

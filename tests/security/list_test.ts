@@ -10,12 +10,12 @@
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { enc, tempDir } from "../support/harness.ts";
 import { selectRequest } from "../support/wire.ts";
 import { waitFor } from "../support/wait.ts";
 import { Client } from "../../src/client.ts";
 import { Cmd } from "../../src/protocol/wire.ts";
-import { Agent, hex, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, hex, SKIP } from "../support/peer_agent.ts";
 import { digestBytes } from "../../src/hash/digest.ts";
 import { formatListLine } from "../../src/protocol/list.ts";
 
@@ -36,14 +36,11 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
     const config = `${dir.path}/memfdbus.jsonc`;
     // uid 65534 may hold 64 KiB of unsent replies; a LIST's snapshot of 20,000 objects alone
     // counts 160,000 bytes.
     Deno.writeTextFileSync(config, '{ "peerLimits": { "replyBytes": 65536 } }\n');
-    await using broker = await BrokerProcess.start(dir.path, [
-      "--socket-mode",
-      "0666",
+    await using broker = await brokerForOthers(dir.path, [
       "--config",
       config,
       "--max-objects",

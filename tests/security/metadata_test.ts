@@ -8,12 +8,12 @@
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { enc, tempDir } from "../support/harness.ts";
 import { putRequest, selectRequest } from "../support/wire.ts";
 import { Client } from "../../src/client.ts";
 import { BrokerError } from "../../src/errors.ts";
 import { Cmd } from "../../src/protocol/wire.ts";
-import { Agent, NOBODY, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, NOBODY, SKIP } from "../support/peer_agent.ts";
 
 /** What one object under a 64 KiB name without jobs is charged: 65536 + the 768 B overhead. */
 const CHARGE = 65536 + 768;
@@ -25,11 +25,8 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
     // Room for 4 such objects; uid 65534 may hold 3 (3/4 of 4 charges, exactly).
-    await using broker = await BrokerProcess.start(dir.path, [
-      "--socket-mode",
-      "0666",
+    await using broker = await brokerForOthers(dir.path, [
       "--max-metadata-bytes",
       String(4 * CHARGE),
     ]);
@@ -95,8 +92,7 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
-    await using broker = await BrokerProcess.start(dir.path, ["--socket-mode", "0666"]);
+    await using broker = await brokerForOthers(dir.path, []);
     await using agent = Agent.start(dir.path, broker.socket);
     const same = enc("same");
     assertEquals(await agent.request(putRequest(longName(1), same), same), {

@@ -6,10 +6,10 @@
  */
 
 import { ok } from "../support/assert.ts";
-import { alive, BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { alive, enc, tempDir } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
 import { Client } from "../../src/client.ts";
-import { NOBODY, SKIP } from "../support/peer_agent.ts";
+import { brokerForOthers, pythonAsNobody, SKIP } from "../support/peer_agent.ts";
 
 /** Connects N times to 127.0.0.1:PORT, sends half a request head on each, says so and waits. */
 const FLOOD = `
@@ -40,24 +40,11 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
     const port = freePort();
-    await using broker = await BrokerProcess.start(
-      dir.path,
-      ["--socket-mode", "0666", "--metrics", `127.0.0.1:${port}`],
-      { wrap: ["prlimit", "--nofile=128:128", "--"] },
-    );
-    const flood = new Deno.Command("setpriv", {
-      args: [
-        `--reuid=${NOBODY}`,
-        `--regid=${NOBODY}`,
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
-        FLOOD,
-        String(port),
-        "400",
-      ],
+    await using broker = await brokerForOthers(dir.path, ["--metrics", `127.0.0.1:${port}`], {
+      wrap: ["prlimit", "--nofile=128:128", "--"],
+    });
+    const flood = pythonAsNobody(["-c", FLOOD, String(port), "400"], {
       stdin: "piped",
       stdout: "piped",
       stderr: "inherit",

@@ -7,17 +7,16 @@
  */
 
 import { assertEquals } from "../support/assert.ts";
-import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { type BrokerProcess, enc, tempDir } from "../support/harness.ts";
 import { putRequest } from "../support/wire.ts";
-import { Agent, NOBODY, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, NOBODY, SKIP } from "../support/peer_agent.ts";
 import { Client } from "../../src/client.ts";
 import { PolicyText } from "../../src/core/policy.ts";
 
 async function brokerWithPolicy(dir: string, policy: string): Promise<BrokerProcess> {
-  Deno.chmodSync(dir, 0o755);
   const file = `${dir}/policy.jsonc`;
   Deno.writeTextFileSync(file, policy);
-  return await BrokerProcess.start(dir, ["--socket-mode", "0666", "--policy", file]);
+  return await brokerForOthers(dir, ["--policy", file]);
 }
 
 const JOBS = `"jobs": { "trainer": { "uids": [0] }, "intruder": { "uids": [${NOBODY}] } }`;

@@ -13,12 +13,7 @@ import { Client } from "../../src/client.ts";
 import { BrokerError } from "../../src/errors.ts";
 import { encodeWatchRequest } from "../../src/protocol/watch.ts";
 import { Cmd, Flag, withExt } from "../../src/protocol/wire.ts";
-import { Agent, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
-
-async function sharedBroker(dir: string, args: string[]): Promise<BrokerProcess> {
-  Deno.chmodSync(dir, 0o755);
-  return await BrokerProcess.start(dir, ["--socket-mode", "0666", ...args]);
-}
+import { Agent, brokerForOthers, hex, NOBODY, SKIP } from "../support/peer_agent.ts";
 
 const list = (): Uint8Array => selectRequest(Cmd.LIST, {});
 
@@ -29,7 +24,7 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     // 8 clients: uid 65534 may hold 6.
-    await using broker = await sharedBroker(dir.path, ["--max-clients", "8"]);
+    await using broker = await brokerForOthers(dir.path, ["--max-clients", "8"]);
     await using agent = Agent.start(dir.path, broker.socket);
     for (let i = 1; i <= 6; i++) assertEquals(await agent.do({ op: "hold" }), { held: i });
     assertEquals(await agent.request(list()), {
@@ -49,7 +44,7 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     // 4 parked waits: uid 65534 may park 3.
-    await using broker = await sharedBroker(dir.path, ["--max-waiters", "4"]);
+    await using broker = await brokerForOthers(dir.path, ["--max-waiters", "4"]);
     await using agent = Agent.start(dir.path, broker.socket);
     const wait = selectRequest(Cmd.GET, { name: "later", reserved: withExt(Flag.WAIT) });
     for (let i = 0; i < 3; i++) {
@@ -89,7 +84,7 @@ Deno.test({
   fn: async (t) => {
     await t.step("objects: 4 in all, uid 65534 may store 3", async () => {
       using dir = tempDir();
-      await using broker = await sharedBroker(dir.path, ["--max-objects", "4"]);
+      await using broker = await brokerForOthers(dir.path, ["--max-objects", "4"]);
       await using agent = Agent.start(dir.path, broker.socket);
       for (let i = 0; i < 3; i++) {
         const data = enc(`obj${i}`);
@@ -107,7 +102,7 @@ Deno.test({
     });
     await t.step("bytes: 4000 in all, uid 65534 may store 3000", async () => {
       using dir = tempDir();
-      await using broker = await sharedBroker(dir.path, ["--max-total-bytes", "4000"]);
+      await using broker = await brokerForOthers(dir.path, ["--max-total-bytes", "4000"]);
       await using agent = Agent.start(dir.path, broker.socket);
       for (let i = 0; i < 2; i++) {
         const data = new Uint8Array(1000).fill(i + 1);
@@ -134,7 +129,7 @@ Deno.test({
   fn: async () => {
     using dir = tempDir();
     // 4 watchers: uid 65534 may hold 3.
-    await using broker = await sharedBroker(dir.path, ["--max-watchers", "4"]);
+    await using broker = await brokerForOthers(dir.path, ["--max-watchers", "4"]);
     await using agent = Agent.start(dir.path, broker.socket);
     const watch = encodeWatchRequest({ kind: "all" }, null);
     for (let i = 0; i < 3; i++) {

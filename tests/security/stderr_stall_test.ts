@@ -8,9 +8,9 @@
  */
 
 import { assertEquals, ok } from "../support/assert.ts";
-import { BrokerProcess, enc, tempDir } from "../support/harness.ts";
+import { enc, tempDir } from "../support/harness.ts";
 import { waitFor } from "../support/wait.ts";
-import { Agent, NOBODY, SKIP } from "../support/peer_agent.ts";
+import { Agent, brokerForOthers, NOBODY, SKIP } from "../support/peer_agent.ts";
 import { selectRequest } from "../support/wire.ts";
 import { Client } from "../../src/client.ts";
 import { Cmd } from "../../src/protocol/wire.ts";
@@ -41,10 +41,7 @@ Deno.test({
   ignore: SKIP,
   fn: async () => {
     using dir = tempDir();
-    Deno.chmodSync(dir.path, 0o755);
-    await using broker = await BrokerProcess.start(dir.path, [
-      "--socket-mode",
-      "0666",
+    await using broker = await brokerForOthers(dir.path, [
       "--audit-uid-rate",
       "1KiB",
       "--audit-uid-burst",

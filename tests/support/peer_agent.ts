@@ -3,7 +3,7 @@
  * 65534 through setpriv, driven one JSON command per line.
  */
 
-import { enc } from "./harness.ts";
+import { BrokerProcess, enc } from "./harness.ts";
 import { waitFor } from "./wait.ts";
 import { libc } from "../../src/ffi.ts";
 
@@ -25,6 +25,40 @@ const hasPython = (() => {
  * system python3.
  */
 export const SKIP = !(canSwitchUser && hasPython);
+
+/**
+ * A broker uid 65534 can reach: `dir` opened to others (mode 0755) and `--socket-mode 0666`,
+ * then `args`.
+ *
+ * @param dir the test's directory, which holds the socket
+ * @param args more broker flags
+ * @param opts as for {@link BrokerProcess.start}
+ */
+export function brokerForOthers(
+  dir: string,
+  args: readonly string[] = [],
+  opts?: Parameters<typeof BrokerProcess.start>[2],
+): Promise<BrokerProcess> {
+  Deno.chmodSync(dir, 0o755);
+  return BrokerProcess.start(dir, ["--socket-mode", "0666", ...args], opts);
+}
+
+/**
+ * `python3 ARGS` as uid 65534 (setpriv, no supplementary groups): `["-c", SOURCE, ...]` for an
+ * inline program, or a script path the uid can read.
+ *
+ * @param args python's arguments
+ * @param opts stdin, stdout, stderr and the rest, as for `Deno.Command`
+ */
+export function pythonAsNobody(
+  args: readonly string[],
+  opts: Omit<Deno.CommandOptions, "args"> = {},
+): Deno.Command {
+  return new Deno.Command("setpriv", {
+    ...opts,
+    args: [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, "--clear-groups", PYTHON, ...args],
+  });
+}
 
 /** Bytes as lowercase hex, as the agent expects them. */
 export const hex = (b: Uint8Array): string =>
@@ -59,15 +93,7 @@ export class Agent implements AsyncDisposable {
     Deno.copyFileSync(new URL("../security/peer_agent.py", import.meta.url), script);
     Deno.chmodSync(script, 0o644);
     return new Agent(
-      new Deno.Command("setpriv", {
-        args: [
-          `--reuid=${NOBODY}`,
-          `--regid=${NOBODY}`,
-          "--clear-groups",
-          PYTHON,
-          script,
-          socket,
-        ],
+      pythonAsNobody([script, socket], {
         stdin: "piped",
         stdout: "piped",
         stderr: "inherit",
