@@ -11,10 +11,10 @@ import {
   Governor,
   keepFor,
   MAX_ERROR_TEXT,
-  NO_QUOTAS,
   type Quotas,
 } from "../../src/core/governance.ts";
 import { formatRecord, releaseRecord } from "../../src/core/audit.ts";
+import { openRules } from "../support/governance.ts";
 import { parseConfig } from "../../src/core/config.ts";
 import { defaultBrokerOptions } from "../../src/core/options.ts";
 import { UsageError } from "../../src/errors.ts";
@@ -36,18 +36,7 @@ function obj(name: string, size: number, extra: Partial<NewObject> = {}): NewObj
   };
 }
 
-function rules(extra: Partial<GovernanceRules> = {}): GovernanceRules {
-  return {
-    keepVersions: null,
-    retention: [],
-    quotas: NO_QUOTAS,
-    evict: "none",
-    dedup: true,
-    maxObjects: U64_MAX,
-    maxTotalBytes: U64_MAX,
-    ...extra,
-  };
-}
+const rules = openRules;
 
 /** A store and governor with `rules`, and an `add` that keeps both in step. */
 function setup(r: GovernanceRules): {

@@ -10,7 +10,8 @@ import {
   OBJECT_OVERHEAD_BYTES,
   Store,
 } from "../../src/core/store.ts";
-import { type GovernanceRules, Governor, GovText, NO_QUOTAS } from "../../src/core/governance.ts";
+import { type GovernanceRules, Governor, GovText } from "../../src/core/governance.ts";
+import { openRules } from "../support/governance.ts";
 
 const U64_MAX = 18446744073709551615n;
 const DIGEST = "sha256:" + "a".repeat(64);
@@ -30,17 +31,7 @@ function obj(name: string, extra: Partial<NewObject> = {}): NewObject {
 }
 
 function rules(maxMetadataBytes: bigint, extra: Partial<GovernanceRules> = {}): GovernanceRules {
-  return {
-    keepVersions: null,
-    retention: [],
-    quotas: NO_QUOTAS,
-    evict: "none",
-    dedup: true,
-    maxObjects: U64_MAX,
-    maxTotalBytes: U64_MAX,
-    maxMetadataBytes,
-    ...extra,
-  };
+  return openRules({ maxMetadataBytes, ...extra });
 }
 
 Deno.test("metadataCost is name, owner and allowed job bytes plus the measured overhead", () => {
